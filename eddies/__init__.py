@@ -1,0 +1,53 @@
+"""eddies: stream processing with keyed state, timers, windows and TTL, in plain Python.
+
+The public API is re-exported here; see the README for a tour.
+
+>>> import eddies as ed
+>>> ed.ValueState("count", default=0)
+ValueState('count')
+"""
+
+from __future__ import annotations
+
+from eddies import errors, testing
+from eddies.errors import EddiesError
+from eddies.operators.functions import (
+    Context,
+    KeyedBroadcastProcessFunction,
+    KeyedProcessFunction,
+    OutputTag,
+)
+from eddies.state import (
+    BroadcastState,
+    InMemoryStateBackend,
+    ListState,
+    MapState,
+    ReducingState,
+    RocksDbStateBackend,
+    Ttl,
+    TtlConfig,
+    TtlStateBackend,
+    ValueState,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BroadcastState",
+    "Context",
+    "EddiesError",
+    "InMemoryStateBackend",
+    "KeyedBroadcastProcessFunction",
+    "KeyedProcessFunction",
+    "ListState",
+    "MapState",
+    "OutputTag",
+    "ReducingState",
+    "RocksDbStateBackend",
+    "Ttl",
+    "TtlConfig",
+    "TtlStateBackend",
+    "ValueState",
+    "errors",
+    "testing",
+]

@@ -1,0 +1,90 @@
+"""The exceptions eddies raises, all under one root so ``except EddiesError`` catches them.
+
+::
+
+    EddiesError
+    ├── ConfigError                 a job, state declaration or option is wrong; fix the code
+    ├── StateError                  keyed state was used wrongly or holds something unusable
+    │   ├── StateNotBoundError      a state handle used outside a running function
+    │   ├── StateSerializationError a value msgpack cannot encode (raised at set/put time)
+    │   ├── KeyEncodingError        a key that is not a tuple of None/bool/int/float/str/bytes
+    │   ├── MissingTimestampError   an event-time TTL write without an event timestamp
+    │   ├── ReadOnlyStateError      a write to BroadcastState outside on_broadcast
+    │   └── StateTooLargeError      BroadcastState over its size limit
+    ├── BackendError                the storage backend failed or cannot be opened
+    │   └── StateDirLockedError     a RocksDB dir already open in another process or job
+    ├── RecordError                 a malformed input record (goes to dead letters in a job)
+    └── UserFunctionError           user code raised; names the operator, key and record
+
+Library errors are wrapped with ``raise ... from exc`` so the original cause stays visible.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "EddiesError",
+    "KeyEncodingError",
+    "MissingTimestampError",
+    "ReadOnlyStateError",
+    "RecordError",
+    "StateDirLockedError",
+    "StateError",
+    "StateNotBoundError",
+    "StateSerializationError",
+    "StateTooLargeError",
+    "UserFunctionError",
+]
+
+
+class EddiesError(Exception):
+    """Root of every error eddies raises."""
+
+
+class ConfigError(EddiesError, ValueError):
+    """A job, a state declaration or an option is invalid; the message names the fix."""
+
+
+class StateError(EddiesError):
+    """Keyed state was used wrongly or holds something that cannot be stored."""
+
+
+class StateNotBoundError(StateError):
+    """A state handle was used outside a function run by a Job or the test Harness."""
+
+
+class StateSerializationError(StateError, TypeError):
+    """A value cannot be encoded with msgpack; raised when it is set, not at flush."""
+
+
+class KeyEncodingError(StateError, TypeError):
+    """A key element has a type the order-preserving key codec cannot encode."""
+
+
+class MissingTimestampError(StateError):
+    """An event-time TTL state was written while handling a record with no timestamp."""
+
+
+class ReadOnlyStateError(StateError):
+    """BroadcastState was written from on_event; only on_broadcast may write it."""
+
+
+class StateTooLargeError(StateError):
+    """BroadcastState grew over its size limit."""
+
+
+class BackendError(EddiesError):
+    """The state backend failed, or could not be opened."""
+
+
+class StateDirLockedError(BackendError):
+    """A RocksDB state dir is held by another process (a running job) or another backend."""
+
+
+class RecordError(EddiesError):
+    """An input record is malformed: bad JSON/CSV, a missing key field or a bad timestamp."""
+
+
+class UserFunctionError(EddiesError):
+    """User code raised while processing; the message names the operator, key and record."""

@@ -1,0 +1,215 @@
+"""KeyedOperator: runs one keyed process function over its state store and timers.
+
+It is the piece both the test harness and the job executor drive: set the key, call user
+code, gather outputs, fire timers as time advances, and put its state, timers and watermark
+into the checkpoint batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time as _time
+from collections.abc import Callable
+from types import GeneratorType
+from typing import Any
+
+from eddies.operators.functions import (
+    Context,
+    KeyedBroadcastProcessFunction,
+    KeyedProcessFunction,
+    OutputTag,
+)
+from eddies.state.backend import Batch, StateBackend
+from eddies.state.descriptors import declared_states
+from eddies.state.keys import encode_key
+from eddies.state.store import KeyedStateStore
+from eddies.state.ttl import MIN_TIME, TtlConfig
+from eddies.state.values import pack, unpack
+from eddies.errors import ConfigError
+from eddies.runtime.timers import EVENT, PROCESSING, Timers
+
+__all__ = ["KeyedOperator", "META_CF", "emit_into"]
+
+META_CF = "__meta__"
+
+
+def emit_into(out: list[Any], result: Any) -> None:
+    """Add what a user method returned or yielded to ``out``."""
+    if result is None:
+        return
+    if type(result) is list or type(result) is tuple or type(result) is GeneratorType:
+        out.extend(result)
+    else:
+        out.append(result)
+
+
+def _wall_ms() -> int:
+    return _time.time_ns() // 1_000_000
+
+
+class _KeyTimers:
+    """``ctx.timers``: the timer service of the operator's current key."""
+
+    __slots__ = ("_op",)
+
+    def __init__(self, op: KeyedOperator) -> None:
+        self._op = op
+
+    def register_event_time(self, timestamp: int) -> None:
+        """Fire ``on_timer`` for this key once the watermark reaches ``timestamp``."""
+        self._op.timers.register(EVENT, int(timestamp), self._op.store.key)
+
+    def register_processing_time(self, timestamp: int) -> None:
+        """Fire ``on_timer`` for this key once processing time reaches ``timestamp``."""
+        self._op.timers.register(PROCESSING, int(timestamp), self._op.store.key)
+
+    def delete_event_time(self, timestamp: int) -> None:
+        self._op.timers.delete(EVENT, int(timestamp), self._op.store.key)
+
+    def delete_processing_time(self, timestamp: int) -> None:
+        self._op.timers.delete(PROCESSING, int(timestamp), self._op.store.key)
+
+    def current_processing_time(self) -> int:
+        return self._op.processing_time()
+
+    def current_watermark(self) -> int:
+        return self._op.watermark
+
+
+class KeyedOperator:
+    """One keyed function bound to state over ``backend``, with its timers and watermark."""
+
+    def __init__(
+        self,
+        name: str,
+        function: KeyedProcessFunction,
+        backend: StateBackend,
+        *,
+        max_parallelism: int = 128,
+        ttl_config: TtlConfig | None = None,
+        clock: Callable[[], int] | None = None,
+        side_output: Callable[[OutputTag, Any], None] | None = None,
+    ) -> None:
+        if not isinstance(function, KeyedProcessFunction):
+            raise ConfigError(
+                f"operator {name!r}: {function!r} is not a KeyedProcessFunction; subclass "
+                "eddies.KeyedProcessFunction and define on_event(self, event, ctx)"
+            )
+        self.name = name
+        self.function = function
+        self._clock = clock or _wall_ms
+        config = ttl_config or TtlConfig()
+        if config.clock is None:
+            config = dataclasses.replace(config, clock=self.processing_time)
+        self.store = KeyedStateStore(
+            backend, max_parallelism=max_parallelism, operator=name, ttl_config=config
+        )
+        self.backend = self.store.backend
+        self.handles = {}
+        for attr, descriptor in declared_states(function).items():
+            handle = self.store.bind(descriptor)
+            self.handles[descriptor.name] = handle
+            setattr(function, attr, handle)
+        self.timers = Timers(name, self.store.prefix)
+        self.side: dict[OutputTag, list[Any]] = {}
+        self.ctx = Context(_KeyTimers(self), side_output or self._collect_side)
+        self.watermark = MIN_TIME
+        self._meta_key = encode_key(("watermark", name))
+        self.is_broadcast = isinstance(function, KeyedBroadcastProcessFunction)
+        self._on_event = function.on_event
+        self._on_timer = function.on_timer
+
+    def _collect_side(self, tag: OutputTag, value: Any) -> None:
+        self.side.setdefault(tag, []).append(value)
+
+    def processing_time(self) -> int:
+        return self._clock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Restore timers and the watermark, then call the function's open()."""
+        self.restore()
+        self.function.open()
+
+    def restore(self) -> None:
+        """Load timers and the watermark from the backend (one scan, one read)."""
+        self.timers.load(self.backend.inner)
+        data = self.backend.inner.get(META_CF, self._meta_key)
+        if data is not None:
+            self.set_watermark(unpack(data))
+
+    def checkpoint(self, batch: Batch) -> None:
+        """Add dirty state, timer changes and the watermark to ``batch``."""
+        self.store.collect(batch)
+        self.timers.collect(batch)
+        batch.put(META_CF, self._meta_key, pack(self.watermark))
+
+    # -- processing ----------------------------------------------------------------------------
+    def process(self, event: Any, key: Any, timestamp: int | None, out: list[Any]) -> None:
+        """Run ``on_event`` for one event of ``key``; outputs go to ``out``."""
+        store = self.store
+        store.key = key if type(key) is tuple else (key,)
+        store.timestamp = timestamp
+        ctx = self.ctx
+        ctx.key = key
+        ctx.timestamp = timestamp
+        emit_into(out, self._on_event(event, ctx))
+
+    def process_broadcast(self, event: Any, timestamp: int | None, out: list[Any]) -> None:
+        """Run ``on_broadcast`` with BroadcastState writable."""
+        store = self.store
+        store.broadcast_writable = True
+        store.timestamp = timestamp
+        ctx = self.ctx
+        ctx.key = None
+        ctx.timestamp = timestamp
+        try:
+            emit_into(out, self.function.on_broadcast(event, ctx))  # type: ignore[attr-defined]
+        finally:
+            store.broadcast_writable = False
+
+    def _fire(self, time: int, key: Any, domain: str, out: list[Any]) -> None:
+        store = self.store
+        store.key = key
+        store.timestamp = time
+        ctx = self.ctx
+        ctx.key = key[0] if len(key) == 1 else key
+        ctx.timestamp = time
+        ctx.time_domain = domain
+        try:
+            emit_into(out, self._on_timer(time, ctx))
+        finally:
+            ctx.time_domain = "event"
+
+    def set_watermark(self, watermark: int) -> None:
+        if watermark > self.watermark:
+            self.watermark = watermark
+            self.ctx.watermark = watermark
+            self.backend.set_watermark(watermark)
+
+    def advance_watermark(self, watermark: int, out: list[Any]) -> None:
+        """Move event time to ``watermark``, firing due event-time timers in time order."""
+        if watermark <= self.watermark:
+            return
+        heap = self.timers.event
+        while True:
+            due = heap.pop_due(watermark)
+            if due is None:
+                break
+            # Timers see the watermark at their own time, as in Flink.
+            self.ctx.watermark = max(self.watermark, due[0])
+            self._fire(due[0], due[1], "event", out)
+        self.set_watermark(watermark)
+
+    def advance_processing_time(self, now: int, out: list[Any]) -> None:
+        """Fire processing-time timers due at ``now``."""
+        heap = self.timers.processing
+        while True:
+            due = heap.pop_due(now)
+            if due is None:
+                return
+            self._fire(due[0], due[1], "processing", out)
+
+    def sweep(self, limit: int | None = None) -> int:
+        """Physically delete up to ``limit`` expired entries; returns how many."""
+        return self.backend.sweep(limit)

@@ -1,0 +1,141 @@
+"""State declarations: what a function's class attributes say about its keyed state.
+
+A declaration is inert until the runtime (a Job, or ``eddies.testing.Harness``) binds it to a
+key-scoped store; the bound handle then replaces it on the function instance. Using a
+declaration unbound raises :class:`~eddies.errors.StateNotBoundError`.
+
+>>> class Counter:
+...     count = ValueState("count", default=0)
+>>> Counter.count
+ValueState('count')
+>>> Counter().count.get()
+Traceback (most recent call last):
+...
+eddies.errors.StateNotBoundError: ValueState 'count' is not bound to a key: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from eddies.errors import ConfigError, StateNotBoundError
+from eddies.state.ttl import Ttl
+
+__all__ = [
+    "BroadcastState",
+    "ListState",
+    "MapState",
+    "ReducingState",
+    "StateDescriptor",
+    "ValueState",
+]
+
+
+class StateDescriptor:
+    """Base of the state declarations: a name, an optional TTL, and a kind."""
+
+    kind = "state"
+
+    def __init__(self, name: str, *, ttl: Ttl | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{type(self).__name__} needs a non-empty str name, got {name!r}")
+        if name.startswith("__"):
+            raise ConfigError(
+                f"{type(self).__name__} name {name!r}: names starting with '__' are reserved "
+                "for eddies' own column families; pick another name"
+            )
+        if ttl is not None and not isinstance(ttl, Ttl):
+            raise ConfigError(
+                f"{type(self).__name__} {name!r}: ttl must be an eddies.Ttl, e.g. "
+                f"Ttl(minutes=10), got {ttl!r}"
+            )
+        self.name = name
+        self.ttl = ttl
+        self.attr: str | None = None
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.attr = attr
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def __getattr__(self, item: str) -> Any:
+        if item.startswith("_"):
+            raise AttributeError(item)
+        raise StateNotBoundError(
+            f"{type(self).__name__} {self.name!r} is not bound to a key: state handles work "
+            "only inside on_event/on_timer of a function run by a Job or eddies.testing.Harness"
+        )
+
+
+class ValueState(StateDescriptor):
+    """One value per key: ``get(default)``, ``set(v)``, ``clear()``.
+
+    ``default`` is what ``get()`` returns for a key with no value.
+    """
+
+    kind = "value"
+
+    def __init__(self, name: str, default: Any = None, *, ttl: Ttl | None = None) -> None:
+        super().__init__(name, ttl=ttl)
+        self.default = default
+
+
+class ListState(StateDescriptor):
+    """A list per key; with a TTL, each element expires on its own."""
+
+    kind = "list"
+
+
+class MapState(StateDescriptor):
+    """A map per key, with range reads over structured (tuple) map keys and per-entry TTL."""
+
+    kind = "map"
+
+
+class ReducingState(StateDescriptor):
+    """One value per key folded with an associative ``fn(acc, value)`` on every ``add``."""
+
+    kind = "reducing"
+
+    def __init__(
+        self, name: str, fn: Callable[[Any, Any], Any], *, ttl: Ttl | None = None
+    ) -> None:
+        super().__init__(name, ttl=ttl)
+        if not callable(fn):
+            raise ConfigError(f"ReducingState {name!r}: fn must be callable, e.g. max or operator.add")
+        self.fn = fn
+
+
+class BroadcastState(StateDescriptor):
+    """One table shared by every parallel instance; written only from ``on_broadcast``.
+
+    ``max_bytes`` (10 MB by default) bounds its msgpack size: the table is replicated to every
+    worker, so it is for rules and reference data, not for keyed data.
+    """
+
+    kind = "broadcast"
+
+    def __init__(self, name: str, *, max_bytes: int = 10 * 1024 * 1024) -> None:
+        super().__init__(name)
+        self.max_bytes = max_bytes
+
+
+def declared_states(obj: object) -> dict[str, StateDescriptor]:
+    """The state declarations on ``obj``'s class, by attribute name (checks name clashes)."""
+    found: dict[str, StateDescriptor] = {}
+    names: dict[str, str] = {}
+    for klass in reversed(type(obj).__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, StateDescriptor):
+                found[attr] = value
+    for attr, desc in found.items():
+        other = names.get(desc.name)
+        if other is not None and found[other] is not desc:
+            raise ConfigError(
+                f"{type(obj).__name__}: attributes {other!r} and {attr!r} both declare state "
+                f"named {desc.name!r}; state names must be unique within a function"
+            )
+        names[desc.name] = attr
+    return found

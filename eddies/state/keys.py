@@ -1,0 +1,275 @@
+"""Order-preserving encoding of structured keys (tuples), after FoundationDB's tuple layer.
+
+Byte order of encodings equals the order of the tuples, so range reads over state are range
+reads over bytes. Each element is self-delimiting, so ``("a:b",)`` and ``("a", "b")`` never
+collide and no string can forge a key boundary::
+
+    element        bytes
+    None           00                    (00 FF inside a nested tuple)
+    bytes          01 <data, 00 -> 00 FF> 00
+    str            02 <utf-8, 00 -> 00 FF> 00
+    nested tuple   05 <elements> 00
+    int 0          14
+    int, n bytes   14+n <big-endian>      (1 <= n <= 8; negatives: 14-n <one's complement>)
+    big int        1D <len> <big-endian>  (negatives: 0B <len ^ FF> <one's complement>)
+    float          21 <IEEE-754 double BE; sign bit flipped, or all bits if negative>
+    False / True   26 / 27
+
+A bare value is the 1-tuple of itself: ``encode_key("a") == encode_key(("a",))``.
+Across types the order follows the type byte (None < bytes < str < tuple < int < float < bool);
+ints and floats are therefore not interleaved. ``-0.0`` is stored as ``0.0`` (they are equal
+keys in Python) and NaN is refused.
+
+>>> encode_key(("user", 7)).hex(" ")
+'02 75 73 65 72 00 15 07'
+>>> decode_key(encode_key(("user", 7)))
+('user', 7)
+>>> encode_key("a") == encode_key(("a",))
+True
+>>> encode_key(("a:b",)) != encode_key(("a", "b"))
+True
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+from eddies.errors import KeyEncodingError
+
+__all__ = [
+    "Key",
+    "as_tuple",
+    "decode_element",
+    "decode_key",
+    "decode_prefixed",
+    "encode_element",
+    "encode_key",
+    "prefix_upper_bound",
+]
+
+Key = tuple[Any, ...]
+
+_NULL = 0x00
+_BYTES = 0x01
+_STR = 0x02
+_NESTED = 0x05
+_NEG_BIG = 0x0B
+_INT_ZERO = 0x14
+_POS_BIG = 0x1D
+_DOUBLE = 0x21
+_FALSE = 0x26
+_TRUE = 0x27
+
+_pack_double = struct.Struct(">d").pack
+_unpack_double = struct.Struct(">d").unpack
+_pack_u64 = struct.Struct(">Q").pack
+_unpack_u64 = struct.Struct(">Q").unpack
+_SIZE_LIMITS = [(1 << (8 * i)) - 1 for i in range(9)]
+
+
+def as_tuple(key: Any) -> Key:
+    """Return ``key`` as a tuple: a bare value becomes its 1-tuple.
+
+    >>> as_tuple("a"), as_tuple(("a", 1))
+    (('a',), ('a', 1))
+    """
+    return key if type(key) is tuple else (key,)
+
+
+def _encode_int(value: int, out: list[bytes]) -> None:
+    if value == 0:
+        out.append(b"\x14")
+        return
+    if value > 0:
+        if value <= 0xFFFFFFFFFFFFFFFF:
+            n = (value.bit_length() + 7) // 8
+            out.append(bytes((_INT_ZERO + n,)) + value.to_bytes(n, "big"))
+        else:
+            n = (value.bit_length() + 7) // 8
+            if n > 255:
+                raise KeyEncodingError(f"integer key element with {n} bytes is too large (max 255)")
+            out.append(bytes((_POS_BIG, n)) + value.to_bytes(n, "big"))
+        return
+    magnitude = -value
+    n = (magnitude.bit_length() + 7) // 8
+    if n <= 8:
+        out.append(bytes((_INT_ZERO - n,)) + (_SIZE_LIMITS[n] + value).to_bytes(n, "big"))
+    else:
+        if n > 255:
+            raise KeyEncodingError(f"integer key element with {n} bytes is too large (max 255)")
+        out.append(bytes((_NEG_BIG, n ^ 0xFF)) + (((1 << (8 * n)) - 1) + value).to_bytes(n, "big"))
+
+
+def _encode_into(value: Any, out: list[bytes], nested: bool) -> None:
+    t = type(value)
+    if t is str:
+        out.append(b"\x02" + value.encode("utf-8").replace(b"\x00", b"\x00\xff") + b"\x00")
+    elif t is int:
+        _encode_int(value, out)
+    elif t is bool:
+        out.append(b"\x27" if value else b"\x26")
+    elif value is None:
+        out.append(b"\x00\xff" if nested else b"\x00")
+    elif t is bytes or t is bytearray or t is memoryview:
+        out.append(b"\x01" + bytes(value).replace(b"\x00", b"\x00\xff") + b"\x00")
+    elif t is float:
+        if math.isnan(value):
+            raise KeyEncodingError("NaN cannot be a key element: it is not equal to itself")
+        raw = _pack_double(value + 0.0)  # + 0.0 folds -0.0 into 0.0
+        if raw[0] & 0x80:
+            raw = bytes(b ^ 0xFF for b in raw)
+        else:
+            raw = bytes((raw[0] ^ 0x80,)) + raw[1:]
+        out.append(b"\x21" + raw)
+    elif t is tuple:
+        out.append(b"\x05")
+        for item in value:
+            _encode_into(item, out, True)
+        out.append(b"\x00")
+    elif isinstance(value, bool):
+        out.append(b"\x27" if value else b"\x26")
+    elif isinstance(value, int):
+        _encode_int(int(value), out)
+    elif isinstance(value, str):
+        _encode_into(str(value), out, nested)
+    elif isinstance(value, tuple):
+        _encode_into(tuple(value), out, nested)
+    else:
+        raise KeyEncodingError(
+            f"cannot use {type(value).__name__} {value!r} in a key: keys are tuples of None, "
+            "bool, int, float, str, bytes and nested tuples; convert it (e.g. str(x) or an int)"
+        )
+
+
+def encode_key(key: Any) -> bytes:
+    """Encode a key (a tuple, or a bare value meaning its 1-tuple) to order-preserving bytes.
+
+    >>> encode_key(("a", None, 1.5)).hex(" ")
+    '02 61 00 00 21 bf f8 00 00 00 00 00 00'
+    """
+    t = type(key)
+    if t is str:  # fast path for the most common key shape
+        return b"\x02" + key.encode("utf-8").replace(b"\x00", b"\x00\xff") + b"\x00"
+    out: list[bytes] = []
+    if t is tuple:
+        for item in key:
+            _encode_into(item, out, False)
+    else:
+        _encode_into(key, out, False)
+    return b"".join(out)
+
+
+def encode_element(key: Any) -> bytes:
+    """Encode ``key`` as one nested-tuple element, so it is self-delimiting as a prefix.
+
+    State stores a map entry as ``<user key as one element><map key>``: with plain
+    concatenation the user key ``("a", "b")`` plus map key ``("c",)`` would collide with user key
+    ``("a",)`` plus map key ``("b", "c")``.
+
+    >>> encode_element("a").hex(" ")
+    '05 02 61 00 00'
+    """
+    out: list[bytes] = []
+    _encode_into(as_tuple(key), out, False)
+    return b"".join(out)
+
+
+def prefix_upper_bound(prefix: bytes) -> bytes:
+    """The smallest byte string above every encoding that starts with ``prefix``.
+
+    Valid encodings never contain an element starting with FF, so ``prefix + FF`` works.
+    """
+    return prefix + b"\xff"
+
+
+def _find_terminator(data: bytes, pos: int) -> int:
+    while True:
+        end = data.index(b"\x00", pos)
+        if end + 1 < len(data) and data[end + 1] == 0xFF:
+            pos = end + 2
+            continue
+        return end
+
+
+def _decode_one(data: bytes, pos: int, nested: bool) -> tuple[Any, int]:
+    code = data[pos]
+    if code == _NULL:
+        if nested:
+            return None, pos + 2
+        return None, pos + 1
+    if code == _BYTES or code == _STR:
+        end = _find_terminator(data, pos + 1)
+        raw = data[pos + 1 : end].replace(b"\x00\xff", b"\x00")
+        return (raw if code == _BYTES else raw.decode("utf-8")), end + 1
+    if code == _NESTED:
+        items: list[Any] = []
+        pos += 1
+        while True:
+            if data[pos] == 0x00 and not (pos + 1 < len(data) and data[pos + 1] == 0xFF):
+                return tuple(items), pos + 1
+            item, pos = _decode_one(data, pos, True)
+            items.append(item)
+    if _INT_ZERO - 8 <= code <= _INT_ZERO + 8:
+        n = code - _INT_ZERO
+        if n >= 0:
+            return int.from_bytes(data[pos + 1 : pos + 1 + n], "big"), pos + 1 + n
+        n = -n
+        return int.from_bytes(data[pos + 1 : pos + 1 + n], "big") - _SIZE_LIMITS[n], pos + 1 + n
+    if code == _POS_BIG:
+        n = data[pos + 1]
+        return int.from_bytes(data[pos + 2 : pos + 2 + n], "big"), pos + 2 + n
+    if code == _NEG_BIG:
+        n = data[pos + 1] ^ 0xFF
+        value = int.from_bytes(data[pos + 2 : pos + 2 + n], "big") - ((1 << (8 * n)) - 1)
+        return value, pos + 2 + n
+    if code == _DOUBLE:
+        raw = data[pos + 1 : pos + 9]
+        if raw[0] & 0x80:
+            raw = bytes((raw[0] ^ 0x80,)) + raw[1:]
+        else:
+            raw = bytes(b ^ 0xFF for b in raw)
+        return _unpack_double(raw)[0], pos + 9
+    if code == _FALSE:
+        return False, pos + 1
+    if code == _TRUE:
+        return True, pos + 1
+    raise KeyEncodingError(f"unknown type byte 0x{code:02x} at offset {pos} in key {data.hex()}")
+
+
+def decode_key(data: bytes) -> Key:
+    """Decode bytes made by :func:`encode_key` back into a tuple.
+
+    >>> decode_key(bytes.fromhex("02 61 00 15 07"))
+    ('a', 7)
+    """
+    items: list[Any] = []
+    pos = 0
+    try:
+        while pos < len(data):
+            item, pos = _decode_one(data, pos, False)
+            items.append(item)
+    except (IndexError, ValueError) as exc:
+        raise KeyEncodingError(f"malformed key bytes {bytes(data).hex()}: {exc}") from exc
+    return tuple(items)
+
+
+def decode_element(data: bytes, pos: int) -> tuple[Any, int]:
+    """Decode the one element at ``pos``; return it and the offset after it.
+
+    >>> decode_element(encode_key("s") + b"rest", 0)
+    ('s', 3)
+    """
+    try:
+        return _decode_one(data, pos, False)
+    except (IndexError, ValueError) as exc:
+        raise KeyEncodingError(f"malformed key bytes {bytes(data).hex()}: {exc}") from exc
+
+
+def decode_prefixed(data: bytes, pos: int) -> tuple[Key, int]:
+    """Decode one nested-tuple element at ``pos``; return it and the offset after it."""
+    value, end = decode_element(data, pos)
+    if type(value) is not tuple:
+        raise KeyEncodingError(f"expected a nested tuple at offset {pos} in {bytes(data).hex()}")
+    return value, end

@@ -1,0 +1,160 @@
+"""RocksDbStateBackend: column families in a RocksDB dir through rocksdict.
+
+One column family per state name. ``durability=True`` makes every batch write sync the WAL;
+``close()`` flushes the WAL and the memtables, so a clean close leaves nothing to replay.
+A dir can be open in one place at a time: a second open gets :class:`StateDirLockedError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import rocksdict
+
+from eddies.errors import BackendError, StateDirLockedError
+from eddies.state.backend import DELETE, PUT, Batch, StateBackend
+
+__all__ = ["RocksDbStateBackend"]
+
+
+def _options() -> rocksdict.Options:
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.increase_parallelism(max(2, os.cpu_count() or 2))
+    return opts
+
+
+class RocksDbStateBackend(StateBackend):
+    """State in a RocksDB directory.
+
+    >>> import tempfile
+    >>> with RocksDbStateBackend(tempfile.mkdtemp()) as db:
+    ...     batch = Batch(); batch.put("s", b"k", b"v"); db.write(batch)
+    ...     db.get("s", b"k")
+    b'v'
+    """
+
+    def __init__(self, path: str | os.PathLike[str], durability: bool = False) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.durability = durability
+        self.path.mkdir(parents=True, exist_ok=True)
+        existing: list[str] = []
+        if (self.path / "CURRENT").exists():
+            try:
+                existing = rocksdict.Rdict.list_cf(str(self.path))
+            except Exception as exc:
+                raise BackendError(f"cannot read RocksDB dir {self.path}: {exc}") from exc
+        try:
+            self._db = rocksdict.Rdict(
+                str(self.path),
+                options=_options(),
+                column_families={
+                    n: rocksdict.Options(raw_mode=True) for n in existing if n != "default"
+                },
+            )
+        except Exception as exc:
+            if "lock" in str(exc).lower():
+                raise StateDirLockedError(
+                    f"RocksDB state dir {self.path} is in use by another process or backend "
+                    "(a running job?). Stop it first, or inspect a copy of the dir."
+                ) from exc
+            raise BackendError(f"cannot open RocksDB dir {self.path}: {exc}") from exc
+        self._cfs: dict[str, rocksdict.Rdict] = {}
+        self._handles: dict[str, rocksdict.ColumnFamily] = {}
+        for name in existing:
+            if name != "default":
+                self._cfs[name] = self._db.get_column_family(name)
+                self._handles[name] = self._db.get_column_family_handle(name)
+        self._write_opts = rocksdict.WriteOptions()
+        self._write_opts.sync = durability
+        self._sync_opts = rocksdict.WriteOptions()
+        self._sync_opts.sync = True
+        self._closed = False
+
+    def _cf(self, cf: str) -> rocksdict.Rdict | None:
+        return self._cfs.get(cf)
+
+    def _create(self, cf: str) -> rocksdict.ColumnFamily:
+        handle = self._handles.get(cf)
+        if handle is None:
+            self._cfs[cf] = self._db.create_column_family(cf, rocksdict.Options(raw_mode=True))
+            handle = self._handles[cf] = self._db.get_column_family_handle(cf)
+        return handle
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        self.round_trips += 1
+        table = self._cfs.get(cf)
+        return None if table is None else table.get(key)
+
+    def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
+        self.round_trips += 1
+        table = self._cfs.get(cf)
+        if table is None:
+            return [None] * len(keys)
+        return table.get(keys)
+
+    def iterate(
+        self,
+        cf: str,
+        lower: bytes | None = None,
+        upper: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        self.round_trips += 1
+        table = self._cfs.get(cf)
+        if table is None:
+            return iter(())
+        return self._scan(table, lower, upper, reverse)
+
+    @staticmethod
+    def _scan(
+        table: rocksdict.Rdict, lower: bytes | None, upper: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        ro = rocksdict.ReadOptions()
+        if lower is not None:
+            ro.set_iterate_lower_bound(lower)
+        if upper is not None:
+            ro.set_iterate_upper_bound(upper)
+        it = table.iter(ro)
+        if reverse:
+            it.seek_to_last()
+            while it.valid():
+                yield it.key(), it.value()
+                it.prev()
+        else:
+            it.seek_to_first()
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
+
+    def _apply(self, batch: Batch, sync: bool) -> None:
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        for kind, cf, key, value in batch.ops:
+            handle = self._handles.get(cf) or self._create(cf)
+            if kind == PUT:
+                wb.put(key, value, handle)
+            elif kind == DELETE:
+                wb.delete(key, handle)
+            else:
+                wb.delete_range(key, value, handle)
+        self._db.write(wb, self._sync_opts if sync else self._write_opts)
+
+    def column_families(self) -> list[str]:
+        return sorted(self._cfs)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._db.flush_wal(True)
+        self._db.flush()
+        for table in self._cfs.values():
+            table.close()
+        self._cfs.clear()
+        self._handles.clear()
+        self._db.close()
+        del self._db

@@ -1,0 +1,188 @@
+"""KeyedStateStore: the current key, the write-back caches, and the atomic flush.
+
+The runtime sets ``store.key`` (a tuple) and ``store.timestamp`` before it calls user code.
+Handles bound to the store read and write a cache of deserialized values; :meth:`collect`
+turns the dirty entries into one :class:`Batch`, which the caller writes together with its own
+checkpoint data (timers, source positions, watermark).
+
+Stored keys::
+
+    +---------------------+-----------------------------+--------------------------------+
+    | key group (2 B, BE) | user key as one nested      | map key (tuple codec) or list  |
+    |                     | tuple element (05 .. 00)    | index (int element); else none |
+    +---------------------+-----------------------------+--------------------------------+
+
+The key group is ``crc32(user key element) % max_parallelism`` unless the runtime pins it
+(``store.key_group``; under Kafka it is the input partition).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
+from eddies.state.backend import Batch, StateBackend
+from eddies.state.descriptors import StateDescriptor
+from eddies.state.keys import Key, as_tuple, encode_element
+from eddies.state.ttl import MIN_TIME, Ttl, TtlConfig, TtlStateBackend
+from eddies.state.values import NEVER, pack
+
+__all__ = ["KeyedStateStore", "check_value", "describe_key"]
+
+_SCALARS = frozenset({str, float, bool, type(None), bytes})
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+
+def describe_key(key: Key) -> str:
+    """A key as users wrote it: a bare value for a 1-tuple."""
+    return repr(key[0]) if len(key) == 1 else repr(key)
+
+
+def check_value(value: Any, where: str) -> None:
+    """Raise StateSerializationError now if msgpack could not store ``value`` at flush."""
+    t = type(value)
+    if t in _SCALARS:
+        return
+    if t is int:
+        if _INT_MIN <= value <= _INT_MAX:
+            return
+        raise StateSerializationError(
+            f"{where}: cannot serialize int {value}: msgpack holds -2**63..2**64-1; "
+            "store it as a str"
+        )
+    try:
+        pack(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StateSerializationError(
+            f"{where}: cannot serialize {t.__name__} ({exc}); store None, bool, int, float, str, "
+            "bytes, or lists/dicts of those (e.g. an int of epoch ms instead of a datetime)"
+        ) from exc
+
+
+class KeyedStateStore:
+    """Key-scoped state over a backend, with write-back caches flushed as one batch.
+
+    >>> from eddies.state import InMemoryStateBackend, ValueState
+    >>> store = KeyedStateStore(InMemoryStateBackend())
+    >>> count = store.bind(ValueState("count", default=0))
+    >>> store.set_key("alice"); count.set(count.get() + 1)
+    >>> store.flush(), store.backend.count("count")
+    (1, 1)
+    """
+
+    def __init__(
+        self,
+        backend: StateBackend,
+        *,
+        max_parallelism: int = 128,
+        operator: str = "",
+        ttl_config: TtlConfig | None = None,
+    ) -> None:
+        if not isinstance(backend, TtlStateBackend):
+            backend = TtlStateBackend(backend, ttl_config or TtlConfig(), namespace=operator)
+        if not 1 <= max_parallelism <= 65536:
+            raise ConfigError(f"max_parallelism must be in 1..65536, got {max_parallelism}")
+        self.backend: TtlStateBackend = backend
+        self.max_parallelism = max_parallelism
+        self.operator = operator
+        self.key: Key = ()
+        self.key_group: int | None = None
+        self.timestamp: int | None = None
+        self.broadcast_writable = False
+        self.handles: dict[str, Any] = {}
+        self._prefixes: dict[Key, bytes] = {}
+
+    # -- binding -------------------------------------------------------------------------------
+    def bind(self, descriptor: StateDescriptor) -> Any:
+        """Create (or return) the handle of ``descriptor`` in this store."""
+        from eddies.state import handles, maps
+
+        existing = self.handles.get(descriptor.name)
+        if existing is not None:
+            if existing.descriptor is not descriptor and type(existing.descriptor) is not type(
+                descriptor
+            ):
+                raise ConfigError(
+                    f"state {descriptor.name!r} is declared twice with different kinds "
+                    f"({existing.descriptor!r}, {descriptor!r})"
+                )
+            return existing
+        ttl = descriptor.ttl or self.backend.config.default_ttl()
+        if descriptor.kind == "broadcast":
+            ttl = None
+        if ttl is not None:
+            self.backend.set_time_domain(descriptor.name, ttl.time)
+        cls = {
+            "value": handles.ValueHandle,
+            "reducing": handles.ReducingHandle,
+            "list": handles.ListHandle,
+            "map": maps.MapHandle,
+            "broadcast": maps.BroadcastHandle,
+        }[descriptor.kind]
+        handle = cls(self, descriptor, ttl)
+        self.handles[descriptor.name] = handle
+        return handle
+
+    # -- current key ---------------------------------------------------------------------------
+    def set_key(self, key: Any, timestamp: int | None = None) -> None:
+        """Make ``key`` (a bare value means its 1-tuple) the key handles read and write."""
+        self.key = key if type(key) is tuple else (key,)
+        self.timestamp = timestamp
+
+    def prefix(self, key: Key) -> bytes:
+        """The stored-key prefix (key group + user key element) of ``key``."""
+        p = self._prefixes.get(key)
+        if p is None:
+            element = encode_element(key)
+            group = self.key_group
+            if group is None:
+                group = zlib.crc32(element) % self.max_parallelism
+            p = group.to_bytes(2, "big") + element
+            self._prefixes[key] = p
+        return p
+
+    def where(self, descriptor: StateDescriptor) -> str:
+        op = f" in operator {self.operator!r}" if self.operator else ""
+        return f"{type(descriptor).__name__} {descriptor.name!r}{op} for key {describe_key(self.key)}"
+
+    def expiry(self, ttl: Ttl | None, descriptor: StateDescriptor) -> int:
+        """The expires_at stamp for a write made now under ``ttl``."""
+        if ttl is None:
+            return NEVER
+        if ttl.time == "event":
+            base = self.timestamp
+            if base is None:
+                if self.backend.watermark == MIN_TIME:
+                    raise MissingTimestampError(
+                        f"{self.where(descriptor)}: an event-time TTL needs the record's "
+                        "timestamp; give the source timestamp=..., pass timestamp= to the "
+                        "harness, or declare Ttl(..., time='processing')"
+                    )
+                base = self.backend.watermark
+        else:
+            base = self.backend.processing_time()
+        return max(0, min(base + ttl.duration_ms, NEVER - 1))
+
+    # -- flushing ------------------------------------------------------------------------------
+    def collect(self, batch: Batch | None = None) -> Batch:
+        """Move every dirty cache entry into ``batch`` (a new one if None) and mark it clean."""
+        batch = batch if batch is not None else Batch()
+        start = len(batch.ops)
+        for handle in self.handles.values():
+            handle.collect(batch)
+        batch.ops.extend(self.backend.index_ops(batch.ops[start:]))
+        return batch
+
+    def flush(self, batch: Batch | None = None, sync: bool = False) -> int:
+        """Write dirty state plus ``batch`` as one atomic write; returns the number of ops."""
+        batch = self.collect(batch)
+        self.backend.inner.write(batch, sync=sync)
+        return len(batch)
+
+    def clear_cache(self) -> None:
+        """Forget every clean cached entry (dirty ones must be flushed first)."""
+        for handle in self.handles.values():
+            handle.reset()
+        self._prefixes.clear()

@@ -1,0 +1,324 @@
+"""Time-to-live for state: the user-facing ``Ttl`` option and the ``TtlStateBackend`` wrapper.
+
+The wrapper's clock is the event-time watermark by default, or processing time. Every stored
+value carries ``expires_at`` (see ``values.py``); an entry with ``expires_at <= clock`` reads as
+absent. Writes of values with a finite stamp also write an expiry-index entry, in a column
+family of its own, so a sweep finds expired entries without scanning live data::
+
+    expiry index key (column family "__expiry__", or "__expiry_proc__" for processing time)
+    +-----------------------+----------------------+--------------------+
+    | expires_at (8 B, BE)  | state name (tuple    | stored key of the  |
+    |                       |  codec, str element) | entry in its state |
+    +-----------------------+----------------------+--------------------+
+    value: empty
+
+A sweep takes index entries up to the clock in bounded steps. For each it point-reads the entry
+it names and deletes it if still expired (a rewrite may have moved its expiry on), then deletes
+the index entry. Deletions are ordinary batch writes, so write listeners (the Kafka changelog)
+see them too.
+"""
+
+from __future__ import annotations
+
+import struct
+import time as _time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from eddies.errors import ConfigError
+from eddies.state.backend import PUT, Batch, StateBackend
+from eddies.state.keys import decode_element, encode_key
+from eddies.state.values import NEVER, read_stamp
+
+__all__ = ["MIN_TIME", "Ttl", "TtlConfig", "TtlStateBackend", "EXPIRY_CF", "EXPIRY_PROC_CF"]
+
+TimeDomain = Literal["event", "processing"]
+MIN_TIME = -(2**63)
+"""The watermark before any event: nothing is expired yet."""
+EXPIRY_CF = "__expiry__"
+EXPIRY_PROC_CF = "__expiry_proc__"
+_be = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class Ttl:
+    """How long a state entry lives after it is written, in event time unless told otherwise.
+
+    The parts add up: ``Ttl(minutes=1, seconds=30)`` is 90 s.
+
+    >>> Ttl(minutes=1, seconds=30).duration_ms
+    90000
+    >>> Ttl(hours=1, time="processing", update="on_read_and_write").time
+    'processing'
+    """
+
+    ms: int = 0
+    seconds: float = 0
+    minutes: float = 0
+    hours: float = 0
+    time: TimeDomain = "event"
+    update: Literal["on_write", "on_read_and_write"] = "on_write"
+    visibility: Literal["never_expired", "expired_if_present"] = "never_expired"
+
+    def __post_init__(self) -> None:
+        if self.duration_ms <= 0:
+            raise ConfigError(f"{self!r}: a Ttl must be positive, e.g. Ttl(minutes=10)")
+        if self.time not in ("event", "processing"):
+            raise ConfigError(f"Ttl time must be 'event' or 'processing', not {self.time!r}")
+        if self.update not in ("on_write", "on_read_and_write"):
+            raise ConfigError(
+                f"Ttl update must be 'on_write' or 'on_read_and_write', not {self.update!r}"
+            )
+        if self.visibility not in ("never_expired", "expired_if_present"):
+            raise ConfigError(
+                "Ttl visibility must be 'never_expired' or 'expired_if_present', "
+                f"not {self.visibility!r}"
+            )
+
+    @property
+    def duration_ms(self) -> int:
+        """The total time to live in milliseconds."""
+        return int(
+            self.ms + self.seconds * 1000 + self.minutes * 60_000 + self.hours * 3_600_000
+        )
+
+
+@dataclass(frozen=True)
+class TtlConfig:
+    """Options of a :class:`TtlStateBackend`.
+
+    ``ttl_ms`` is the default TTL for states that declare none (None: they never expire).
+    ``time`` is the default clock, ``clock`` an injectable processing-time source in ms, and
+    ``sweep_batch`` the most entries one sweep step deletes.
+    """
+
+    ttl_ms: int | None = None
+    time: TimeDomain = "event"
+    clock: Callable[[], int] | None = None
+    sweep_batch: int = 10_000
+
+    def default_ttl(self) -> Ttl | None:
+        return None if self.ttl_ms is None else Ttl(ms=self.ttl_ms, time=self.time)
+
+
+def _wall_clock_ms() -> int:
+    return _time.time_ns() // 1_000_000
+
+
+class TtlStateBackend(StateBackend):
+    """Wraps any backend with expiry: expired entries read as absent and are swept.
+
+    >>> from eddies.state.memory import InMemoryStateBackend
+    >>> from eddies.state.values import encode_value
+    >>> db = TtlStateBackend(InMemoryStateBackend(), TtlConfig())
+    >>> b = Batch(); b.put("s", b"k", encode_value("v", 11_000)); db.write(b)
+    >>> db.set_watermark(10_999); db.get("s", b"k") is not None
+    True
+    >>> db.set_watermark(11_000); db.get("s", b"k") is None
+    True
+    >>> db.sweep(), db.inner.count("s")
+    (1, 0)
+    """
+
+    def __init__(
+        self, inner: StateBackend, config: TtlConfig | None = None, namespace: str = ""
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        # Operators sharing one backend each wrap it with their own clock and expiry index.
+        suffix = f".{namespace}" if namespace else ""
+        self.expiry_cf = EXPIRY_CF + suffix
+        self.expiry_proc_cf = EXPIRY_PROC_CF + suffix
+        self.config = config or TtlConfig()
+        self.watermark = MIN_TIME
+        self._manual_processing_time: int | None = None
+        self._clock = self.config.clock or _wall_clock_ms
+        self._domains: dict[str, TimeDomain] = {}
+        self.expired_deleted = 0
+        """Entries physically deleted by sweeps so far."""
+        self.sweeps = 0
+
+    # -- clocks ------------------------------------------------------------------------------
+    def set_watermark(self, ms: int) -> None:
+        """Move the event-time clock forward (it never goes back)."""
+        if ms > self.watermark:
+            self.watermark = ms
+
+    def set_processing_time(self, ms: int) -> None:
+        """Pin the processing-time clock (tests and the harness); overrides ``config.clock``."""
+        self._manual_processing_time = ms
+
+    def processing_time(self) -> int:
+        if self._manual_processing_time is not None:
+            return self._manual_processing_time
+        return self._clock()
+
+    def set_time_domain(self, cf: str, time: TimeDomain) -> None:
+        """Say which clock expires the entries of column family ``cf``."""
+        self._domains[cf] = time
+
+    def time_domain(self, cf: str) -> TimeDomain:
+        return self._domains.get(cf, self.config.time)
+
+    def now(self, cf: str) -> int:
+        """The clock that expires entries of ``cf``."""
+        if self._domains.get(cf, self.config.time) == "event":
+            return self.watermark
+        return self.processing_time()
+
+    # -- reads ---------------------------------------------------------------------------------
+    def get_raw(self, cf: str, key: bytes) -> bytes | None:
+        """The stored bytes even if expired (for ``expired_if_present`` and inspection)."""
+        return self.inner.get(cf, key)
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        data = self.inner.get(cf, key)
+        if data is None or read_stamp(data) <= self.now(cf):
+            return None
+        return data
+
+    def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
+        clock = self.now(cf)
+        return [
+            None if d is None or read_stamp(d) <= clock else d
+            for d in self.inner.multi_get(cf, keys)
+        ]
+
+    def iterate(
+        self,
+        cf: str,
+        lower: bytes | None = None,
+        upper: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        clock = self.now(cf)
+        for key, data in self.inner.iterate(cf, lower, upper, reverse):
+            if read_stamp(data) > clock:
+                yield key, data
+
+    def iterate_raw(
+        self,
+        cf: str,
+        lower: bytes | None = None,
+        upper: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return self.inner.iterate(cf, lower, upper, reverse)
+
+    def column_families(self) -> list[str]:
+        return self.inner.column_families()
+
+    def count(self, cf: str) -> int:
+        return self.inner.count(cf)
+
+    # -- writes --------------------------------------------------------------------------------
+    def write(self, batch: Batch, sync: bool = False) -> None:
+        # Listeners live on the inner backend, so the changelog sees index entries and sweeps.
+        self._apply(batch, sync)
+
+    def add_write_listener(self, listener: Callable[[Batch], None]) -> None:
+        self.inner.add_write_listener(listener)
+
+    @property  # type: ignore[override]
+    def round_trips(self) -> int:
+        return self.inner.round_trips
+
+    @round_trips.setter
+    def round_trips(self, value: int) -> None:
+        pass
+
+    def _apply(self, batch: Batch, sync: bool) -> None:
+        index = self.index_ops(batch.ops, registered_only=False)
+        self.inner.write(Batch(batch.ops + index) if index else batch, sync)
+
+    def index_ops(
+        self, ops: list[tuple[int, str, bytes, bytes | None]], registered_only: bool = True
+    ) -> list[tuple[int, str, bytes, bytes | None]]:
+        """Expiry-index entries for the finite-stamped puts in ``ops``.
+
+        With ``registered_only`` just states given a clock by :meth:`set_time_domain` (those of
+        this wrapper's operator when several share a backend); else every non-internal state.
+        """
+        index: list[tuple[int, str, bytes, bytes | None]] = []
+        domains = self._domains
+        default = self.config.time
+        for kind, cf, key, value in ops:
+            if kind != PUT or value is None or cf.startswith("__"):
+                continue
+            if registered_only and cf not in domains:
+                continue
+            expires_at = read_stamp(value)
+            if expires_at != NEVER:
+                domain = domains.get(cf, default)
+                index_cf = self.expiry_cf if domain == "event" else self.expiry_proc_cf
+                index.append((PUT, index_cf, _be.pack(expires_at) + encode_key(cf) + key, b""))
+        return index
+
+    # -- sweeping ------------------------------------------------------------------------------
+    def sweep(self, limit: int | None = None) -> int:
+        """Delete up to ``limit`` expired entries (default ``config.sweep_batch``).
+
+        Returns how many stored entries were deleted; index entries of values that were
+        rewritten with a later expiry are dropped without touching the value.
+        """
+        limit = limit or self.config.sweep_batch
+        deleted = 0
+        for index_cf, clock in (
+            (self.expiry_cf, self.watermark),
+            (self.expiry_proc_cf, self.processing_time()),
+        ):
+            if clock < 0 or deleted >= limit:
+                continue
+            upper = _be.pack(min(clock, NEVER - 1) + 1)
+            candidates: list[bytes] = []
+            for index_key, _ in self.inner.iterate(index_cf, None, upper):
+                candidates.append(index_key)
+                if len(candidates) >= limit - deleted:
+                    break
+            if not candidates:
+                continue
+            deleted += self._delete_expired(index_cf, candidates, clock)
+        if deleted:
+            self.sweeps += 1
+        return deleted
+
+    def _delete_expired(self, index_cf: str, index_keys: list[bytes], clock: int) -> int:
+        by_state: dict[str, list[bytes]] = {}
+        for index_key in index_keys:
+            state, end = decode_element(index_key, 8)
+            by_state.setdefault(state, []).append(index_key[end:])
+        batch = Batch()
+        deleted = 0
+        for state, keys in by_state.items():
+            for key, data in zip(keys, self.inner.multi_get(state, keys), strict=True):
+                if data is not None and read_stamp(data) <= clock:
+                    batch.delete(state, key)
+                    deleted += 1
+        for index_key in index_keys:
+            batch.delete(index_cf, index_key)
+        self.inner.write(batch)
+        self.expired_deleted += deleted
+        return deleted
+
+    def sweep_all(self) -> int:
+        """Sweep in bounded steps until nothing expired is left; returns entries deleted."""
+        total = 0
+        while True:
+            n = self.sweep()
+            total += n
+            if n == 0 and not self._has_expired_index():
+                return total
+
+    def _has_expired_index(self) -> bool:
+        for index_cf, clock in (
+            (self.expiry_cf, self.watermark),
+            (self.expiry_proc_cf, self.processing_time()),
+        ):
+            if clock >= 0:
+                for _ in self.inner.iterate(index_cf, None, _be.pack(min(clock, NEVER - 1) + 1)):
+                    return True
+        return False
+
+    def close(self) -> None:
+        self.inner.close()
