@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from eddies import errors, testing
 from eddies.errors import EddiesError
+from eddies.operators import sinks, sources
 from eddies.operators.functions import (
     Context,
     KeyedBroadcastProcessFunction,
     KeyedProcessFunction,
     OutputTag,
 )
+from eddies.runtime.graph import Job, KeyedStream, Stream
+from eddies.runtime.local import RunResult, run_local
+from eddies.runtime.watermarks import BoundedOutOfOrderness
 from eddies.state import (
     BroadcastState,
     InMemoryStateBackend,
@@ -33,21 +37,29 @@ from eddies.state import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BoundedOutOfOrderness",
     "BroadcastState",
     "Context",
     "EddiesError",
     "InMemoryStateBackend",
+    "Job",
     "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
+    "KeyedStream",
     "ListState",
     "MapState",
     "OutputTag",
     "ReducingState",
     "RocksDbStateBackend",
+    "RunResult",
+    "Stream",
     "Ttl",
     "TtlConfig",
     "TtlStateBackend",
     "ValueState",
     "errors",
+    "run_local",
+    "sinks",
+    "sources",
     "testing",
 ]

@@ -1,7 +1,8 @@
-"""What users write and compose: process functions, their context and output tags."""
+"""What users write and compose: process functions, their context, sources and sinks."""
 
 from __future__ import annotations
 
+from eddies.operators import sinks, sources
 from eddies.operators.functions import (
     Context,
     KeyedBroadcastProcessFunction,
@@ -16,4 +17,6 @@ __all__ = [
     "KeyedProcessFunction",
     "OutputTag",
     "TimerService",
+    "sinks",
+    "sources",
 ]

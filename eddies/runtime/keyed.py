@@ -13,20 +13,20 @@ from collections.abc import Callable
 from types import GeneratorType
 from typing import Any
 
+from eddies.errors import ConfigError
 from eddies.operators.functions import (
     Context,
     KeyedBroadcastProcessFunction,
     KeyedProcessFunction,
     OutputTag,
 )
+from eddies.runtime.timers import EVENT, PROCESSING, Timers
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
 from eddies.state.keys import encode_key
 from eddies.state.store import KeyedStateStore
 from eddies.state.ttl import MIN_TIME, TtlConfig
 from eddies.state.values import pack, unpack
-from eddies.errors import ConfigError
-from eddies.runtime.timers import EVENT, PROCESSING, Timers
 
 __all__ = ["KeyedOperator", "META_CF", "emit_into"]
 
@@ -187,8 +187,14 @@ class KeyedOperator:
             self.ctx.watermark = watermark
             self.backend.set_watermark(watermark)
 
-    def advance_watermark(self, watermark: int, out: list[Any]) -> None:
-        """Move event time to ``watermark``, firing due event-time timers in time order."""
+    def advance_watermark(
+        self, watermark: int, out: list[Any], emit: Callable[[Any, int], None] | None = None
+    ) -> None:
+        """Move event time to ``watermark``, firing due event-time timers in time order.
+
+        Outputs go to ``out``; with ``emit``, each timer's outputs are passed on as
+        ``emit(value, timer_time)`` right after it fires and ``out`` is emptied.
+        """
         if watermark <= self.watermark:
             return
         heap = self.timers.event
@@ -199,16 +205,26 @@ class KeyedOperator:
             # Timers see the watermark at their own time, as in Flink.
             self.ctx.watermark = max(self.watermark, due[0])
             self._fire(due[0], due[1], "event", out)
+            if emit is not None and out:
+                for value in out:
+                    emit(value, due[0])
+                out.clear()
         self.set_watermark(watermark)
 
-    def advance_processing_time(self, now: int, out: list[Any]) -> None:
-        """Fire processing-time timers due at ``now``."""
+    def advance_processing_time(
+        self, now: int, out: list[Any], emit: Callable[[Any, int], None] | None = None
+    ) -> None:
+        """Fire processing-time timers due at ``now`` (outputs as in advance_watermark)."""
         heap = self.timers.processing
         while True:
             due = heap.pop_due(now)
             if due is None:
                 return
             self._fire(due[0], due[1], "processing", out)
+            if emit is not None and out:
+                for value in out:
+                    emit(value, due[0])
+                out.clear()
 
     def sweep(self, limit: int | None = None) -> int:
         """Physically delete up to ``limit`` expired entries; returns how many."""

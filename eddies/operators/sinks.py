@@ -1,0 +1,160 @@
+"""Sinks: where a job's results go, written in batches and positioned by checkpoints.
+
+A file sink records its byte length in every checkpoint. A fresh run replaces the file; a
+resumed run truncates it back to the checkpointed length, so output written after the last
+checkpoint (which the replay produces again) is never doubled and no torn line is left.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from eddies.errors import ConfigError
+
+__all__ = ["CollectSink", "Sink", "collect", "jsonl", "stdout"]
+
+_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def to_json_line(value: Any) -> bytes:
+    """One JSON line for ``value``; values JSON cannot hold are written with ``str()``."""
+    return orjson.dumps(value, default=str, option=_OPTS | orjson.OPT_APPEND_NEWLINE)
+
+
+class Sink(ABC):
+    """A named output. ``position()`` is stored in checkpoints; ``open(position)`` resumes."""
+
+    name: str = "sink"
+
+    @abstractmethod
+    def open(self, position: Any | None) -> None:
+        """Start fresh (``position`` None) or resume from a checkpointed position."""
+
+    @abstractmethod
+    def write(self, values: list[Any]) -> None:
+        """Write a batch of values."""
+
+    def position(self) -> Any:
+        """Flush buffers and return where the output ends now (None if not resumable)."""
+        return None
+
+    def close(self) -> None:
+        """Flush and release."""
+        return None
+
+
+class _JsonlSink(Sink):
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self._file: Any = None
+
+    def open(self, position: Any | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if position is None or not self.path.exists():
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            return
+        self._file = open(self.path, "r+b")  # noqa: SIM115
+        size = self._file.seek(0, os.SEEK_END)
+        # Checkpointed lengths are line boundaries; a file shorter than that (lost page cache)
+        # is cut back to its last complete line.
+        keep = int(position) if size >= int(position) else self._last_complete_line(size)
+        self._file.truncate(keep)
+        self._file.seek(keep)
+
+    def _last_complete_line(self, limit: int) -> int:
+        """The end of the last newline-terminated line at or before ``limit``."""
+        if limit == 0:
+            return 0
+        f = self._file
+        pos = limit
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                return start + nl + 1
+            pos = start
+        return 0
+
+    def write(self, values: list[Any]) -> None:
+        if values:
+            self._file.write(b"".join(map(to_json_line, values)))
+
+    def position(self) -> Any:
+        self._file.flush()
+        return self._file.tell()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __repr__(self) -> str:
+        return f"jsonl({str(self.path)!r})"
+
+
+class _StdoutSink(Sink):
+    name = "stdout"
+
+    def open(self, position: Any | None) -> None:
+        pass
+
+    def write(self, values: list[Any]) -> None:
+        if values:
+            out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+            data = b"".join(map(to_json_line, values))
+            if out is not None:
+                sys.stdout.flush()
+                out.write(data)
+                out.flush()
+            else:  # pragma: no cover - replaced stdout (e.g. doctest)
+                sys.stdout.write(data.decode())
+
+
+class CollectSink(Sink):
+    """Keeps results in memory; read them from ``run_local(...).collected(sink)``."""
+
+    def __init__(self, name: str = "collect") -> None:
+        self.name = name
+        self.items: list[Any] = []
+
+    def open(self, position: Any | None) -> None:
+        self.items = []
+
+    def write(self, values: list[Any]) -> None:
+        self.items.extend(values)
+
+    def __repr__(self) -> str:
+        return f"collect({self.name!r})"
+
+
+def jsonl(path: str | os.PathLike[str], *, name: str | None = None) -> Sink:
+    """Write one JSON line per result (values JSON cannot hold are written as ``str()``)."""
+    if not str(path):
+        raise ConfigError("sinks.jsonl needs a file path")
+    return _JsonlSink(path, name)
+
+
+def stdout() -> Sink:
+    """Print one JSON line per result."""
+    return _StdoutSink()
+
+
+def collect(name: str = "collect") -> CollectSink:
+    """Collect results in memory (tests, notebooks).
+
+    >>> import eddies as ed
+    >>> job = ed.Job("demo"); out = ed.sinks.collect()
+    >>> job.source(ed.sources.iterable([1, 2, 3])).map(lambda x: x * 10).sink(out)
+    >>> ed.run_local(job).collected(out)
+    [10, 20, 30]
+    """
+    return CollectSink(name)

@@ -1,0 +1,220 @@
+"""The dataflow API: a Job holds sources, and streams chain operators down to sinks.
+
+Building a job only records a graph of nodes; ``run_local`` (or a Kafka worker) runs it.
+
+>>> import eddies as ed
+>>> job = ed.Job("demo")
+>>> out = ed.sinks.collect()
+>>> (job.source(ed.sources.iterable([{"k": "a", "v": 1}, {"k": "a", "v": 2}]))
+...     .filter(lambda e: e["v"] > 1).map(lambda e: e["v"]).sink(out))
+>>> ed.run_local(job).collected(out)
+[2]
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eddies.errors import ConfigError
+from eddies.operators.functions import (
+    KeyedBroadcastProcessFunction,
+    KeyedProcessFunction,
+    OutputTag,
+)
+from eddies.operators.sinks import Sink
+from eddies.operators.sources import Source
+from eddies.runtime.watermarks import BoundedOutOfOrderness
+
+__all__ = ["BroadcastStream", "ConnectedStreams", "Job", "KeyedStream", "Node", "Stream"]
+
+
+@dataclass(eq=False)
+class Node:
+    """One operator of the graph."""
+
+    kind: str
+    name: str
+    inputs: list[Node] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name!r}>"
+
+
+def _field_getter(spec: str | Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
+    if callable(spec):
+        return spec
+    if isinstance(spec, str) and spec:
+        name = spec
+
+        def get(record: Any) -> Any:
+            return record[name]
+
+        get.__name__ = f"field {name!r}"
+        get.field = name  # type: ignore[attr-defined]
+        return get
+    raise ConfigError(f"{what} must be a field name or a callable, got {spec!r}")
+
+
+class Job:
+    """A named dataflow: sources, operators and sinks.
+
+    The name scopes checkpoints and (under Kafka) topic and group names, so keep it stable.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise ConfigError(f"Job needs a name without spaces, e.g. Job('fraud'), got {name!r}")
+        self.name = name
+        self.nodes: list[Node] = []
+        self._names: set[str] = set()
+        self._counter = itertools.count(1)
+
+    def _node(self, kind: str, inputs: list[Node], name: str | None = None, **params: Any) -> Node:
+        if name is None:
+            name = f"{kind}-{next(self._counter)}"
+        elif name in self._names:
+            raise ConfigError(f"job {self.name!r} has two operators named {name!r}; names "
+                              "must be unique (they name checkpointed state)")
+        self._names.add(name)
+        node = Node(kind, name, inputs, params)
+        self.nodes.append(node)
+        return node
+
+    def source(
+        self,
+        source: Source,
+        *,
+        timestamp: str | Callable[[Any], int] | None = None,
+        watermarks: BoundedOutOfOrderness | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Add an input. ``timestamp`` is a field name or a function giving event time in ms.
+
+        ``watermarks`` defaults to ``BoundedOutOfOrderness(0)`` when a timestamp is given.
+        """
+        if not isinstance(source, Source):
+            raise ConfigError(f"job.source takes an eddies source (ed.sources.jsonl(...)), "
+                              f"got {source!r}")
+        ts = None if timestamp is None else _field_getter(timestamp, "timestamp")
+        if watermarks is None and ts is not None:
+            watermarks = BoundedOutOfOrderness(0)
+        node = self._node("source", [], name or source.name, source=source, timestamp=ts,
+                          watermarks=watermarks)
+        return Stream(self, node)
+
+    def sinks(self) -> list[Sink]:
+        return [n.params["sink"] for n in self.nodes if n.kind == "sink"]
+
+    def __repr__(self) -> str:
+        return f"Job({self.name!r}, {len(self.nodes)} operators)"
+
+
+class Stream:
+    """A stream of records with event timestamps."""
+
+    def __init__(self, job: Job, node: Node) -> None:
+        self.job = job
+        self.node = node
+
+    def _then(self, kind: str, name: str | None = None, **params: Any) -> Stream:
+        return Stream(self.job, self.job._node(kind, [self.node], name, **params))
+
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
+        """Apply ``fn`` to each record."""
+        return self._then("map", name, fn=_callable(fn, "map"))
+
+    def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
+        """Keep records for which ``fn`` is true."""
+        return self._then("filter", name, fn=_callable(fn, "filter"))
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Stream:
+        """Replace each record with the records ``fn`` returns (or yields)."""
+        return self._then("flat_map", name, fn=_callable(fn, "flat_map"))
+
+    def key_by(self, key: str | Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
+        """Partition by a field name or a key function; keyed state is scoped to this key.
+
+        A record without the key field goes to dead letters.
+        """
+        node = self.job._node("key_by", [self.node], name, key=_field_getter(key, "key_by"))
+        return KeyedStream(self.job, node)
+
+    def union(self, *others: Stream) -> Stream:
+        """Merge streams; the watermark is the minimum of theirs."""
+        for other in others:
+            if other.job is not self.job:
+                raise ConfigError("union: all streams must belong to the same Job")
+        return Stream(self.job, self.job._node("union", [self.node] + [o.node for o in others]))
+
+    def broadcast(self) -> BroadcastStream:
+        """Send every record to every parallel instance (for ``keyed.connect(...)``)."""
+        return BroadcastStream(self.job, self.node)
+
+    def side_output(self, tag: OutputTag) -> Stream:
+        """The records a process function sent to ``tag`` with ``ctx.output``."""
+        if not isinstance(tag, OutputTag):
+            raise ConfigError(f"side_output takes an eddies.OutputTag, got {tag!r}")
+        if self.node.kind not in ("process", "broadcast_process", "window"):
+            raise ConfigError("side_output is available on the result of process()/window()")
+        return self._then("side_output", None, tag=tag)
+
+    def sink(self, sink: Sink, *, name: str | None = None) -> None:
+        """Write the stream to ``sink``."""
+        if not isinstance(sink, Sink):
+            raise ConfigError(f"sink takes an eddies sink (ed.sinks.jsonl(...)), got {sink!r}")
+        self.job._node("sink", [self.node], name or sink.name, sink=sink)
+
+
+class KeyedStream(Stream):
+    """A stream partitioned by key; ``process`` gets keyed state and timers."""
+
+    def process(self, fn: KeyedProcessFunction, *, name: str | None = None) -> Stream:
+        """Run a :class:`KeyedProcessFunction` on each record, with state scoped to its key."""
+        if isinstance(fn, type):
+            raise ConfigError(f"process takes an instance: process({fn.__name__}())")
+        if not isinstance(fn, KeyedProcessFunction):
+            raise ConfigError(f"process takes an eddies.KeyedProcessFunction, got {fn!r}")
+        return self._then("process", name or type(fn).__name__, fn=fn)
+
+    def connect(self, broadcast: BroadcastStream) -> ConnectedStreams:
+        """Pair with a broadcast stream for a :class:`KeyedBroadcastProcessFunction`."""
+        if not isinstance(broadcast, BroadcastStream):
+            raise ConfigError("connect takes other_stream.broadcast()")
+        return ConnectedStreams(self, broadcast)
+
+
+class BroadcastStream:
+    """A stream every parallel instance receives whole."""
+
+    def __init__(self, job: Job, node: Node) -> None:
+        self.job = job
+        self.node = node
+
+
+class ConnectedStreams:
+    """A keyed stream connected with a broadcast stream."""
+
+    def __init__(self, keyed: KeyedStream, broadcast: BroadcastStream) -> None:
+        self.keyed = keyed
+        self.broadcast = broadcast
+
+    def process(self, fn: KeyedBroadcastProcessFunction, *, name: str | None = None) -> Stream:
+        """Run ``fn``: ``on_event`` for keyed records, ``on_broadcast`` for broadcast ones."""
+        if not isinstance(fn, KeyedBroadcastProcessFunction):
+            raise ConfigError(
+                f"connect(...).process takes an eddies.KeyedBroadcastProcessFunction, got {fn!r}"
+            )
+        job = self.keyed.job
+        node = job._node("broadcast_process", [self.keyed.node, self.broadcast.node],
+                         name or type(fn).__name__, fn=fn)
+        return Stream(job, node)
+
+
+def _callable(fn: Any, what: str) -> Callable[..., Any]:
+    if not callable(fn):
+        raise ConfigError(f"{what} takes a function, got {fn!r}")
+    return fn

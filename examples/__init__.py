@@ -1,0 +1,1 @@
+"""Runnable example jobs; each is exercised by a test in tests/examples/."""
