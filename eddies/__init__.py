@@ -18,7 +18,8 @@ from eddies.operators.functions import (
     KeyedProcessFunction,
     OutputTag,
 )
-from eddies.runtime.graph import Job, KeyedStream, Stream
+from eddies.operators.windows import Count, Session, Sliding, Sum, Tumbling, Window
+from eddies.runtime.graph import Job, KeyedStream, Stream, WindowedStream
 from eddies.runtime.local import RunResult, run_local
 from eddies.runtime.watermarks import BoundedOutOfOrderness
 from eddies.state import (
@@ -40,6 +41,7 @@ __all__ = [
     "BoundedOutOfOrderness",
     "BroadcastState",
     "Context",
+    "Count",
     "EddiesError",
     "InMemoryStateBackend",
     "Job",
@@ -52,11 +54,17 @@ __all__ = [
     "ReducingState",
     "RocksDbStateBackend",
     "RunResult",
+    "Session",
+    "Sliding",
     "Stream",
+    "Sum",
     "Ttl",
     "TtlConfig",
     "TtlStateBackend",
+    "Tumbling",
     "ValueState",
+    "Window",
+    "WindowedStream",
     "errors",
     "run_local",
     "sinks",

@@ -26,9 +26,24 @@ from eddies.operators.functions import (
 )
 from eddies.operators.sinks import Sink
 from eddies.operators.sources import Source
+from eddies.operators.windows import (
+    Window,
+    WindowAssigner,
+    collector,
+    reducer,
+    window_function,
+)
 from eddies.runtime.watermarks import BoundedOutOfOrderness
 
-__all__ = ["BroadcastStream", "ConnectedStreams", "Job", "KeyedStream", "Node", "Stream"]
+__all__ = [
+    "BroadcastStream",
+    "ConnectedStreams",
+    "Job",
+    "KeyedStream",
+    "Node",
+    "Stream",
+    "WindowedStream",
+]
 
 
 @dataclass(eq=False)
@@ -180,11 +195,66 @@ class KeyedStream(Stream):
             raise ConfigError(f"process takes an eddies.KeyedProcessFunction, got {fn!r}")
         return self._then("process", name or type(fn).__name__, fn=fn)
 
+    def window(
+        self,
+        assigner: WindowAssigner,
+        *,
+        allowed_lateness: int = 0,
+        late: OutputTag | None = None,
+    ) -> WindowedStream:
+        """Group each key's events into event-time windows (``ed.Tumbling``, ``ed.Sliding``,
+        ``ed.Session``); finish with ``.reduce``, ``.aggregate`` or ``.process``.
+
+        Events later than ``allowed_lateness`` go to the ``late`` side output (read it with
+        ``result.side_output(late)``), or are dropped and counted.
+        """
+        if not isinstance(assigner, WindowAssigner):
+            raise ConfigError(f"window takes ed.Tumbling/ed.Sliding/ed.Session, got {assigner!r}")
+        if late is not None and not isinstance(late, OutputTag):
+            raise ConfigError(f"late must be an eddies.OutputTag, got {late!r}")
+        return WindowedStream(self, assigner, allowed_lateness, late)
+
     def connect(self, broadcast: BroadcastStream) -> ConnectedStreams:
         """Pair with a broadcast stream for a :class:`KeyedBroadcastProcessFunction`."""
         if not isinstance(broadcast, BroadcastStream):
             raise ConfigError("connect takes other_stream.broadcast()")
         return ConnectedStreams(self, broadcast)
+
+
+class WindowedStream:
+    """A keyed stream grouped into windows; pick how each window's result is computed."""
+
+    def __init__(self, keyed: KeyedStream, assigner: WindowAssigner, allowed_lateness: int,
+                 late: OutputTag | None) -> None:
+        self.keyed = keyed
+        self.assigner = assigner
+        self.allowed_lateness = allowed_lateness
+        self.late = late
+
+    def _build(self, agg: Any, name: str | None) -> Stream:
+        job = self.keyed.job
+        name = name or f"{type(self.assigner).__name__.lower()}-window-{next(job._counter)}"
+        fn = window_function(name, self.assigner, agg, self.allowed_lateness, self.late)
+        return self.keyed._then("process", name, fn=fn, window=True)
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> Stream:
+        """Fold each window's events with ``fn(a, b)``; the value is the folded event."""
+        return self._build(reducer(_callable(fn, "reduce")), name)
+
+    def aggregate(self, agg: Any, *, name: str | None = None) -> Stream:
+        """Aggregate with ``agg.create()``, ``agg.add(acc, v)``, ``agg.merge(a, b)`` (sessions)
+        and ``agg.result(acc)``; ``ed.Count()`` and ``ed.Sum(field)`` are ready-made."""
+        for method in ("create", "add", "result"):
+            if not callable(getattr(agg, method, None)):
+                raise ConfigError(f"aggregate: {agg!r} has no {method}() method")
+        if self.assigner.merging and not callable(getattr(agg, "merge", None)):
+            raise ConfigError(f"aggregate: session windows need {agg!r}.merge(a, b)")
+        return self._build(agg, name)
+
+    def process(self, fn: Callable[[Any, Window, list[Any]], Any], *,
+                name: str | None = None) -> Stream:
+        """Compute each window's value as ``fn(key, window, elements)`` (all its events)."""
+        return self._build(collector(_callable(fn, "process")), name)
 
 
 class BroadcastStream:

@@ -17,10 +17,10 @@ __all__ = ["load_job"]
 def load_job(target: str) -> Job:
     """Import ``target`` and return its Job (an attribute, or a function that returns one).
 
-    >>> load_job("json:loads")
+    >>> load_job("math:pi")
     Traceback (most recent call last):
     ...
-    eddies.errors.ConfigError: json:loads is <built-in function loads>, not an eddies.Job ...
+    eddies.errors.ConfigError: math:pi is 3.14159..., not an eddies.Job ...
     """
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:

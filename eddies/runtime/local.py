@@ -61,6 +61,8 @@ class RunStats:
     events_out: int = 0
     dead_letters: int = 0
     late_events: int = 0
+    late_dropped: int = 0
+    """Events a window dropped as too late (no late= tag given); counted, not lost silently."""
     checkpoints: int = 0
     watermark: int = MIN_TIME
     resumed: bool = False
@@ -78,7 +80,8 @@ class RunStats:
                                                      else str(self.watermark))
         return (
             f"{self.events_in:,} events in, {self.events_out:,} out, "
-            f"{self.dead_letters:,} dead letters, {self.late_events:,} late, "
+            f"{self.dead_letters:,} dead letters, {self.late_events:,} late "
+            f"({self.late_dropped:,} dropped), "
             f"{self.checkpoints:,} checkpoints, watermark {wm}, "
             f"{self.elapsed_s:.2f}s ({self.events_per_s:,.0f} events/s)"
             + (" [resumed]" if self.resumed else "")
@@ -449,6 +452,9 @@ class LocalRunner:
                 except Exception as exc:
                     raise self._user_error(n.name, op.store.key, "<timer>",
                                            op.ctx.timestamp, exc) from exc
+        self.stats.late_dropped = sum(
+            getattr(op.function, "late_dropped", 0) for op in self.operators.values()
+        )
         sinks_wm = [wm[n] for n, _, _ in self.sink_nodes]
         self.stats.watermark = min(sinks_wm) if sinks_wm else MIN_TIME
 
