@@ -66,6 +66,11 @@ class SourceReader(ABC):
         """Total size in position units if known (for progress), else None."""
         return None
 
+    def locate(self, index: int) -> tuple[Any, str | None] | None:
+        """Where the ``index``-th record of the last ``read`` came from, for dead letters:
+        ``(position, raw text or None)``, or None if unknown."""
+        return None
+
     def close(self) -> None:
         """Release files or connections."""
         return None
@@ -96,6 +101,8 @@ class _LineReader(SourceReader):
         self._offset = 0
         self._line = 0
         self.done = False
+        # (raw line, offset, line number) of each record the last read() returned
+        self._read: list[tuple[bytes, int, int]] = []
         self.start()
 
     def start(self) -> None:
@@ -133,10 +140,18 @@ class _LineReader(SourceReader):
                 n += 1
                 yield raw, offset, lineno
 
+    def _where(self, offset: int, line: int) -> dict[str, Any]:
+        return {"file": str(self.path), "offset": offset, "line": line}
+
     def dead(self, raw: bytes, offset: int, line: int, reason: str) -> DeadLetter:
         text = raw.decode("utf-8", "replace").rstrip("\r\n")
-        return DeadLetter(self.source.name, {"file": str(self.path), "offset": offset,
-                                             "line": line}, text, reason)
+        return DeadLetter(self.source.name, self._where(offset, line), text, reason)
+
+    def locate(self, index: int) -> tuple[Any, str | None] | None:
+        if not 0 <= index < len(self._read):
+            return None
+        raw, offset, line = self._read[index]
+        return self._where(offset, line), raw.decode("utf-8", "replace").rstrip("\r\n")
 
     def close(self) -> None:
         self._file.close()
@@ -147,11 +162,14 @@ class _JsonlReader(_LineReader):
         loads = orjson.loads
         out: list[Any] = []
         dead: list[DeadLetter] = []
-        for raw, offset, line in self._lines(max_records):
+        self._read = located = []
+        for item in self._lines(max_records):
             try:
-                out.append(loads(raw))
+                out.append(loads(item[0]))
             except orjson.JSONDecodeError as exc:
-                dead.append(self.dead(raw, offset, line, f"invalid JSON: {exc}"))
+                dead.append(self.dead(*item, f"invalid JSON: {exc}"))
+            else:
+                located.append(item)
         return out, dead
 
 
@@ -173,18 +191,23 @@ class _CsvReader(_LineReader):
         types = self._types
         out: list[Any] = []
         dead: list[DeadLetter] = []
+        self._read = located = []
         batch = list(self._lines(max_records))
         if not batch:
             return out, dead
         try:
             texts = [raw.decode("utf-8") for raw, _, _ in batch]
-            rows = list(_csv.reader(texts))
+            rows = list(_csv.reader(texts, strict=True))
         except (UnicodeDecodeError, _csv.Error):
+            rows = None
+        if rows is not None and len(rows) != len(batch):
+            # A stray quote made the reader join lines into one row: parse line by line so
+            # each row stays tied to its own line (and the bad one alone goes to dead letters).
             rows = None
         for i, (raw, offset, line) in enumerate(batch):
             if rows is None:
                 try:
-                    row = next(_csv.reader([raw.decode("utf-8")]))
+                    row = next(_csv.reader([raw.decode("utf-8")], strict=True))
                 except (UnicodeDecodeError, _csv.Error) as exc:
                     dead.append(self.dead(raw, offset, line, f"invalid CSV: {exc}"))
                     continue
@@ -205,6 +228,7 @@ class _CsvReader(_LineReader):
                                           f"{getattr(convert, '__name__', convert)}: {exc}"))
                     continue
             out.append(record)
+            located.append((raw, offset, line))
         return out, dead
 
 
@@ -268,6 +292,7 @@ class _IterableReader(SourceReader):
         self.source = source
         self._it = iter(source.items)
         self._count = 0
+        self._last = 0
         self.done = False
 
     @property
@@ -279,6 +304,10 @@ class _IterableReader(SourceReader):
             next(self._it, None)
         self._count = position
 
+    def locate(self, index: int) -> tuple[Any, str | None] | None:
+        start = self._count - self._last
+        return (start + index, None) if 0 <= index < self._last else None
+
     def read(self, max_records: int) -> tuple[list[Any], list[DeadLetter]]:
         out = []
         it = self._it
@@ -289,6 +318,7 @@ class _IterableReader(SourceReader):
                 self.done = True
                 break
         self._count += len(out)
+        self._last = len(out)
         if len(out) < max_records:
             self.done = True
         return out, []

@@ -26,9 +26,10 @@ def _fmt_wm(wm: int) -> str:
 class _Progress:
     """A rich progress bar on a TTY; plain periodic log lines otherwise (or with --quiet)."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, every: float = 5.0) -> None:
         self.tty = sys.stderr.isatty() and not quiet
         self.quiet = quiet
+        self.every = every
         self._bar: Any = None
         self._task: Any = None
         self._last = time.monotonic()
@@ -67,7 +68,7 @@ class _Progress:
             )
             self._bar.update(self._task, total=stats.bytes_total, completed=stats.bytes_read,
                              info=info)
-        elif not self.quiet and now - self._last >= 5.0:
+        elif not self.quiet and now - self._last >= self.every:
             self._last = now
             click.echo(f"progress: {stats.summary()}", err=True)
 
@@ -91,21 +92,25 @@ def main() -> None:
 @click.option("--dead-letters", type=click.Path(dir_okay=False), default=None,
               help="JSONL file for malformed records, with their reasons.")
 @click.option("--durable", is_flag=True, help="Sync RocksDB's WAL on every checkpoint.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display (the summary still prints).")
+@click.option("--progress-every", default=5.0, show_default=True, type=float,
+              help="Seconds between progress lines when stderr is not a terminal.")
 def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | None,
-        durable: bool, quiet: bool) -> None:
+        durable: bool, quiet: bool, progress_every: float) -> None:
     """Run a job (path/to/file.py:job or package.module:job) over its input files."""
     from eddies.runtime.loader import load_job
 
     try:
         job = load_job(target)
-        with _Progress(quiet) as progress:
+        with _Progress(quiet, progress_every) as progress:
             runner = LocalRunner(job, state, checkpoint_interval=checkpoint_interval,
                                  dead_letters=dead_letters, durability=durable,
                                  on_progress=progress)
             result = runner.run()
     except EddiesError as exc:
         click.echo(f"error: {exc}", err=True)
+        for note in getattr(exc, "__notes__", ()):  # where it happened (operator, key, record)
+            click.echo(f"  {note}", err=True)
         sys.exit(1)
     click.echo(f"{job.name}: {result.stats.summary()}", err=True)
 

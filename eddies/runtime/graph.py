@@ -99,6 +99,16 @@ class Job:
         self.nodes.append(node)
         return node
 
+    def _derived(self, base: str) -> str:
+        """A unique node name from a source's or sink's own name: two ``sinks.collect()`` or
+        two ``data.jsonl`` files in different dirs get ``collect`` and ``collect-2``. Derived
+        in graph order, so the same job code gives the same (checkpointed) names."""
+        name, n = base, 1
+        while name in self._names:
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
     def source(
         self,
         source: Source,
@@ -117,8 +127,8 @@ class Job:
         ts = None if timestamp is None else _field_getter(timestamp, "timestamp")
         if watermarks is None and ts is not None:
             watermarks = BoundedOutOfOrderness(0)
-        node = self._node("source", [], name or source.name, source=source, timestamp=ts,
-                          watermarks=watermarks)
+        node = self._node("source", [], name or self._derived(source.name), source=source,
+                          timestamp=ts, watermarks=watermarks)
         return Stream(self, node)
 
     def sinks(self) -> list[Sink]:
@@ -181,7 +191,7 @@ class Stream:
         """Write the stream to ``sink``."""
         if not isinstance(sink, Sink):
             raise ConfigError(f"sink takes an eddies sink (ed.sinks.jsonl(...)), got {sink!r}")
-        self.job._node("sink", [self.node], name or sink.name, sink=sink)
+        self.job._node("sink", [self.node], name or self.job._derived(sink.name), sink=sink)
 
 
 class KeyedStream(Stream):

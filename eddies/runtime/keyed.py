@@ -148,7 +148,11 @@ class KeyedOperator:
     def process(self, event: Any, key: Any, timestamp: int | None, out: list[Any]) -> None:
         """Run ``on_event`` for one event of ``key``; outputs go to ``out``."""
         store = self.store
-        store.key = key if type(key) is tuple else (key,)
+        k = key if type(key) is tuple else (key,)
+        # Validate before user code runs: a key the codec cannot store (a list, a dict) raises
+        # KeyEncodingError here, and the record goes to dead letters untouched.
+        store.prefix(k)
+        store.key = k
         store.timestamp = timestamp
         ctx = self.ctx
         ctx.key = key
@@ -202,8 +206,11 @@ class KeyedOperator:
             due = heap.pop_due(watermark)
             if due is None:
                 break
-            # Timers see the watermark at their own time, as in Flink.
+            # Timers see the watermark at their own time, as in Flink, and so does TTL state:
+            # an entry due to expire at the timer's time is gone in on_timer, however the
+            # input happened to be batched.
             self.ctx.watermark = max(self.watermark, due[0])
+            self.backend.set_watermark(self.ctx.watermark)
             self._fire(due[0], due[1], "event", out)
             if emit is not None and out:
                 for value in out:

@@ -6,10 +6,23 @@ output, and every ``checkpoint_interval`` events writes one atomic checkpoint: d
 timers, watermarks, source positions and sink lengths. Restarting on the same RocksDB dir
 resumes from the last checkpoint, so state is exactly-once over replayable sources and file
 sinks are cut back to their checkpointed length (no doubled or torn lines).
+
+Decisions users see:
+
+- Dead letters are ``{"source", "position", "raw", "reason"}``. A record whose key or
+  timestamp turns out missing after parsing keeps the position and raw line it was read from
+  (``{"file", "offset", "line"}`` for files), so every dead letter points at its input line.
+- A timestamp is an int, or a finite float, of ms within 2**62 of the epoch; anything else
+  is a bad timestamp (a dead letter), never a crash at the next checkpoint.
+- Processing-time timers fire while every input is idle too; event time waits.
+- Sources and sinks without ``name=`` are named after their file (or ``iterable``,
+  ``collect``); a second one of the same name becomes ``name-2``, in graph order. Names key
+  the checkpoint, so give ``name=`` before reordering a job whose state should resume.
 """
 
 from __future__ import annotations
 
+import math
 import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +60,11 @@ __all__ = ["RunResult", "RunStats", "LocalRunner", "run_local"]
 
 _DEAD_LETTER_KEEP = 100_000
 _SWEEP_LIMIT = 10_000
+_TS_LIMIT = 2**62
+"""Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64."""
+_TIMER: Any = object()  # stands for "no record: a timer fired" in error messages
+# What extracting a key or a timestamp from a malformed record raises (rather than a bug).
+_RECORD_ERRORS = (KeyError, TypeError, IndexError, AttributeError, ValueError)
 
 
 def _wall_ms() -> int:
@@ -97,7 +115,8 @@ class RunResult:
     sinks: dict[str, Sink] = field(default_factory=dict)
 
     def collected(self, sink: CollectSink | str) -> list[Any]:
-        """Everything a ``sinks.collect()`` sink received in this run."""
+        """Everything a ``sinks.collect()`` sink received in this run; ``sink`` is the sink
+        or its name in the job (``"collect"``, then ``"collect-2"``, unless named)."""
         if isinstance(sink, str):
             found = self.sinks.get(sink)
             if not isinstance(found, CollectSink):
@@ -168,7 +187,9 @@ class LocalRunner:
         self.backend = open_backend(state, durability=durability)
         self.durability = durability
         self.checkpoint_interval = checkpoint_interval
-        self.batch_size = batch_size
+        # A round never reads more than one checkpoint interval, so checkpoints come as often
+        # as asked (they are taken between rounds).
+        self.batch_size = min(batch_size, checkpoint_interval)
         self.max_parallelism = max_parallelism
         self.ttl_config = ttl_config
         self.clock = clock or _wall_ms
@@ -182,7 +203,13 @@ class LocalRunner:
                 else jsonl_sink(dead_letters, name="__dead_letters__")
             )
         self._job_key = encode_key(("job", job.name))
-        self._compile()
+        self._cur_part: _Partition | None = None
+        self._cur_index = 0
+        try:
+            self._compile()
+        except BaseException:
+            self.backend.close()  # else a RocksDB dir stays locked until garbage collection
+            raise
 
     # -- compile -----------------------------------------------------------------------------
     def _compile(self) -> None:
@@ -291,10 +318,11 @@ class LocalRunner:
     def _push_process(self, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
         op = self.operators.get(n)
         if op is None:
-            routes = {
-                c.params["tag"]: self.pushes_for_side(c) for c, _ in self.children[n]
-                if c.kind == "side_output"
-            }
+            by_tag: dict[OutputTag, list[Callable[[Any, Any], None]]] = {}
+            for c, _ in self.children[n]:
+                if c.kind == "side_output":  # a tag may be read by several side_output()s
+                    by_tag.setdefault(c.params["tag"], []).append(self.pushes_for_side(c))
+            routes = {tag: _fan_out(pushes) for tag, pushes in by_tag.items()}
             stats = self.stats
 
             def side(tag: OutputTag, value: Any) -> None:
@@ -332,10 +360,10 @@ class LocalRunner:
         def push_keyed(value: Any, ts: Any) -> None:
             try:
                 key = keyfn(value)
-            except (KeyError, TypeError, IndexError, AttributeError) as exc:
-                dead(DeadLetter(name, None, _describe(value),
-                                f"no key for operator {name!r} ({keyfn.__name__}): "
-                                f"{type(exc).__name__}: {exc}"))
+            except _RECORD_ERRORS as exc:
+                dead(self._record_letter(value, f"no key for operator {name!r} "
+                                         f"({getattr(keyfn, '__name__', 'key')}): "
+                                         f"{type(exc).__name__}: {exc}", name))
                 return
             if ts is not None and ts <= op.watermark:
                 stats.late_events += 1
@@ -343,10 +371,13 @@ class LocalRunner:
                 process(value, key, ts, out)
             except (StateSerializationError, KeyEncodingError) as exc:
                 out.clear()
-                dead(DeadLetter(name, None, _describe(value), str(exc)))
+                dead(self._record_letter(value, str(exc), name))
                 return
-            except EddiesError:
+            except EddiesError as exc:
                 out.clear()
+                if not isinstance(exc, UserFunctionError):
+                    exc.add_note(f"in operator {name!r} on key {key!r}, for record "
+                                 f"{_describe(value)} (timestamp {ts})")
                 raise
             except Exception as exc:
                 out.clear()
@@ -365,11 +396,25 @@ class LocalRunner:
         if isinstance(exc, EddiesError) and not isinstance(exc, UserFunctionError):
             return exc
         where = f"operator {op!r}" + (f" on key {key!r}" if key is not None else "")
+        what = (f"in on_timer at {ts}" if value is _TIMER
+                else f"for record {_describe(value)} (timestamp {ts})")
         return UserFunctionError(
-            f"{where} failed for record {_describe(value)} (timestamp {ts}): "
+            f"{where} failed {what}: "
             f"{type(exc).__name__}: {exc}. The last checkpoint is intact: fix the job and run "
             "it again on the same state to resume."
         )
+
+    def _record_letter(self, value: Any, reason: str, operator: str) -> DeadLetter:
+        """A dead letter for the record being handled, with its source, position and raw text
+        when it came straight from a source (records made by timers have neither)."""
+        part = self._cur_part
+        if part is not None:
+            located = part.reader.locate(self._cur_index)
+            if located is not None:
+                position, raw = located
+                return DeadLetter(part.node.name, position,
+                                  _describe(value) if raw is None else raw, reason)
+        return DeadLetter(operator, None, _describe(value), reason)
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         self.stats.dead_letters += 1
@@ -435,22 +480,25 @@ class LocalRunner:
                 merged = merge_watermarks(by_source.get(n, [(MAX_TIME, False)]))
             else:
                 merged = merge_watermarks((wm[p], idle[p]) for p in n.inputs)
-            if merged is None:
-                idle[n] = True
-                continue
-            idle[n] = False
-            if merged > wm[n]:
+            idle[n] = merged is None
+            if merged is not None and merged > wm[n]:
                 wm[n] = merged
             op = self.operators.get(n)
             if op is not None:
                 out: list[Any] = []
                 try:
-                    op.advance_watermark(wm[n], out, self.timer_emit[n])
+                    if merged is not None:
+                        op.advance_watermark(wm[n], out, self.timer_emit[n])
+                    # Wall-clock timers fire while event time is idle too: that is when
+                    # timeouts matter most.
                     op.advance_processing_time(now, out, self.timer_emit[n])
-                except EddiesError:
+                except EddiesError as exc:
+                    if not isinstance(exc, UserFunctionError):
+                        exc.add_note(f"in operator {n.name!r} on key {op.ctx.key!r}, in "
+                                     f"on_timer at {op.ctx.timestamp}")
                     raise
                 except Exception as exc:
-                    raise self._user_error(n.name, op.store.key, "<timer>",
+                    raise self._user_error(n.name, op.ctx.key, _TIMER,
                                            op.ctx.timestamp, exc) from exc
         self.stats.late_dropped = sum(
             getattr(op.function, "late_dropped", 0) for op in self.operators.values()
@@ -475,6 +523,7 @@ class LocalRunner:
         stats = self.stats
         now = self.clock()
         dead = self._dead_letter
+        record_letter = self._record_letter
         for part in self.partitions:
             reader = part.reader
             if reader.done:
@@ -485,32 +534,41 @@ class LocalRunner:
             n_read += len(values) + len(bad)
             emit = part.emit
             tsfn = part.tsfn
+            self._cur_part = part
             if tsfn is None:
-                for value in values:
+                for i, value in enumerate(values):
+                    self._cur_index = i
                     emit(value, None)
             else:
                 max_ts = MIN_TIME
-                for value in values:
+                for i, value in enumerate(values):
+                    self._cur_index = i
                     try:
                         ts = tsfn(value)
-                    except (KeyError, TypeError, IndexError, AttributeError) as exc:
-                        dead(DeadLetter(part.node.name, reader.position, _describe(value),
-                                        f"no timestamp ({getattr(tsfn, '__name__', 'timestamp')}"
-                                        f"): {type(exc).__name__}: {exc}"))
+                    except _RECORD_ERRORS as exc:
+                        dead(record_letter(value, f"no timestamp ("
+                                           f"{getattr(tsfn, '__name__', 'timestamp')}): "
+                                           f"{type(exc).__name__}: {exc}", part.node.name))
                         continue
                     if type(ts) is not int:
-                        if type(ts) is float and ts == ts:
+                        if type(ts) is float and math.isfinite(ts):
                             ts = int(ts)
                         else:
-                            dead(DeadLetter(part.node.name, reader.position, _describe(value),
-                                            f"bad timestamp {ts!r}: expected int ms since epoch"))
+                            dead(record_letter(value, f"bad timestamp {ts!r}: expected int ms "
+                                               "since epoch", part.node.name))
                             continue
+                    if not -_TS_LIMIT <= ts <= _TS_LIMIT:
+                        dead(record_letter(value, f"bad timestamp {ts!r}: out of range "
+                                           "(more than 2**62 ms from the epoch)",
+                                           part.node.name))
+                        continue
                     if ts > max_ts:
                         max_ts = ts
                     emit(value, ts)
                 part.wm.observe(max_ts if max_ts != MIN_TIME else None, now)
             if reader.done:
                 part.wm.finish()
+        self._cur_part = None  # records made by timers have no source position
         stats.events_in += n_read
         return n_read
 
@@ -521,7 +579,15 @@ class LocalRunner:
         self._dead_buffer: list[dict[str, Any]] = []
         try:
             for op in self.operators.values():
-                op.open()
+                op.restore()
+                try:
+                    op.function.open()
+                except EddiesError:
+                    raise
+                except Exception as exc:
+                    raise UserFunctionError(
+                        f"operator {op.name!r} failed in open(): {type(exc).__name__}: {exc}"
+                    ) from exc
             meta = self._restore()
             positions = (meta or {}).get("sinks", {})
             for name, sink in self._all_sinks():
@@ -555,13 +621,16 @@ class LocalRunner:
                 self.on_progress(stats)
         finally:
             self.close()
-        return RunResult(stats, self.dead, {s.name: s for _, s in self._all_sinks()})
+        return RunResult(stats, self.dead, dict(self._all_sinks()))
 
     def _bytes_read(self) -> int:
         total = 0
         for part in self.partitions:
             pos = part.reader.position
-            total += pos[0] if isinstance(pos, list) else int(pos)
+            if isinstance(pos, list) and pos and isinstance(pos[0], int):
+                total += pos[0]
+            elif isinstance(pos, int):
+                total += pos
         return total
 
     def close(self) -> None:
