@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import GeneratorType
 from typing import Any
 
-from eddies.errors import ConfigError
+from eddies.errors import ConfigError, KeyEncodingError
 from eddies.operators.functions import (
     Context,
     KeyedBroadcastProcessFunction,
@@ -151,7 +151,15 @@ class KeyedOperator:
         k = key if type(key) is tuple else (key,)
         # Validate before user code runs: a key the codec cannot store (a list, a dict) raises
         # KeyEncodingError here, and the record goes to dead letters untouched.
-        store.prefix(k)
+        try:
+            store.prefix(k)
+        except KeyEncodingError:
+            raise
+        except TypeError as exc:  # unhashable: the key cache cannot even look it up
+            raise KeyEncodingError(
+                f"operator {self.name!r}: key {key!r} cannot be stored ({exc}); a key is a "
+                "None, bool, int, float, str or bytes, or a tuple of those"
+            ) from exc
         store.key = k
         store.timestamp = timestamp
         ctx = self.ctx
