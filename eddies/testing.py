@@ -47,9 +47,11 @@ _SNAPSHOT_VERSION = 1
 class Harness:
     """Drives one :class:`~eddies.KeyedProcessFunction` by hand.
 
-    ``state`` is ``"memory"``, ``"rocksdb:PATH"`` or a backend object. ``ttl_config`` sets
-    backend-wide TTL options (e.g. a default TTL). Processing time starts at 0 and moves
-    only when you call :meth:`processing_time`.
+    ``state`` is ``"memory"``, ``"rocksdb:PATH"`` or a backend object (a
+    :class:`~eddies.state.TtlStateBackend` too, whose own config then wins over
+    ``ttl_config``). ``ttl_config`` sets backend-wide TTL options (e.g. a default TTL).
+    Processing time starts at 0 and moves only when you call :meth:`processing_time`; it
+    drives processing-time timers and TTL, unless the TTL config brings its own ``clock``.
     """
 
     def __init__(
@@ -63,16 +65,29 @@ class Harness:
     ) -> None:
         self.backend = open_backend(state)
         self._now = 0
-        self.operator = KeyedOperator(
-            operator,
-            function,
-            self.backend,
-            max_parallelism=max_parallelism,
-            ttl_config=ttl_config,
-            clock=lambda: self._now,
-        )
-        self.function = function
-        self.operator.open()
+        try:
+            self.operator = KeyedOperator(
+                operator,
+                function,
+                self.backend,
+                max_parallelism=max_parallelism,
+                ttl_config=ttl_config,
+                clock=lambda: self._now,
+            )
+            self.function = function
+            ttl = self.operator.backend
+            # Checkpoints, snapshots and restores move stored bytes as they are: below the TTL
+            # layer, which would index entries twice and cannot read internal column families.
+            self._raw = ttl.inner
+            # A TtlStateBackend passed in without a clock would expire by the wall clock.
+            self._pin_ttl_clock = ttl.config.clock is None
+            if self._pin_ttl_clock:
+                ttl.set_processing_time(self._now)
+            self.operator.open()
+        except BaseException:
+            if state is not self.backend:  # opened here, so released here (a RocksDB lock)
+                self.backend.close()
+            raise
         self._closed = False
 
     # -- driving -------------------------------------------------------------------------------
@@ -104,6 +119,8 @@ class Harness:
     def processing_time(self, ms: int) -> list[Any]:
         """Set processing time to ``ms``: fires due processing-time timers, drives TTL."""
         self._now = ms
+        if self._pin_ttl_clock:
+            self.operator.backend.set_processing_time(ms)
         out: list[Any] = []
         self.operator.advance_processing_time(ms, out)
         self.checkpoint()
@@ -113,7 +130,7 @@ class Harness:
         """Flush state and timers as one atomic batch, then sweep expired entries."""
         batch = Batch()
         self.operator.checkpoint(batch)
-        self.backend.write(batch)
+        self._raw.write(batch)
         self.operator.backend.sweep_all()
 
     # -- looking -------------------------------------------------------------------------------
@@ -149,8 +166,8 @@ class Harness:
     def snapshot(self) -> bytes:
         """Checkpoint, then return every stored byte (state, timers, watermark) as one blob."""
         self.checkpoint()
-        inner = self.backend
-        cfs = {cf: [[k, v] for k, v in inner.iterate(cf)] for cf in inner.column_families()}
+        raw = self._raw
+        cfs = {cf: [[k, v] for k, v in raw.iterate(cf)] for cf in raw.column_families()}
         return msgpack.packb(
             {"version": _SNAPSHOT_VERSION, "processing_time": self._now, "cfs": cfs},
             use_bin_type=True,
@@ -166,8 +183,10 @@ class Harness:
         for cf, entries in data["cfs"].items():
             for key, value in entries:
                 batch.put(cf, key, value)
-        self.backend.write(batch)
+        self._raw.write(batch)
         self._now = data["processing_time"]
+        if self._pin_ttl_clock:
+            self.operator.backend.set_processing_time(self._now)
         self.operator.store.clear_cache()
         self.operator.restore()
 

@@ -32,6 +32,33 @@ __all__ = [
 ]
 
 
+# What a bound handle offers: using one on an unbound declaration gets the explanation.
+_HANDLE_METHODS = frozenset(
+    {
+        "get",
+        "set",
+        "value",
+        "update",
+        "clear",
+        "add",
+        "add_all",
+        "length",
+        "is_empty",
+        "put",
+        "put_all",
+        "contains",
+        "keys",
+        "values",
+        "entries",
+        "items",
+        "remove",
+        "remove_all",
+        "get_many",
+        "peek",
+    }
+)
+
+
 class StateDescriptor:
     """Base of the state declarations: a name, an optional TTL, and a kind."""
 
@@ -61,8 +88,10 @@ class StateDescriptor:
         return f"{type(self).__name__}({self.name!r})"
 
     def __getattr__(self, item: str) -> Any:
-        if item.startswith("_"):
-            raise AttributeError(item)
+        # Only the handle's methods get the explanation; anything else stays an AttributeError
+        # so that getattr(descriptor, name, default) and hasattr() work as usual.
+        if item not in _HANDLE_METHODS:
+            raise AttributeError(f"{type(self).__name__} has no attribute {item!r}")
         raise StateNotBoundError(
             f"{type(self).__name__} {self.name!r} is not bound to a key: state handles work "
             "only inside on_event/on_timer of a function run by a Job or eddies.testing.Harness"

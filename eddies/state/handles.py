@@ -11,6 +11,7 @@ Cached mutable values are shared with the caller: after changing a list or dict 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ class _Absent:
 
 ABSENT: Any = _Absent()
 MISSING: Any = object()
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset})
 
 
 class Handle:
@@ -71,6 +73,11 @@ class Handle:
     def reset(self) -> None:
         raise NotImplementedError
 
+    def evict(self, key: Key, suffix: bytes) -> None:
+        """Forget the clean cached entry a sweep just deleted (``suffix``: map key or index)."""
+        if key not in self._dirty:
+            self._cache.pop(key, None)  # type: ignore[attr-defined]
+
     def peek(self) -> Any:
         """The current key's public value, or None, with no TTL refresh (for inspection)."""
         raise NotImplementedError
@@ -81,7 +88,10 @@ class ValueHandle(Handle):
 
     def __init__(self, store: KeyedStateStore, descriptor: Any, ttl: Ttl | None):
         super().__init__(store, descriptor, ttl)
-        self.default = getattr(descriptor, "default", None)
+        self.default = vars(descriptor).get("default")
+        # A mutable default (e.g. []) is copied per read, so changing what one key got from
+        # get() cannot change what every other key gets.
+        self._copy_default = type(self.default) not in _IMMUTABLE
         self._cache: dict[Key, Any] = {}
         self._expiry: dict[Key, int] = {}
 
@@ -105,8 +115,10 @@ class ValueHandle(Handle):
             value = self._load(key)
         else:
             self.hits += 1
-        if value is ABSENT or self.ttl is None:
+        if value is ABSENT or (self.ttl is None and not self._expiry):
             return value
+        # A stamp written while the state had a TTL still counts after the TTL is switched
+        # off, as it does for the sweep: the stored value carries its own expiry.
         expires_at = self._expiry.get(key, NEVER)
         if not self._visible(expires_at):
             return ABSENT
@@ -119,7 +131,9 @@ class ValueHandle(Handle):
         """The value for the current key, or ``default`` (the declared default if not given)."""
         value = self._read()
         if value is ABSENT:
-            return self.default if default is MISSING else default
+            if default is not MISSING:
+                return default
+            return copy.deepcopy(self.default) if self._copy_default else self.default
         return value
 
     def value(self) -> Any:
@@ -135,6 +149,8 @@ class ValueHandle(Handle):
         self._cache[key] = value
         if self.ttl is not None:
             self._expiry[key] = store.expiry(self.ttl, self.descriptor)
+        elif self._expiry:
+            self._expiry.pop(key, None)  # a write without TTL never expires
         self._dirty.add(key)
 
     update = set
@@ -176,6 +192,11 @@ class ValueHandle(Handle):
         self._expiry.clear()
         self._dirty.clear()
 
+    def evict(self, key: Key, suffix: bytes) -> None:
+        if key not in self._dirty:
+            self._cache.pop(key, None)
+            self._expiry.pop(key, None)
+
 
 class ReducingHandle(ValueHandle):
     """A bound ReducingState: ``add`` folds a value in with the declared function."""
@@ -196,12 +217,13 @@ class ReducingHandle(ValueHandle):
 
 
 class _List:
-    __slots__ = ("items", "persisted", "rewrite")
+    __slots__ = ("items", "persisted", "rewrite", "stamped")
 
     def __init__(self, items: list[list[Any]], persisted: int) -> None:
         self.items = items  # [index, value, expires_at]
         self.persisted = persisted  # leading items already in the backend as they are
         self.rewrite = False
+        self.stamped = any(item[2] != NEVER for item in items)  # any element can expire
 
 
 class ListHandle(Handle):
@@ -229,7 +251,7 @@ class ListHandle(Handle):
         return entry
 
     def _live(self, entry: _List) -> list[list[Any]]:
-        if self.ttl is None:
+        if self.ttl is None and not entry.stamped:
             return entry.items
         return [item for item in entry.items if self._visible(item[2])]
 

@@ -66,16 +66,19 @@ _pack_double = struct.Struct(">d").pack
 _unpack_double = struct.Struct(">d").unpack
 _pack_u64 = struct.Struct(">Q").pack
 _unpack_u64 = struct.Struct(">Q").unpack
+_INVERT = bytes(range(255, -1, -1))
 _SIZE_LIMITS = [(1 << (8 * i)) - 1 for i in range(9)]
 
 
 def as_tuple(key: Any) -> Key:
-    """Return ``key`` as a tuple: a bare value becomes its 1-tuple.
+    """Return ``key`` as a tuple: a bare value becomes its 1-tuple, a namedtuple a tuple.
 
     >>> as_tuple("a"), as_tuple(("a", 1))
     (('a',), ('a', 1))
     """
-    return key if type(key) is tuple else (key,)
+    if type(key) is tuple:
+        return key
+    return tuple(key) if isinstance(key, tuple) else (key,)
 
 
 def _encode_int(value: int, out: list[bytes]) -> None:
@@ -102,10 +105,34 @@ def _encode_int(value: int, out: list[bytes]) -> None:
         out.append(bytes((_NEG_BIG, n ^ 0xFF)) + (((1 << (8 * n)) - 1) + value).to_bytes(n, "big"))
 
 
+def _ordered_double(value: float) -> bytes:
+    raw = _pack_double(value)
+    if raw[0] & 0x80:  # negative: flip every bit, so larger magnitudes sort first
+        return raw.translate(_INVERT)
+    return bytes((raw[0] ^ 0x80,)) + raw[1:]
+
+
+def _unordered_double(raw: bytes) -> bytes:
+    if raw[0] & 0x80:
+        return bytes((raw[0] ^ 0x80,)) + raw[1:]
+    return raw.translate(_INVERT)
+
+
+def _encode_str(value: str) -> bytes:
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise KeyEncodingError(
+            f"cannot use str {value!r} in a key: it is not valid UTF-8 ({exc.reason}); "
+            "remove the lone surrogates or store the text as bytes"
+        ) from exc
+    return b"\x02" + raw.replace(b"\x00", b"\x00\xff") + b"\x00"
+
+
 def _encode_into(value: Any, out: list[bytes], nested: bool) -> None:
     t = type(value)
     if t is str:
-        out.append(b"\x02" + value.encode("utf-8").replace(b"\x00", b"\x00\xff") + b"\x00")
+        out.append(_encode_str(value))
     elif t is int:
         _encode_int(value, out)
     elif t is bool:
@@ -117,23 +144,23 @@ def _encode_into(value: Any, out: list[bytes], nested: bool) -> None:
     elif t is float:
         if math.isnan(value):
             raise KeyEncodingError("NaN cannot be a key element: it is not equal to itself")
-        raw = _pack_double(value + 0.0)  # + 0.0 folds -0.0 into 0.0
-        if raw[0] & 0x80:
-            raw = bytes(b ^ 0xFF for b in raw)
-        else:
-            raw = bytes((raw[0] ^ 0x80,)) + raw[1:]
-        out.append(b"\x21" + raw)
+        out.append(b"\x21" + _ordered_double(value + 0.0))  # + 0.0 folds -0.0 into 0.0
     elif t is tuple:
         out.append(b"\x05")
         for item in value:
             _encode_into(item, out, True)
         out.append(b"\x00")
+    # Subclasses (IntEnum, str-mixin Enum, numpy.float64, namedtuple) encode as their base
+    # value, so they equal the plain value as keys, as they do in Python. str(x) would give
+    # "Color.RED" for a str-mixin Enum member, hence the unbound base-class calls.
     elif isinstance(value, bool):
         out.append(b"\x27" if value else b"\x26")
     elif isinstance(value, int):
-        _encode_int(int(value), out)
+        _encode_int(int.__int__(value), out)
     elif isinstance(value, str):
-        _encode_into(str(value), out, nested)
+        out.append(_encode_str(str.__str__(value)))
+    elif isinstance(value, float):
+        _encode_into(float.__float__(value), out, nested)
     elif isinstance(value, tuple):
         _encode_into(tuple(value), out, nested)
     else:
@@ -151,9 +178,9 @@ def encode_key(key: Any) -> bytes:
     """
     t = type(key)
     if t is str:  # fast path for the most common key shape
-        return b"\x02" + key.encode("utf-8").replace(b"\x00", b"\x00\xff") + b"\x00"
+        return _encode_str(key)
     out: list[bytes] = []
-    if t is tuple:
+    if t is tuple or isinstance(key, tuple):  # a namedtuple key is a tuple key
         for item in key:
             _encode_into(item, out, False)
     else:
@@ -193,13 +220,20 @@ def _find_terminator(data: bytes, pos: int) -> int:
         return end
 
 
+def _take(data: bytes, start: int, n: int) -> bytes:
+    """``n`` bytes at ``start``; a short read is an error (a slice would quietly decode 0)."""
+    if start + n > len(data):
+        raise IndexError(f"{n} bytes needed at offset {start}, the key ends first")
+    return data[start : start + n]
+
+
 def _decode_one(data: bytes, pos: int, nested: bool) -> tuple[Any, int]:
     code = data[pos]
     if code == _NULL:
         if nested:
             return None, pos + 2
         return None, pos + 1
-    if code == _BYTES or code == _STR:
+    if code in (_BYTES, _STR):
         end = _find_terminator(data, pos + 1)
         raw = data[pos + 1 : end].replace(b"\x00\xff", b"\x00")
         return (raw if code == _BYTES else raw.decode("utf-8")), end + 1
@@ -214,23 +248,18 @@ def _decode_one(data: bytes, pos: int, nested: bool) -> tuple[Any, int]:
     if _INT_ZERO - 8 <= code <= _INT_ZERO + 8:
         n = code - _INT_ZERO
         if n >= 0:
-            return int.from_bytes(data[pos + 1 : pos + 1 + n], "big"), pos + 1 + n
+            return int.from_bytes(_take(data, pos + 1, n), "big"), pos + 1 + n
         n = -n
-        return int.from_bytes(data[pos + 1 : pos + 1 + n], "big") - _SIZE_LIMITS[n], pos + 1 + n
+        return int.from_bytes(_take(data, pos + 1, n), "big") - _SIZE_LIMITS[n], pos + 1 + n
     if code == _POS_BIG:
         n = data[pos + 1]
-        return int.from_bytes(data[pos + 2 : pos + 2 + n], "big"), pos + 2 + n
+        return int.from_bytes(_take(data, pos + 2, n), "big"), pos + 2 + n
     if code == _NEG_BIG:
         n = data[pos + 1] ^ 0xFF
-        value = int.from_bytes(data[pos + 2 : pos + 2 + n], "big") - ((1 << (8 * n)) - 1)
+        value = int.from_bytes(_take(data, pos + 2, n), "big") - ((1 << (8 * n)) - 1)
         return value, pos + 2 + n
     if code == _DOUBLE:
-        raw = data[pos + 1 : pos + 9]
-        if raw[0] & 0x80:
-            raw = bytes((raw[0] ^ 0x80,)) + raw[1:]
-        else:
-            raw = bytes(b ^ 0xFF for b in raw)
-        return _unpack_double(raw)[0], pos + 9
+        return _unpack_double(_unordered_double(_take(data, pos + 1, 8)))[0], pos + 9
     if code == _FALSE:
         return False, pos + 1
     if code == _TRUE:

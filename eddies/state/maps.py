@@ -35,8 +35,15 @@ _MISSING: Any = object()
 
 
 def public_key(key: Key) -> Any:
-    """A decoded map key as users see it: a 1-tuple as its bare value."""
-    return key[0] if len(key) == 1 else key
+    """A decoded map key as users see it: a 1-tuple as its bare value.
+
+    Not when that value is itself a tuple: ``((1, 2),)`` given back as ``(1, 2)`` would name
+    another key, the 2-tuple.
+
+    >>> public_key(("a",)), public_key(("a", 1)), public_key(((1, 2),))
+    ('a', ('a', 1), ((1, 2),))
+    """
+    return key[0] if len(key) == 1 and type(key[0]) is not tuple else key
 
 
 def range_bounds(
@@ -147,10 +154,13 @@ class MapHandle(Handle):
     def _check_writable(self) -> None:
         """Keyed maps are always writable; BroadcastHandle overrides."""
 
+    def _where(self, key: Any) -> str:
+        return f"{self.store.where(self.descriptor)}, map key {key!r}"
+
     def put(self, key: Any, value: Any, ttl: Ttl | None = None) -> None:
         """Set ``key`` to ``value``; ``ttl`` overrides the state's TTL for this entry."""
         self._check_writable()
-        check_value(value, f"{self.store.where(self.descriptor)}, map key {key!r}")
+        check_value(value, self._where(key))
         enc = encode_key(key)
         m = self._map()
         expires_at = self._entry_expiry(ttl)
@@ -172,8 +182,9 @@ class MapHandle(Handle):
         self._check_writable()
         enc = encode_key(key)
         m = self._map()
-        if m.entries.pop(enc, None) is not None:
-            self._resize(m, enc, _MISSING)
+        if enc in m.entries:
+            self._resize(m, enc, _MISSING)  # before the pop: it reads the old entry's size
+            del m.entries[enc]
         self._mark(m, enc)
 
     def remove_all(self, keys: Iterable[Any]) -> None:
@@ -317,6 +328,11 @@ class MapHandle(Handle):
         self._cache.clear()
         self._dirty.clear()
 
+    def evict(self, key: Key, suffix: bytes) -> None:
+        m = self._cache.get(key)
+        if m is not None and not m.cleared and suffix not in m.dirty:
+            m.entries.pop(suffix, None)
+
 
 _BROADCAST_PREFIX = b"\x00\x00" + b"\x05\x00"  # key group 0, the empty tuple
 
@@ -334,6 +350,11 @@ class BroadcastHandle(MapHandle):
 
     def _current(self) -> tuple[Key, bytes]:
         return (), _BROADCAST_PREFIX
+
+    def _where(self, key: Any) -> str:
+        # Not store.where(): that names the keyed side's current key, which is unrelated.
+        op = f" in operator {self.store.operator!r}" if self.store.operator else ""
+        return f"BroadcastState {self.name!r}{op}, map key {key!r}"
 
     def _prefix_of(self, key: Key) -> bytes:
         return _BROADCAST_PREFIX

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import rocksdict
 
@@ -41,7 +42,10 @@ class RocksDbStateBackend(StateBackend):
         super().__init__()
         self.path = Path(path)
         self.durability = durability
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot use {self.path} as a RocksDB state dir: {exc}") from exc
         existing: list[str] = []
         if (self.path / "CURRENT").exists():
             try:
@@ -95,7 +99,7 @@ class RocksDbStateBackend(StateBackend):
         table = self._cfs.get(cf)
         if table is None:
             return [None] * len(keys)
-        return table.get(keys)
+        return cast("list[bytes | None]", table.get(cast("list[Any]", keys)))
 
     def iterate(
         self,
@@ -114,19 +118,26 @@ class RocksDbStateBackend(StateBackend):
     def _scan(
         table: rocksdict.Rdict, lower: bytes | None, upper: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
+        # Only the upper bound goes into ReadOptions: rocksdict's set_iterate_lower_bound
+        # stores its argument as the *upper* bound (seen in 0.3.29), which silently widens
+        # every range read. The lower bound is a seek going forward and a check going back.
         ro = rocksdict.ReadOptions()
-        if lower is not None:
-            ro.set_iterate_lower_bound(lower)
         if upper is not None:
             ro.set_iterate_upper_bound(upper)
         it = table.iter(ro)
         if reverse:
             it.seek_to_last()
             while it.valid():
-                yield it.key(), it.value()
+                key = it.key()
+                if lower is not None and key < lower:
+                    return
+                yield key, it.value()
                 it.prev()
         else:
-            it.seek_to_first()
+            if lower is None:
+                it.seek_to_first()
+            else:
+                it.seek(lower)
             while it.valid():
                 yield it.key(), it.value()
                 it.next()
@@ -140,7 +151,7 @@ class RocksDbStateBackend(StateBackend):
             elif kind == DELETE:
                 wb.delete(key, handle)
             else:
-                wb.delete_range(key, value, handle)
+                wb.delete_range(key, cast(bytes, value), handle)
         self._db.write(wb, self._sync_opts if sync else self._write_opts)
 
     def column_families(self) -> list[str]:
@@ -153,6 +164,7 @@ class RocksDbStateBackend(StateBackend):
         self._db.flush_wal(True)
         self._db.flush()
         for table in self._cfs.values():
+            table.flush()  # Rdict.flush() covers only the default column family
             table.close()
         self._cfs.clear()
         self._handles.clear()

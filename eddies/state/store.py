@@ -24,7 +24,7 @@ from typing import Any
 from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import StateDescriptor
-from eddies.state.keys import Key, as_tuple, encode_element
+from eddies.state.keys import Key, as_tuple, decode_prefixed, encode_element
 from eddies.state.ttl import MIN_TIME, Ttl, TtlConfig, TtlStateBackend
 from eddies.state.values import NEVER, pack
 
@@ -33,11 +33,13 @@ __all__ = ["KeyedStateStore", "check_value", "describe_key"]
 _SCALARS = frozenset({str, float, bool, type(None), bytes})
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
+MAX_KEY_GROUPS = 32768
+"""Key groups fit in 15 bits, so a stored key never starts with FF (see ``ttl.py``)."""
 
 
 def describe_key(key: Key) -> str:
-    """A key as users wrote it: a bare value for a 1-tuple."""
-    return repr(key[0]) if len(key) == 1 else repr(key)
+    """A key as users wrote it: a bare value for a 1-tuple (unless that value is a tuple)."""
+    return repr(key[0]) if len(key) == 1 and type(key[0]) is not tuple else repr(key)
 
 
 def check_value(value: Any, where: str) -> None:
@@ -82,8 +84,11 @@ class KeyedStateStore:
     ) -> None:
         if not isinstance(backend, TtlStateBackend):
             backend = TtlStateBackend(backend, ttl_config or TtlConfig(), namespace=operator)
-        if not 1 <= max_parallelism <= 65536:
-            raise ConfigError(f"max_parallelism must be in 1..65536, got {max_parallelism}")
+        if not 1 <= max_parallelism <= MAX_KEY_GROUPS:
+            raise ConfigError(
+                f"max_parallelism must be in 1..{MAX_KEY_GROUPS} (as in Flink), "
+                f"got {max_parallelism}"
+            )
         self.backend: TtlStateBackend = backend
         self.max_parallelism = max_parallelism
         self.operator = operator
@@ -93,6 +98,7 @@ class KeyedStateStore:
         self.broadcast_writable = False
         self.handles: dict[str, Any] = {}
         self._prefixes: dict[Key, bytes] = {}
+        backend.add_sweep_listener(self._evict_swept)
 
     # -- binding -------------------------------------------------------------------------------
     def bind(self, descriptor: StateDescriptor) -> Any:
@@ -127,18 +133,29 @@ class KeyedStateStore:
 
     # -- current key ---------------------------------------------------------------------------
     def set_key(self, key: Any, timestamp: int | None = None) -> None:
-        """Make ``key`` (a bare value means its 1-tuple) the key handles read and write."""
-        self.key = key if type(key) is tuple else (key,)
+        """Make ``key`` (a bare value means its 1-tuple) the key handles read and write.
+
+        Raises :class:`~eddies.errors.KeyEncodingError` for a key the codec cannot store.
+        """
+        key = as_tuple(key)
+        self.prefix(key)  # validates, and is cached for the handles that follow
+        self.key = key
         self.timestamp = timestamp
 
     def prefix(self, key: Key) -> bytes:
         """The stored-key prefix (key group + user key element) of ``key``."""
-        p = self._prefixes.get(key)
+        try:
+            p = self._prefixes.get(key)
+        except TypeError:  # unhashable (a list, a dict): let the codec say what is wrong
+            encode_element(key)
+            raise
         if p is None:
             element = encode_element(key)
             group = self.key_group
             if group is None:
                 group = zlib.crc32(element) % self.max_parallelism
+            elif not 0 <= group < MAX_KEY_GROUPS:
+                raise ConfigError(f"key group {group} is out of range 0..{MAX_KEY_GROUPS - 1}")
             p = group.to_bytes(2, "big") + element
             self._prefixes[key] = p
         return p
@@ -148,7 +165,12 @@ class KeyedStateStore:
         return f"{type(descriptor).__name__} {descriptor.name!r}{op} for key {describe_key(self.key)}"
 
     def expiry(self, ttl: Ttl | None, descriptor: StateDescriptor) -> int:
-        """The expires_at stamp for a write made now under ``ttl``."""
+        """The expires_at stamp for a write made now under ``ttl``.
+
+        Event time counts from the timestamp of the record (or timer) being handled. A write
+        with no timestamp counts from the watermark once there is one, and raises
+        :class:`~eddies.errors.MissingTimestampError` before that.
+        """
         if ttl is None:
             return NEVER
         if ttl.time == "event":
@@ -180,6 +202,14 @@ class KeyedStateStore:
         batch = self.collect(batch)
         self.backend.inner.write(batch, sync=sync)
         return len(batch)
+
+    def _evict_swept(self, state: str, stored_keys: list[bytes]) -> None:
+        handle = self.handles.get(state)
+        if handle is None:
+            return
+        for stored in stored_keys:
+            key, end = decode_prefixed(stored, 2)
+            handle.evict(key, stored[end:])
 
     def clear_cache(self) -> None:
         """Forget every clean cached entry (dirty ones must be flushed first)."""

@@ -12,6 +12,9 @@ family of its own, so a sweep finds expired entries without scanning live data::
     +-----------------------+----------------------+--------------------+
     value: empty
 
+The state name is self-delimiting as long as the stored key after it does not start with FF;
+the store's keys start with a key group below 0x8000, and raw writes must keep to that too.
+
 A sweep takes index entries up to the clock in bounded steps. For each it point-reads the entry
 it names and deletes it if still expired (a rewrite may have moved its expiry on), then deletes
 the index entry. Deletions are ordinary batch writes, so write listeners (the Kafka changelog)
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from eddies.errors import ConfigError
-from eddies.state.backend import PUT, Batch, StateBackend
+from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 from eddies.state.keys import decode_element, encode_key
 from eddies.state.values import NEVER, read_stamp
 
@@ -39,6 +42,7 @@ MIN_TIME = -(2**63)
 EXPIRY_CF = "__expiry__"
 EXPIRY_PROC_CF = "__expiry_proc__"
 _be = struct.Struct(">Q")
+_read_le = struct.Struct("<Q").unpack_from
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,17 @@ class Ttl:
     """How long a state entry lives after it is written, in event time unless told otherwise.
 
     The parts add up: ``Ttl(minutes=1, seconds=30)`` is 90 s.
+
+    - ``time="event"``: a write at record (or timer) time t expires once the watermark
+      reaches t + ttl; ``"processing"`` uses the processing-time clock instead.
+    - ``update="on_read_and_write"``: reads that return an entry's value also restart its
+      clock: ValueState/ReducingState ``get``, ListState ``get`` (every element), MapState
+      ``get``, ``get_many`` and ``[]``. Scans (``entries``, ``keys``, ``values``),
+      ``contains``, ``length`` and ``is_empty`` do not.
+    - ``visibility="expired_if_present"``: an expired entry stays readable until it is
+      physically deleted, by a sweep (the harness sweeps at every watermark) or a rewrite.
+    - Switching a state's TTL off keeps the expiry of what was written under it (reads and
+      sweeps agree); new writes never expire. Switching it on leaves old values unexpiring.
 
     >>> Ttl(minutes=1, seconds=30).duration_ms
     90000
@@ -138,6 +153,7 @@ class TtlStateBackend(StateBackend):
         self.expired_deleted = 0
         """Entries physically deleted by sweeps so far."""
         self.sweeps = 0
+        self._sweep_listeners: list[Callable[[str, list[bytes]], None]] = []
 
     # -- clocks ------------------------------------------------------------------------------
     def set_watermark(self, ms: int) -> None:
@@ -220,6 +236,14 @@ class TtlStateBackend(StateBackend):
     def add_write_listener(self, listener: Callable[[Batch], None]) -> None:
         self.inner.add_write_listener(listener)
 
+    def add_sweep_listener(self, listener: Callable[[str, list[bytes]], None]) -> None:
+        """Call ``listener(state, stored_keys)`` after a sweep deleted those entries.
+
+        The state store uses it to drop the swept entries from its caches, so a cache never
+        shows a value the backend no longer holds.
+        """
+        self._sweep_listeners.append(listener)
+
     @property  # type: ignore[override]
     def round_trips(self) -> int:
         return self.inner.round_trips
@@ -256,69 +280,93 @@ class TtlStateBackend(StateBackend):
         return index
 
     # -- sweeping ------------------------------------------------------------------------------
+    def _clocks(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        return (self.expiry_cf, self.watermark), (self.expiry_proc_cf, self.processing_time())
+
     def sweep(self, limit: int | None = None) -> int:
         """Delete up to ``limit`` expired entries (default ``config.sweep_batch``).
 
-        Returns how many stored entries were deleted; index entries of values that were
-        rewritten with a later expiry are dropped without touching the value.
+        One bounded step: it takes at most ``limit`` index entries. Returns how many stored
+        entries were deleted; index entries of values that were rewritten with a later expiry
+        are dropped without touching the value.
         """
-        limit = limit or self.config.sweep_batch
-        deleted = 0
-        for index_cf, clock in (
-            (self.expiry_cf, self.watermark),
-            (self.expiry_proc_cf, self.processing_time()),
-        ):
-            if clock < 0 or deleted >= limit:
+        return self._sweep_step(limit or self.config.sweep_batch, {})[0]
+
+    def _sweep_step(self, limit: int, cursors: dict[str, bytes]) -> tuple[int, int]:
+        """Returns (entries deleted, index entries taken). ``cursors`` carries, per index,
+        where the previous step of the same sweep stopped: its index entries are deleted, and
+        on RocksDB seeking from the start again would walk their tombstones every step."""
+        deleted = taken = 0
+        for index_cf, clock in self._clocks():
+            if clock < 0 or taken >= limit:
                 continue
             upper = _be.pack(min(clock, NEVER - 1) + 1)
             candidates: list[bytes] = []
-            for index_key, _ in self.inner.iterate(index_cf, None, upper):
+            for index_key, _ in self.inner.iterate(index_cf, cursors.get(index_cf), upper):
                 candidates.append(index_key)
-                if len(candidates) >= limit - deleted:
+                if taken + len(candidates) >= limit:
                     break
             if not candidates:
                 continue
+            cursors[index_cf] = candidates[-1] + b"\x00"  # the next key up
+            taken += len(candidates)
             deleted += self._delete_expired(index_cf, candidates, clock)
         if deleted:
             self.sweeps += 1
-        return deleted
+        return deleted, taken
 
     def _delete_expired(self, index_cf: str, index_keys: list[bytes], clock: int) -> int:
         by_state: dict[str, list[bytes]] = {}
+        name_enc = b""  # the encoded state name of the previous index key, usually the same
+        state = ""
         for index_key in index_keys:
-            state, end = decode_element(index_key, 8)
-            by_state.setdefault(state, []).append(index_key[end:])
+            n = 8 + len(name_enc)
+            # A stored key never starts with FF (key groups are < 0x8000), so an FF after the
+            # name's terminator is an escaped NUL: a longer name, to be decoded in full.
+            if (
+                not name_enc
+                or not index_key.startswith(name_enc, 8)
+                or index_key[n : n + 1] == b"\xff"
+            ):
+                state, n = decode_element(index_key, 8)
+                name_enc = index_key[8:n]
+            by_state.setdefault(state, []).append(index_key[n:])
         batch = Batch()
-        deleted = 0
+        ops = batch.ops
+        deleted: dict[str, list[bytes]] = {}
         for state, keys in by_state.items():
-            for key, data in zip(keys, self.inner.multi_get(state, keys), strict=True):
-                if data is not None and read_stamp(data) <= clock:
-                    batch.delete(state, key)
-                    deleted += 1
-        for index_key in index_keys:
-            batch.delete(index_cf, index_key)
+            values = self.inner.multi_get(state, keys)
+            gone = [
+                key
+                for key, data in zip(keys, values, strict=True)
+                if data is not None and _read_le(data)[0] <= clock
+            ]
+            if gone:
+                ops.extend((DELETE, state, key, None) for key in gone)
+                deleted[state] = gone
+        ops.extend((DELETE, index_cf, index_key, None) for index_key in index_keys)
         self.inner.write(batch)
-        self.expired_deleted += deleted
-        return deleted
+        n = sum(len(keys) for keys in deleted.values())
+        self.expired_deleted += n
+        for listener in self._sweep_listeners:
+            for state, keys in deleted.items():
+                listener(state, keys)
+        return n
 
     def sweep_all(self) -> int:
-        """Sweep in bounded steps until nothing expired is left; returns entries deleted."""
-        total = 0
-        while True:
-            n = self.sweep()
-            total += n
-            if n == 0 and not self._has_expired_index():
-                return total
+        """Sweep in bounded steps until nothing expired is left; returns entries deleted.
 
-    def _has_expired_index(self) -> bool:
-        for index_cf, clock in (
-            (self.expiry_cf, self.watermark),
-            (self.expiry_proc_cf, self.processing_time()),
-        ):
-            if clock >= 0:
-                for _ in self.inner.iterate(index_cf, None, _be.pack(min(clock, NEVER - 1) + 1)):
-                    return True
-        return False
+        Memory is bounded by one step (``config.sweep_batch`` entries), not by how many
+        entries expire.
+        """
+        total = 0
+        cursors: dict[str, bytes] = {}
+        limit = self.config.sweep_batch
+        while True:
+            deleted, taken = self._sweep_step(limit, cursors)
+            total += deleted
+            if not taken:
+                return total
 
     def close(self) -> None:
         self.inner.close()

@@ -38,9 +38,29 @@ pack = msgpack.Packer(use_bin_type=True).pack
 """msgpack encoder used for every state value (tuples come back as lists)."""
 
 
+def _hashable(item: Any) -> Any:
+    return tuple(_hashable(i) for i in item) if type(item) is list else item
+
+
+def _dict_with_tuple_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_hashable(k): v for k, v in pairs}
+
+
 def unpack(data: bytes) -> Any:
-    """Decode a msgpack payload (non-string map keys allowed)."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    """Decode a msgpack payload (non-string map keys allowed).
+
+    A dict keyed by tuples packs (msgpack writes the tuples as arrays) but its keys would come
+    back as unhashable lists; such payloads are decoded again with the keys made tuples.
+
+    >>> unpack(pack({(1, "a"): 2}))
+    {(1, 'a'): 2}
+    """
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except TypeError:  # unhashable list as a map key: the slow path, only for such payloads
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=False, object_pairs_hook=_dict_with_tuple_keys
+        )
 
 
 def read_stamp(data: bytes) -> int:

@@ -1,0 +1,261 @@
+"""The TTL sweep: it deletes expired entries through the expiry index, never scanning live data."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eddies.state import (
+    Batch,
+    InMemoryStateBackend,
+    KeyedStateStore,
+    ListState,
+    MapState,
+    RocksDbStateBackend,
+    StateBackend,
+    Ttl,
+    TtlConfig,
+    TtlStateBackend,
+    ValueState,
+    encode_value,
+)
+from eddies.state.backend import DELETE
+from eddies.state.ttl import EXPIRY_CF, EXPIRY_PROC_CF
+
+
+class CountingBackend(StateBackend):
+    """Passes every call to a real backend and counts what each column family was asked."""
+
+    def __init__(self, inner: StateBackend) -> None:
+        super().__init__()
+        self.inner = inner
+        self.reset()
+
+    def reset(self) -> None:
+        self.point_reads: Counter[str] = Counter()  # keys asked by get/multi_get
+        self.scans: Counter[str] = Counter()  # iterate calls
+        self.scanned: Counter[str] = Counter()  # entries those scans yielded
+        self.asked: dict[str, list[bytes]] = {}
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        self.point_reads[cf] += 1
+        self.asked.setdefault(cf, []).append(key)
+        return self.inner.get(cf, key)
+
+    def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
+        self.point_reads[cf] += len(keys)
+        self.asked.setdefault(cf, []).extend(keys)
+        return self.inner.multi_get(cf, keys)
+
+    def iterate(self, cf, lower=None, upper=None, reverse=False) -> Iterator[tuple[bytes, bytes]]:
+        self.scans[cf] += 1
+        for item in self.inner.iterate(cf, lower, upper, reverse):
+            self.scanned[cf] += 1
+            yield item
+
+    def _apply(self, batch: Batch, sync: bool) -> None:
+        self.inner.write(batch, sync)
+
+    def column_families(self) -> list[str]:
+        return self.inner.column_families()
+
+    def count(self, cf: str) -> int:
+        return self.inner.count(cf)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def inner(request, tmp_path: Path) -> Iterator[StateBackend]:
+    db = InMemoryStateBackend() if request.param == "memory" else RocksDbStateBackend(tmp_path)
+    yield db
+    db.close()
+
+
+def _dump(db: StateBackend, cf: str) -> dict[bytes, bytes]:
+    return dict(db.iterate(cf))
+
+
+def test_sweep_touches_only_the_index_and_the_expired(inner: StateBackend) -> None:
+    counting = CountingBackend(inner)
+    store = KeyedStateStore(counting)
+    short = store.bind(ValueState("short", ttl=Ttl(seconds=10)))
+    long_ = store.bind(ValueState("long", ttl=Ttl(hours=1)))
+    plain = store.bind(ValueState("plain"))
+    items = store.bind(ListState("items", ttl=Ttl(seconds=10)))
+    table = store.bind(MapState("table"))
+    for i in range(1_000):
+        store.set_key(("user", i), 1_000)
+        long_.set(i)
+        plain.set(i)
+        table.put("forever", i)
+        table.put("brief", i, ttl=Ttl(hours=1))
+        if i % 10 == 0:  # 100 keys hold short-lived entries
+            short.set(i)
+            items.add(i)
+            table.put("short", i, ttl=Ttl(seconds=10))
+        store.set_key(("user", i), 5_000)
+        items.add(-i)  # every list also has an element that outlives the sweep
+    store.flush()
+    live_before = {cf: _dump(inner, cf) for cf in ("long", "plain")}
+    table_before = _dump(inner, "table")
+    items_before = _dump(inner, "items")
+    assert inner.count(EXPIRY_CF) == 1_000 * 2 + 100 * 3 + 1_000
+
+    counting.reset()
+    store.backend.set_watermark(11_000)
+    assert store.backend.sweep_all() == 300
+
+    # Reads: index scans plus exactly one point read per index entry up to the watermark.
+    assert set(counting.scans) <= {EXPIRY_CF, EXPIRY_PROC_CF}, "no scan of a live state"
+    assert counting.scanned[EXPIRY_CF] <= 300 + 1
+    assert counting.point_reads == Counter({"short": 100, "items": 100, "table": 100})
+    assert counting.point_reads["long"] == counting.point_reads["plain"] == 0
+    # Writes: the expired entries and their index entries went; live data is byte-identical.
+    assert inner.count("short") == 0
+    assert {cf: _dump(inner, cf) for cf in ("long", "plain")} == live_before
+    assert inner.count("table") == 2_000
+    assert {k: v for k, v in table_before.items() if k in _dump(inner, "table")} == _dump(
+        inner, "table"
+    )
+    assert inner.count("items") == 1_000
+    assert set(_dump(inner, "items")) < set(items_before)
+    assert inner.count(EXPIRY_CF) == 1_000 * 2 + 1_000
+    assert store.backend.expired_deleted == 300
+
+    # Nothing expired is left: a second sweep reads one index entry and stops.
+    counting.reset()
+    assert store.backend.sweep_all() == 0
+    assert sum(counting.point_reads.values()) == 0
+    assert counting.scanned[EXPIRY_CF] <= 2
+
+
+def test_sweep_skips_values_rewritten_with_a_later_expiry(inner: StateBackend) -> None:
+    store = KeyedStateStore(inner)
+    v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
+    store.set_key("k", 1_000)
+    v.set("first")
+    store.flush()
+    store.set_key("k", 5_000)
+    v.set("second")
+    store.flush()
+    assert inner.count(EXPIRY_CF) == 2
+    store.backend.set_watermark(11_000)
+    assert store.backend.sweep_all() == 0, "the stored value now expires at 15_000"
+    assert inner.count(EXPIRY_CF) == 1, "the stale index entry is dropped"
+    assert inner.count("v") == 1
+    store.backend.set_watermark(15_000)
+    assert store.backend.sweep_all() == 1
+    assert inner.count("v") == 0
+    assert inner.count(EXPIRY_CF) == 0
+
+
+def test_sweep_drops_index_entries_of_cleared_values(inner: StateBackend) -> None:
+    store = KeyedStateStore(inner)
+    v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
+    store.set_key("k", 1_000)
+    v.set("x")
+    store.flush()
+    v.clear()
+    store.flush()
+    store.backend.set_watermark(11_000)
+    assert store.backend.sweep_all() == 0
+    assert inner.count(EXPIRY_CF) == 0
+
+
+def test_sweep_steps_are_bounded(inner: StateBackend) -> None:
+    ttl = TtlStateBackend(inner, TtlConfig(sweep_batch=7))
+    batch = Batch()
+    for i in range(30):
+        batch.put("s", b"k%03d" % i, encode_value(i, 1_000 + i))
+    ttl.write(batch)
+    ttl.set_watermark(1_019)  # 20 expired
+    assert ttl.sweep(limit=5) == 5
+    assert ttl.sweep() == 7
+    assert ttl.sweep() == 7
+    assert ttl.sweep() == 1
+    assert ttl.sweep() == 0
+    assert inner.count("s") == 10
+    assert sorted(_dump(inner, "s"))[0] == b"k020"
+
+
+def test_sweep_deletes_reach_write_listeners(inner: StateBackend) -> None:
+    """The Kafka changelog listens to batches: sweeps must reach it as deletes."""
+    seen: list[tuple[str, bytes]] = []
+    inner.add_write_listener(
+        lambda batch: seen.extend((cf, key) for kind, cf, key, _ in batch.ops if kind == DELETE)
+    )
+    store = KeyedStateStore(inner)
+    v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
+    store.set_key("k", 1_000)
+    v.set(1)
+    store.flush()
+    store.backend.set_watermark(11_000)
+    store.backend.sweep_all()
+    assert [cf for cf, _ in seen] == ["v", EXPIRY_CF]
+    assert seen[0][1] == store.prefix(("k",))
+
+
+def test_processing_time_sweep(inner: StateBackend) -> None:
+    now = [0]
+    store = KeyedStateStore(inner, ttl_config=TtlConfig(clock=lambda: now[0]))
+    v = store.bind(ValueState("v", ttl=Ttl(seconds=10, time="processing")))
+    e = store.bind(ValueState("e", ttl=Ttl(seconds=10)))
+    store.set_key("k", 0)
+    v.set(1)
+    e.set(1)
+    store.flush()
+    now[0] = 10_000
+    assert store.backend.sweep_all() == 1
+    assert inner.count("v") == 0
+    assert inner.count("e") == 1
+    store.backend.set_watermark(10_000)
+    assert store.backend.sweep_all() == 1
+    assert inner.count("e") == 0
+
+
+# -- a million keys --------------------------------------------------------------------------------
+
+MILLION = 1_000_000
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_while_a_million_keys_expire(tmp_path: Path) -> None:
+    """1M TTL'd keys expire in one sweep_all(); Python memory stays bounded by the step size."""
+    db = RocksDbStateBackend(tmp_path / "state")
+    ttl = TtlStateBackend(db, TtlConfig(sweep_batch=10_000))
+    keep = encode_value("keep")  # never expires
+    step = 50_000
+    for start in range(0, MILLION, step):
+        batch = Batch()
+        ops = batch.ops
+        for i in range(start, start + step):
+            # Expiry times spread over 1000..1999 so the index is not in key order.
+            ops.append((0, "dedup", b"k%07d" % i, encode_value(1, 1_000 + i % 1_000)))
+        if start == 0:
+            for i in range(100):
+                ops.append((0, "dedup", b"live%03d" % i, keep))
+        ttl.write(batch)
+    del batch, ops
+    ttl.set_watermark(2_000)
+    gc.collect()
+
+    tracemalloc.start()
+    try:
+        deleted = ttl.sweep_all()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert deleted == MILLION
+    assert peak < 50 * 1024 * 1024, f"sweep peak {peak / 1e6:.1f} MB"
+    assert ttl.sweeps >= MILLION // 10_000, "done in bounded steps"
+    assert list(db.iterate("dedup")) == [(b"live%03d" % i, keep) for i in range(100)]
+    assert next(iter(db.iterate(EXPIRY_CF)), None) is None
+    db.close()
