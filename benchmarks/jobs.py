@@ -2,14 +2,17 @@
 
 1. running count+sum per key (ValueState); results emitted per key at the end of input.
 2. tumbling 60 s windows, count+sum per key and window (output-heavy: every window emits).
-3. job 1 with a 10-minute event-time TTL on the state.
+3. job 1 with a 10-minute event-time TTL: a key idle for 10 min starts over (emitted).
 
-The plain versions parse the same CSV and follow the same semantics (watermark = max ts -
-5 s - 1, advanced every ``batch`` events as the runtime does), so results must be equal.
+The plain versions read the same CSV with ``csv.DictReader`` and the same conversions (the
+"plain-Python dict loop" yardstick: rows as dicts, state in dicts) and follow the same
+semantics (watermark = max ts - 5 s - 1, advanced every ``batch`` events as the runtime does),
+so results must be equal.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,17 +43,21 @@ class RunningTotals(ed.KeyedProcessFunction):
             yield (ctx.key, acc[0], round(acc[1], 2))
 
 
-class RunningTotalsTtl(RunningTotals):
+class RunningTotalsTtl(ed.KeyedProcessFunction):
+    """Job 1 with a 10-minute TTL: a key idle for 10 min of event time starts over, and each
+    start is emitted (a TTL dedup), so results pin down exactly when state expired."""
+
     totals = ed.ValueState("totals", ttl=ed.Ttl(ms=TTL_MS))
 
     def on_event(self, event, ctx):
         acc = self.totals.get()
         if acc is None:
-            acc = [0, 0.0]
-            ctx.timers.register_event_time(END)
+            self.totals.set([1, event["amount"]])
+            return [(ctx.key, ctx.timestamp)]
         acc[0] += 1
         acc[1] += event["amount"]
         self.totals.set(acc)
+        return None
 
 
 class SumAgg:
@@ -91,53 +98,60 @@ def eddies_job(name: str, path: Path) -> tuple[ed.Job, Any]:
 def normalize(name: str, results: list[Any]) -> Any:
     if name == "tumbling":
         return sorted((r["key"], r["start"], r["value"][0], r["value"][1]) for r in results)
+    if name == "ttl":
+        return sorted(results)
     return sorted((k, c, s) for k, c, s in results)
 
 
 # -- plain Python ------------------------------------------------------------------------------
-def _lines(path: Path):
-    with open(path) as f:
-        next(f)
-        yield from f
+def _rows(path: Path):
+    """Rows as dicts with ts and amount converted: the events a user's code sees."""
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            row["ts"] = int(row["ts"])
+            row["amount"] = float(row["amount"])
+            yield row
 
 
 def plain_running(path: Path, batch: int) -> list[Any]:
     totals: dict[str, list] = {}
     get = totals.get
-    for line in _lines(path):
-        key, ts, amount = line.split(",")
-        int(ts)
+    for row in _rows(path):
+        key = row["key"]
         acc = get(key)
         if acc is None:
-            totals[key] = [1, float(amount)]
+            totals[key] = [1, row["amount"]]
         else:
             acc[0] += 1
-            acc[1] += float(amount)
+            acc[1] += row["amount"]
     return [(k, a[0], round(a[1], 2)) for k, a in totals.items()]
 
 
 def plain_ttl(path: Path, batch: int) -> list[Any]:
     totals: dict[str, list] = {}
     get = totals.get
+    starts = []
     wm = -(2**63)
     max_ts = wm
     i = 0
-    for line in _lines(path):
-        key, ts, amount = line.split(",")
-        ts = int(ts)
+    for row in _rows(path):
+        key = row["key"]
+        ts = row["ts"]
         acc = get(key)
         if acc is None or acc[2] <= wm:
-            acc = totals[key] = [0, 0.0, 0]
-        acc[0] += 1
-        acc[1] += float(amount)
-        acc[2] = ts + TTL_MS
+            totals[key] = [1, row["amount"], ts + TTL_MS]
+            starts.append((key, ts))
+        else:
+            acc[0] += 1
+            acc[1] += row["amount"]
+            acc[2] = ts + TTL_MS
         if ts > max_ts:
             max_ts = ts
         i += 1
         if i == batch:
             i = 0
             wm = max(wm, max_ts - DELAY - 1)
-    return [(k, a[0], round(a[1], 2)) for k, a in totals.items() if a[2] > wm]
+    return starts
 
 
 def plain_tumbling(path: Path, batch: int) -> list[Any]:
@@ -146,19 +160,19 @@ def plain_tumbling(path: Path, batch: int) -> list[Any]:
     wm = -(2**63)
     max_ts = wm
     i = 0
-    for line in _lines(path):
-        key, ts, amount = line.split(",")
-        ts = int(ts)
+    for row in _rows(path):
+        key = row["key"]
+        ts = row["ts"]
         start = ts - ts % 60_000
         per_key = windows.get(start)
         if per_key is None:
             per_key = windows[start] = {}
         acc = per_key.get(key)
         if acc is None:
-            per_key[key] = [1, float(amount)]
+            per_key[key] = [1, row["amount"]]
         else:
             acc[0] += 1
-            acc[1] += float(amount)
+            acc[1] += row["amount"]
         if ts > max_ts:
             max_ts = ts
         i += 1
