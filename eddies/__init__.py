@@ -19,8 +19,9 @@ from eddies.operators.functions import (
     OutputTag,
 )
 from eddies.operators.windows import Count, Session, Sliding, Sum, Tumbling, Window
+from eddies.runtime.executor import RunResult
 from eddies.runtime.graph import Job, KeyedStream, Stream, WindowedStream
-from eddies.runtime.local import RunResult, run_local
+from eddies.runtime.local import run_local
 from eddies.runtime.watermarks import BoundedOutOfOrderness
 from eddies.state import (
     BroadcastState,

@@ -22,148 +22,42 @@ Decisions users see:
 
 from __future__ import annotations
 
-import math
 import time as _time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eddies.errors import (
-    ConfigError,
-    EddiesError,
-    KeyEncodingError,
-    StateSerializationError,
-    UserFunctionError,
-)
-from eddies.operators.functions import OutputTag
-from eddies.operators.sinks import CollectSink, Sink
+from eddies.errors import ConfigError
+from eddies.operators.sinks import Sink
 from eddies.operators.sinks import jsonl as jsonl_sink
-from eddies.operators.sources import DeadLetter, SourceReader
+from eddies.operators.sources import SourceReader
+from eddies.runtime.executor import Executor, RunResult, RunStats, SourceWatermarks
 from eddies.runtime.graph import Job, Node
-from eddies.runtime.keyed import META_CF, KeyedOperator
-from eddies.runtime.watermarks import (
-    MAX_TIME,
-    MIN_TIME,
-    BoundedOutOfOrderness,
-    PartitionWatermark,
-    merge_watermarks,
-)
+from eddies.runtime.keyed import META_CF
+from eddies.runtime.watermarks import BoundedOutOfOrderness, PartitionWatermark
 from eddies.state import open_backend
 from eddies.state.backend import Batch, StateBackend
-from eddies.state.descriptors import declared_states
 from eddies.state.keys import encode_key
 from eddies.state.ttl import TtlConfig
 from eddies.state.values import pack, unpack
 
-__all__ = ["RunResult", "RunStats", "LocalRunner", "run_local"]
-
-_DEAD_LETTER_KEEP = 100_000
-_SWEEP_LIMIT = 10_000
-_TS_LIMIT = 2**62
-"""Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64."""
-_TIMER: Any = object()  # stands for "no record: a timer fired" in error messages
-# What extracting a key or a timestamp from a malformed record raises (rather than a bug).
-_RECORD_ERRORS = (KeyError, TypeError, IndexError, AttributeError, ValueError)
-
-
-def _wall_ms() -> int:
-    return _time.time_ns() // 1_000_000
-
-
-@dataclass
-class RunStats:
-    """Counters of a run (cumulative across resumes of the same state dir)."""
-
-    events_in: int = 0
-    events_out: int = 0
-    dead_letters: int = 0
-    late_events: int = 0
-    late_dropped: int = 0
-    """Events a window dropped as too late (no late= tag given); counted, not lost silently."""
-    checkpoints: int = 0
-    watermark: int = MIN_TIME
-    resumed: bool = False
-    elapsed_s: float = 0.0
-    bytes_read: int = 0
-    bytes_total: int | None = None
-    unrouted_side_outputs: int = 0
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def summary(self) -> str:
-        wm = "-" if self.watermark == MIN_TIME else ("end" if self.watermark == MAX_TIME
-                                                     else str(self.watermark))
-        return (
-            f"{self.events_in:,} events in, {self.events_out:,} out, "
-            f"{self.dead_letters:,} dead letters, {self.late_events:,} late "
-            f"({self.late_dropped:,} dropped), "
-            f"{self.checkpoints:,} checkpoints, watermark {wm}, "
-            f"{self.elapsed_s:.2f}s ({self.events_per_s:,.0f} events/s)"
-            + (" [resumed]" if self.resumed else "")
-        )
-
-
-@dataclass
-class RunResult:
-    """What ``run_local`` returns: stats, collected outputs and dead letters."""
-
-    stats: RunStats
-    dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    sinks: dict[str, Sink] = field(default_factory=dict)
-
-    def collected(self, sink: CollectSink | str) -> list[Any]:
-        """Everything a ``sinks.collect()`` sink received in this run; ``sink`` is the sink
-        or its name in the job (``"collect"``, then ``"collect-2"``, unless named)."""
-        if isinstance(sink, str):
-            found = self.sinks.get(sink)
-            if not isinstance(found, CollectSink):
-                raise ConfigError(f"no collect sink named {sink!r}")
-            return found.items
-        return sink.items
+__all__ = ["LocalRunner", "RunResult", "RunStats", "run_local"]
 
 
 class _Partition:
-    __slots__ = ("reader", "node", "wm", "meta_key", "wm_key", "emit", "tsfn", "strategy")
+    __slots__ = ("reader", "node", "wm", "meta_key", "wm_key")
 
     def __init__(self, reader: SourceReader, node: Node, index: int, now: int) -> None:
         self.reader = reader
         self.node = node
-        strategy = node.params["watermarks"] or BoundedOutOfOrderness(0)
-        self.strategy = strategy
-        self.wm = PartitionWatermark(strategy, now)
+        self.wm = PartitionWatermark(node.params["watermarks"] or BoundedOutOfOrderness(0), now)
         self.meta_key = encode_key(("source", node.name, index))
         self.wm_key = encode_key(("source-wm", node.name, index))
-        self.tsfn = node.params["timestamp"]
-        self.emit: Callable[[Any, Any], None] = _drop
 
 
-def _drop(value: Any, ts: Any) -> None:
-    pass
-
-
-def _fan_out(pushes: list[Callable[[Any, Any], None]]) -> Callable[[Any, Any], None]:
-    if not pushes:
-        return _drop
-    if len(pushes) == 1:
-        return pushes[0]
-
-    def emit(value: Any, ts: Any) -> None:
-        for push in pushes:
-            push(value, ts)
-
-    return emit
-
-
-def _describe(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-class LocalRunner:
-    """Runs a Job in-process. Prefer :func:`run_local`; the CLI uses this for progress."""
+class LocalRunner(Executor):
+    """Runs a Job in-process over its file (or iterable) sources. Prefer :func:`run_local`;
+    the CLI uses this class for progress."""
 
     def __init__(
         self,
@@ -183,246 +77,32 @@ class LocalRunner:
             raise ConfigError(f"run_local takes an eddies.Job, got {job!r}")
         if checkpoint_interval <= 0 or batch_size <= 0:
             raise ConfigError("checkpoint_interval and batch_size must be positive")
-        self.job = job
-        self.backend = open_backend(state, durability=durability)
         self.durability = durability
         self.checkpoint_interval = checkpoint_interval
         # A round never reads more than one checkpoint interval, so checkpoints come as often
         # as asked (they are taken between rounds).
         self.batch_size = min(batch_size, checkpoint_interval)
-        self.max_parallelism = max_parallelism
-        self.ttl_config = ttl_config
-        self.clock = clock or _wall_ms
         self.on_progress = on_progress
-        self.stats = RunStats()
-        self.dead: list[dict[str, Any]] = []
-        self._dead_sink: Sink | None = None
+        dead_sink = None
         if dead_letters is not None:
-            self._dead_sink = (
+            dead_sink = (
                 dead_letters if isinstance(dead_letters, Sink)
                 else jsonl_sink(dead_letters, name="__dead_letters__")
             )
         self._job_key = encode_key(("job", job.name))
-        self._cur_part: _Partition | None = None
-        self._cur_index = 0
-        try:
-            self._compile()
-        except BaseException:
-            self.backend.close()  # else a RocksDB dir stays locked until garbage collection
-            raise
-
-    # -- compile -----------------------------------------------------------------------------
-    def _compile(self) -> None:
-        job = self.job
-        nodes = job.nodes
-        children: dict[Node, list[tuple[Node, int]]] = {n: [] for n in nodes}
-        for n in nodes:
-            for i, parent in enumerate(n.inputs):
-                children[parent].append((n, i))
-        self.children = children
-        self.operators: dict[Node, KeyedOperator] = {}
-        self.sink_nodes: list[tuple[Node, Sink, list[Any]]] = []
-        self.wm: dict[Node, int] = {n: MIN_TIME for n in nodes}
-        self.idle: dict[Node, bool] = {n: False for n in nodes}
-        self.timer_emit: dict[Node, Callable[[Any, Any], None]] = {}
-        state_owner: dict[str, str] = {}
-        for n in nodes:
-            if n.kind in ("process", "broadcast_process"):
-                for desc in declared_states(n.params["fn"]).values():
-                    owner = state_owner.setdefault(desc.name, n.name)
-                    if owner != n.name:
-                        raise ConfigError(
-                            f"job {job.name!r}: operators {owner!r} and {n.name!r} both declare "
-                            f"state {desc.name!r}; state names must be unique in a job (they "
-                            "name column families and changelog topics); rename one"
-                        )
-        if not any(n.kind == "source" for n in nodes):
-            raise ConfigError(f"job {job.name!r} has no source; add job.source(...)")
-        if not any(n.kind == "sink" for n in nodes):
-            raise ConfigError(f"job {job.name!r} has no sink; end a stream with .sink(...)")
-        pushes: dict[tuple[Node, int], Callable[[Any, Any], None]] = {}
-        self.pushes = pushes
-        for n in reversed(nodes):
-            main = [pushes[(c, i)] for c, i in children[n] if c.kind != "side_output"]
-            emit = _fan_out(main)
-            for i in range(max(1, len(n.inputs))):
-                pushes[(n, i)] = self._push_for(n, i, emit)
         self.partitions: list[_Partition] = []
-        now = self.clock()
-        for n in nodes:
-            if n.kind == "source":
-                emit = _fan_out([pushes[(c, i)] for c, i in children[n]])
-                for index, reader in enumerate(n.params["source"].partitions()):
-                    part = _Partition(reader, n, index, now)
-                    part.emit = emit
-                    self.partitions.append(part)
-
-    def _key_of(self, node: Node) -> Callable[[Any], Any]:
-        parent = node.inputs[0]
-        if parent.kind != "key_by":
-            raise ConfigError(f"{node.name!r}: process needs a keyed stream; call key_by first")
-        return parent.params["key"]
-
-    def _push_for(self, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
-        kind = n.kind
-        name = n.name
-        if kind == "map":
-            fn = n.params["fn"]
-
-            def push_map(value: Any, ts: Any) -> None:
-                try:
-                    result = fn(value)
-                except Exception as exc:
-                    raise self._user_error(name, None, value, ts, exc) from exc
-                emit(result, ts)
-
-            return push_map
-        if kind == "filter":
-            fn = n.params["fn"]
-
-            def push_filter(value: Any, ts: Any) -> None:
-                try:
-                    keep = fn(value)
-                except Exception as exc:
-                    raise self._user_error(name, None, value, ts, exc) from exc
-                if keep:
-                    emit(value, ts)
-
-            return push_filter
-        if kind == "flat_map":
-            fn = n.params["fn"]
-
-            def push_flat_map(value: Any, ts: Any) -> None:
-                try:
-                    results = list(fn(value))
-                except Exception as exc:
-                    raise self._user_error(name, None, value, ts, exc) from exc
-                for result in results:
-                    emit(result, ts)
-
-            return push_flat_map
-        if kind in ("key_by", "union", "side_output", "source"):
-            return emit
-        if kind == "sink":
-            buffer: list[Any] = []
-            self.sink_nodes.append((n, n.params["sink"], buffer))
-
-            def push_sink(value: Any, ts: Any, append: Any = buffer.append) -> None:
-                append(value)
-
-            return push_sink
-        if kind in ("process", "broadcast_process"):
-            return self._push_process(n, port, emit)
-        raise ConfigError(f"unknown operator kind {kind!r}")  # pragma: no cover
-
-    def _push_process(self, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
-        op = self.operators.get(n)
-        if op is None:
-            by_tag: dict[OutputTag, list[Callable[[Any, Any], None]]] = {}
-            for c, _ in self.children[n]:
-                if c.kind == "side_output":  # a tag may be read by several side_output()s
-                    by_tag.setdefault(c.params["tag"], []).append(self.pushes_for_side(c))
-            routes = {tag: _fan_out(pushes) for tag, pushes in by_tag.items()}
-            stats = self.stats
-
-            def side(tag: OutputTag, value: Any) -> None:
-                route = routes.get(tag)
-                if route is None:
-                    stats.unrouted_side_outputs += 1
-                else:
-                    route(value, op.ctx.timestamp)  # type: ignore[union-attr]
-
-            op = KeyedOperator(
-                n.name, n.params["fn"], self.backend, max_parallelism=self.max_parallelism,
-                ttl_config=self.ttl_config, clock=self.clock, side_output=side,
-            )
-            self.operators[n] = op
-            self.timer_emit[n] = emit
-        name = n.name
-        stats = self.stats
-        if port == 1:  # the broadcast side of a connected stream
-
-            def push_broadcast(value: Any, ts: Any) -> None:
-                out: list[Any] = []
-                try:
-                    op.process_broadcast(value, ts, out)
-                except Exception as exc:
-                    raise self._user_error(name, None, value, ts, exc) from exc
-                for result in out:
-                    emit(result, ts)
-
-            return push_broadcast
-        keyfn = self._key_of(n)
-        process = op.process
-        dead = self._dead_letter
-        out: list[Any] = []
-
-        def push_keyed(value: Any, ts: Any) -> None:
-            try:
-                key = keyfn(value)
-            except _RECORD_ERRORS as exc:
-                dead(self._record_letter(value, f"no key for operator {name!r} "
-                                         f"({getattr(keyfn, '__name__', 'key')}): "
-                                         f"{type(exc).__name__}: {exc}", name))
-                return
-            if ts is not None and ts <= op.watermark:
-                stats.late_events += 1
-            try:
-                process(value, key, ts, out)
-            except (StateSerializationError, KeyEncodingError) as exc:
-                out.clear()
-                dead(self._record_letter(value, str(exc), name))
-                return
-            except EddiesError as exc:
-                out.clear()
-                if not isinstance(exc, UserFunctionError):
-                    exc.add_note(f"in operator {name!r} on key {key!r}, for record "
-                                 f"{_describe(value)} (timestamp {ts})")
-                raise
-            except Exception as exc:
-                out.clear()
-                raise self._user_error(name, key, value, ts, exc) from exc
-            if out:
-                for result in out:
-                    emit(result, ts)
-                out.clear()
-
-        return push_keyed
-
-    def pushes_for_side(self, side_node: Node) -> Callable[[Any, Any], None]:
-        return _fan_out([self.pushes[(c, i)] for c, i in self.children[side_node]])
-
-    def _user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception) -> Exception:
-        if isinstance(exc, EddiesError) and not isinstance(exc, UserFunctionError):
-            return exc
-        where = f"operator {op!r}" + (f" on key {key!r}" if key is not None else "")
-        what = (f"in on_timer at {ts}" if value is _TIMER
-                else f"for record {_describe(value)} (timestamp {ts})")
-        return UserFunctionError(
-            f"{where} failed {what}: "
-            f"{type(exc).__name__}: {exc}. The last checkpoint is intact: fix the job and run "
-            "it again on the same state to resume."
-        )
-
-    def _record_letter(self, value: Any, reason: str, operator: str) -> DeadLetter:
-        """A dead letter for the record being handled, with its source, position and raw text
-        when it came straight from a source (records made by timers have neither)."""
-        part = self._cur_part
-        if part is not None:
-            located = part.reader.locate(self._cur_index)
-            if located is not None:
-                position, raw = located
-                return DeadLetter(part.node.name, position,
-                                  _describe(value) if raw is None else raw, reason)
-        return DeadLetter(operator, None, _describe(value), reason)
-
-    def _dead_letter(self, letter: DeadLetter) -> None:
-        self.stats.dead_letters += 1
-        record = letter.to_dict()
-        if len(self.dead) < _DEAD_LETTER_KEEP:
-            self.dead.append(record)
-        if self._dead_sink is not None:
-            self._dead_buffer.append(record)
+        backend = open_backend(state, durability=durability)
+        try:
+            super().__init__(job, backend, max_parallelism=max_parallelism,
+                             ttl_config=ttl_config, clock=clock, dead_sink=dead_sink)
+            now = self.clock()
+            for n in job.nodes:
+                if n.kind == "source":
+                    for index, reader in enumerate(n.params["source"].partitions()):
+                        self.partitions.append(_Partition(reader, n, index, now))
+        except BaseException:
+            backend.close()  # else a RocksDB dir stays locked until garbage collection
+            raise
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _all_sinks(self) -> list[tuple[str, Sink]]:
@@ -449,8 +129,7 @@ class LocalRunner:
     def checkpoint(self) -> None:
         """Write state, timers, positions, watermarks and sink lengths as one batch."""
         batch = Batch()
-        for op in self.operators.values():
-            op.checkpoint(batch)
+        self.checkpoint_ops(batch)
         for part in self.partitions:
             batch.put(META_CF, part.meta_key, pack(part.reader.position))
             batch.put(META_CF, part.wm_key, pack(part.wm.watermark))
@@ -464,66 +143,20 @@ class LocalRunner:
         }
         batch.put(META_CF, self._job_key, pack(meta))
         self.backend.write(batch, sync=self.durability)
-        for op in self.operators.values():
-            op.sweep(_SWEEP_LIMIT)
-
-    # -- time ----------------------------------------------------------------------------------
-    def _advance_time(self) -> None:
-        now = self.clock()
-        wm = self.wm
-        idle = self.idle
-        by_source: dict[Node, list[tuple[int, bool]]] = {}
-        for part in self.partitions:
-            by_source.setdefault(part.node, []).append((part.wm.watermark, part.wm.idle(now)))
-        for n in self.job.nodes:
-            if n.kind == "source":
-                merged = merge_watermarks(by_source.get(n, [(MAX_TIME, False)]))
-            else:
-                merged = merge_watermarks((wm[p], idle[p]) for p in n.inputs)
-            idle[n] = merged is None
-            if merged is not None and merged > wm[n]:
-                wm[n] = merged
-            op = self.operators.get(n)
-            if op is not None:
-                out: list[Any] = []
-                try:
-                    if merged is not None:
-                        op.advance_watermark(wm[n], out, self.timer_emit[n])
-                    # Wall-clock timers fire while event time is idle too: that is when
-                    # timeouts matter most.
-                    op.advance_processing_time(now, out, self.timer_emit[n])
-                except EddiesError as exc:
-                    if not isinstance(exc, UserFunctionError):
-                        exc.add_note(f"in operator {n.name!r} on key {op.ctx.key!r}, in "
-                                     f"on_timer at {op.ctx.timestamp}")
-                    raise
-                except Exception as exc:
-                    raise self._user_error(n.name, op.ctx.key, _TIMER,
-                                           op.ctx.timestamp, exc) from exc
-        self.stats.late_dropped = sum(
-            getattr(op.function, "late_dropped", 0) for op in self.operators.values()
-        )
-        sinks_wm = [wm[n] for n, _, _ in self.sink_nodes]
-        self.stats.watermark = min(sinks_wm) if sinks_wm else MIN_TIME
-
-    def _flush_sinks(self) -> None:
-        for _, sink, buffer in self.sink_nodes:
-            if buffer:
-                self.stats.events_out += len(buffer)
-                sink.write(buffer)
-                buffer.clear()
-        if self._dead_sink is not None and self._dead_buffer:
-            self._dead_sink.write(self._dead_buffer)
-            self._dead_buffer.clear()
+        self.sweep()
 
     # -- run -----------------------------------------------------------------------------------
+    def _source_watermarks(self, now: int) -> SourceWatermarks:
+        by_source: SourceWatermarks = {}
+        for part in self.partitions:
+            by_source.setdefault(part.node, []).append((part.wm.watermark, part.wm.idle(now)))
+        return by_source
+
     def _read_round(self) -> int:
         n_read = 0
         batch_size = self.batch_size
-        stats = self.stats
         now = self.clock()
         dead = self._dead_letter
-        record_letter = self._record_letter
         for part in self.partitions:
             reader = part.reader
             if reader.done:
@@ -532,62 +165,20 @@ class LocalRunner:
             for letter in bad:
                 dead(letter)
             n_read += len(values) + len(bad)
-            emit = part.emit
-            tsfn = part.tsfn
-            self._cur_part = part
-            if tsfn is None:
-                for i, value in enumerate(values):
-                    self._cur_index = i
-                    emit(value, None)
-            else:
-                max_ts = MIN_TIME
-                for i, value in enumerate(values):
-                    self._cur_index = i
-                    try:
-                        ts = tsfn(value)
-                    except _RECORD_ERRORS as exc:
-                        dead(record_letter(value, f"no timestamp ("
-                                           f"{getattr(tsfn, '__name__', 'timestamp')}): "
-                                           f"{type(exc).__name__}: {exc}", part.node.name))
-                        continue
-                    if type(ts) is not int:
-                        if type(ts) is float and math.isfinite(ts):
-                            ts = int(ts)
-                        else:
-                            dead(record_letter(value, f"bad timestamp {ts!r}: expected int ms "
-                                               "since epoch", part.node.name))
-                            continue
-                    if not -_TS_LIMIT <= ts <= _TS_LIMIT:
-                        dead(record_letter(value, f"bad timestamp {ts!r}: out of range "
-                                           "(more than 2**62 ms from the epoch)",
-                                           part.node.name))
-                        continue
-                    if ts > max_ts:
-                        max_ts = ts
-                    emit(value, ts)
-                part.wm.observe(max_ts if max_ts != MIN_TIME else None, now)
+            max_ts = self.push_records(part.node, values, reader.locate, now)
+            if part.node.params["timestamp"] is not None:
+                part.wm.observe(max_ts, now)
             if reader.done:
                 part.wm.finish()
-        self._cur_part = None  # records made by timers have no source position
-        stats.events_in += n_read
+        self.stats.events_in += n_read
         return n_read
 
     def run(self) -> RunResult:
         """Run to the end of (bounded) input; returns the result."""
         started = _time.perf_counter()
         stats = self.stats
-        self._dead_buffer: list[dict[str, Any]] = []
         try:
-            for op in self.operators.values():
-                op.restore()
-                try:
-                    op.function.open()
-                except EddiesError:
-                    raise
-                except Exception as exc:
-                    raise UserFunctionError(
-                        f"operator {op.name!r} failed in open(): {type(exc).__name__}: {exc}"
-                    ) from exc
+            self.open_operators()
             meta = self._restore()
             positions = (meta or {}).get("sinks", {})
             for name, sink in self._all_sinks():
@@ -603,8 +194,8 @@ class LocalRunner:
                 n = self._read_round()
                 since_checkpoint += n
                 done = all(p.reader.done for p in self.partitions)
-                self._advance_time()
-                self._flush_sinks()
+                self.advance_time(self._source_watermarks(self.clock()))
+                self.flush_sinks()
                 stats.elapsed_s = _time.perf_counter() - started
                 if done:
                     break
