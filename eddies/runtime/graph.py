@@ -165,7 +165,8 @@ class Stream:
 
         A record without the key field goes to dead letters.
         """
-        node = self.job._node("key_by", [self.node], name, key=_field_getter(key, "key_by"))
+        node = self.job._node("key_by", [self.node], name, key=_field_getter(key, "key_by"),
+                              field=key if isinstance(key, str) else None)
         return KeyedStream(self.job, node)
 
     def union(self, *others: Stream) -> Stream:

@@ -1,0 +1,126 @@
+"""Kafka connectors: ``ed.sources.kafka(topic)`` and ``ed.sinks.kafka(topic)``.
+
+They describe topics; ``eddies worker`` (``eddies.runtime.kafka``) reads and writes them. This
+module imports no Kafka client, so jobs that use them still import without the ``kafka`` extra.
+
+>>> src = kafka_source("payments", key="card")
+>>> src.topic, src.key, src.value_format
+('payments', 'card', 'json')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from eddies.errors import ConfigError
+from eddies.operators.sinks import Sink
+from eddies.operators.sources import Source, SourceReader
+
+__all__ = ["KafkaSink", "KafkaSource", "kafka_sink", "kafka_source"]
+
+_FORMATS = ("json", "str", "bytes")
+
+
+def decode(value_format: str, data: bytes | None) -> Any:
+    """A record value in ``value_format``; raises ValueError for malformed input."""
+    if data is None:
+        raise ValueError("record has no value (a tombstone)")
+    if value_format == "json":
+        return orjson.loads(data)
+    if value_format == "str":
+        return data.decode("utf-8")
+    return data
+
+
+def encode(value_format: str, value: Any) -> bytes:
+    if value_format == "json":
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    if value_format == "str":
+        return str(value).encode("utf-8")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    raise ConfigError(f"value_format 'bytes' needs bytes values, got {type(value).__name__}")
+
+
+class KafkaSource(Source):
+    """A Kafka topic as a source. ``key`` names the field the topic is partitioned by: a
+    ``key_by`` on that field needs no repartitioning; any other key_by goes through an
+    internal repartition topic."""
+
+    bounded = False
+
+    def __init__(self, topic: str, key: str | None, value_format: str, name: str | None) -> None:
+        if not topic or not isinstance(topic, str):
+            raise ConfigError("sources.kafka needs a topic name")
+        if value_format not in _FORMATS:
+            raise ConfigError(f"value_format must be one of {_FORMATS}, got {value_format!r}")
+        self.topic = topic
+        self.key = key
+        self.value_format = value_format
+        self.name = name or topic
+
+    def partitions(self) -> list[SourceReader]:
+        raise ConfigError(
+            f"source {self.name!r} reads Kafka topic {self.topic!r}: run this job with "
+            "`eddies worker module:job --broker kafka://HOST:PORT`, not `eddies run`"
+        )
+
+    def __repr__(self) -> str:
+        return f"kafka({self.topic!r}, key={self.key!r})"
+
+
+class KafkaSink(Sink):
+    """A Kafka topic as a sink; records are keyed by ``key`` (a field name or a function).
+
+    Delivery is at-least-once: outputs made after the last checkpoint are produced again
+    after a crash, identically. The worker binds it to its producer.
+    """
+
+    def __init__(self, topic: str, key: Any, value_format: str, name: str | None) -> None:
+        if not topic or not isinstance(topic, str):
+            raise ConfigError("sinks.kafka needs a topic name")
+        if value_format not in _FORMATS:
+            raise ConfigError(f"value_format must be one of {_FORMATS}, got {value_format!r}")
+        self.topic = topic
+        self.key = key
+        self.value_format = value_format
+        self.name = name or topic
+        self.pending: list[tuple[bytes | None, bytes]] = []
+        self.bound = False
+
+    def key_of(self, value: Any) -> bytes | None:
+        if self.key is None:
+            return None
+        key = self.key(value) if callable(self.key) else value[self.key]
+        return key if isinstance(key, bytes) else str(key).encode("utf-8")
+
+    def open(self, position: Any | None) -> None:
+        if not self.bound:
+            raise ConfigError(
+                f"sink {self.name!r} writes Kafka topic {self.topic!r}: run this job with "
+                "`eddies worker module:job --broker kafka://HOST:PORT`"
+            )
+
+    def write(self, values: list[Any]) -> None:
+        fmt = self.value_format
+        for value in values:
+            self.pending.append((self.key_of(value), encode(fmt, value)))
+
+    def __repr__(self) -> str:
+        return f"kafka({self.topic!r})"
+
+
+def kafka_source(
+    topic: str, *, key: str | None = None, value_format: str = "json", name: str | None = None
+) -> KafkaSource:
+    """Read ``topic`` (JSON values by default); ``key`` is the field it is partitioned by."""
+    return KafkaSource(topic, key, value_format, name)
+
+
+def kafka_sink(
+    topic: str, *, key: Any = None, value_format: str = "json", name: str | None = None
+) -> KafkaSink:
+    """Write results to ``topic``, keyed by field (or function) ``key``."""
+    return KafkaSink(topic, key, value_format, name)
