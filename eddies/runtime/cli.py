@@ -115,5 +115,15 @@ def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | N
     click.echo(f"{job.name}: {result.stats.summary()}", err=True)
 
 
+def _add_kafka_commands() -> None:
+    from eddies.runtime.kafka.commands import produce, worker
+
+    main.add_command(worker)
+    main.add_command(produce)
+
+
+_add_kafka_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

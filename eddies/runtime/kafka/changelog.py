@@ -1,0 +1,185 @@
+"""The changelog protocol: checkpoint deltas, markers, and restore without broker transactions.
+
+Every checkpoint has a random 64-bit token. Its state deltas go to one changelog topic per
+column family, into the partition equal to the entry's key group (= input partition); after
+every delta is acknowledged, one marker goes to the checkpoint topic. A checkpoint counts only
+if its marker exists: restore reads the markers first, then replays deltas whose token was
+marked and ignores the rest (a crash between deltas and marker leaves unmarked deltas).
+Putting the marker in its own topic makes one record commit a checkpoint that spans several
+state topics::
+
+    delta   topic <job>-<state>-changelog, partition = key group
+            key     stored key (bytes, as in the column family)
+            value   stored value ([8 B LE expires_at][msgpack]), or null for a delete
+            headers eddies.cp = token (8 B BE)
+                    eddies.op = b"delete_range" for a range delete (key = lower, value = upper)
+
+    marker  topic <job>-__checkpoint__-changelog, partition = input partition
+            key     b"checkpoint"
+            value   msgpack {"token": int, "offset": next input offset,
+                             "watermark": int, "seq": int,
+                             "dedup": {upstream "topic:partition": highest offset seen}}
+            headers eddies.cp = token
+
+Group offsets are committed only after the marker, so they never run ahead of state; restore
+seeks the input to the marker's offset, which may be ahead of the group's commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from eddies.state.backend import DELETE, DELETE_RANGE, PUT, Batch
+from eddies.state.keys import decode_element
+
+__all__ = [
+    "Delta",
+    "Marker",
+    "MarkerLog",
+    "apply_deltas",
+    "decode_marker",
+    "encode_marker",
+    "key_group_of",
+    "new_token",
+    "split_by_partition",
+]
+
+TOKEN_HEADER = "eddies.cp"
+OP_HEADER = "eddies.op"
+RANGE = b"delete_range"
+MARKER_KEY = b"checkpoint"
+_token = struct.Struct(">Q")
+
+
+def new_token() -> int:
+    """A random checkpoint token (never 0)."""
+    return secrets.randbits(64) or 1
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A committed checkpoint of one partition."""
+
+    token: int
+    offset: int
+    watermark: int
+    seq: int
+    dedup: dict[str, int] = field(default_factory=dict)
+    """For a repartition topic: the highest upstream offset seen per upstream partition."""
+
+
+def encode_marker(marker: Marker) -> bytes:
+    """
+    >>> decode_marker(encode_marker(Marker(7, 100, 5, 1)))
+    Marker(token=7, offset=100, watermark=5, seq=1, dedup={})
+    """
+    return msgpack.packb({"token": marker.token, "offset": marker.offset,
+                          "watermark": marker.watermark, "seq": marker.seq,
+                          "dedup": marker.dedup})
+
+
+def decode_marker(data: bytes) -> Marker:
+    d = msgpack.unpackb(data, raw=False)
+    return Marker(d["token"], d["offset"], d["watermark"], d["seq"], d.get("dedup") or {})
+
+
+def token_header(token: int) -> tuple[str, bytes]:
+    return (TOKEN_HEADER, _token.pack(token))
+
+
+def read_token(headers: Iterable[tuple[str, bytes]] | None) -> tuple[int | None, bool]:
+    """(token, is_range_delete) from a record's headers."""
+    token = None
+    is_range = False
+    for name, value in headers or ():
+        if name == TOKEN_HEADER:
+            token = _token.unpack(value)[0]
+        elif name == OP_HEADER and value == RANGE:
+            is_range = True
+    return token, is_range
+
+
+def key_group_of(cf: str, key: bytes) -> int | None:
+    """The key group an entry of ``cf`` belongs to, or None if it is not partitioned.
+
+    Entries lead with their key group, except the expiry index, which leads with the
+    expiry time and the state name and then holds the entry's stored key.
+    """
+    if cf.startswith("__meta__"):
+        return None
+    if cf.startswith("__expiry"):
+        _, end = decode_element(key, 8)
+        return int.from_bytes(key[end : end + 2], "big")
+    return int.from_bytes(key[:2], "big")
+
+
+@dataclass
+class Delta:
+    cf: str
+    partition: int
+    key: bytes
+    value: bytes | None
+    is_range: bool = False
+
+
+def split_by_partition(batch: Batch, skip: set[str]) -> list[Delta]:
+    """The changelog deltas of ``batch``, each with its partition; cfs in ``skip`` left out."""
+    out: list[Delta] = []
+    for kind, cf, key, value in batch.ops:
+        if cf in skip or cf.startswith("__meta__"):
+            continue
+        group = key_group_of(cf, key)
+        if group is None:
+            continue
+        if kind == PUT:
+            out.append(Delta(cf, group, key, value))
+        elif kind == DELETE:
+            out.append(Delta(cf, group, key, None))
+        elif kind == DELETE_RANGE:
+            out.append(Delta(cf, group, key, value, is_range=True))
+    return out
+
+
+class MarkerLog:
+    """The markers of one partition, read in order: which tokens are committed, and the last."""
+
+    def __init__(self) -> None:
+        self.committed: set[int] = set()
+        self.last: Marker | None = None
+
+    def add(self, value: bytes) -> None:
+        marker = decode_marker(value)
+        self.committed.add(marker.token)
+        self.last = marker
+
+
+def apply_deltas(
+    records: Iterable[tuple[bytes | None, bytes | None, Any]],
+    cf: str,
+    committed: set[int],
+    batch: Batch,
+) -> tuple[int, int]:
+    """Add the committed deltas among ``records`` (key, value, headers) to ``batch``.
+
+    Returns (applied, ignored); deltas whose token has no marker are ignored.
+    """
+    applied = ignored = 0
+    for key, value, headers in records:
+        token, is_range = read_token(headers)
+        if token is None or token not in committed or key is None:
+            ignored += 1
+            continue
+        applied += 1
+        if is_range:
+            batch.delete_range(cf, key, value or b"")
+        elif value is None:
+            batch.delete(cf, key)
+        else:
+            batch.put(cf, key, value)
+    return applied, ignored

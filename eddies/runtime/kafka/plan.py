@@ -1,0 +1,190 @@
+"""Plan a job for Kafka: which topics it reads, where it must repartition, what it creates.
+
+The worker runs a transformed copy of the job graph:
+
+- A ``key_by`` fed straight (through filters only) by Kafka sources that are partitioned by
+  that same field keeps the input partitions as key groups.
+- Any other ``key_by`` is split: records are produced to ``<job>-<key_by>-repartition``
+  (partition = crc32 of the encoded key modulo the partition count, with their source
+  partition and offset in headers for deduplication), and a source reading that topic feeds
+  the ``key_by`` instead.
+- Sources that only feed the broadcast side of a connected stream are read whole by every
+  worker, outside the consumer group.
+
+Keyed state of a job lives on one "stateful" topic: its partitions are the key groups, the
+changelog and checkpoint topics have the same partition count. A job whose keyed operators
+sit behind two different topics must be split into two jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from eddies.errors import ConfigError
+from eddies.operators.kafka import KafkaSink, KafkaSource
+from eddies.runtime.graph import Job, Node
+from eddies.runtime.kafka.topics import changelog_topic, checkpoint_topic, repartition_topic
+from eddies.runtime.timers import timers_cf
+from eddies.state.descriptors import declared_states
+from eddies.state.ttl import EXPIRY_CF, EXPIRY_PROC_CF
+
+__all__ = ["Plan", "plan_job"]
+
+_PASS_THROUGH = {"filter"}
+
+
+@dataclass
+class Plan:
+    job: Job
+    """The transformed job the worker executes."""
+    group_topics: list[str]
+    """Topics read through the consumer group (partitions split across workers)."""
+    broadcast_topics: list[str]
+    """Topics every worker reads whole."""
+    stateful_topic: str | None
+    """The topic whose partitions are the key groups of all keyed state."""
+    repartitions: dict[str, str] = field(default_factory=dict)
+    """Repartition node name -> topic."""
+    source_of_topic: dict[str, Node] = field(default_factory=dict)
+    changelog_cfs: list[str] = field(default_factory=list)
+    """Column families whose deltas are changelogged."""
+    broadcast_cfs: list[str] = field(default_factory=list)
+    sink_topics: list[str] = field(default_factory=list)
+
+    def changelog_topics(self) -> dict[str, str]:
+        """cf -> changelog topic."""
+        return {cf: changelog_topic(self.job.name, cf) for cf in self.changelog_cfs}
+
+    @property
+    def checkpoint_topic(self) -> str:
+        return checkpoint_topic(self.job.name)
+
+
+def _copy(job: Job) -> tuple[Job, dict[Node, Node]]:
+    new = Job(job.name)
+    mapping: dict[Node, Node] = {}
+    for n in job.nodes:
+        mapping[n] = Node(n.kind, n.name, [mapping[p] for p in n.inputs], dict(n.params))
+    new.nodes = [mapping[n] for n in job.nodes]
+    return new, mapping
+
+
+def _upstream_sources(node: Node) -> tuple[list[Node], bool]:
+    """Sources feeding ``node`` and whether every path from them is filters only."""
+    sources: list[Node] = []
+    direct = True
+    stack = list(node.inputs)
+    while stack:
+        n = stack.pop()
+        if n.kind == "source":
+            sources.append(n)
+        else:
+            if n.kind not in _PASS_THROUGH:
+                direct = False
+            stack.extend(n.inputs)
+    return sources, direct
+
+
+def plan_job(job: Job) -> Plan:
+    """The Kafka plan of ``job`` (raises ConfigError for jobs a worker cannot run)."""
+    new, _ = _copy(job)
+    nodes = new.nodes
+    for n in nodes:
+        if n.kind == "source" and not isinstance(n.params["source"], KafkaSource):
+            raise ConfigError(
+                f"source {n.name!r} is {n.params['source']!r}: `eddies worker` reads Kafka "
+                "topics only; use ed.sources.kafka(topic) (files run with `eddies run`)"
+            )
+    children: dict[Node, list[tuple[Node, int]]] = {n: [] for n in nodes}
+    for n in nodes:
+        for i, p in enumerate(n.inputs):
+            children[p].append((n, i))
+
+    def broadcast_only(n: Node) -> bool:
+        outs = children[n]
+        if not outs:
+            return False
+        for c, port in outs:
+            if c.kind == "broadcast_process":
+                if port != 1:
+                    return False
+            elif not broadcast_only(c):
+                return False
+        return True
+
+    ordered: list[Node] = []
+    repartitions: dict[str, str] = {}
+    for n in nodes:
+        if n.kind == "key_by":
+            sources, direct = _upstream_sources(n)
+            field_name = n.params.get("field")
+            keyed_ok = (
+                direct and field_name is not None and sources
+                and all(s.params["source"].key == field_name for s in sources)
+            )
+            if not keyed_ok:
+                topic = repartition_topic(job.name, n.name)
+                first = sources[0] if sources else None
+                sink = Node("repartition", f"{n.name}.repartition", list(n.inputs),
+                            {"key": n.params["key"], "topic": topic})
+                src = Node("source", f"{n.name}.repartitioned", [], {
+                    "source": KafkaSource(topic, field_name, "json", f"{n.name}.repartitioned"),
+                    "timestamp": first.params["timestamp"] if first else None,
+                    "watermarks": first.params["watermarks"] if first else None,
+                    "repartition": True,
+                })
+                n.inputs = [src]
+                repartitions[sink.name] = topic
+                ordered.extend([sink, src])
+        ordered.append(n)
+    new.nodes = ordered
+    children = {n: [] for n in ordered}
+    for n in ordered:
+        for i, p in enumerate(n.inputs):
+            children[p].append((n, i))
+
+    group_topics: list[str] = []
+    broadcast_topics: list[str] = []
+    source_of_topic: dict[str, Node] = {}
+    for n in ordered:
+        if n.kind != "source":
+            continue
+        topic = n.params["source"].topic
+        if topic in source_of_topic:
+            raise ConfigError(f"topic {topic!r} is read by two sources; read it once and reuse "
+                              "the stream")
+        source_of_topic[topic] = n
+        (broadcast_topics if broadcast_only(n) else group_topics).append(topic)
+
+    stateful: set[str] = set()
+    changelog_cfs: list[str] = []
+    broadcast_cfs: list[str] = []
+    for n in ordered:
+        if n.kind not in ("process", "broadcast_process"):
+            continue
+        sources, _ = _upstream_sources(n)
+        for s in sources:
+            if s.params["source"].topic not in broadcast_topics:
+                stateful.add(s.params["source"].topic)
+        for desc in declared_states(n.params["fn"]).values():
+            (broadcast_cfs if desc.kind == "broadcast" else changelog_cfs).append(desc.name)
+        changelog_cfs.extend([timers_cf(n.name), f"{EXPIRY_CF}.{n.name}",
+                              f"{EXPIRY_PROC_CF}.{n.name}"])
+    if len(stateful) > 1:
+        raise ConfigError(
+            f"job {job.name!r} keeps keyed state behind several topics ({sorted(stateful)}); "
+            "a worker keeps all keyed state on one topic's partitions: split the job in two, "
+            "joined by a topic"
+        )
+    sink_topics = [n.params["sink"].topic for n in ordered
+                   if n.kind == "sink" and isinstance(n.params["sink"], KafkaSink)]
+    return Plan(new, group_topics, broadcast_topics, next(iter(stateful), None), repartitions,
+                source_of_topic, changelog_cfs, broadcast_cfs, sink_topics)
+
+
+def describe(plan: Plan) -> dict[str, Any]:
+    """A summary for logs."""
+    return {"group_topics": plan.group_topics, "broadcast_topics": plan.broadcast_topics,
+            "stateful_topic": plan.stateful_topic, "repartitions": plan.repartitions,
+            "changelog_topics": sorted(plan.changelog_topics().values())}

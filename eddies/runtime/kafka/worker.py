@@ -1,0 +1,629 @@
+"""The Kafka worker: faust-streaming for membership, eddies' executor for the data path.
+
+faust's App runs the worker lifecycle and the consumer group: partition assignment, rebalance
+callbacks and topic creation. faust never delivers records to agents here (its fetcher is
+replaced by an idle service); the worker's own task takes batches straight from faust's
+consumer (``getmany`` on exactly the assigned partitions) and pushes them through the
+executor. Per batch round:
+
+1. broadcast topics (read whole by every worker, outside the group) are polled first;
+2. each assigned partition's records are decoded (bad records go to the dead-letter topic
+   ``<job>-dead-letters``), deduplicated if they come from a repartition topic, and pushed
+   with the partition as key group;
+3. watermarks advance (min over owned partitions, idle ones left out), timers fire;
+4. outputs, repartitioned records and dead letters are produced;
+5. every ``checkpoint_interval`` events or ``checkpoint_ms``: the checkpoint protocol of
+   ``changelog.py`` (deltas, then a marker per owned partition, then the local RocksDB write,
+   then the group commit).
+
+On assignment a partition is restored from local RocksDB when its last local checkpoint token
+equals the last marker in the changelog, else by wiping its key group locally and replaying
+the changelog up to the last marker; the input is then sought to the marker's offset. Each
+restore is appended to ``<state-dir>/restores.jsonl`` (partition, source, records, seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faust
+import msgpack
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
+from mode import Service
+from mode.utils.objects import cached_property
+
+from eddies.errors import ConfigError, EddiesError, KeyEncodingError
+from eddies.operators.kafka import KafkaSink, decode
+from eddies.operators.sources import DeadLetter
+from eddies.runtime.executor import _RECORD_ERRORS, Executor
+from eddies.runtime.graph import Job, Node
+from eddies.runtime.kafka.changelog import (
+    MARKER_KEY,
+    OP_HEADER,
+    RANGE,
+    MarkerLog,
+    apply_deltas,
+    new_token,
+    split_by_partition,
+    token_header,
+)
+from eddies.runtime.kafka.plan import Plan, describe, plan_job
+from eddies.runtime.kafka.topics import create_topics, topic_partitions
+from eddies.runtime.keyed import META_CF
+from eddies.runtime.watermarks import MIN_TIME, BoundedOutOfOrderness, PartitionWatermark
+from eddies.state.backend import Batch
+from eddies.state.keys import encode_key
+from eddies.state.rocksdb import RocksDbStateBackend
+
+__all__ = ["KafkaWorker"]
+
+log = logging.getLogger("eddies.worker")
+_SRC = "eddies.src"
+_OFF = "eddies.off"
+
+
+class _NoFetch(Service):
+    """Stands in for faust's Fetcher, the service that would pull records into agents."""
+
+    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+        self.app = app
+        super().__init__(**kwargs)
+
+
+class _MembershipApp(faust.App):
+    @cached_property
+    def _fetcher(self) -> Service:
+        return _NoFetch(self, loop=self.loop, beacon=self.consumer.beacon)
+
+
+class _WorkerExecutor(Executor):
+    """The executor plus the repartition step (records produced to a repartition topic)."""
+
+    def __init__(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        self.repartition_out: dict[str, list[tuple[bytes, Any, Any, str | None, int]]] = {}
+        self.cur_src: str | None = None
+        self.cur_offsets: list[int] = []
+        super().__init__(job, *args, **kwargs)
+
+    def _push_for(self, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
+        if n.kind != "repartition":
+            return super()._push_for(n, port, emit)
+        buffer = self.repartition_out.setdefault(n.params["topic"], [])
+        keyfn = n.params["key"]
+        name = n.name
+        dead = self._dead_letter
+
+        def push_repartition(value: Any, ts: Any) -> None:
+            try:
+                encoded = encode_key(keyfn(value))
+            except (*_RECORD_ERRORS, KeyEncodingError) as exc:
+                dead(self._record_letter(value, f"no key for {name!r}: "
+                                         f"{type(exc).__name__}: {exc}", name))
+                return
+            src = self.cur_src
+            offset = self.cur_offsets[self._cur_index] if src is not None else -1
+            buffer.append((encoded, value, ts, src, offset))
+
+        return push_repartition
+
+
+def _restore_log(state_dir: Path, entry: dict[str, Any]) -> None:
+    with open(state_dir / "restores.jsonl", "ab") as f:
+        f.write(orjson.dumps(entry) + b"\n")
+
+
+class KafkaWorker:
+    """One worker process of a job; run several with the same job to scale out."""
+
+    def __init__(
+        self,
+        job: Job,
+        broker: str,
+        state_dir: str | os.PathLike[str],
+        *,
+        group: str | None = None,
+        checkpoint_interval: int = 20_000,
+        checkpoint_ms: int = 1_000,
+        session_timeout: float = 10.0,
+        batch_records: int = 5_000,
+    ) -> None:
+        self.plan: Plan = plan_job(job)
+        self.job = self.plan.job
+        self.bootstrap = broker.removeprefix("kafka://")
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.group = group or f"eddies-{job.name}"
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_ms = checkpoint_ms
+        self.session_timeout = session_timeout
+        self.batch_records = batch_records
+        self.dead_topic = f"{job.name}-dead-letters"
+        self.dead_sink = KafkaSink(self.dead_topic, None, "json", "__dead_letters__")
+        self.dead_sink.bound = True
+        self.backend = RocksDbStateBackend(self.state_dir / "state")
+        self.executor = _WorkerExecutor(self.job, self.backend, dead_sink=self.dead_sink)
+        self.kafka_sinks: list[KafkaSink] = []
+        for n in self.job.nodes:
+            if n.kind == "sink" and isinstance(n.params["sink"], KafkaSink):
+                n.params["sink"].bound = True
+                self.kafka_sinks.append(n.params["sink"])
+        self.partitions = 0
+        self.owned: set[tuple[str, int]] = set()
+        self.ready: set[tuple[str, int]] = set()
+        self.marks: dict[tuple[str, int], PartitionWatermark] = {}
+        self.next_offset: dict[tuple[str, int], int] = {}
+        self.dedup: dict[int, dict[str, int]] = {}
+        self.seq = 0
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._stop = False
+        self._sweep_ops: list[tuple[int, str, bytes, bytes | None]] = []
+        self._in_checkpoint = False
+        self._lock = asyncio.Lock()
+        self._started = asyncio.Event()
+        self.backend.add_write_listener(self._on_local_write)
+        self.app = self._make_app()
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _make_app(self) -> faust.App:
+        app = _MembershipApp(
+            self.group,
+            broker=f"kafka://{self.bootstrap}",
+            store="memory://",
+            datadir=str(self.state_dir / "faust"),
+            web_enabled=False,
+            topic_replication_factor=1,
+            table_standby_replicas=0,
+            broker_session_timeout=self.session_timeout,
+            broker_heartbeat_interval=1.0,
+            broker_rebalance_timeout=self.session_timeout + 4,
+            broker_request_timeout=max(30.0, self.session_timeout * 3),
+            broker_max_poll_records=self.batch_records,
+            consumer_auto_offset_reset="earliest",
+        )
+        for topic in self.plan.group_topics:
+            app.topics.add(app.topic(topic, value_serializer="raw", key_serializer="raw"))
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        app.task(self._main)
+        return app
+
+    async def prepare_topics(self) -> None:
+        """Check the input topics and create every topic the job writes."""
+        counts = {}
+        for topic in self.plan.group_topics + self.plan.broadcast_topics:
+            if topic in self.plan.repartitions.values():
+                continue
+            n = await topic_partitions(self.bootstrap, topic)
+            if n is None:
+                raise ConfigError(f"input topic {topic!r} does not exist on {self.bootstrap}; "
+                                  "create it first (eddies produce creates it)")
+            counts[topic] = n
+        inputs = [t for t in self.plan.group_topics if t not in self.plan.repartitions.values()]
+        if not inputs:
+            raise ConfigError(f"job {self.job.name!r} has no Kafka input read by the group")
+        self.partitions = counts[inputs[0]]
+        wanted = {t: self.partitions for t in self.plan.repartitions.values()}
+        if self.plan.stateful_topic is not None:
+            wanted.update({t: self.partitions for t in self.plan.changelog_topics().values()})
+            wanted[self.plan.checkpoint_topic] = self.partitions
+        for topic in self.plan.sink_topics:
+            if await topic_partitions(self.bootstrap, topic) is None:
+                wanted[topic] = self.partitions
+        if await topic_partitions(self.bootstrap, self.dead_topic) is None:
+            wanted[self.dead_topic] = 1
+        if wanted:
+            await create_topics(self.bootstrap, wanted)
+
+    def run(self) -> None:
+        """Create topics, then run the faust worker until SIGTERM/SIGINT."""
+        asyncio.run(self.prepare_topics())
+        log.info("eddies worker for job %s: %s", self.job.name, describe(self.plan))
+        worker = faust.Worker(self.app, loglevel="WARNING", redirect_stdouts=False, quiet=True)
+        try:
+            worker.execute_from_commandline()
+        finally:
+            self.backend.close()
+
+    # -- rebalance -----------------------------------------------------------------------------
+    def _mine(self, tps: set[TP]) -> set[tuple[str, int]]:
+        topics = set(self.plan.group_topics)
+        return {(tp.topic, tp.partition) for tp in tps if tp.topic in topics}
+
+    async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        gone = self._mine(revoked)
+        if not self._started.is_set():
+            self.owned -= gone
+            return
+        async with self._lock:
+            if gone & self.ready:
+                await self.checkpoint()
+            self.ready -= gone
+            self.owned -= gone
+            for tp in gone:
+                self.marks.pop(tp, None)
+                self.next_offset.pop(tp, None)
+            self._reload_timers()
+        log.info("revoked %s", sorted(gone))
+
+    async def _on_assigned(self, app: Any, assigned: set[TP], **kwargs: Any) -> None:
+        self.owned = self._mine(assigned)
+        log.info("assigned %s", sorted(self.owned))
+
+    async def _on_rebalance_complete(self, app: Any, **kwargs: Any) -> None:
+        await self._started.wait()
+        async with self._lock:
+            for tp in sorted(self.owned - self.ready):
+                await self._restore_partition(*tp)
+                self.ready.add(tp)
+            self._reload_timers()
+
+    def _strategy(self, topic: str) -> BoundedOutOfOrderness:
+        node = self.plan.source_of_topic[topic]
+        return node.params["watermarks"] or BoundedOutOfOrderness(0)
+
+    async def _restore_partition(self, topic: str, p: int) -> None:
+        started = time.monotonic()
+        now = self.executor.clock()
+        self.marks[(topic, p)] = PartitionWatermark(self._strategy(topic), now)
+        if topic != self.plan.stateful_topic:
+            return  # stateless stage: faust already positioned it at the committed offset
+        markers = MarkerLog()
+        for _, value, _ in await self._read_all(self.plan.checkpoint_topic, p):
+            if value is not None:
+                markers.add(value)
+        meta_key = encode_key(("kafka-checkpoint", p))
+        local = self.backend.get(META_CF, meta_key)
+        local_token = msgpack.unpackb(local) if local is not None else None
+        last = markers.last
+        entry: dict[str, Any] = {"topic": topic, "partition": p, "pid": os.getpid()}
+        if last is not None and local_token == last.token:
+            entry["source"] = "local"
+            entry["records"] = 0
+        else:
+            batch = Batch()
+            group = p.to_bytes(2, "big")
+            upper = (p + 1).to_bytes(2, "big")
+            for cf in self.plan.changelog_cfs:
+                if not cf.startswith("__expiry"):
+                    batch.delete_range(cf, group, upper)
+            applied = 0
+            if last is not None:
+                for cf, cl_topic in self.plan.changelog_topics().items():
+                    records = await self._read_all(cl_topic, p)
+                    n, _ = apply_deltas(records, cf, markers.committed, batch)
+                    applied += n
+            batch.put(META_CF, meta_key, msgpack.packb(last.token if last else None))
+            self._in_checkpoint = True
+            try:
+                self.backend.write(batch)
+            finally:
+                self._in_checkpoint = False
+            entry["source"] = "changelog" if last is not None else "empty"
+            entry["records"] = applied
+        if last is not None:
+            self.marks[(topic, p)].restore(last.watermark)
+            self.dedup[p] = dict(last.dedup)
+            self.seq = max(self.seq, last.seq)
+            await self.app.consumer._thread.seek_wait({TopicPartition(topic, p): last.offset})
+            self.next_offset[(topic, p)] = last.offset
+        else:
+            self.dedup[p] = {}
+        for op in self.executor.operators.values():
+            op.store.clear_cache()
+        entry["seconds"] = round(time.monotonic() - started, 3)
+        entry["marker_offset"] = last.offset if last else None
+        _restore_log(self.state_dir, entry)
+        log.info("restored %s", entry)
+
+    def _reload_timers(self) -> None:
+        """Timers in memory = the persisted timers of the key groups owned now."""
+        groups = sorted(p for t, p in self.ready if t == self.plan.stateful_topic)
+        for op in self.executor.operators.values():
+            op.timers.event = type(op.timers.event)()
+            op.timers.processing = type(op.timers.processing)()
+            op.store.clear_cache()
+            for g in groups:
+                op.timers.load(self.backend, g.to_bytes(2, "big"), (g + 1).to_bytes(2, "big"))
+            for heap in (op.timers.event, op.timers.processing):
+                for _, order, key in heap.heap:
+                    op.store._prefixes[key] = order  # a timer's key keeps its key group
+
+    async def _read_all(self, topic: str, p: int) -> list[tuple[Any, Any, Any]]:
+        """Every record of ``topic``/``p`` up to the fetch high watermark."""
+        consumer = self._restore_consumer
+        tp = TopicPartition(topic, p)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        out: list[tuple[Any, Any, Any]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            got = await consumer.getmany(tp, timeout_ms=200, max_records=20_000)
+            for record in got.get(tp, []):
+                out.append((record.key, record.value, record.headers))
+            high = consumer.highwater(tp)
+            if high is not None and await consumer.position(tp) >= high:
+                return out
+        raise EddiesError(f"could not read {topic}[{p}] to its end within 120 s")
+
+    # -- the data path -------------------------------------------------------------------------
+    def _on_local_write(self, batch: Batch) -> None:
+        # Sweeps write outside checkpoints; their deletions go to the next changelog batch.
+        if not self._in_checkpoint:
+            self._sweep_ops.extend(batch.ops)
+
+    async def _main(self) -> None:
+        try:
+            await self._serve()
+        except Exception:
+            log.exception("eddies worker failed; state is safe at the last checkpoint")
+            os._exit(1)
+
+    async def _serve(self) -> None:
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+                                         linger_ms=5, max_batch_size=1 << 20,
+                                         max_request_size=8 << 20)
+        await self.producer.start()
+        self._restore_consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+                                                  enable_auto_commit=False,
+                                                  fetch_max_wait_ms=100,
+                                                  max_partition_fetch_bytes=8 << 20)
+        await self._restore_consumer.start()
+        self._broadcast = await self._start_broadcast()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop)
+        self.executor.open_operators()
+        self._reload_timers()
+        self._started.set()
+        try:
+            while not self._stop:
+                await self._round()
+            async with self._lock:
+                if self.ready:
+                    await self.checkpoint()
+        finally:
+            await self._produce_outputs()
+            await self.producer.stop()
+            await self._restore_consumer.stop()
+            if self._broadcast is not None:
+                await self._broadcast.stop()
+            loop.remove_signal_handler(signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)  # let faust leave the group and stop
+
+    def _request_stop(self) -> None:
+        self._stop = True
+
+    async def _start_broadcast(self) -> AIOKafkaConsumer | None:
+        if not self.plan.broadcast_topics:
+            return None
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=100)
+        await consumer.start()
+        tps = []
+        for topic in self.plan.broadcast_topics:
+            n = await topic_partitions(self.bootstrap, topic) or 0
+            tps.extend(TopicPartition(topic, p) for p in range(n))
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        now = self.executor.clock()
+        for tp in tps:
+            self.marks[(tp.topic, tp.partition)] = PartitionWatermark(
+                self._strategy(tp.topic), now)
+        # BroadcastState is rebuilt from the whole topic on every start.
+        batch = Batch()
+        for cf in self.plan.broadcast_cfs:
+            batch.delete_range(cf, b"", b"\xff\xff\xff")
+        self._in_checkpoint = True
+        try:
+            self.backend.write(batch)
+        finally:
+            self._in_checkpoint = False
+        return consumer
+
+    async def _round(self) -> None:
+        tps = {TP(t, p) for t, p in self.ready}
+        records: dict[Any, list[Any]] = {}
+        if tps:
+            records = await self.app.consumer._thread.getmany(tps, timeout=0.2)
+        else:
+            await asyncio.sleep(0.05)
+        broadcast: dict[Any, list[Any]] = {}
+        if self._broadcast is not None:
+            broadcast = await self._broadcast.getmany(timeout_ms=0 if records else 50,
+                                                      max_records=self.batch_records)
+        async with self._lock:
+            now = self.executor.clock()
+            n = 0
+            for tp, batch in broadcast.items():
+                n += self._push(tp.topic, tp.partition, batch, now, broadcast=True)
+            for tp, batch in records.items():
+                if (tp.topic, tp.partition) in self.ready:
+                    n += self._push(tp.topic, tp.partition, batch, now)
+            self.executor.stats.events_in += n
+            self.executor.advance_time(self._source_watermarks(now), now)
+            self.executor.flush_sinks()
+            await self._produce_outputs()
+            self._since_checkpoint += n
+            due = (time.monotonic() - self._last_checkpoint) * 1000 >= self.checkpoint_ms
+            if self.ready and (self._since_checkpoint >= self.checkpoint_interval
+                               or (due and self._since_checkpoint)):
+                await self.checkpoint()
+
+    def _push(self, topic: str, p: int, batch: list[Any], now: int,
+              broadcast: bool = False) -> int:
+        node = self.plan.source_of_topic[topic]
+        source = node.params["source"]
+        repartitioned = node.params.get("repartition", False)
+        seen = self.dedup.setdefault(p, {}) if repartitioned else None
+        values: list[Any] = []
+        offsets: list[int] = []
+        raws: list[tuple[Any, bytes | None]] = []
+        for record in batch:
+            if seen is not None:
+                src, off = None, -1
+                for name, value in record.headers or ():
+                    if name == _SRC:
+                        src = value.decode()
+                    elif name == _OFF:
+                        off = int(value)
+                if src is not None and off >= 0:
+                    if off <= seen.get(src, -1):
+                        continue  # a duplicate produced again after a crash upstream
+                    seen[src] = off
+            try:
+                value = decode(source.value_format, record.value)
+            except ValueError as exc:
+                self.executor._dead_letter(DeadLetter(
+                    node.name, {"topic": topic, "partition": p, "offset": record.offset},
+                    (record.value or b"").decode("utf-8", "replace"), f"bad record: {exc}"))
+                continue
+            values.append(value)
+            offsets.append(record.offset)
+            raws.append(({"topic": topic, "partition": p, "offset": record.offset},
+                         record.value))
+        if batch:
+            self.next_offset[(topic, p)] = batch[-1].offset + 1
+        if topic == self.plan.stateful_topic:
+            for op in self.executor.operators.values():
+                op.store.key_group = p
+        ex = self.executor
+        ex.cur_src = f"{topic}:{p}"
+        ex.cur_offsets = offsets
+
+        def locate(i: int) -> tuple[Any, str | None] | None:
+            position, raw = raws[i]
+            return position, None if raw is None else raw.decode("utf-8", "replace")
+
+        try:
+            max_ts = ex.push_records(node, values, locate, now)
+        finally:
+            ex.cur_src = None
+            for op in ex.operators.values():
+                op.store.key_group = None
+        if node.params["timestamp"] is not None and (topic, p) in self.marks:
+            self.marks[(topic, p)].observe(max_ts, now)
+        return len(batch)
+
+    def _source_watermarks(self, now: int) -> dict[Node, list[tuple[int, bool]]]:
+        by_source: dict[Node, list[tuple[int, bool]]] = {}
+        for (topic, _p), mark in self.marks.items():
+            node = self.plan.source_of_topic[topic]
+            by_source.setdefault(node, []).append((mark.watermark, mark.idle(now)))
+        for node in self.plan.source_of_topic.values():
+            # A source with no partition here holds nothing back and fires nothing.
+            by_source.setdefault(node, [(MIN_TIME, True)])
+        return by_source
+
+    async def _produce_outputs(self) -> None:
+        sends = []
+        for sink in [*self.kafka_sinks, self.dead_sink]:
+            if sink.pending:
+                pending, sink.pending = sink.pending, []
+                sends.extend(await self._send(sink.topic, [(k, v, None, []) for k, v in pending]))
+        for topic, items in self.executor.repartition_out.items():
+            if not items:
+                continue
+            out = []
+            for encoded, value, ts, src, off in items:
+                headers = [] if src is None else [(_SRC, src.encode()), (_OFF, str(off).encode())]
+                out.append((encoded, orjson.dumps(value, default=str), ts, headers,
+                            zlib.crc32(encoded) % self.partitions))
+            items.clear()
+            sends.extend(await self._send(topic, out, explicit=True))
+        if sends:
+            await asyncio.gather(*sends)
+
+    async def _send(self, topic: str, items: list[Any], explicit: bool = False) -> list[Any]:
+        """Produce ``items`` in per-partition batches; returns the delivery futures."""
+        partitions = sorted(await self.producer.partitions_for(topic))
+        by_partition: dict[int, list[Any]] = {}
+        rr = 0
+        for item in items:
+            if explicit:
+                p = item[4]
+            elif item[0] is None:
+                p = partitions[rr % len(partitions)]
+                rr += 1
+            else:
+                p = DefaultPartitioner()(item[0], partitions, partitions)
+            by_partition.setdefault(p, []).append(item)
+        futures = []
+        for p, chunk in by_partition.items():
+            batch = self.producer.create_batch()
+            for key, value, ts, headers, *_ in chunk:
+                if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                    futures.append(await self.producer.send_batch(batch, topic, partition=p))
+                    batch = self.producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=ts, headers=headers)
+            if batch.record_count():
+                futures.append(await self.producer.send_batch(batch, topic, partition=p))
+        return futures
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    async def checkpoint(self) -> None:
+        """Changelog deltas, then markers, then the local write, then the group commit."""
+        started = time.monotonic()
+        ex = self.executor
+        batch = Batch()
+        batch.ops.extend(self._sweep_ops)
+        self._sweep_ops = []
+        ex.checkpoint_ops(batch)
+        await self._produce_outputs()  # outputs are durable before state moves past them
+        token = new_token()
+        self.seq += 1
+        if self.plan.stateful_topic is not None:
+            deltas = split_by_partition(batch, set(self.plan.broadcast_cfs))
+            topics = self.plan.changelog_topics()
+            per_topic: dict[str, list[Any]] = {}
+            header = token_header(token)
+            for d in deltas:
+                headers = [header, (OP_HEADER, RANGE)] if d.is_range else [header]
+                per_topic.setdefault(topics[d.cf], []).append(
+                    (d.key, d.value, None, headers, d.partition))
+            futures = []
+            for topic, items in per_topic.items():
+                futures.extend(await self._send(topic, items, explicit=True))
+            await asyncio.gather(*futures)
+            if os.environ.get("EDDIES_CRASH_AFTER_DELTAS"):
+                os._exit(17)  # fault injection for tests: deltas without their marker
+            markers = []
+            for topic, p in sorted(self.ready):
+                if topic != self.plan.stateful_topic:
+                    continue
+                mark = self.marks.get((topic, p))
+                value = msgpack.packb({
+                    "token": token, "offset": self.next_offset.get((topic, p), 0),
+                    "watermark": mark.watermark if mark else MIN_TIME, "seq": self.seq,
+                    "dedup": self.dedup.get(p, {}),
+                })
+                markers.append((MARKER_KEY, value, None, [header], p))
+                batch.put(META_CF, encode_key(("kafka-checkpoint", p)), msgpack.packb(token))
+            await asyncio.gather(*await self._send(self.plan.checkpoint_topic, markers,
+                                                   explicit=True))
+        self._in_checkpoint = True
+        try:
+            self.backend.write(batch)
+        finally:
+            self._in_checkpoint = False
+        offsets = {TP(t, p): off for (t, p), off in self.next_offset.items()
+                   if (t, p) in self.ready}
+        if offsets:
+            await self.app.consumer._commit(offsets)
+        ex.sweep()
+        ex.stats.checkpoints += 1
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        log.debug("checkpoint %s: %d ops in %.3fs", self.seq, len(batch),
+                  time.monotonic() - started)
