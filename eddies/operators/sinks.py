@@ -17,7 +17,7 @@ import orjson
 
 from eddies.errors import ConfigError
 
-__all__ = ["CollectSink", "Sink", "collect", "jsonl", "stdout"]
+__all__ = ["CollectSink", "Sink", "collect", "jsonl", "kafka", "stdout"]
 
 _OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -158,3 +158,11 @@ def collect(name: str = "collect") -> CollectSink:
     [10, 20, 30]
     """
     return CollectSink(name)
+
+def kafka(topic: str, *, key: Any = None, value_format: str = "json",
+          name: str | None = None) -> Sink:
+    """Write to Kafka ``topic`` under ``eddies worker``, keyed by field (or function) ``key``;
+    at-least-once. See ``eddies.operators.kafka``."""
+    from eddies.operators.kafka import kafka_sink
+
+    return kafka_sink(topic, key=key, value_format=value_format, name=name)

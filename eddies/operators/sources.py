@@ -26,7 +26,7 @@ import orjson
 
 from eddies.errors import ConfigError
 
-__all__ = ["DeadLetter", "Source", "SourceReader", "csv", "iterable", "jsonl"]
+__all__ = ["DeadLetter", "Source", "SourceReader", "csv", "iterable", "jsonl", "kafka"]
 
 
 @dataclass
@@ -344,3 +344,12 @@ def iterable(items: Iterable[Any], *, name: str = "iterable") -> Source:
     yields the same records again (a list does; a generator is consumed once).
     """
     return _Iterable(items, name)
+
+
+def kafka(topic: str, *, key: str | None = None, value_format: str = "json",
+          name: str | None = None) -> Source:
+    """Read Kafka ``topic`` under ``eddies worker``; ``key`` is the field it is partitioned
+    by (a key_by on it needs no repartition). See ``eddies.operators.kafka``."""
+    from eddies.operators.kafka import kafka_source
+
+    return kafka_source(topic, key=key, value_format=value_format, name=name)

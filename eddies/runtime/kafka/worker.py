@@ -172,6 +172,7 @@ class KafkaWorker:
         self._in_checkpoint = False
         self._lock = asyncio.Lock()
         self._started = asyncio.Event()
+        self._assignment_done = False
         self.backend.add_write_listener(self._on_local_write)
         self.app = self._make_app()
 
@@ -259,11 +260,17 @@ class KafkaWorker:
         log.info("revoked %s", sorted(gone))
 
     async def _on_assigned(self, app: Any, assigned: set[TP], **kwargs: Any) -> None:
+        self._assignment_done = False
         self.owned = self._mine(assigned)
         log.info("assigned %s", sorted(self.owned))
 
     async def _on_rebalance_complete(self, app: Any, **kwargs: Any) -> None:
-        await self._started.wait()
+        # Restores run in the data task (faust starts app tasks only after this returns).
+        self._assignment_done = True
+
+    async def _restore_pending(self) -> None:
+        if not self._assignment_done or not self.owned - self.ready:
+            return
         async with self._lock:
             for tp in sorted(self.owned - self.ready):
                 await self._restore_partition(*tp)
@@ -299,12 +306,13 @@ class KafkaWorker:
             for cf in self.plan.changelog_cfs:
                 if not cf.startswith("__expiry"):
                     batch.delete_range(cf, group, upper)
-            applied = 0
+            applied = ignored = 0
             if last is not None:
                 for cf, cl_topic in self.plan.changelog_topics().items():
                     records = await self._read_all(cl_topic, p)
-                    n, _ = apply_deltas(records, cf, markers.committed, batch)
+                    n, skipped = apply_deltas(records, cf, markers.committed, batch)
                     applied += n
+                    ignored += skipped
             batch.put(META_CF, meta_key, msgpack.packb(last.token if last else None))
             self._in_checkpoint = True
             try:
@@ -313,6 +321,7 @@ class KafkaWorker:
                 self._in_checkpoint = False
             entry["source"] = "changelog" if last is not None else "empty"
             entry["records"] = applied
+            entry["ignored"] = ignored
         if last is not None:
             self.marks[(topic, p)].restore(last.watermark)
             self.dedup[p] = dict(last.dedup)
@@ -433,6 +442,7 @@ class KafkaWorker:
         return consumer
 
     async def _round(self) -> None:
+        await self._restore_pending()
         tps = {TP(t, p) for t, p in self.ready}
         records: dict[Any, list[Any]] = {}
         if tps:
@@ -596,7 +606,7 @@ class KafkaWorker:
             for topic, items in per_topic.items():
                 futures.extend(await self._send(topic, items, explicit=True))
             await asyncio.gather(*futures)
-            if os.environ.get("EDDIES_CRASH_AFTER_DELTAS"):
+            if os.environ.get("EDDIES_CRASH_AFTER_DELTAS") == str(self.seq):
                 os._exit(17)  # fault injection for tests: deltas without their marker
             markers = []
             for topic, p in sorted(self.ready):
