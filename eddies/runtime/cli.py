@@ -1,14 +1,17 @@
-"""The ``eddies`` command: ``eddies run module:job`` and friends."""
+"""The ``eddies`` command: ``eddies run module:job``, and ``eddies state ls/get`` to inspect
+the state a job left in (or is writing to) a RocksDB dir."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from eddies.errors import EddiesError
+from eddies.errors import ConfigError, EddiesError
 from eddies.runtime.local import LocalRunner, RunStats
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME
 
@@ -123,6 +126,164 @@ def _add_kafka_commands() -> None:
 
 
 _add_kafka_commands()
+
+
+# -- eddies state ---------------------------------------------------------------------------------
+_SNAPSHOT_NOTE = (
+    "DIR is opened as a read-only snapshot view: it takes no lock, so it works while a job "
+    "runs on DIR, and shows what that job had written when the command started (its last "
+    "checkpoint), never unflushed cache contents. Each call opens a fresh view; cursors stay "
+    "valid across calls."
+)
+_KEY_HELP = "(JSON or a bare string)"
+_VALUE_WIDTH = 200
+
+
+def _open_snapshot(path: str) -> Any:
+    from eddies.state.rocksdb import RocksDbStateBackend
+
+    return RocksDbStateBackend(path, read_only=True)
+
+
+def _fail(exc: EddiesError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+def _fmt_expiry(ms: int | None) -> str:
+    if ms is None:
+        return "never"
+    try:
+        when = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+    return f"{ms} ({when.replace('+00:00', 'Z')})"
+
+
+def _short(value: Any, width: int = _VALUE_WIDTH) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _parse_opt(text: str | None) -> Any:
+    from eddies.runtime.inspection import parse_key_text
+
+    return None if text is None else parse_key_text(text)
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
+        click.echo("  ".join(cells).rstrip())
+
+
+@main.group()
+def state() -> None:
+    """Inspect the state in a RocksDB state dir (read-only; safe while a job runs on it)."""
+
+
+@state.command("ls", epilog=_SNAPSHOT_NOTE)
+@click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--state", "name", metavar="NAME",
+              help="The state to list; without it, list state names with entry counts.")
+@click.option("--key", help="Only this user key's entries " + _KEY_HELP + "; range options then "
+                            "apply to its map keys (list indexes).")
+@click.option("--prefix", help="Keys starting with these tuple elements " + _KEY_HELP + ".")
+@click.option("--start", help="First key, inclusive " + _KEY_HELP + ".")
+@click.option("--start-after", help="Start after this key, exclusive " + _KEY_HELP + ".")
+@click.option("--end", help="Stop before this key, exclusive " + _KEY_HELP + ".")
+@click.option("--reverse", is_flag=True, help="Descending key order.")
+@click.option("--limit", default=100, show_default=True, type=int, help="Entries per page.")
+@click.option("--cursor", help="Continue after the page that printed this cursor.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One page as {"entries": [...], "cursor": ...}.')
+def state_ls(directory: str, name: str | None, key: str | None, prefix: str | None,
+             start: str | None, start_after: str | None, end: str | None, reverse: bool,
+             limit: int, cursor: str | None, as_json: bool) -> None:
+    """List the entries of a state, in key order, one page at a time.
+
+    Keys print as tuples; each entry shows its value and expires_at (ms, or never). A page
+    that is not the last ends with the cursor of the next one.
+
+    --key and the range options take JSON when the text parses as JSON ('["user", 7]', 7),
+    else a bare string (alice). Range options compare keys as tuples: --prefix user matches
+    ("user", 7) but not ("username",). Without --key they select user keys; with --key they
+    select that key's map keys (MapState) or indexes (ListState).
+    """
+    from eddies.runtime.inspection import query_state, state_counts, to_json_entry
+
+    try:
+        with _open_snapshot(directory) as db:
+            if name is None:
+                if any(v is not None for v in (key, prefix, start, start_after, end, cursor)):
+                    raise ConfigError("--key, --cursor and the range options need --state NAME")
+                counts = state_counts(db)
+                if as_json:
+                    click.echo(json.dumps({"states": [{"name": n, "entries": c}
+                                                      for n, c in counts.items()]}))
+                else:
+                    _print_table(["state", "entries"], [[n, f"{c:,}"] for n, c in counts.items()])
+                return
+            page = query_state(db, name, key=_parse_opt(key), prefix=_parse_opt(prefix),
+                               start=_parse_opt(start), start_after=_parse_opt(start_after),
+                               end=_parse_opt(end), reverse=reverse, limit=limit, cursor=cursor)
+    except EddiesError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps({"entries": [to_json_entry(e) for e in page.entries],
+                               "cursor": page.cursor}))
+        return
+    if not page.entries:
+        click.echo("no entries")
+        return
+    rows = [[repr(e.key), "-" if e.map_key is None else repr(e.map_key),
+             _fmt_expiry(e.expires_at), _short(e.value)]  # value last: it is the long one
+            for e in page.entries]
+    _print_table(["key", "map_key", "expires_at", "value"], rows)
+    if page.cursor is not None:
+        click.echo(f"next page: --cursor {page.cursor}")
+
+
+@state.command("get", epilog=_SNAPSHOT_NOTE)
+@click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--state", "name", metavar="NAME", required=True, help="The state to read.")
+@click.option("--key", required=True, help="The user key " + _KEY_HELP + ".")
+@click.option("--map-key", help="The map key (MapState) or list index (ListState) "
+                                + _KEY_HELP + ".")
+@click.option("--json", "as_json", is_flag=True, help="The entry as JSON.")
+def state_get(directory: str, name: str, key: str, map_key: str | None, as_json: bool) -> None:
+    """Read one entry: a key's value, or one map entry (list element) with --map-key.
+
+    --key and --map-key take JSON when the text parses as JSON ('["user", 7]', 7), else a
+    bare string (alice).
+    """
+    from eddies.runtime.inspection import get_entry, query_state, to_json_entry
+
+    user_key, mk = _parse_opt(key), _parse_opt(map_key)
+    try:
+        with _open_snapshot(directory) as db:
+            entry = get_entry(db, name, user_key, mk)
+            has_entries = entry is None and mk is None and bool(
+                query_state(db, name, key=user_key, limit=1).entries)
+    except EddiesError as exc:
+        _fail(exc)
+        return
+    if entry is None:
+        what = f"key {user_key!r}" + ("" if mk is None else f", map key {mk!r}")
+        hint = (f"; its entries have map keys: give --map-key, or list them with "
+                f"eddies state ls DIR --state {name} --key ..." if has_entries else "")
+        click.echo(f"error: state {name!r} has no entry for {what}{hint}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(to_json_entry(entry)))
+        return
+    click.echo(f"key         {entry.key!r}")
+    if entry.map_key is not None:
+        click.echo(f"map_key     {entry.map_key!r}")
+    click.echo(f"expires_at  {_fmt_expiry(entry.expires_at)}")
+    click.echo(f"value       {entry.value!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover

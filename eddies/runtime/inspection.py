@@ -9,13 +9,23 @@ Kafka partitions).
   apply to map keys (list indexes for ListState), exactly as ``MapState.entries`` does.
 - Without ``key``: every entry; the range options apply to user keys.
 
-Pages end with an opaque cursor: pass it back to continue after the last entry returned.
+Pages end with an opaque cursor: pass it back, with the same query, to continue after the
+last entry returned. The cursor is None when nothing is left. A cursor holds the position of
+the last entry (not a snapshot), so paging over state that changes between pages sees each
+key once, in its state at the time its page was read.
+
+Queries read stored bytes: they see state as of the last checkpoint (not the write-back
+cache), and an entry past its ``expires_at`` shows until a sweep or a rewrite deletes it.
+
+Text given by users for keys and bounds (CLI options, HTTP query parameters) goes through
+:func:`parse_key_text`: JSON when it parses as JSON (``["user", 7]``), else the bare string.
 """
 
 from __future__ import annotations
 
 import base64
 import heapq
+import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,11 +33,31 @@ from typing import Any
 
 from eddies.errors import ConfigError, StateError
 from eddies.state.backend import StateBackend
-from eddies.state.keys import as_tuple, decode_key, decode_prefixed, encode_element
+from eddies.state.keys import (
+    as_tuple,
+    decode_key,
+    decode_prefixed,
+    encode_element,
+    encode_key,
+)
 from eddies.state.maps import range_bounds
 from eddies.state.values import NEVER, decode_value
 
-__all__ = ["Entry", "Page", "list_states", "query_state", "to_json_entry"]
+__all__ = [
+    "MAX_LIMIT",
+    "Entry",
+    "Page",
+    "get_entry",
+    "list_states",
+    "parse_key_text",
+    "query_state",
+    "state_counts",
+    "to_json_entry",
+    "to_jsonable",
+]
+
+MAX_LIMIT = 10_000
+"""The largest page a query returns; ask for more with the cursor."""
 
 
 @dataclass
@@ -42,13 +72,43 @@ class Entry:
 
 @dataclass
 class Page:
+    """Entries of one page, and the cursor of the next (None on the last page)."""
+
     entries: list[Entry]
     cursor: str | None
+
+
+def parse_key_text(text: str) -> Any:
+    """A key or bound typed by a user: JSON if it parses as JSON, else the bare string.
+
+    JSON arrays become tuples (nested ones too), since keys are tuples.
+
+    >>> parse_key_text('["user", 7]'), parse_key_text("alice"), parse_key_text("7")
+    (('user', 7), 'alice', 7)
+    >>> parse_key_text('"7"'), parse_key_text("[[1, 2], null]")
+    ('7', ((1, 2), None))
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return _tuples(value)
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 def list_states(backend: StateBackend) -> list[str]:
     """Names of the user states in ``backend`` (internal column families left out)."""
     return [cf for cf in backend.column_families() if not cf.startswith("__") and cf != "default"]
+
+
+def state_counts(backend: StateBackend) -> dict[str, int]:
+    """Each user state's number of stored entries (a full scan each: offline use)."""
+    return {state: backend.count(state) for state in list_states(backend)}
 
 
 def _key_groups(backend: StateBackend, state: str) -> Iterator[int]:
@@ -63,23 +123,55 @@ def _key_groups(backend: StateBackend, state: str) -> Iterator[int]:
         group += 1
 
 
-def _fingerprint(state: str, key: Any) -> int:
-    return zlib.crc32(repr((state, key)).encode())
+def _fingerprint(state: str, element: bytes, lower: bytes, upper: bytes | None,
+                 reverse: bool) -> bytes:
+    # The query as bytes (state, key and bounds after normalisation), so "alice" and
+    # ("alice",) share cursors while another range or direction does not.
+    ident = b"\x00".join([state.encode(), element, lower, b"-" if upper is None else upper,
+                          b"r" if reverse else b"f"])
+    return zlib.crc32(ident).to_bytes(4, "big")
 
 
-def _encode_cursor(state: str, key: Any, last: bytes) -> str:
-    tag = _fingerprint(state, key).to_bytes(4, "big")
+def _encode_cursor(tag: bytes, last: bytes) -> str:
     return base64.urlsafe_b64encode(tag + last).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, state: str, key: Any) -> bytes:
+def _decode_cursor(cursor: str, tag: bytes) -> bytes:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"malformed cursor {cursor!r}") from exc
-    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != _fingerprint(state, key):
-        raise ConfigError("this cursor belongs to another query (state or key differ)")
+        raise ConfigError(f"malformed cursor {cursor!r}: pass back a cursor a page gave") from exc
+    if len(raw) < 4 or raw[:4] != tag:
+        raise ConfigError(
+            f"cursor {cursor!r} belongs to another query (state, key, range or direction "
+            "differ); repeat the query that gave it, or drop the cursor to start over"
+        )
     return raw[4:]
+
+
+def _bounds(key: Any, prefix: Any, start: Any, start_after: Any,
+            end: Any) -> tuple[bytes, bytes, bytes | None]:
+    """(user key element or b"", lower, upper) of a query over sort keys."""
+    if key is not None:
+        element = encode_element(as_tuple(key))
+        lo, hi = range_bounds(prefix, start, start_after, end)
+        # Map keys never start with FF, so element + FF closes this user key's range.
+        return element, element + (lo or b""), element + (hi if hi is not None else b"\xff")
+    if start is not None and start_after is not None:
+        raise ConfigError("give start= (inclusive) or start_after= (exclusive), not both")
+    lower, upper = b"", None
+    if start is not None:
+        lower = encode_element(as_tuple(start))
+    elif start_after is not None:
+        # Above the key itself and its map entries, below its extensions ("a",) < ("a", 1).
+        lower = encode_element(as_tuple(start_after)) + b"\xff"
+    if end is not None:
+        upper = encode_element(as_tuple(end))
+    if prefix is not None:
+        p = encode_element(as_tuple(prefix))[:-1]  # the nested tuple, still open
+        lower = max(lower, p)
+        upper = p + b"\xff" if upper is None else min(upper, p + b"\xff")
+    return b"", lower, upper
 
 
 def query_state(
@@ -97,6 +189,10 @@ def query_state(
 ) -> Page:
     """One page of ``state``'s entries, ordered by (user key, map key).
 
+    Raises :class:`~eddies.errors.StateError` for an unknown state,
+    :class:`~eddies.errors.KeyEncodingError` (a StateError) for a key or bound the key codec
+    cannot encode, and :class:`~eddies.errors.ConfigError` for a bad limit or cursor.
+
     >>> from eddies.state import InMemoryStateBackend, KeyedStateStore, MapState
     >>> store = KeyedStateStore(InMemoryStateBackend())
     >>> m = store.bind(MapState("m"))
@@ -109,39 +205,25 @@ def query_state(
     >>> page = query_state(store.backend, "m", limit=3)
     >>> [e.key for e in page.entries], page.cursor is not None
     ([('ann',), ('ann',), ('bob',)], True)
-    >>> [e.map_key for e in query_state(store.backend, "m", cursor=page.cursor).entries]
-    [('y', 2)]
+    >>> last = query_state(store.backend, "m", limit=3, cursor=page.cursor)
+    >>> [e.map_key for e in last.entries], last.cursor
+    ([('y', 2)], None)
     """
-    if limit <= 0:
-        raise ConfigError("limit must be positive")
-    if state not in backend.column_families():
+    if type(limit) is not int or not 0 < limit <= MAX_LIMIT:
+        raise ConfigError(f"limit must be an int in 1..{MAX_LIMIT}, got {limit!r}")
+    if state not in list_states(backend):
         known = ", ".join(list_states(backend)) or "none"
         raise StateError(f"no state named {state!r}; states here: {known}")
-    if key is not None:
-        element = encode_element(as_tuple(key))
-        lo, hi = range_bounds(prefix, start, start_after, end)
-        lower = element + (lo or b"")
-        upper = element + hi if hi is not None else element + b"\xff"
-    else:
-        lower, upper = b"", None
-        if start is not None and start_after is not None:
-            raise ConfigError("give start= (inclusive) or start_after= (exclusive), not both")
-        if start is not None:
-            lower = encode_element(as_tuple(start))
-        elif start_after is not None:
-            lower = encode_element(as_tuple(start_after)) + b"\xff"
-        if end is not None:
-            upper = encode_element(as_tuple(end))
-        if prefix is not None:
-            p = encode_element(as_tuple(prefix))[:-1]  # the nested tuple, still open
-            lower = max(lower, p)
-            upper = p + b"\xff" if upper is None else min(upper, p + b"\xff")
+    element, lower, upper = _bounds(key, prefix, start, start_after, end)
+    tag = _fingerprint(state, element, lower, upper, reverse)
     if cursor is not None:
-        last = _decode_cursor(cursor, state, key)
+        last = _decode_cursor(cursor, tag)
+        if last < lower or (upper is not None and last >= upper):
+            raise ConfigError(f"cursor {cursor!r} lies outside the query's range")
         if reverse:
-            upper = last if upper is None else min(upper, last)
+            upper = last
         else:
-            lower = max(lower, last + b"\x00")
+            lower = last + b"\x00"  # the smallest sort key after the last one returned
     scans = []
     for group in _key_groups(backend, state):
         g = group.to_bytes(2, "big")
@@ -155,24 +237,76 @@ def query_state(
     merged = heapq.merge(*scans, key=lambda t: t[0], reverse=reverse)
     entries: list[Entry] = []
     last_sort = b""
+    more = False
     for sort_key, data in merged:
+        if len(entries) >= limit:  # one entry past the page: there is a next page
+            more = True
+            break
         user_key, offset = decode_prefixed(sort_key, 0)
         rest = sort_key[offset:]
         value, expires_at = decode_value(data)
         entries.append(Entry(user_key, decode_key(rest) if rest else None, value,
                              None if expires_at == NEVER else expires_at))
         last_sort = sort_key
-        if len(entries) >= limit:
-            break
-    more = len(entries) >= limit
-    return Page(entries, _encode_cursor(state, key, last_sort) if more else None)
+    return Page(entries, _encode_cursor(tag, last_sort) if more else None)
+
+
+def get_entry(backend: StateBackend, state: str, key: Any, map_key: Any = None) -> Entry | None:
+    """The one entry of ``key`` (and ``map_key``, for MapState and ListState), or None.
+
+    >>> from eddies.state import InMemoryStateBackend, KeyedStateStore, MapState
+    >>> store = KeyedStateStore(InMemoryStateBackend())
+    >>> m = store.bind(MapState("m"))
+    >>> store.set_key(("user", 7)); m.put(("d", 1), "x"); _ = store.flush()
+    >>> get_entry(store.backend, "m", ("user", 7), ("d", 1)).value
+    'x'
+    """
+    if map_key is None:
+        page = query_state(backend, state, key=key, limit=1)
+        found = page.entries[0] if page.entries else None
+        return found if found is not None and found.map_key is None else None
+    want = encode_key(map_key)
+    # A start bound also takes the keys after it: check that the first is the one asked for.
+    page = query_state(backend, state, key=key, start=map_key, limit=1)
+    found = page.entries[0] if page.entries else None
+    if found is None or found.map_key is None or encode_key(found.map_key) != want:
+        return None
+    return found
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` made fit for JSON: tuples as lists, bytes as ``{"$bytes": hex}``, map keys
+    that are not str as their JSON text.
+
+    >>> to_jsonable({(1, "a"): b"\\x00\\xff", "n": (1, 2)})
+    {'[1, "a"]': {'$bytes': '00ff'}, 'n': [1, 2]}
+    """
+    t = type(value)
+    if t in (str, int, float, bool) or value is None:
+        return value
+    if t in (list, tuple):
+        return [to_jsonable(v) for v in value]
+    if t is dict:
+        return {
+            (k if type(k) is str else json.dumps(to_jsonable(k))): to_jsonable(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": bytes(value).hex()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return repr(value)  # msgpack extension types and the like: readable, not exact
 
 
 def to_json_entry(entry: Entry) -> dict[str, Any]:
-    """The JSON shape of an entry: keys as lists."""
+    """The JSON shape of an entry: keys as lists, expires_at in ms or null (never).
+
+    >>> to_json_entry(Entry(("user", 7), ("d", 1), {"n": 1}, None))
+    {'key': ['user', 7], 'map_key': ['d', 1], 'value': {'n': 1}, 'expires_at': None}
+    """
     return {
-        "key": list(entry.key),
-        "map_key": None if entry.map_key is None else list(entry.map_key),
-        "value": entry.value,
+        "key": to_jsonable(entry.key),
+        "map_key": None if entry.map_key is None else to_jsonable(entry.map_key),
+        "value": to_jsonable(entry.value),
         "expires_at": entry.expires_at,
     }

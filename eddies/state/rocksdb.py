@@ -3,6 +3,11 @@
 One column family per state name. ``durability=True`` makes every batch write sync the WAL;
 ``close()`` flushes the WAL and the memtables, so a clean close leaves nothing to replay.
 A dir can be open in one place at a time: a second open gets :class:`StateDirLockedError`.
+
+``read_only=True`` opens a read-only snapshot view instead, which takes no lock: it works while
+a running job holds the dir, and sees what that job had written when the view was opened
+(memtables are rebuilt from its WAL), nothing written after. Writes to it raise
+:class:`BackendError`. ``eddies state ls/get`` open dirs this way.
 """
 
 from __future__ import annotations
@@ -32,20 +37,34 @@ class RocksDbStateBackend(StateBackend):
     """State in a RocksDB directory.
 
     >>> import tempfile
-    >>> with RocksDbStateBackend(tempfile.mkdtemp()) as db:
+    >>> path = tempfile.mkdtemp()
+    >>> with RocksDbStateBackend(path) as db:
     ...     batch = Batch(); batch.put("s", b"k", b"v"); db.write(batch)
-    ...     db.get("s", b"k")
+    ...     with RocksDbStateBackend(path, read_only=True) as view:  # no lock taken
+    ...         view.get("s", b"k")
     b'v'
     """
 
-    def __init__(self, path: str | os.PathLike[str], durability: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], durability: bool = False, *, read_only: bool = False
+    ) -> None:
         super().__init__()
         self.path = Path(path)
         self.durability = durability
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackendError(f"cannot use {self.path} as a RocksDB state dir: {exc}") from exc
+        self.read_only = read_only
+        if read_only:
+            if not (self.path / "CURRENT").exists():
+                raise BackendError(
+                    f"{self.path} is not a RocksDB state dir (no CURRENT file); give the dir "
+                    "a job ran with state='rocksdb:DIR'"
+                )
+        else:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendError(
+                    f"cannot use {self.path} as a RocksDB state dir: {exc}"
+                ) from exc
         existing: list[str] = []
         if (self.path / "CURRENT").exists():
             try:
@@ -59,12 +78,22 @@ class RocksDbStateBackend(StateBackend):
                 column_families={
                     n: rocksdict.Options(raw_mode=True) for n in existing if n != "default"
                 },
+                access_type=(
+                    rocksdict.AccessType.read_only() if read_only
+                    else rocksdict.AccessType.read_write()
+                ),
             )
         except Exception as exc:
+            if read_only:
+                raise BackendError(
+                    f"cannot open RocksDB dir {self.path} read-only: {exc} (if a job is "
+                    "compacting it right now, try again)"
+                ) from exc
             if "lock" in str(exc).lower():
                 raise StateDirLockedError(
                     f"RocksDB state dir {self.path} is in use by another process or backend "
-                    "(a running job?). Stop it first, or inspect a copy of the dir."
+                    "(a running job?). Stop it first, or read it without a lock: "
+                    "RocksDbStateBackend(path, read_only=True), as `eddies state ls` does."
                 ) from exc
             raise BackendError(f"cannot open RocksDB dir {self.path}: {exc}") from exc
         self._cfs: dict[str, rocksdict.Rdict] = {}
@@ -143,6 +172,11 @@ class RocksDbStateBackend(StateBackend):
                 it.next()
 
     def _apply(self, batch: Batch, sync: bool) -> None:
+        if self.read_only:
+            raise BackendError(
+                f"RocksDB dir {self.path} is open read-only (a snapshot view); open it without "
+                "read_only=True to write"
+            )
         wb = rocksdict.WriteBatch(raw_mode=True)
         for kind, cf, key, value in batch.ops:
             handle = self._handles.get(cf) or self._create(cf)
@@ -161,10 +195,12 @@ class RocksDbStateBackend(StateBackend):
         if self._closed:
             return
         self._closed = True
-        self._db.flush_wal(True)
-        self._db.flush()
+        if not self.read_only:  # a read-only view has nothing to flush
+            self._db.flush_wal(True)
+            self._db.flush()
         for table in self._cfs.values():
-            table.flush()  # Rdict.flush() covers only the default column family
+            if not self.read_only:
+                table.flush()  # Rdict.flush() covers only the default column family
             table.close()
         self._cfs.clear()
         self._handles.clear()
