@@ -1,0 +1,136 @@
+"""A real Kafka-protocol broker (Tansu) on 127.0.0.1 for the session, and worker helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("faust")
+pytest.importorskip("aiokafka")
+
+from eddies.runtime.kafka.commands import produce_file  # noqa: E402
+from eddies.runtime.kafka.tansu import tansu_broker  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[str]:
+    with tansu_broker() as bootstrap:
+        yield bootstrap
+
+
+def produce(bootstrap: str, path: Path, topic: str, key: str | None, partitions: int = 6) -> int:
+    return asyncio.run(produce_file(bootstrap, path, topic, key, partitions))
+
+
+async def _read(bootstrap: str, topic: str) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from eddies.runtime.kafka.topics import topic_partitions
+
+    n = await topic_partitions(bootstrap, topic)
+    if not n:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(n)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            got = await consumer.getmany(timeout_ms=300, max_records=50_000)
+            for records in got.values():
+                out.extend(json.loads(r.value) for r in records)
+            done = True
+            for tp in tps:
+                high = consumer.highwater(tp)
+                if high is None or await consumer.position(tp) < high:
+                    done = False
+            if done:
+                return out
+        raise TimeoutError(f"could not read {topic} to its end")
+    finally:
+        await consumer.stop()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    return asyncio.run(_read(bootstrap, topic))
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Worker:
+    """`eddies worker` in a subprocess."""
+
+    def __init__(self, target: str, bootstrap: str, state_dir: Path, env: dict[str, str],
+                 log: Path, *extra: str) -> None:
+        self.log = log
+        cmd = [sys.executable, "-m", "eddies.runtime.cli", "worker", target,
+               "--broker", f"kafka://{bootstrap}", "--state-dir", str(state_dir),
+               "--session-timeout", "6", "--checkpoint-ms", "300", *extra]
+        self.state_dir = state_dir
+        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=ROOT,
+                                     env={**os.environ, **env})
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._out.close()
+        return self.proc.returncode
+
+    def restores(self) -> list[dict[str, Any]]:
+        path = self.state_dir / "restores.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(target: str, bootstrap: str, name: str, env: dict[str, str] | None = None,
+              *extra: str) -> Worker:
+        w = Worker(target, bootstrap, tmp_path / name, env or {}, tmp_path / f"{name}.log",
+                   *extra)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait(10)

@@ -1,0 +1,132 @@
+"""Kafka workers against a real broker: scale-out, worker loss, restores and changelog cuts."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import eddies as ed
+from examples.kafka_totals import build_local
+
+from .conftest import produce, read_topic, wait_until
+
+pytestmark = pytest.mark.kafka
+TARGET = "examples/kafka_totals.py:job"
+
+
+def make_events(path: Path, n: int, accounts: int, seed: int, t0: int = 0) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"account": f"a{rng.randrange(accounts)}",
+                                "ts": t0 + i * 10 - rng.randint(0, 3_000),
+                                "amount": rng.randint(1, 100)}) + "\n")
+    return path
+
+
+def reference(*paths: Path) -> dict[str, tuple[int, int]]:
+    """The local runner's final totals per account over the same events."""
+    joined = paths[0].with_suffix(".all.jsonl")
+    joined.write_text("".join(p.read_text() for p in paths))
+    out = ed.sinks.collect()
+    ed.run_local(build_local(joined, out))
+    last = {}
+    for r in out.items:
+        last[r["account"]] = (r["count"], r["sum"])
+    return last
+
+
+def last_per_key(bootstrap: str, topic: str) -> dict[str, tuple[int, int]]:
+    last = {}
+    for r in read_topic(bootstrap, topic):
+        last[r["account"]] = (r["count"], r["sum"])
+    return last
+
+
+def env(name: str, **more: str) -> dict[str, str]:
+    return {"EDDIES_JOB": name, "EDDIES_INPUT": f"{name}-in", "EDDIES_OUTPUT": f"{name}-out",
+            **more}
+
+
+def test_two_workers_split_partitions_and_match_the_local_runner(kafka_broker, workers, tmp_path):
+    events = make_events(tmp_path / "e.jsonl", 200_000, 2_000, seed=1)
+    produce(kafka_broker, events, "two-in", "account", partitions=6)
+    expected = reference(events)
+    a = workers(TARGET, kafka_broker, "a", env("two"))
+    b = workers(TARGET, kafka_broker, "b", env("two"))
+    wait_until(lambda: last_per_key(kafka_broker, "two-out") == expected, 180,
+               "both workers' totals to equal the local runner's")
+    assert a.stop() == 0 and b.stop() == 0
+    owned_a = {r["partition"] for r in a.restores()}
+    owned_b = {r["partition"] for r in b.restores()}
+    assert owned_a and owned_b, "each worker owned partitions"
+    assert owned_a | owned_b == set(range(6))
+
+
+def test_worker_loss_kill9_and_restart(kafka_broker, workers, tmp_path):
+    events = make_events(tmp_path / "e.jsonl", 150_000, 1_000, seed=2)
+    produce(kafka_broker, events, "loss-in", "account", partitions=6)
+    expected = reference(events)
+    a = workers(TARGET, kafka_broker, "a", env("loss"))
+    b = workers(TARGET, kafka_broker, "b", env("loss"))
+    wait_until(lambda: len(b.restores()) > 0 and len(read_topic(kafka_broker, "loss-out")) > 30_000,
+               120, "worker b to own partitions and make progress")
+    b.kill9()
+    wait_until(lambda: len(read_topic(kafka_broker, "loss-out")) > 80_000, 120,
+               "worker a to take over")
+    b2 = workers(TARGET, kafka_broker, "b", env("loss"))
+    wait_until(lambda: last_per_key(kafka_broker, "loss-out") == expected, 180,
+               "totals after the loss to equal the local runner's")
+    assert a.stop() == 0 and b2.stop() == 0
+    sources = {r["source"] for r in a.restores() + b2.restores()}
+    assert "changelog" in sources, "partitions that moved were restored from the changelog"
+
+
+def test_restart_restores_from_local_rocksdb(kafka_broker, workers, tmp_path):
+    first = make_events(tmp_path / "e1.jsonl", 20_000, 300, seed=3)
+    second = make_events(tmp_path / "e2.jsonl", 20_000, 300, seed=4, t0=200_000)
+    produce(kafka_broker, first, "local-in", "account", partitions=6)
+    expected_first = reference(first)
+    w = workers(TARGET, kafka_broker, "w", env("local"))
+    wait_until(lambda: last_per_key(kafka_broker, "local-out") == expected_first, 120,
+               "the first half")
+    restores_before = len(w.restores())
+    w.kill9()  # idle since the last checkpoint: local RocksDB holds the marked state
+    produce(kafka_broker, second, "local-in", "account")
+    w2 = workers(TARGET, kafka_broker, "w", env("local"))
+    expected = reference(first, second)
+    wait_until(lambda: last_per_key(kafka_broker, "local-out") == expected, 120, "both halves")
+    assert w2.stop() == 0
+    after = w2.restores()[restores_before:]
+    assert len(after) == 6
+    assert {r["source"] for r in after} == {"local"}
+
+
+def test_changelog_cut_between_deltas_and_marker_is_ignored(kafka_broker, workers, tmp_path):
+    events = make_events(tmp_path / "e.jsonl", 30_000, 300, seed=5)
+    produce(kafka_broker, events, "cut-in", "account", partitions=6)
+    expected = reference(events)
+    crashing = workers(TARGET, kafka_broker, "crash", env("cut", EDDIES_CRASH_AFTER_DELTAS="3"),
+                       "--checkpoint-interval", "2000")
+    wait_until(lambda: crashing.proc.poll() is not None, 120, "the injected crash")
+    assert crashing.proc.returncode == 17
+    fresh = workers(TARGET, kafka_broker, "fresh", env("cut"))
+    wait_until(lambda: last_per_key(kafka_broker, "cut-out") == expected, 120,
+               "totals after the cut")
+    assert fresh.stop() == 0
+    restores = fresh.restores()
+    assert {r["source"] for r in restores} == {"changelog"}
+    assert sum(r["ignored"] for r in restores) > 0, "the unmarked deltas were ignored"
+
+
+def test_repartition_when_the_topic_is_keyed_otherwise(kafka_broker, workers, tmp_path):
+    events = make_events(tmp_path / "e.jsonl", 30_000, 500, seed=6)
+    produce(kafka_broker, events, "rekey-in", None, partitions=4)  # not keyed by account
+    expected = reference(events)
+    w = workers(TARGET, kafka_broker, "w", env("rekey", EDDIES_INPUT_KEY=""))
+    wait_until(lambda: last_per_key(kafka_broker, "rekey-out") == expected, 120,
+               "repartitioned totals")
+    assert w.stop() == 0
