@@ -171,6 +171,8 @@ class KafkaWorker:
         self._sweep_ops: list[tuple[int, str, bytes, bytes | None]] = []
         self._in_checkpoint = False
         self._lock = asyncio.Lock()
+        self._inflight: list[Any] = []
+        self._commit_task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         self._assignment_done = False
         self.backend.add_write_listener(self._on_local_write)
@@ -251,6 +253,7 @@ class KafkaWorker:
         async with self._lock:
             if gone & self.ready:
                 await self.checkpoint()
+                await self._commit_task  # the next owner starts at these offsets
             self.ready -= gone
             self.owned -= gone
             for tp in gone:
@@ -404,6 +407,9 @@ class KafkaWorker:
                     await self.checkpoint()
         finally:
             await self._produce_outputs()
+            await asyncio.gather(*self._inflight)
+            if self._commit_task is not None:
+                await self._commit_task
             await self.producer.stop()
             await self._restore_consumer.stop()
             if self._broadcast is not None:
@@ -475,46 +481,40 @@ class KafkaWorker:
               broadcast: bool = False) -> int:
         node = self.plan.source_of_topic[topic]
         source = node.params["source"]
-        repartitioned = node.params.get("repartition", False)
-        seen = self.dedup.setdefault(p, {}) if repartitioned else None
-        values: list[Any] = []
-        offsets: list[int] = []
-        raws: list[tuple[Any, bytes | None]] = []
-        for record in batch:
-            if seen is not None:
-                src, off = None, -1
-                for name, value in record.headers or ():
-                    if name == _SRC:
-                        src = value.decode()
-                    elif name == _OFF:
-                        off = int(value)
-                if src is not None and off >= 0:
-                    if off <= seen.get(src, -1):
-                        continue  # a duplicate produced again after a crash upstream
-                    seen[src] = off
-            try:
-                value = decode(source.value_format, record.value)
-            except ValueError as exc:
-                self.executor._dead_letter(DeadLetter(
-                    node.name, {"topic": topic, "partition": p, "offset": record.offset},
-                    (record.value or b"").decode("utf-8", "replace"), f"bad record: {exc}"))
-                continue
-            values.append(value)
-            offsets.append(record.offset)
-            raws.append(({"topic": topic, "partition": p, "offset": record.offset},
-                         record.value))
+        if node.params.get("repartition", False):
+            batch = self._dedup(p, batch)
+        fmt = source.value_format
+        kept = batch
+        try:
+            if fmt == "json":
+                values = [orjson.loads(r.value) for r in batch]
+            else:
+                values = [decode(fmt, r.value) for r in batch]
+        except (ValueError, TypeError):
+            values, kept = [], []
+            for record in batch:
+                try:
+                    values.append(decode(fmt, record.value))
+                    kept.append(record)
+                except (ValueError, TypeError) as exc:
+                    self.executor._dead_letter(DeadLetter(
+                        node.name, {"topic": topic, "partition": p, "offset": record.offset},
+                        (record.value or b"").decode("utf-8", "replace"),
+                        f"bad record: {exc}"))
         if batch:
             self.next_offset[(topic, p)] = batch[-1].offset + 1
-        if topic == self.plan.stateful_topic:
-            for op in self.executor.operators.values():
-                op.store.key_group = p
         ex = self.executor
-        ex.cur_src = f"{topic}:{p}"
-        ex.cur_offsets = offsets
+        if topic == self.plan.stateful_topic:
+            for op in ex.operators.values():
+                op.store.key_group = p
+        if self.plan.repartitions:
+            ex.cur_src = f"{topic}:{p}"
+            ex.cur_offsets = [r.offset for r in kept]
 
         def locate(i: int) -> tuple[Any, str | None] | None:
-            position, raw = raws[i]
-            return position, None if raw is None else raw.decode("utf-8", "replace")
+            record = kept[i]
+            raw = None if record.value is None else record.value.decode("utf-8", "replace")
+            return {"topic": topic, "partition": p, "offset": record.offset}, raw
 
         try:
             max_ts = ex.push_records(node, values, locate, now)
@@ -525,6 +525,24 @@ class KafkaWorker:
         if node.params["timestamp"] is not None and (topic, p) in self.marks:
             self.marks[(topic, p)].observe(max_ts, now)
         return len(batch)
+
+    def _dedup(self, p: int, batch: list[Any]) -> list[Any]:
+        """Drop records a crashed upstream worker produced twice to repartition topic ``p``."""
+        seen = self.dedup.setdefault(p, {})
+        out = []
+        for record in batch:
+            src, off = None, -1
+            for name, value in record.headers or ():
+                if name == _SRC:
+                    src = value.decode()
+                elif name == _OFF:
+                    off = int(value)
+            if src is not None and off >= 0:
+                if off <= seen.get(src, -1):
+                    continue
+                seen[src] = off
+            out.append(record)
+        return out
 
     def _source_watermarks(self, now: int) -> dict[Node, list[tuple[int, bool]]]:
         by_source: dict[Node, list[tuple[int, bool]]] = {}
@@ -537,7 +555,8 @@ class KafkaWorker:
         return by_source
 
     async def _produce_outputs(self) -> None:
-        sends = []
+        """Hand buffered outputs to the producer; their acks are awaited at the checkpoint."""
+        sends = self._inflight
         for sink in [*self.kafka_sinks, self.dead_sink]:
             if sink.pending:
                 pending, sink.pending = sink.pending, []
@@ -552,8 +571,6 @@ class KafkaWorker:
                             zlib.crc32(encoded) % self.partitions))
             items.clear()
             sends.extend(await self._send(topic, out, explicit=True))
-        if sends:
-            await asyncio.gather(*sends)
 
     async def _send(self, topic: str, items: list[Any], explicit: bool = False) -> list[Any]:
         """Produce ``items`` in per-partition batches; returns the delivery futures."""
@@ -583,29 +600,37 @@ class KafkaWorker:
 
     # -- checkpoints ---------------------------------------------------------------------------
     async def checkpoint(self) -> None:
-        """Changelog deltas, then markers, then the local write, then the group commit."""
+        """Changelog deltas, then markers, then the local write, then the group commit.
+
+        Only the deltas (with the outputs produced since the last checkpoint) are awaited
+        before going on: the local write may run ahead of its marker's ack (a local token
+        without a durable marker just means "restore from the changelog"), and the group
+        commit waits for the markers in the background, before the next checkpoint.
+        """
+        if self._commit_task is not None:
+            await self._commit_task
         started = time.monotonic()
         ex = self.executor
         batch = Batch()
         batch.ops.extend(self._sweep_ops)
         self._sweep_ops = []
         ex.checkpoint_ops(batch)
-        await self._produce_outputs()  # outputs are durable before state moves past them
+        await self._produce_outputs()
+        waits, self._inflight = self._inflight, []
         token = new_token()
         self.seq += 1
+        marker_acks: list[Any] = []
         if self.plan.stateful_topic is not None:
-            deltas = split_by_partition(batch, set(self.plan.broadcast_cfs))
             topics = self.plan.changelog_topics()
             per_topic: dict[str, list[Any]] = {}
             header = token_header(token)
-            for d in deltas:
+            for d in split_by_partition(batch, set(self.plan.broadcast_cfs)):
                 headers = [header, (OP_HEADER, RANGE)] if d.is_range else [header]
                 per_topic.setdefault(topics[d.cf], []).append(
                     (d.key, d.value, None, headers, d.partition))
-            futures = []
             for topic, items in per_topic.items():
-                futures.extend(await self._send(topic, items, explicit=True))
-            await asyncio.gather(*futures)
+                waits.extend(await self._send(topic, items, explicit=True))
+            await asyncio.gather(*waits)  # outputs and deltas durable before the marker
             if os.environ.get("EDDIES_CRASH_AFTER_DELTAS") == str(self.seq):
                 os._exit(17)  # fault injection for tests: deltas without their marker
             markers = []
@@ -620,8 +645,9 @@ class KafkaWorker:
                 })
                 markers.append((MARKER_KEY, value, None, [header], p))
                 batch.put(META_CF, encode_key(("kafka-checkpoint", p)), msgpack.packb(token))
-            await asyncio.gather(*await self._send(self.plan.checkpoint_topic, markers,
-                                                   explicit=True))
+            marker_acks = await self._send(self.plan.checkpoint_topic, markers, explicit=True)
+        else:
+            await asyncio.gather(*waits)
         self._in_checkpoint = True
         try:
             self.backend.write(batch)
@@ -629,11 +655,16 @@ class KafkaWorker:
             self._in_checkpoint = False
         offsets = {TP(t, p): off for (t, p), off in self.next_offset.items()
                    if (t, p) in self.ready}
-        if offsets:
-            await self.app.consumer._commit(offsets)
+        self._commit_task = asyncio.ensure_future(self._commit_after(marker_acks, offsets))
         ex.sweep()
         ex.stats.checkpoints += 1
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         log.debug("checkpoint %s: %d ops in %.3fs", self.seq, len(batch),
                   time.monotonic() - started)
+
+    async def _commit_after(self, marker_acks: list[Any], offsets: dict[TP, int]) -> None:
+        """Group offsets follow the markers: commit once they are acknowledged."""
+        await asyncio.gather(*marker_acks)
+        if offsets:
+            await self.app.consumer._commit(offsets)
