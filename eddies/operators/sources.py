@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import csv as _csv
 import os
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +90,18 @@ class Source(ABC):
 
 
 # -- files ---------------------------------------------------------------------------------------
+# A blank (whitespace-only) line inside a batch; blank lines are skipped, not records.
+_BLANK_LINE = re.compile(rb"(?m)^[ \t\r\x0b\x0c]*(?:\n|\Z)")
+_CONVERT_ERRORS = (ValueError, TypeError, KeyError)
+
+
 class _LineReader(SourceReader):
-    """Lines of a file by byte offset; subclasses parse them."""
+    """Lines of a file by byte offset; subclasses parse them.
+
+    A read takes its lines in bulk (``islice`` over the buffered file) and remembers them
+    with the batch's starting offset; the offset and line number of a single line, needed only
+    for dead letters, are worked out when asked for.
+    """
 
     def __init__(self, source: _FileSource) -> None:
         self.source = source
@@ -101,8 +113,15 @@ class _LineReader(SourceReader):
         self._offset = 0
         self._line = 0
         self.done = False
-        # (raw line, offset, line number) of each record the last read() returned
-        self._read: list[tuple[bytes, int, int]] = []
+        # The raw lines of the last read (blank ones included), the offset and line number
+        # before the first of them, and for each returned record the index of its line
+        # (None: record i is line i).
+        self._batch: list[bytes] = []
+        self._batch_offset = 0
+        self._batch_line = 0
+        self._records: list[int] | None = None
+        self._n_records = 0
+        self._offsets: list[int] | None = None
         self.start()
 
     def start(self) -> None:
@@ -124,21 +143,67 @@ class _LineReader(SourceReader):
         except OSError:
             return None
 
-    def _lines(self, max_records: int) -> Iterator[tuple[bytes, int, int]]:
-        """Yield (line, offset, line number) for up to ``max_records`` non-blank lines."""
-        readline = self._file.readline
-        n = 0
-        while n < max_records:
-            raw = readline()
-            if not raw:
-                self.done = True
-                return
-            offset, lineno = self._offset, self._line + 1
-            self._offset += len(raw)
-            self._line = lineno
+    def _take(self, max_records: int) -> tuple[list[bytes], bytes, bool]:
+        """Read lines holding up to ``max_records`` non-blank ones; returns the raw lines,
+        their bytes joined, and whether any of them is blank."""
+        f = self._file
+        lines = list(islice(f, max_records))
+        if len(lines) < max_records:
+            self.done = True
+        data = b"".join(lines)
+        end = len(data) - 1 if data.endswith(b"\n") else len(data)
+        blank = bool(lines) and _BLANK_LINE.search(data, 0, end) is not None
+        if blank:  # rare: top up with line-by-line reads until max_records non-blank lines
+            count = sum(1 for raw in lines if raw.strip())
+            readline = f.readline
+            while count < max_records and not self.done:
+                raw = readline()
+                if not raw:
+                    self.done = True
+                    break
+                lines.append(raw)
+                if raw.strip():
+                    count += 1
+            data = b"".join(lines)
+        self._batch = lines
+        self._batch_offset = self._offset
+        self._batch_line = self._line
+        self._records = None
+        self._n_records = 0
+        self._offsets = None
+        self._offset += len(data)
+        self._line += len(lines)
+        return lines, data, blank
+
+    def _located(self, j: int) -> tuple[int, int]:
+        """(offset, line number) of line ``j`` of the last batch."""
+        offsets = self._offsets
+        if offsets is None:
+            offsets = self._offsets = list(
+                accumulate(map(len, self._batch), initial=self._batch_offset))
+        return offsets[j], self._batch_line + j + 1
+
+    def _slow(self, parse: Callable[[bytes, int, int], Any]) -> tuple[list[Any], list[DeadLetter]]:
+        """Parse the last batch line by line with ``parse(raw, offset, line)``, which returns a
+        record or a DeadLetter; blank lines are skipped."""
+        out: list[Any] = []
+        dead: list[DeadLetter] = []
+        records: list[int] = []
+        offset = self._batch_offset
+        line = self._batch_line
+        for j, raw in enumerate(self._batch):
+            line += 1
             if raw.strip():
-                n += 1
-                yield raw, offset, lineno
+                result = parse(raw, offset, line)
+                if type(result) is DeadLetter:
+                    dead.append(result)
+                else:
+                    out.append(result)
+                    records.append(j)
+            offset += len(raw)
+        self._records = records
+        self._n_records = len(out)
+        return out, dead
 
     def _where(self, offset: int, line: int) -> dict[str, Any]:
         return {"file": str(self.path), "offset": offset, "line": line}
@@ -148,10 +213,11 @@ class _LineReader(SourceReader):
         return DeadLetter(self.source.name, self._where(offset, line), text, reason)
 
     def locate(self, index: int) -> tuple[Any, str | None] | None:
-        if not 0 <= index < len(self._read):
+        if not 0 <= index < self._n_records:
             return None
-        raw, offset, line = self._read[index]
-        return self._where(offset, line), raw.decode("utf-8", "replace").rstrip("\r\n")
+        j = index if self._records is None else self._records[index]
+        offset, line = self._located(j)
+        return self._where(offset, line), self._batch[j].decode("utf-8", "replace").rstrip("\r\n")
 
     def close(self) -> None:
         self._file.close()
@@ -159,23 +225,52 @@ class _LineReader(SourceReader):
 
 class _JsonlReader(_LineReader):
     def read(self, max_records: int) -> tuple[list[Any], list[DeadLetter]]:
-        loads = orjson.loads
-        out: list[Any] = []
-        dead: list[DeadLetter] = []
-        self._read = located = []
-        for item in self._lines(max_records):
+        lines, _, blank = self._take(max_records)
+        if not blank:
             try:
-                out.append(loads(item[0]))
-            except orjson.JSONDecodeError as exc:
-                dead.append(self.dead(*item, f"invalid JSON: {exc}"))
+                out = list(map(orjson.loads, lines))
+            except orjson.JSONDecodeError:
+                pass  # some line is bad: the line-by-line pass says which
             else:
-                located.append(item)
-        return out, dead
+                self._n_records = len(out)
+                return out, []
+        return self._slow(self._parse)
+
+    def _parse(self, raw: bytes, offset: int, line: int) -> Any:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return self.dead(raw, offset, line, f"invalid JSON: {exc}")
+
+
+def _row_function(fields: list[str], types: dict[str, Callable[[str], Any]]) -> Any:
+    """``row(line) -> dict`` for an unquoted CSV line: split, convert, build the dict.
+
+    Generated so that a row costs one split, one call per converter and one dict display; a
+    line of the wrong width fails the unpacking (ValueError). Field names and converters are
+    passed in as arguments' defaults, never spliced into the source.
+    """
+    n = len(fields)
+    args = ", ".join(f"_n{i}=_names[{i}]" for i in range(n))
+    convs = {name: i for i, name in enumerate(types)}
+    params = args + "".join(f", _c{i}=_convs[{i}]" for i in range(len(types)))
+    items = ", ".join(
+        f"_n{i}: _c{convs[name]}(_f{i})" if name in convs else f"_n{i}: _f{i}"
+        for i, name in enumerate(fields)
+    )
+    unpack = ", ".join(f"_f{i}" for i in range(n)) + ","
+    src = (f"def row(line, {params}):\n"
+           f"    {unpack} = line.split(',')\n"
+           f"    return {{{items}}}\n")
+    namespace: dict[str, Any] = {"_names": list(fields), "_convs": list(types.values())}
+    exec(compile(src, "<eddies csv row>", "exec"), namespace)  # noqa: S102
+    return namespace["row"]
 
 
 class _CsvReader(_LineReader):
     def start(self) -> None:
         header = self._file.readline()
+        self._row: Any = None
         if not header:
             self.done = True
             self.fields: list[str] = []
@@ -184,52 +279,80 @@ class _CsvReader(_LineReader):
         self._line = 1
         self.fields = next(_csv.reader([header.decode("utf-8-sig")]))
         self._types = self.source.types
+        # The split fast path needs >= 2 distinct fields (a blank line must not pass as a row
+        # of one empty field) and converters only for fields the header has.
+        if (len(self.fields) >= 2 and len(set(self.fields)) == len(self.fields)
+                and all(name in self.fields for name in self._types)):
+            self._row = _row_function(self.fields, self._types)
 
     def read(self, max_records: int) -> tuple[list[Any], list[DeadLetter]]:
-        fields = self.fields
-        width = len(fields)
-        types = self._types
-        out: list[Any] = []
-        dead: list[DeadLetter] = []
-        self._read = located = []
-        batch = list(self._lines(max_records))
-        if not batch:
-            return out, dead
+        lines, data, blank = self._take(max_records)
+        if not lines:
+            return [], []
+        row = self._row
+        # Fast path: no quotes and no lone CR in the batch, so a row is line.split(",") as
+        # csv.reader would split it. Any failure (a bad row somewhere) re-reads the batch
+        # line by line, which gives each bad line its own dead letter and reason.
+        if row is not None and not blank and b'"' not in data:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if text is not None and "\r" in text:
+                text = text.replace("\r\n", "\n")
+                if "\r" in text:
+                    text = None
+            if text is not None:
+                if text.endswith("\n"):
+                    text = text[:-1]
+                try:
+                    out = list(map(row, text.split("\n")))
+                except Exception:  # noqa: BLE001 - the slow pass reports it exactly
+                    pass
+                else:
+                    self._n_records = len(out)
+                    return out, []
+        return self._read_slow(lines)
+
+    def _read_slow(self, lines: list[bytes]) -> tuple[list[Any], list[DeadLetter]]:
+        rows: list[list[str]] | None
         try:
-            texts = [raw.decode("utf-8") for raw, _, _ in batch]
-            rows = list(_csv.reader(texts, strict=True))
+            rows = list(_csv.reader([raw.decode("utf-8") for raw in lines if raw.strip()],
+                                    strict=True))
         except (UnicodeDecodeError, _csv.Error):
             rows = None
-        if rows is not None and len(rows) != len(batch):
+        if rows is not None and len(rows) != sum(1 for raw in lines if raw.strip()):
             # A stray quote made the reader join lines into one row: parse line by line so
             # each row stays tied to its own line (and the bad one alone goes to dead letters).
             rows = None
-        for i, (raw, offset, line) in enumerate(batch):
-            if rows is None:
+        it = iter(rows) if rows is not None else None
+        fields = self.fields
+        width = len(fields)
+        types = self._types
+
+        def parse(raw: bytes, offset: int, line: int) -> Any:
+            if it is None:
                 try:
                     row = next(_csv.reader([raw.decode("utf-8")], strict=True))
                 except (UnicodeDecodeError, _csv.Error) as exc:
-                    dead.append(self.dead(raw, offset, line, f"invalid CSV: {exc}"))
-                    continue
+                    return self.dead(raw, offset, line, f"invalid CSV: {exc}")
             else:
-                row = rows[i]
+                row = next(it)
             if len(row) != width:
-                dead.append(self.dead(raw, offset, line,
-                                      f"CSV row has {len(row)} fields, header has {width}"))
-                continue
+                return self.dead(raw, offset, line,
+                                 f"CSV row has {len(row)} fields, header has {width}")
             record = dict(zip(fields, row, strict=True))
             if types:
                 try:
                     for name, convert in types.items():
                         record[name] = convert(record[name])
-                except (ValueError, TypeError, KeyError) as exc:
-                    dead.append(self.dead(raw, offset, line,
-                                          f"field {name!r}: cannot convert with "
-                                          f"{getattr(convert, '__name__', convert)}: {exc}"))
-                    continue
-            out.append(record)
-            located.append((raw, offset, line))
-        return out, dead
+                except _CONVERT_ERRORS as exc:
+                    return self.dead(raw, offset, line,
+                                     f"field {name!r}: cannot convert with "
+                                     f"{getattr(convert, '__name__', convert)}: {exc}")
+            return record
+
+        return self._slow(parse)
 
 
 class _FileSource(Source):
@@ -344,7 +467,6 @@ def iterable(items: Iterable[Any], *, name: str = "iterable") -> Source:
     yields the same records again (a list does; a generator is consumed once).
     """
     return _Iterable(items, name)
-
 
 def kafka(topic: str, *, key: str | None = None, value_format: str = "json",
           name: str | None = None) -> Source:

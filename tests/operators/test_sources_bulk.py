@@ -1,0 +1,144 @@
+"""Bulk source reads: the CSV split fast path and bulk JSONL parsing agree with a line-by-line
+reference on records, dead letters, positions and ``locate``, whatever the batch size."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import eddies as ed
+
+CSV_LINES = ["a,1,2.5", "b,2,3", "c,x,1", "d,3", "e,4,5,6", '"q,u",5,1.0', 'x,"6",2',
+             '"bad,1,2', "", "  ", "\t", "f,7,8\r", "g\r,8,9", "é,9,1", "h,10,1\x00", ",,",
+             "i,11,inf"]
+JSONL_LINES = ['{"a":1}', '{"a":', "", " ", "[1,2]", '"s"', '{"a":"\\u00e9"}', '{"a":1}\r',
+               "nope", "3"]
+TYPES = [{}, {"ts": int}, {"ts": int, "amount": float}, {"zz": int}]
+
+
+def reference_csv(data: bytes, types: dict[str, Any]) -> tuple[list, list]:
+    """Records and dead letters (line, reason prefix), one line at a time with csv.reader."""
+    lines = file_lines(data)
+    header = next(csv.reader([lines[0].decode("utf-8-sig")]))
+    records, dead = [], []
+    for number, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        try:
+            row = next(csv.reader([raw.decode("utf-8")], strict=True))
+        except (UnicodeDecodeError, csv.Error):
+            dead.append((number, "invalid CSV"))
+            continue
+        if len(row) != len(header):
+            dead.append((number, "CSV row has"))
+            continue
+        record = dict(zip(header, row, strict=True))
+        try:
+            for name, convert in types.items():
+                record[name] = convert(record[name])
+        except (ValueError, TypeError, KeyError):
+            dead.append((number, "field"))
+            continue
+        records.append((number, record))
+    return records, dead
+
+
+def read_all(source: ed.sources.Source, batch: int) -> tuple[list, list]:
+    reader = source.partitions()[0]
+    records, dead = [], []
+    while not reader.done:
+        values, letters = reader.read(batch)
+        for i, value in enumerate(values):
+            where, raw = reader.locate(i)
+            records.append((where["line"], value, where["offset"], raw))
+        assert reader.locate(len(values)) is None and reader.locate(-1) is None
+        dead.extend((d.position["line"], d.reason, d.position["offset"], d.raw) for d in letters)
+    reader.close()
+    return records, dead
+
+
+def file_lines(data: bytes) -> list[bytes]:
+    """Lines as a file iterates them: each ends after an LF (a lone CR is inside a line)."""
+    lines = [line + b"\n" for line in data.split(b"\n")]
+    if data.endswith(b"\n"):
+        lines.pop()
+    else:
+        lines[-1] = lines[-1][:-1]
+    return lines
+
+
+def offsets(data: bytes) -> dict[int, tuple[int, str]]:
+    out, pos = {}, 0
+    for number, raw in enumerate(file_lines(data), start=1):
+        out[number] = (pos, raw.decode("utf-8", "replace").rstrip("\r\n"))
+        pos += len(raw)
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(st.sampled_from(CSV_LINES), max_size=40),
+    clean=st.booleans(),
+    header=st.sampled_from(["k,ts,amount", "k,ts,amount\r", "\ufeffk,ts,amount", "k,ts",
+                            "k,k,amount"]),
+    types=st.sampled_from(TYPES),
+    batch=st.integers(1, 12),
+    newline_at_end=st.booleans(),
+)
+def test_csv_matches_the_line_by_line_reference(tmp_path: Path, lines, clean, header, types,
+                                                batch, newline_at_end) -> None:
+    if clean:  # mostly the fast path: well-formed rows only
+        lines = [line for line in lines if line in ("a,1,2.5", "b,2,3")]
+    data = (header + "\n" + "\n".join(lines)).encode() + (b"\n" if newline_at_end else b"")
+    path = tmp_path / "in.csv"
+    path.write_bytes(data)
+    expected_records, expected_dead = reference_csv(data, types)
+    records, dead = read_all(ed.sources.csv(path, types=types), batch)
+    where = offsets(data)
+    assert [(n, r) for n, r, _, _ in records] == expected_records
+    assert [(n, reason.split(" ")[0]) for n, reason, _, _ in dead] == [
+        (n, r.split(" ")[0]) for n, r in expected_dead]
+    for n, _, offset, raw in records + dead:
+        assert (offset, raw) == where[n]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.sampled_from(JSONL_LINES), max_size=40), batch=st.integers(1, 12))
+def test_jsonl_matches_the_line_by_line_reference(tmp_path: Path, lines, batch) -> None:
+    data = "\n".join(lines).encode() + b"\n"
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    records, dead = read_all(ed.sources.jsonl(path), batch)
+    expected, expected_dead = [], []
+    for number, raw in enumerate(file_lines(data), start=1):
+        if not raw.strip():
+            continue
+        try:
+            expected.append((number, json.loads(raw)))
+        except ValueError:
+            expected_dead.append(number)
+    assert [(n, r) for n, r, _, _ in records] == expected
+    assert [n for n, _, _, _ in dead] == expected_dead
+    where = offsets(data)
+    for n, _, offset, raw in records + dead:
+        assert (offset, raw) == where[n]
+
+
+def test_a_resumed_csv_reader_continues_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("k,v\n" + "".join(f"k{i},{i}\n" for i in range(50)))
+    reader = ed.sources.csv(path, types={"v": int}).partitions()[0]
+    first, _ = reader.read(7)
+    position = reader.position
+    reader.close()
+    again = ed.sources.csv(path, types={"v": int}).partitions()[0]
+    again.seek(position)
+    rest = []
+    while not again.done:
+        rest.extend(again.read(7)[0])
+    assert [r["v"] for r in first + rest] == list(range(50))
