@@ -12,13 +12,14 @@ Cached mutable values are shared with the caller: after changing a list or dict 
 from __future__ import annotations
 
 import copy
+import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from eddies.state.backend import Batch
+from eddies.state.backend import DELETE, PUT, Batch
 from eddies.state.keys import Key, decode_element, encode_key, prefix_upper_bound
 from eddies.state.store import check_value
-from eddies.state.values import NEVER, pack, read_stamp, stamp, unpack
+from eddies.state.values import NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
 if TYPE_CHECKING:
     from eddies.state.descriptors import StateDescriptor
@@ -38,6 +39,8 @@ class _Absent:
 ABSENT: Any = _Absent()
 MISSING: Any = object()
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset})
+_SCALARS = frozenset({str, float, bool, type(None), bytes})  # always msgpack-able
+_be_pack = struct.Struct(">Q").pack
 
 
 class Handle:
@@ -52,9 +55,29 @@ class Handle:
         self._dirty: set[Key] = set()
         self.hits = 0
         self.misses = 0
+        """Reads the cache could not answer (a backend read, unless the state is fresh)."""
+        self.evictions = 0
+        """Clean cache entries dropped to keep the cache within ``store.cache_entries``."""
+        # True once the backend is known to hold nothing of this state that the cache lacks
+        # (it was empty when first read and nothing was evicted since): a miss is then an
+        # absent key, with no backend read. None: not checked yet.
+        self._complete: bool | None = None
+        self._refresh = ttl is not None and ttl.update == "on_read_and_write"
+        self._here = self._describe  # the error context, built only when a check fails
 
     def __repr__(self) -> str:
         return f"<{type(self.descriptor).__name__} {self.name!r} bound>"
+
+    def _describe(self) -> str:
+        return self.store.where(self.descriptor)
+
+    def _known_absent(self) -> bool:
+        """Whether a key missing from the cache is missing from the backend too."""
+        complete = self._complete
+        if complete is None:
+            complete = self._complete = next(iter(self.backend.iterate_raw(self.name)),
+                                             None) is None
+        return complete
 
     def _expired(self, expires_at: int) -> bool:
         return expires_at <= self.backend.now(self.name)
@@ -65,18 +88,51 @@ class Handle:
         return self.ttl is not None and self.ttl.visibility == "expired_if_present"
 
     def _refresh_on_read(self) -> bool:
-        return self.ttl is not None and self.ttl.update == "on_read_and_write"
+        return self._refresh
 
-    def collect(self, batch: Batch) -> None:
+    def collect(self, batch: Batch, expiry_index: list[Any] | None = None) -> None:
+        """Move dirty entries into ``batch``; expiry-index entries for them go to
+        ``expiry_index`` (or to ``batch`` when not given)."""
         raise NotImplementedError
+
+    def _index_ops(self, batch: Batch, start: int, expiry_index: list[Any] | None) -> None:
+        """Expiry-index entries for the ops this handle added to ``batch`` from ``start``."""
+        if self.name in self.backend._domains:
+            ops = self.backend.index_ops(batch.ops[start:])
+            (batch.ops if expiry_index is None else expiry_index).extend(ops)
 
     def reset(self) -> None:
         raise NotImplementedError
 
+    def trim(self, limit: int) -> int:
+        """Drop the oldest clean cached entries beyond ``limit``; returns how many."""
+        cache = self._cache  # type: ignore[attr-defined]
+        excess = len(cache) - limit
+        if excess <= 0:
+            return 0
+        dirty = self._dirty
+        victims = []
+        for key in cache:
+            if key not in dirty:
+                victims.append(key)
+                if len(victims) >= excess:
+                    break
+        for key in victims:
+            del cache[key]
+        self._evicted(victims)
+        self.evictions += len(victims)
+        if victims:
+            self._complete = False
+        return len(victims)
+
+    def _evicted(self, keys: list[Key]) -> None:
+        """Hook: forget what else is cached for ``keys``."""
+
     def evict(self, key: Key, suffix: bytes) -> None:
         """Forget the clean cached entry a sweep just deleted (``suffix``: map key or index)."""
-        if key not in self._dirty:
-            self._cache.pop(key, None)  # type: ignore[attr-defined]
+        if key not in self._dirty and self._cache.pop(key, None) is not None:  # type: ignore[attr-defined]
+            # A list is dropped whole while the backend keeps its other elements.
+            self._complete = False
 
     def peek(self) -> Any:
         """The current key's public value, or None, with no TTL refresh (for inspection)."""
@@ -94,9 +150,15 @@ class ValueHandle(Handle):
         self._copy_default = type(self.default) not in _IMMUTABLE
         self._cache: dict[Key, Any] = {}
         self._expiry: dict[Key, int] = {}
+        # An event-time TTL stamps a write with the record's timestamp + ttl, inline.
+        self._event_ttl_ms = (ttl.duration_ms if ttl is not None and ttl.time == "event"
+                              else None)
 
     def _load(self, key: Key) -> Any:
         self.misses += 1
+        if self._known_absent():
+            self._cache[key] = ABSENT
+            return ABSENT
         data = self.backend.get_raw(self.name, self.store.prefix(key))
         if data is None:
             self._cache[key] = ABSENT
@@ -117,24 +179,37 @@ class ValueHandle(Handle):
             self.hits += 1
         if value is ABSENT or (self.ttl is None and not self._expiry):
             return value
+        return self._live(key, value)
+
+    def _live(self, key: Key, value: Any) -> Any:
+        """``value`` as TTL lets the current read see it (ABSENT once expired)."""
         # A stamp written while the state had a TTL still counts after the TTL is switched
         # off, as it does for the sweep: the stored value carries its own expiry.
         expires_at = self._expiry.get(key, NEVER)
         if not self._visible(expires_at):
             return ABSENT
-        if self._refresh_on_read() and not self._expired(expires_at):
+        if self._refresh and not self._expired(expires_at):
             self._expiry[key] = self.store.expiry(self.ttl, self.descriptor)
             self._dirty.add(key)
         return value
 
     def get(self, default: Any = MISSING) -> Any:
         """The value for the current key, or ``default`` (the declared default if not given)."""
-        value = self._read()
-        if value is ABSENT:
-            if default is not MISSING:
-                return default
-            return copy.deepcopy(self.default) if self._copy_default else self.default
-        return value
+        key = self.store.key
+        value = self._cache.get(key, MISSING)
+        if value is MISSING:
+            value = self._load(key)
+        else:
+            self.hits += 1
+        if value is not ABSENT:
+            if self.ttl is None and not self._expiry:
+                return value
+            value = self._live(key, value)
+            if value is not ABSENT:
+                return value
+        if default is not MISSING:
+            return default
+        return copy.deepcopy(self.default) if self._copy_default else self.default
 
     def value(self) -> Any:
         """Same as ``get()``; reads like Flink's ``ValueState.value()``."""
@@ -144,11 +219,20 @@ class ValueHandle(Handle):
         """Store ``value`` for the current key (None is a value; use ``clear()`` to remove)."""
         store = self.store
         key = store.key
-        if type(value) is not int or not -(2**63) <= value < 2**64:
-            check_value(value, store.where(self.descriptor))
+        t = type(value)
+        if t is int:
+            if not -(2**63) <= value < 2**64:
+                check_value(value, self._here)
+        elif t not in _SCALARS:
+            check_value(value, self._here)
         self._cache[key] = value
         if self.ttl is not None:
-            self._expiry[key] = store.expiry(self.ttl, self.descriptor)
+            ttl_ms = self._event_ttl_ms
+            ts = store.timestamp
+            if ttl_ms is not None and ts is not None and 0 <= ts + ttl_ms < NEVER:
+                self._expiry[key] = ts + ttl_ms
+            else:
+                self._expiry[key] = store.expiry(self.ttl, self.descriptor)
         elif self._expiry:
             self._expiry.pop(key, None)  # a write without TTL never expires
         self._dirty.add(key)
@@ -171,26 +255,50 @@ class ValueHandle(Handle):
             return None
         return value
 
-    def collect(self, batch: Batch) -> None:
-        if not self._dirty:
+    def collect(self, batch: Batch, expiry_index: list[Any] | None = None) -> None:
+        dirty = self._dirty
+        if not dirty:
             return
-        prefix = self.store.prefix
+        store = self.store
+        prefixes = store._prefixes
+        prefix = store.prefix
         cache = self._cache
         expiry = self._expiry
-        ops = batch.ops
+        append = batch.ops.append
         name = self.name
-        for key in self._dirty:
+        target = self.backend.index_target(name) if expiry else None
+        index_append = (batch.ops if expiry_index is None else expiry_index).append
+        # Over the cache limit, written keys move to the back so that trimming drops the
+        # least recently written ones first.
+        renew = len(cache) >= store.cache_entries
+        for key in dirty:
+            p = prefixes.get(key) or prefix(key)
             value = cache[key]
             if value is ABSENT:
-                ops.append((1, name, prefix(key), None))
+                append((DELETE, name, p, None))
             else:
-                ops.append((0, name, prefix(key), stamp(expiry.get(key, NEVER)) + pack(value)))
-        self._dirty.clear()
+                expires_at = expiry.get(key) if expiry else None
+                if expires_at is None:
+                    append((PUT, name, p, NEVER_STAMP + pack(value)))
+                else:
+                    append((PUT, name, p, stamp(expires_at) + pack(value)))
+                    if target is not None:
+                        index_append((PUT, target[0], _be_pack(expires_at) + target[1] + p, b""))
+            if renew:
+                cache[key] = cache.pop(key)
+        dirty.clear()
 
     def reset(self) -> None:
         self._cache.clear()
         self._expiry.clear()
         self._dirty.clear()
+        self._complete = None
+
+    def _evicted(self, keys: list[Key]) -> None:
+        expiry = self._expiry
+        if expiry:
+            for key in keys:
+                expiry.pop(key, None)
 
     def evict(self, key: Key, suffix: bytes) -> None:
         if key not in self._dirty:
@@ -240,13 +348,14 @@ class ListHandle(Handle):
             self.hits += 1
             return entry
         self.misses += 1
-        prefix = self.store.prefix(key)
         items = []
-        for stored_key, data in self.backend.iterate_raw(
-            self.name, prefix, prefix_upper_bound(prefix)
-        ):
-            index = decode_element(stored_key, len(prefix))[0]
-            items.append([index, unpack(data[8:]), read_stamp(data)])
+        if not self._known_absent():
+            prefix = self.store.prefix(key)
+            for stored_key, data in self.backend.iterate_raw(
+                self.name, prefix, prefix_upper_bound(prefix)
+            ):
+                index = decode_element(stored_key, len(prefix))[0]
+                items.append([index, unpack(data[8:]), read_stamp(data)])
         entry = self._cache[key] = _List(items, len(items))
         return entry
 
@@ -257,14 +366,14 @@ class ListHandle(Handle):
 
     def _check(self, values: Iterable[Any]) -> list[Any]:
         values = list(values)
-        where = self.store.where(self.descriptor)
+        where = self._here
         for value in values:
             check_value(value, where)
         return values
 
     def add(self, value: Any) -> None:
         """Append ``value`` to the current key's list."""
-        check_value(value, self.store.where(self.descriptor))
+        check_value(value, self._here)
         entry = self._entry()
         index = entry.items[-1][0] + 1 if entry.items else 0
         entry.items.append([index, value, self.store.expiry(self.ttl, self.descriptor)])
@@ -327,7 +436,10 @@ class ListHandle(Handle):
         live = self._live(entry)
         return [item[1] for item in live] if live else None
 
-    def collect(self, batch: Batch) -> None:
+    def collect(self, batch: Batch, expiry_index: list[Any] | None = None) -> None:
+        if not self._dirty:
+            return
+        first_op = len(batch.ops)
         for key in self._dirty:
             entry = self._cache[key]
             prefix = self.store.prefix(key)
@@ -342,7 +454,9 @@ class ListHandle(Handle):
             entry.persisted = len(entry.items)
             entry.rewrite = False
         self._dirty.clear()
+        self._index_ops(batch, first_op, expiry_index)
 
     def reset(self) -> None:
         self._cache.clear()
         self._dirty.clear()
+        self._complete = None

@@ -12,17 +12,18 @@ its bare value. Range bounds follow tuple order: ``start`` is inclusive, ``start
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
 from eddies.errors import ConfigError, ReadOnlyStateError, StateTooLargeError
-from eddies.state.backend import Batch
-from eddies.state.handles import Handle
+from eddies.state.backend import DELETE, PUT, Batch
+from eddies.state.handles import _SCALARS, Handle
 from eddies.state.keys import Key, as_tuple, decode_key, encode_key, prefix_upper_bound
 from eddies.state.store import check_value
-from eddies.state.values import NEVER, pack, read_stamp, stamp, unpack
+from eddies.state.values import NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
 if TYPE_CHECKING:
     from eddies.state.descriptors import StateDescriptor
@@ -73,14 +74,84 @@ def range_bounds(
     return lower, upper
 
 
-class _Map:
-    __slots__ = ("entries", "dirty", "cleared", "size")
+_BIG = 4096
+"""Maps with more entries keep their key order in a SortedList rather than a plain list."""
+_ENC_CACHE = 65536
+"""Map-key encodings remembered per state (window keys repeat across users)."""
 
-    def __init__(self) -> None:
-        self.entries: SortedDict = SortedDict()  # encoded map key -> [key or None, value, exp]
+
+class _Map:
+    """One user key's map: entries by encoded map key, and their sorted order when a range
+    read has asked for it (plain dict writes; order is kept up to date once it exists)."""
+
+    __slots__ = ("entries", "order", "dirty", "cleared", "size")
+
+    def __init__(self, order: list[bytes] | None = None) -> None:
+        # encoded map key -> [public key or None, value, expires_at]
+        self.entries: dict[bytes, list[Any]] = {}
+        self.order: Any = order
         self.dirty: set[bytes] = set()
         self.cleared = False
         self.size = 0
+
+    def sorted_keys(self) -> Any:
+        order = self.order
+        if order is None:
+            keys = sorted(self.entries)
+            order = self.order = keys if len(keys) <= _BIG else SortedList(keys)
+        return order
+
+    def insert(self, enc: bytes) -> None:
+        order = self.order
+        if order is None:
+            return
+        if type(order) is list:
+            if not order or order[-1] < enc:
+                order.append(enc)
+            else:
+                insort(order, enc)
+            if len(order) > _BIG:
+                self.order = SortedList(order)
+        else:
+            order.add(enc)
+
+    def discard(self, enc: bytes) -> None:
+        order = self.order
+        if order is None:
+            return
+        if type(order) is list:
+            i = bisect_left(order, enc)
+            if i < len(order) and order[i] == enc:
+                del order[i]
+        else:
+            order.discard(enc)
+
+    def between(self, lower: bytes | None, upper: bytes | None, reverse: bool) -> list[bytes]:
+        """Encoded keys in ``[lower, upper)``, as a list (a snapshot)."""
+        order = self.sorted_keys()
+        if type(order) is list:
+            lo = 0 if lower is None else bisect_left(order, lower)
+            hi = len(order) if upper is None else bisect_left(order, upper)
+            encs = order[lo:hi]
+            if reverse:
+                encs.reverse()
+            return encs
+        return list(order.irange(lower, upper, inclusive=(True, False), reverse=reverse))
+
+
+def _cacheable(key: Any) -> bool:
+    """Whether ``key``'s encoding may be cached by equality: only str and int elements, as
+    1 == 1.0 == True are equal keys to a dict but three different encodings."""
+    t = type(key)
+    if t is str or t is int:
+        return True
+    if t is not tuple:
+        return False
+    for item in key:
+        ti = type(item)
+        if ti is not str and ti is not int:
+            return False
+    return True
 
 
 class MapHandle(Handle):
@@ -97,10 +168,14 @@ class MapHandle(Handle):
     ('c', 'none')
     """
 
+    _broadcast = False
+
     def __init__(self, store: KeyedStateStore, descriptor: StateDescriptor, ttl: Ttl | None):
         super().__init__(store, descriptor, ttl)
         self._cache: dict[Key, _Map] = {}
         self._domain = ttl.time if ttl is not None else None
+        self._encs: dict[Any, tuple[bytes, Any]] = {}
+        self._sized = False  # BroadcastHandle tracks the stored size
 
     # -- cache ---------------------------------------------------------------------------------
     def _current(self) -> tuple[Key, bytes]:
@@ -108,24 +183,45 @@ class MapHandle(Handle):
         return key, self.store.prefix(key)
 
     def _map(self) -> _Map:
-        key, prefix = self._current()
+        key = self.store.key
         m = self._cache.get(key)
         if m is not None:
             self.hits += 1
             return m
+        return self._load_map(key, self.store.prefix(key))
+
+    def _load_map(self, key: Key, prefix: bytes) -> _Map:
         self.misses += 1
+        if self._known_absent():
+            m = self._cache[key] = _Map([])
+            return m
         m = self._cache[key] = _Map()
         n = len(prefix)
+        entries = m.entries
         for stored_key, data in self.backend.iterate_raw(
             self.name, prefix, prefix_upper_bound(prefix)
         ):
-            m.entries[stored_key[n:]] = [None, unpack(data[8:]), read_stamp(data)]
+            entries[stored_key[n:]] = [None, unpack(data[8:]), read_stamp(data)]
             m.size += len(stored_key) - n + len(data)
+        keys = list(entries)  # the backend gave them in key order
+        m.order = keys if len(keys) <= _BIG else SortedList(keys)
         return m
+
+    def _enc(self, key: Any) -> tuple[bytes, Any]:
+        """``(encoded map key, key as users see it)``, cached for str/int keys."""
+        if _cacheable(key):
+            encs = self._encs
+            hit = encs.get(key)
+            if hit is None:
+                if len(encs) >= _ENC_CACHE:
+                    encs.clear()
+                hit = encs[key] = (encode_key(key), public_key(as_tuple(key)))
+            return hit
+        return encode_key(key), public_key(as_tuple(key))
 
     def _mark(self, m: _Map, enc: bytes) -> None:
         m.dirty.add(enc)
-        self._dirty.add(self.store.key if self.descriptor.kind != "broadcast" else ())
+        self._dirty.add(() if self._broadcast else self.store.key)
 
     @staticmethod
     def _key_of(enc: bytes, item: list[Any]) -> Any:
@@ -160,13 +256,25 @@ class MapHandle(Handle):
     def put(self, key: Any, value: Any, ttl: Ttl | None = None) -> None:
         """Set ``key`` to ``value``; ``ttl`` overrides the state's TTL for this entry."""
         self._check_writable()
-        check_value(value, self._where(key))
-        enc = encode_key(key)
+        t = type(value)
+        if (t is int and not -(2**63) <= value < 2**64) or (t is not int and t not in _SCALARS):
+            check_value(value, lambda: self._where(key))
+        enc, public = self._enc(key)
         m = self._map()
-        expires_at = self._entry_expiry(ttl)
-        self._resize(m, enc, value)
-        m.entries[enc] = [public_key(as_tuple(key)), value, expires_at]
-        self._mark(m, enc)
+        expires_at = NEVER if ttl is None and self.ttl is None else self._entry_expiry(ttl)
+        if self._sized:
+            self._resize(m, enc, value)
+        entries = m.entries
+        item = entries.get(enc)
+        if item is None:
+            entries[enc] = [public, value, expires_at]
+            m.insert(enc)
+        else:
+            item[0] = public
+            item[1] = value
+            item[2] = expires_at
+        m.dirty.add(enc)
+        self._dirty.add(() if self._broadcast else self.store.key)
 
     def _resize(self, m: _Map, enc: bytes, value: Any) -> None:
         """Track the approximate stored size (BroadcastHandle enforces a limit)."""
@@ -180,11 +288,13 @@ class MapHandle(Handle):
     def remove(self, key: Any) -> None:
         """Delete ``key`` (no error if it is absent)."""
         self._check_writable()
-        enc = encode_key(key)
+        enc = self._enc(key)[0]
         m = self._map()
         if enc in m.entries:
-            self._resize(m, enc, _MISSING)  # before the pop: it reads the old entry's size
+            if self._sized:
+                self._resize(m, enc, _MISSING)  # before the pop: it reads the old entry's size
             del m.entries[enc]
+            m.discard(enc)
         self._mark(m, enc)
 
     def remove_all(self, keys: Iterable[Any]) -> None:
@@ -197,19 +307,25 @@ class MapHandle(Handle):
         self._check_writable()
         m = self._map()
         m.entries.clear()
+        m.order = []
         m.dirty.clear()
         m.cleared = True
         m.size = 0
-        self._dirty.add(self.store.key if self.descriptor.kind != "broadcast" else ())
+        self._dirty.add(() if self._broadcast else self.store.key)
 
     # -- reads ---------------------------------------------------------------------------------
     def _lookup(self, m: _Map, key: Any) -> Any:
-        item = m.entries.get(encode_key(key))
-        if item is None or not self._alive(item):
+        enc = self._enc(key)[0]
+        item = m.entries.get(enc)
+        if item is None:
             return _MISSING
-        if self._refresh_on_read() and not self._expired(item[2]):
-            item[2] = self._entry_expiry(None)
-            self._mark(m, encode_key(key))
+        expires_at = item[2]
+        if expires_at != NEVER:
+            if not self._visible(expires_at):
+                return _MISSING
+            if self._refresh and not self._expired(expires_at):
+                item[2] = self._entry_expiry(None)
+                self._mark(m, enc)
         return item[1]
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -228,7 +344,7 @@ class MapHandle(Handle):
 
     def contains(self, key: Any) -> bool:
         """True if ``key`` has an unexpired value."""
-        item = self._map().entries.get(encode_key(key))
+        item = self._map().entries.get(self._enc(key)[0])
         return item is not None and self._alive(item)
 
     def entries(
@@ -247,12 +363,13 @@ class MapHandle(Handle):
         """
         m = self._map()
         lower, upper = range_bounds(prefix, start, start_after, end)
-        encs = list(m.entries.irange(lower, upper, inclusive=(True, False), reverse=reverse))
+        encs = m.between(lower, upper, reverse)
         produced = 0
+        entries = m.entries
         for enc in encs:
             if limit is not None and produced >= limit:
                 return
-            item = m.entries.get(enc)
+            item = entries.get(enc)
             if item is None or not self._alive(item):
                 continue
             produced += 1
@@ -298,28 +415,41 @@ class MapHandle(Handle):
 
     def peek(self) -> Any:
         m = self._map()
-        out = {self._key_of(enc, item): item[1] for enc, item in m.entries.items() if self._alive(item)}
+        entries = m.entries
+        out = {self._key_of(enc, entries[enc]): entries[enc][1]
+               for enc in m.between(None, None, False) if self._alive(entries[enc])}
         return out or None
 
     # -- flush ---------------------------------------------------------------------------------
-    def collect(self, batch: Batch) -> None:
+    def collect(self, batch: Batch, expiry_index: list[Any] | None = None) -> None:
+        if not self._dirty:
+            return
+        ops = batch.ops
+        start = len(ops)
+        append = ops.append
+        name = self.name
         for key in self._dirty:
             m = self._cache[key]
             prefix = self._prefix_of(key)
+            entries = m.entries
             if m.cleared:
-                batch.delete_range(self.name, prefix, prefix_upper_bound(prefix))
-                encs: Iterable[bytes] = m.entries.keys()
+                batch.delete_range(name, prefix, prefix_upper_bound(prefix))
+                encs: Iterable[bytes] = m.between(None, None, False)
             else:
                 encs = m.dirty
             for enc in encs:
-                item = m.entries.get(enc)
+                item = entries.get(enc)
                 if item is None:
-                    batch.delete(self.name, prefix + enc)
+                    append((DELETE, name, prefix + enc, None))
                 else:
-                    batch.put(self.name, prefix + enc, stamp(item[2]) + pack(item[1]))
-            m.dirty = set()
+                    expires_at = item[2]
+                    append((PUT, name, prefix + enc,
+                            (NEVER_STAMP if expires_at == NEVER else stamp(expires_at))
+                            + pack(item[1])))
+            m.dirty.clear()
             m.cleared = False
         self._dirty.clear()
+        self._index_ops(batch, start, expiry_index)
 
     def _prefix_of(self, key: Key) -> bytes:
         return self.store.prefix(key)
@@ -327,11 +457,13 @@ class MapHandle(Handle):
     def reset(self) -> None:
         self._cache.clear()
         self._dirty.clear()
+        self._complete = None
 
     def evict(self, key: Key, suffix: bytes) -> None:
         m = self._cache.get(key)
-        if m is not None and not m.cleared and suffix not in m.dirty:
-            m.entries.pop(suffix, None)
+        if (m is not None and not m.cleared and suffix not in m.dirty
+                and m.entries.pop(suffix, None) is not None):
+            m.discard(suffix)
 
 
 _BROADCAST_PREFIX = b"\x00\x00" + b"\x05\x00"  # key group 0, the empty tuple
@@ -344,12 +476,26 @@ class BroadcastHandle(MapHandle):
     ``on_event``, where a write raises :class:`ReadOnlyStateError`.
     """
 
+    _broadcast = True
+
     def __init__(self, store: KeyedStateStore, descriptor: Any, ttl: Ttl | None):
         super().__init__(store, descriptor, None)
         self.max_bytes: int = descriptor.max_bytes
+        self._sized = True
 
     def _current(self) -> tuple[Key, bytes]:
         return (), _BROADCAST_PREFIX
+
+    def _map(self) -> _Map:
+        m = self._cache.get(())
+        if m is not None:
+            self.hits += 1
+            return m
+        return self._load_map((), _BROADCAST_PREFIX)
+
+    def preload(self) -> None:
+        """Load the table now (startup), in one range read."""
+        self._map()
 
     def _where(self, key: Any) -> str:
         # Not store.where(): that names the keyed side's current key, which is unrelated.

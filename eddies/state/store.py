@@ -19,6 +19,8 @@ The key group is ``crc32(user key element) % max_parallelism`` unless the runtim
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
@@ -28,13 +30,15 @@ from eddies.state.keys import Key, as_tuple, decode_prefixed, encode_element
 from eddies.state.ttl import MIN_TIME, Ttl, TtlConfig, TtlStateBackend
 from eddies.state.values import NEVER, pack
 
-__all__ = ["KeyedStateStore", "check_value", "describe_key"]
+__all__ = ["DEFAULT_CACHE_ENTRIES", "KeyedStateStore", "check_value", "describe_key"]
 
 _SCALARS = frozenset({str, float, bool, type(None), bytes})
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 MAX_KEY_GROUPS = 32768
 """Key groups fit in 15 bits, so a stored key never starts with FF (see ``ttl.py``)."""
+DEFAULT_CACHE_ENTRIES = 200_000
+"""Cached keys per state (and cached key prefixes per store) kept across checkpoints."""
 
 
 def describe_key(key: Key) -> str:
@@ -42,8 +46,12 @@ def describe_key(key: Key) -> str:
     return repr(key[0]) if len(key) == 1 and type(key[0]) is not tuple else repr(key)
 
 
-def check_value(value: Any, where: str) -> None:
-    """Raise StateSerializationError now if msgpack could not store ``value`` at flush."""
+def check_value(value: Any, where: str | Callable[[], str]) -> None:
+    """Raise StateSerializationError now if msgpack could not store ``value`` at flush.
+
+    ``where`` names the state and key for the message; pass a callable to build that text
+    only when the check fails (it runs on every write).
+    """
     t = type(value)
     if t in _SCALARS:
         return
@@ -51,16 +59,21 @@ def check_value(value: Any, where: str) -> None:
         if _INT_MIN <= value <= _INT_MAX:
             return
         raise StateSerializationError(
-            f"{where}: cannot serialize int {value}: msgpack holds -2**63..2**64-1; "
+            f"{_text(where)}: cannot serialize int {value}: msgpack holds -2**63..2**64-1; "
             "store it as a str"
         )
     try:
         pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise StateSerializationError(
-            f"{where}: cannot serialize {t.__name__} ({exc}); store None, bool, int, float, str, "
+            f"{_text(where)}: cannot serialize {t.__name__} ({exc}); store None, bool, int, "
+            "float, str, "
             "bytes, or lists/dicts of those (e.g. an int of epoch ms instead of a datetime)"
         ) from exc
+
+
+def _text(where: str | Callable[[], str]) -> str:
+    return where if isinstance(where, str) else where()
 
 
 class KeyedStateStore:
@@ -81,7 +94,10 @@ class KeyedStateStore:
         max_parallelism: int = 128,
         operator: str = "",
         ttl_config: TtlConfig | None = None,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
+        if cache_entries < 1:
+            raise ConfigError(f"cache_entries must be at least 1, got {cache_entries}")
         if not isinstance(backend, TtlStateBackend):
             backend = TtlStateBackend(backend, ttl_config or TtlConfig(), namespace=operator)
         if not 1 <= max_parallelism <= MAX_KEY_GROUPS:
@@ -93,10 +109,13 @@ class KeyedStateStore:
         self.max_parallelism = max_parallelism
         self.operator = operator
         self.key: Key = ()
-        self.key_group: int | None = None
+        self._key_group: int | None = None
+        self._groups_pinned = False
         self.timestamp: int | None = None
         self.broadcast_writable = False
         self.handles: dict[str, Any] = {}
+        self.cache_entries = cache_entries
+        """Keys each state keeps cached across checkpoints; beyond it, clean entries go."""
         self._prefixes: dict[Key, bytes] = {}
         backend.add_sweep_listener(self._evict_swept)
 
@@ -131,6 +150,19 @@ class KeyedStateStore:
         self.handles[descriptor.name] = handle
         return handle
 
+    @property
+    def key_group(self) -> int | None:
+        """The key group new keys get (None: ``crc32 % max_parallelism``)."""
+        return self._key_group
+
+    @key_group.setter
+    def key_group(self, group: int | None) -> None:
+        # Once the runtime pins groups (Kafka: the input partition), a cached prefix is the
+        # only record of the group a key was seen under, so prefixes are never trimmed.
+        if group is not None:
+            self._groups_pinned = True
+        self._key_group = group
+
     # -- current key ---------------------------------------------------------------------------
     def set_key(self, key: Any, timestamp: int | None = None) -> None:
         """Make ``key`` (a bare value means its 1-tuple) the key handles read and write.
@@ -151,7 +183,7 @@ class KeyedStateStore:
             raise
         if p is None:
             element = encode_element(key)
-            group = self.key_group
+            group = self._key_group
             if group is None:
                 group = zlib.crc32(element) % self.max_parallelism
             elif not 0 <= group < MAX_KEY_GROUPS:
@@ -189,13 +221,36 @@ class KeyedStateStore:
 
     # -- flushing ------------------------------------------------------------------------------
     def collect(self, batch: Batch | None = None) -> Batch:
-        """Move every dirty cache entry into ``batch`` (a new one if None) and mark it clean."""
+        """Move every dirty cache entry into ``batch`` (a new one if None) and mark it clean.
+
+        First it trims the caches to ``cache_entries`` per state, dropping the oldest clean
+        entries: the batch collected before this one has been written by now, so they are
+        in the backend. Each batch must be written before the next collect.
+        """
         batch = batch if batch is not None else Batch()
-        start = len(batch.ops)
+        self.trim()
+        index: list[tuple[int, str, bytes, bytes | None]] = []
         for handle in self.handles.values():
-            handle.collect(batch)
-        batch.ops.extend(self.backend.index_ops(batch.ops[start:]))
+            handle.collect(batch, index)
+        batch.ops.extend(index)  # after the state writes, as TtlStateBackend.index_ops does
         return batch
+
+    def trim(self, limit: int | None = None) -> int:
+        """Drop the oldest clean cache entries beyond ``limit`` (``cache_entries``) per state,
+        and cached key prefixes beyond it (unless key groups are pinned: see ``key_group``);
+        returns how many state entries were dropped."""
+        limit = self.cache_entries if limit is None else limit
+        dropped = sum(handle.trim(limit) for handle in self.handles.values())
+        prefixes = self._prefixes
+        excess = len(prefixes) - limit
+        if excess > 0 and not self._groups_pinned:
+            for key in list(islice(prefixes, excess)):
+                del prefixes[key]
+        return dropped
+
+    def cached_entries(self) -> int:
+        """Cached keys of the fullest state (what ``cache_entries`` bounds)."""
+        return max((len(handle._cache) for handle in self.handles.values()), default=0)
 
     def flush(self, batch: Batch | None = None, sync: bool = False) -> int:
         """Write dirty state plus ``batch`` as one atomic write; returns the number of ops."""

@@ -150,6 +150,7 @@ class TtlStateBackend(StateBackend):
         self._manual_processing_time: int | None = None
         self._clock = self.config.clock or _wall_clock_ms
         self._domains: dict[str, TimeDomain] = {}
+        self._names: dict[str, bytes] = {}  # encoded state names, for index keys
         self.expired_deleted = 0
         """Entries physically deleted by sweeps so far."""
         self.sweeps = 0
@@ -255,6 +256,19 @@ class TtlStateBackend(StateBackend):
     def _apply(self, batch: Batch, sync: bool) -> None:
         index = self.index_ops(batch.ops, registered_only=False)
         self.inner.write(Batch(batch.ops + index) if index else batch, sync)
+
+    def index_target(self, cf: str) -> tuple[str, bytes] | None:
+        """``(index column family, encoded state name)`` under which finite-stamped writes to
+        ``cf`` are indexed, or None if ``cf`` has no clock registered with this wrapper (as
+        :meth:`index_ops` with ``registered_only``). An index key is ``expires_at (8 B BE) +
+        encoded name + stored key``."""
+        domain = self._domains.get(cf)
+        if domain is None or cf.startswith("__"):
+            return None
+        name = self._names.get(cf)
+        if name is None:
+            name = self._names[cf] = encode_key(cf)
+        return (self.expiry_cf if domain == "event" else self.expiry_proc_cf), name
 
     def index_ops(
         self, ops: list[tuple[int, str, bytes, bytes | None]], registered_only: bool = True
