@@ -12,6 +12,8 @@ import math
 import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
+from types import GeneratorType
 from typing import Any
 
 from eddies.errors import (
@@ -68,6 +70,11 @@ class RunStats:
     bytes_read: int = 0
     bytes_total: int | None = None
     unrouted_side_outputs: int = 0
+    startup: dict[str, float] = field(default_factory=dict)
+    """Startup phases of this run in seconds (``open_s``, ``restore_s``, ``preload_s``,
+    ``first_event_s``, each measured from the start of the run's previous phase) and
+    ``round_trips``, the backend calls made from opening until the first event was
+    processed. Filled by the driver (see ``LocalRunner``)."""
 
     @property
     def events_per_s(self) -> float:
@@ -93,6 +100,11 @@ class RunResult:
     stats: RunStats
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     sinks: dict[str, Sink] = field(default_factory=dict)
+
+    @property
+    def startup(self) -> dict[str, float]:
+        """The startup phases and backend round trips (see :attr:`RunStats.startup`)."""
+        return self.stats.startup
 
     def collected(self, sink: CollectSink | str) -> list[Any]:
         """Everything a ``sinks.collect()`` sink received in this run; ``sink`` is the sink
@@ -139,11 +151,15 @@ class Executor:
         ttl_config: TtlConfig | None = None,
         clock: Callable[[], int] | None = None,
         dead_sink: Sink | None = None,
+        cache_entries: int | None = None,
     ) -> None:
         if not isinstance(job, Job):
             raise ConfigError(f"expected an eddies.Job, got {job!r}")
+        if cache_entries is not None and cache_entries < 1:
+            raise ConfigError(f"cache_entries must be at least 1, got {cache_entries}")
         self.job = job
         self.backend = backend
+        self.cache_entries = cache_entries
         self.max_parallelism = max_parallelism
         self.ttl_config = ttl_config
         self.clock = clock or _wall_ms
@@ -154,6 +170,8 @@ class Executor:
         self._cur_source: str | None = None
         self._cur_locate: Locate | None = None
         self._cur_index = 0
+        # Called once with the time the first record has gone through the operators.
+        self.on_first_event: Callable[[], None] | None = None
         self._compile()
 
     # -- compile -----------------------------------------------------------------------------
@@ -275,6 +293,7 @@ class Executor:
             op = KeyedOperator(
                 n.name, n.params["fn"], self.backend, max_parallelism=self.max_parallelism,
                 ttl_config=self.ttl_config, clock=self.clock, side_output=side,
+                cache_entries=self.cache_entries,
             )
             self.operators[n] = op
             self.timer_emit[n] = emit
@@ -293,13 +312,24 @@ class Executor:
 
             return push_broadcast
         keyfn = self._key_of(n)
-        process = op.process
+        # A field name reads through operator.itemgetter (C, same errors as record[name]);
+        # keyfn itself stays for the messages.
+        field_name = getattr(keyfn, "field", None)
+        keyget = itemgetter(field_name) if field_name is not None else keyfn
         dead = self._dead_letter
         out: list[Any] = []
+        # KeyedOperator.process, inlined: per event this is the whole framework cost.
+        store = op.store
+        prefixes = store._prefixes
+        ctx = op.ctx
+        on_event = op._on_event
+        validate_key = op.validate_key
+        extend = out.extend
+        append = out.append
 
         def push_keyed(value: Any, ts: Any) -> None:
             try:
-                key = keyfn(value)
+                key = keyget(value)
             except _RECORD_ERRORS as exc:
                 dead(self._record_letter(value, f"no key for operator {name!r} "
                                          f"({getattr(keyfn, '__name__', 'key')}): "
@@ -307,8 +337,27 @@ class Executor:
                 return
             if ts is not None and ts <= op.watermark:
                 stats.late_events += 1
+            k = key if type(key) is tuple else (key,)
             try:
-                process(value, key, ts, out)
+                new = k not in prefixes
+            except TypeError:  # unhashable: validate_key says what is wrong with it
+                new = True
+            try:
+                if new:
+                    # Validate before user code runs: a key the codec cannot store (a list,
+                    # a dict) raises KeyEncodingError and the record goes to dead letters.
+                    validate_key(key, k)
+                store.key = k
+                store.timestamp = ts
+                ctx.key = key
+                ctx.timestamp = ts
+                result = on_event(value, ctx)
+                if result is not None:
+                    t = type(result)
+                    if t is list or t is tuple or t is GeneratorType:
+                        extend(result)
+                    else:
+                        append(result)
             except (StateSerializationError, KeyEncodingError) as exc:
                 out.clear()
                 dead(self._record_letter(value, str(exc), name))
@@ -427,16 +476,32 @@ class Executor:
         self._cur_source = node.name
         self._cur_locate = locate
         max_ts = MIN_TIME
+        if self.on_first_event is not None and values:
+            # Startup metrics: the first record alone, so its time is known exactly.
+            first, self.on_first_event = self.on_first_event, None
+            head = self.push_records(node, values[:1], locate, now)
+            first()
+            if len(values) == 1:
+                return head
+            max_ts = MIN_TIME if head is None else head
+            start = 1
+        else:
+            start = 0
+        self._cur_source = node.name
+        self._cur_locate = locate
         try:
             if tsfn is None:
-                for i, value in enumerate(values):
+                for i in range(start, len(values)):
                     self._cur_index = i
-                    emit(value, None)
+                    emit(values[i], None)
                 return None
-            for i, value in enumerate(values):
+            field_name = getattr(tsfn, "field", None)
+            tsget = itemgetter(field_name) if field_name is not None else tsfn
+            for i in range(start, len(values)):
+                value = values[i]
                 self._cur_index = i
                 try:
-                    ts = tsfn(value)
+                    ts = tsget(value)
                 except _RECORD_ERRORS as exc:
                     dead(record_letter(value, f"no timestamp ("
                                        f"{getattr(tsfn, '__name__', 'timestamp')}): "
@@ -462,10 +527,11 @@ class Executor:
         return max_ts if max_ts != MIN_TIME else None
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def open_operators(self) -> None:
-        """Restore every operator's timers and watermark, then call the functions' open()."""
+    def open_operators(self, meta: dict[bytes, bytes] | None = None) -> None:
+        """Restore every operator's timers, watermark and broadcast state, then call the
+        functions' open(). ``meta``: the ``__meta__`` column family, if already read."""
         for op in self.operators.values():
-            op.restore()
+            op.restore(meta)
             try:
                 op.function.open()
             except EddiesError:
@@ -479,6 +545,15 @@ class Executor:
         """Add every operator's expired-entry deletions, then its dirty state and timers."""
         for op in self.operators.values():
             op.checkpoint(batch)
+
+    def cache_full(self) -> bool:
+        """True when a state cache holds over twice its ``cache_entries``: checkpoint early,
+        after which its clean entries can be dropped (dirty ones cannot)."""
+        for op in self.operators.values():
+            store = op.store
+            if store.cached_entries() > 2 * store.cache_entries:
+                return True
+        return False
 
     def sweep(self) -> int:
         """Delete expired state in bounded steps (after a checkpoint is written)."""

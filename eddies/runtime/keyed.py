@@ -89,6 +89,7 @@ class KeyedOperator:
         ttl_config: TtlConfig | None = None,
         clock: Callable[[], int] | None = None,
         side_output: Callable[[OutputTag, Any], None] | None = None,
+        cache_entries: int | None = None,
     ) -> None:
         if not isinstance(function, KeyedProcessFunction):
             raise ConfigError(
@@ -102,7 +103,8 @@ class KeyedOperator:
         if config.clock is None:
             config = dataclasses.replace(config, clock=self.processing_time)
         self.store = KeyedStateStore(
-            backend, max_parallelism=max_parallelism, operator=name, ttl_config=config
+            backend, max_parallelism=max_parallelism, operator=name, ttl_config=config,
+            **({} if cache_entries is None else {"cache_entries": cache_entries}),
         )
         self.backend = self.store.backend
         self.handles = {}
@@ -131,12 +133,23 @@ class KeyedOperator:
         self.restore()
         self.function.open()
 
-    def restore(self) -> None:
-        """Load timers and the watermark from the backend (one scan, one read)."""
+    def restore(self, meta: dict[bytes, bytes] | None = None) -> None:
+        """Load timers (one range scan), the watermark and broadcast state.
+
+        ``meta`` is the checkpoint metadata column family already read in bulk by the
+        driver; without it the watermark costs one point read.
+        """
         self.timers.load(self.backend.inner)
-        data = self.backend.inner.get(META_CF, self._meta_key)
+        if meta is None:
+            data = self.backend.inner.get(META_CF, self._meta_key)
+        else:
+            data = meta.get(self._meta_key)
         if data is not None:
             self.set_watermark(unpack(data))
+        for handle in self.handles.values():
+            preload = getattr(handle, "preload", None)
+            if preload is not None:
+                preload()
 
     def checkpoint(self, batch: Batch) -> None:
         """Add dirty state, timer changes and the watermark to ``batch``."""
@@ -151,8 +164,19 @@ class KeyedOperator:
         k = key if type(key) is tuple else (key,)
         # Validate before user code runs: a key the codec cannot store (a list, a dict) raises
         # KeyEncodingError here, and the record goes to dead letters untouched.
+        self.validate_key(key, k)
+        store.key = k
+        store.timestamp = timestamp
+        ctx = self.ctx
+        ctx.key = key
+        ctx.timestamp = timestamp
+        emit_into(out, self._on_event(event, ctx))
+
+    def validate_key(self, key: Any, k: tuple[Any, ...]) -> None:
+        """Raise KeyEncodingError unless ``k`` (``key`` as a tuple) can be stored; caches its
+        stored-key prefix for the state handles that follow."""
         try:
-            store.prefix(k)
+            self.store.prefix(k)
         except KeyEncodingError:
             raise
         except TypeError as exc:  # unhashable: the key cache cannot even look it up
@@ -160,12 +184,6 @@ class KeyedOperator:
                 f"operator {self.name!r}: key {key!r} cannot be stored ({exc}); a key is a "
                 "None, bool, int, float, str or bytes, or a tuple of those"
             ) from exc
-        store.key = k
-        store.timestamp = timestamp
-        ctx = self.ctx
-        ctx.key = key
-        ctx.timestamp = timestamp
-        emit_into(out, self._on_event(event, ctx))
 
     def process_broadcast(self, event: Any, timestamp: int | None, out: list[Any]) -> None:
         """Run ``on_broadcast`` with BroadcastState writable."""

@@ -32,6 +32,15 @@ EVENT = b"e"
 PROCESSING = b"p"
 
 
+def _user_key(stored_key: bytes) -> Key:
+    """The user key of a stored timer key (the tuple element at offset 11)."""
+    # The common key, one str without NUL bytes (05 02 <utf-8> 00 00), decoded directly.
+    if (stored_key[11:13] == b"\x05\x02" and stored_key.endswith(b"\x00\x00")
+            and stored_key.find(b"\x00", 13) == len(stored_key) - 2):
+        return (stored_key[13:-2].decode("utf-8"),)
+    return decode_prefixed(stored_key, 11)[0]
+
+
 def timers_cf(operator: str) -> str:
     return f"__timers__.{operator}" if operator else "__timers__"
 
@@ -129,15 +138,31 @@ class Timers:
     ) -> int:
         """Load persisted timers (optionally one key-group range) with one scan; returns count."""
         n = 0
+        loaded: dict[int, list[tuple[int, bytes, Key]]] = {EVENT[0]: [], PROCESSING[0]: []}
+        unpack_time = _be.unpack_from
         for stored_key, _ in backend.iterate(self.cf, lower, upper):
-            domain = stored_key[2:3]
-            time = _be.unpack_from(stored_key, 3)[0] - _OFFSET
-            key = decode_prefixed(stored_key, 11)[0]
-            order = stored_key[:2] + stored_key[11:]
-            (self.event if domain == EVENT else self.processing).add(
-                time, key, order, persist=False
-            )
+            time = unpack_time(stored_key, 3)[0] - _OFFSET
+            loaded[stored_key[2]].append((time, stored_key[:2] + stored_key[11:],
+                                          _user_key(stored_key)))
             n += 1
+        for domain, heap in ((EVENT, self.event), (PROCESSING, self.processing)):
+            entries = loaded[domain[0]]
+            if not entries:
+                continue
+            if heap.heap or heap.live:  # timers already there: add one by one, deduplicated
+                for time, order, key in entries:
+                    heap.add(time, key, order, persist=False)
+                continue
+            live = heap.live
+            for time, _, key in entries:
+                live.add((time, key))
+            if len(live) != len(entries):  # equal keys stored twice (1 and 1.0): keep one
+                live.clear()
+                for time, order, key in entries:
+                    heap.add(time, key, order, persist=False)
+                continue
+            heap.heap = entries
+            heapq.heapify(entries)  # O(n), rather than a push per timer
         return n
 
     def pending(self, key: Key | None = None) -> Iterator[tuple[str, int, Any]]:
