@@ -248,19 +248,27 @@ class WindowFunction(KeyedProcessFunction):
         self.late_dropped = 0
         self._create = agg.create
         self._add = agg.add
+        self._result = agg.result
+        self._collects = isinstance(agg, _Collect)
+        # Tumbling windows take a path of their own: one window per event, computed inline.
+        self._tumbling = type(assigner) is Tumbling
+        self._size = getattr(assigner, "size_ms", 0)
+        self._offset = getattr(assigner, "offset_ms", 0)
 
     def _emit(self, ctx: Context, window: Window, acc: Any) -> dict[str, Any]:
         agg = self.agg
-        if isinstance(agg, _Collect):
+        if self._collects:
             agg.key = ctx.key
             agg.window = window
         return {"key": ctx.key, "start": window.start, "end": window.end,
-                "value": agg.result(acc)}
+                "value": self._result(acc)}
 
     def on_event(self, event: Any, ctx: Context) -> Iterable[Any] | None:
         ts = ctx.timestamp
         if ts is None:
             raise ConfigError("windows need event time: give the source timestamp=...")
+        if self._tumbling:
+            return self._on_tumbling_event(event, ctx, ts)
         watermark = ctx.watermark
         lateness = self.lateness
         windows = self.windows
@@ -289,6 +297,31 @@ class WindowFunction(KeyedProcessFunction):
         if not accepted:
             self._late(event, ctx)
         return out
+
+    def _on_tumbling_event(self, event: Any, ctx: Context, ts: int) -> Iterable[Any] | None:
+        """``on_event`` for Tumbling, the same steps without a list of windows per event."""
+        size = self._size
+        start = ts - (ts - self._offset) % size
+        end = start + size
+        max_ts = end - 1
+        watermark = ctx.watermark
+        lateness = self.lateness
+        if max_ts + lateness <= watermark:  # the window is closed for good
+            self._late(event, ctx)
+            return None
+        key = (start, end)
+        windows = self.windows
+        acc = windows.get(key, None)
+        if acc is None:
+            acc = self._create()
+            ctx.timers.register_event_time(max_ts)
+            if lateness:
+                ctx.timers.register_event_time(max_ts + lateness)
+        acc = self._add(acc, event)
+        windows.put(key, acc)
+        if max_ts <= watermark:  # already fired: a late update within lateness
+            return [self._emit(ctx, Window(start, end), acc)]
+        return None
 
     def _late(self, event: Any, ctx: Context) -> None:
         if self.late_tag is not None:
