@@ -188,6 +188,17 @@ class RocksDbStateBackend(StateBackend):
                 wb.delete_range(key, cast(bytes, value), handle)
         self._db.write(wb, self._sync_opts if sync else self._write_opts)
 
+    def estimate(self, cf: str) -> tuple[int, int]:
+        """RocksDB's cheap estimates of ``cf``'s entries and bytes (SST data plus memtables),
+        for metrics; exact counts need a scan (:meth:`count`)."""
+        table = self._cfs.get(cf)
+        if table is None:
+            return 0, 0
+        entries = table.property_int_value("rocksdb.estimate-num-keys") or 0
+        size = (table.property_int_value("rocksdb.estimate-live-data-size") or 0) + (
+            table.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
+        return entries, size
+
     def column_families(self) -> list[str]:
         return sorted(self._cfs)
 

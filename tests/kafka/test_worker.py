@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import eddies as ed
+from eddies.runtime.kafka.tansu import free_port
 from examples.kafka_totals import build_local
 
 from .conftest import produce, read_topic, wait_until
@@ -101,9 +103,18 @@ def test_restart_restores_from_local_rocksdb(kafka_broker, workers, tmp_path):
     restores_before = len(w.restores())
     w.kill9()  # idle since the last checkpoint: local RocksDB holds the marked state
     produce(kafka_broker, second, "local-in", "account")
-    w2 = workers(TARGET, kafka_broker, "w", env("local"))
+    port = free_port()
+    w2 = workers(TARGET, kafka_broker, "w", env("local"), "--metrics-port", str(port))
     expected = reference(first, second)
     wait_until(lambda: last_per_key(kafka_broker, "local-out") == expected, 120, "both halves")
+    # The worker serves /metrics and live state queries.
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    assert b'eddies_events_in_total{job="local"' in metrics
+    assert b'eddies_startup_phase_seconds{job="local",phase="restore"}' in metrics
+    account, (count, total) = next(iter(expected.items()))
+    body = json.loads(urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/state/totals?key={account}", timeout=10).read())
+    assert [(e["key"], e["value"]) for e in body["entries"]] == [([account], [count, total])]
     assert w2.stop() == 0
     after = w2.restores()[restores_before:]
     assert len(after) == 6

@@ -31,10 +31,17 @@ __all__ = ["produce", "produce_file", "worker"]
 @click.option("--session-timeout", default=10.0, show_default=True, type=float,
               help="Consumer group session timeout in seconds (how fast a dead worker is "
                    "noticed).")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve /metrics and /state on this port (127.0.0.1 unless --bind).")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address of the metrics/inspector server; anything but loopback needs "
+                   "--token.")
+@click.option("--token", default=None, envvar="EDDIES_TOKEN",
+              help="Bearer token the inspector requires (env EDDIES_TOKEN).")
 @click.option("--log-level", default="INFO", show_default=True)
 def worker(target: str, broker: str, state_dir: str, group: str | None,
            checkpoint_interval: int, checkpoint_ms: int, session_timeout: float,
-           log_level: str) -> None:
+           metrics_port: int | None, bind: str, token: str | None, log_level: str) -> None:
     """Run TARGET (file.py:job or module:job) as a Kafka worker; start more to scale out."""
     from eddies.runtime.loader import load_job
 
@@ -49,7 +56,8 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
     try:
         job = load_job(target)
         KafkaWorker(job, broker, state_dir, group=group, checkpoint_interval=checkpoint_interval,
-                    checkpoint_ms=checkpoint_ms, session_timeout=session_timeout).run()
+                    checkpoint_ms=checkpoint_ms, session_timeout=session_timeout,
+                    metrics_port=metrics_port, bind=bind, token=token).run()
     except EddiesError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

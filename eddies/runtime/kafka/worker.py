@@ -61,6 +61,7 @@ from eddies.runtime.kafka.changelog import (
 from eddies.runtime.kafka.plan import Plan, describe, plan_job
 from eddies.runtime.kafka.topics import create_topics, topic_partitions
 from eddies.runtime.keyed import META_CF
+from eddies.runtime.observe import Observer
 from eddies.runtime.watermarks import MIN_TIME, BoundedOutOfOrderness, PartitionWatermark
 from eddies.state.backend import Batch
 from eddies.state.keys import encode_key
@@ -137,6 +138,9 @@ class KafkaWorker:
         checkpoint_ms: int = 1_000,
         session_timeout: float = 10.0,
         batch_records: int = 5_000,
+        metrics_port: int | None = None,
+        bind: str = "127.0.0.1",
+        token: str | None = None,
     ) -> None:
         self.plan: Plan = plan_job(job)
         self.job = self.plan.job
@@ -148,6 +152,10 @@ class KafkaWorker:
         self.checkpoint_ms = checkpoint_ms
         self.session_timeout = session_timeout
         self.batch_records = batch_records
+        self.metrics_port = metrics_port
+        self.bind = bind
+        self.token = token
+        self.observer: Observer | None = None
         self.dead_topic = f"{job.name}-dead-letters"
         self.dead_sink = KafkaSink(self.dead_topic, None, "json", "__dead_letters__")
         self.dead_sink.bound = True
@@ -280,6 +288,20 @@ class KafkaWorker:
                 self.ready.add(tp)
             self._reload_timers()
 
+    def _owner(self, key: tuple[Any, ...]) -> str | None:
+        """None if this worker holds ``key``'s partition, else "" (owner unknown here)."""
+        topic = self.plan.stateful_topic
+        if topic is None or not self.partitions:
+            return None
+        if topic in self.plan.repartitions.values():
+            p = zlib.crc32(encode_key(key)) % self.partitions
+        else:
+            raw = key[0] if len(key) == 1 else key
+            data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+            p = DefaultPartitioner()(data, list(range(self.partitions)),
+                                     list(range(self.partitions)))
+        return None if (topic, p) in self.ready else ""
+
     def _strategy(self, topic: str) -> BoundedOutOfOrderness:
         node = self.plan.source_of_topic[topic]
         return node.params["watermarks"] or BoundedOutOfOrderness(0)
@@ -396,8 +418,15 @@ class KafkaWorker:
         self._broadcast = await self._start_broadcast()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._request_stop)
+        opened = time.monotonic()
+        trips = self.backend.round_trips
         self.executor.open_operators()
         self._reload_timers()
+        if self.metrics_port is not None:
+            self.observer = Observer(self.executor, self.backend, port=self.metrics_port,
+                                     host=self.bind, token=self.token, owner=self._owner)
+            self.observer.startup({"restore": time.monotonic() - opened},
+                                  self.backend.round_trips - trips)
         self._started.set()
         try:
             while not self._stop:
@@ -415,6 +444,8 @@ class KafkaWorker:
             if self._broadcast is not None:
                 await self._broadcast.stop()
             loop.remove_signal_handler(signal.SIGTERM)
+            if self.observer is not None:
+                self.observer.close()
             os.kill(os.getpid(), signal.SIGINT)  # let faust leave the group and stop
 
     def _request_stop(self) -> None:
@@ -476,6 +507,8 @@ class KafkaWorker:
             if self.ready and (self._since_checkpoint >= self.checkpoint_interval
                                or (due and self._since_checkpoint)):
                 await self.checkpoint()
+            if self.observer is not None:
+                self.observer.after_batch()
 
     def _push(self, topic: str, p: int, batch: list[Any], now: int,
               broadcast: bool = False) -> int:
@@ -660,6 +693,9 @@ class KafkaWorker:
         ex.stats.checkpoints += 1
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        if self.observer is not None:
+            size = sum(len(k) + len(v or b"") for _, _, k, v in batch.ops)
+            self.observer.after_checkpoint(self._last_checkpoint - started, size)
         log.debug("checkpoint %s: %d ops in %.3fs", self.seq, len(batch),
                   time.monotonic() - started)
 
