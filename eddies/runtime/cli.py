@@ -98,8 +98,16 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress display (the summary still prints).")
 @click.option("--progress-every", default=5.0, show_default=True, type=float,
               help="Seconds between progress lines when stderr is not a terminal.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve /metrics and /state on this port while the job runs.")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address of the metrics/inspector server; anything but loopback needs "
+                   "--token.")
+@click.option("--token", default=None, envvar="EDDIES_TOKEN",
+              help="Bearer token the inspector requires (env EDDIES_TOKEN).")
 def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | None,
-        durable: bool, quiet: bool, progress_every: float) -> None:
+        durable: bool, quiet: bool, progress_every: float, metrics_port: int | None,
+        bind: str, token: str | None) -> None:
     """Run a job (path/to/file.py:job or package.module:job) over its input files."""
     from eddies.runtime.loader import load_job
 
@@ -108,7 +116,10 @@ def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | N
         with _Progress(quiet, progress_every) as progress:
             runner = LocalRunner(job, state, checkpoint_interval=checkpoint_interval,
                                  dead_letters=dead_letters, durability=durable,
-                                 on_progress=progress)
+                                 on_progress=progress, metrics_port=metrics_port, bind=bind,
+                                 token=token)
+            if metrics_port is not None:
+                click.echo(f"serving /metrics and /state on {bind}:{metrics_port}", err=True)
             result = runner.run()
     except EddiesError as exc:
         click.echo(f"error: {exc}", err=True)

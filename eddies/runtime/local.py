@@ -34,6 +34,7 @@ from eddies.operators.sources import SourceReader
 from eddies.runtime.executor import Executor, RunResult, RunStats, SourceWatermarks
 from eddies.runtime.graph import Job, Node
 from eddies.runtime.keyed import META_CF
+from eddies.runtime.observe import Observer
 from eddies.runtime.watermarks import BoundedOutOfOrderness, PartitionWatermark
 from eddies.state import open_backend
 from eddies.state.backend import Batch, StateBackend
@@ -73,8 +74,13 @@ class LocalRunner(Executor):
         clock: Callable[[], int] | None = None,
         on_progress: Callable[[RunStats], None] | None = None,
         cache_entries: int | None = None,
+        metrics_port: int | None = None,
+        bind: str = "127.0.0.1",
+        token: str | None = None,
     ) -> None:
         self._t0 = _time.perf_counter()
+        self.observer: Observer | None = None
+        self._observe = (metrics_port, bind, token)
         if not isinstance(job, Job):
             raise ConfigError(f"run_local takes an eddies.Job, got {job!r}")
         if checkpoint_interval <= 0 or batch_size <= 0:
@@ -134,6 +140,7 @@ class LocalRunner(Executor):
 
     def checkpoint(self) -> None:
         """Write state, timers, positions, watermarks and sink lengths as one batch."""
+        started = _time.perf_counter()
         batch = Batch()
         self.checkpoint_ops(batch)
         for part in self.partitions:
@@ -152,6 +159,9 @@ class LocalRunner(Executor):
         self.sweep()
         for op in self.operators.values():
             op.store.trim()  # everything is clean now: the caches go back to their limit
+        if self.observer is not None:
+            size = sum(len(k) + len(v or b"") for _, _, k, v in batch.ops)
+            self.observer.after_checkpoint(_time.perf_counter() - started, size)
 
     # -- run -----------------------------------------------------------------------------------
     def _source_watermarks(self, now: int) -> SourceWatermarks:
@@ -209,11 +219,20 @@ class LocalRunner(Executor):
                              "preload_s": preload_s}
             ready = _time.perf_counter()
 
+            port, bind, token = self._observe
+            if port is not None:
+                self.observer = Observer(self, self.backend, port=port, host=bind, token=token)
+
             def first_event() -> None:
                 now = _time.perf_counter()
                 stats.startup["first_event_s"] = now - ready
                 stats.startup["total_s"] = now - self._t0
                 stats.startup["round_trips"] = self.backend.round_trips - self._round_trips0
+                if self.observer is not None:
+                    self.observer.startup(
+                        {k.removesuffix("_s"): v for k, v in stats.startup.items()
+                         if k.endswith("_s") and k != "total_s"},
+                        stats.startup["round_trips"])
 
             self.on_first_event = first_event
             total = [p.reader.size_hint() for p in self.partitions]
@@ -226,6 +245,8 @@ class LocalRunner(Executor):
                 self.advance_time(self._source_watermarks(self.clock()))
                 self.flush_sinks()
                 stats.elapsed_s = _time.perf_counter() - started
+                if self.observer is not None:
+                    self.observer.after_batch()
                 if done:
                     break
                 if since_checkpoint >= self.checkpoint_interval or (
@@ -256,6 +277,9 @@ class LocalRunner(Executor):
         return total
 
     def close(self) -> None:
+        if self.observer is not None:
+            self.observer.close()  # before the backend: waiting queries get 503
+            self.observer = None
         for _, sink in self._all_sinks():
             sink.close()
         for part in self.partitions:
