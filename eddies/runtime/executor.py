@@ -164,6 +164,8 @@ class Executor:
         self.ttl_config = ttl_config
         self.clock = clock or _wall_ms
         self.stats = RunStats()
+        self.counts: dict[str, list[int]] = {}
+        """Events [in, out] per source and sink node, counted per batch (for metrics)."""
         self.dead: list[dict[str, Any]] = []
         self._dead_sink = dead_sink
         self._dead_buffer: list[dict[str, Any]] = []
@@ -454,9 +456,12 @@ class Executor:
 
     def flush_sinks(self) -> None:
         """Write buffered outputs and dead letters to their sinks."""
-        for _, sink, buffer in self.sink_nodes:
+        for node, sink, buffer in self.sink_nodes:
             if buffer:
                 self.stats.events_out += len(buffer)
+                count = self.counts.setdefault(node.name, [0, 0])
+                count[0] += len(buffer)
+                count[1] += len(buffer)
                 sink.write(buffer)
                 buffer.clear()
         if self._dead_sink is not None and self._dead_buffer:
@@ -470,6 +475,9 @@ class Executor:
         timestamp among them (None if they have none). ``locate(i)`` gives the position and
         raw text of record ``i`` for dead letters."""
         emit = self.source_emits[node]
+        count = self.counts.setdefault(node.name, [0, 0])
+        count[0] += len(values)
+        count[1] += len(values)
         tsfn = node.params["timestamp"]
         dead = self._dead_letter
         record_letter = self._record_letter
