@@ -26,6 +26,16 @@ def _fmt_wm(wm: int) -> str:
     return str(wm)
 
 
+def _fmt_lag(wm: int) -> str:
+    """Wall clock minus the watermark, for event times near now (else nothing)."""
+    if wm in (MIN_TIME, MAX_TIME):
+        return ""
+    lag = time.time() * 1000 - wm
+    if not 0 <= lag < 365 * 86_400_000:  # historical or synthetic event times: not a lag
+        return ""
+    return f" (lag {lag / 1000:,.1f}s)"
+
+
 class _Progress:
     """A rich progress bar on a TTY; plain periodic log lines otherwise (or with --quiet)."""
 
@@ -66,8 +76,8 @@ class _Progress:
             self._last = now
             info = (
                 f"{stats.events_in:,} events  {stats.events_per_s:,.0f}/s  "
-                f"wm {_fmt_wm(stats.watermark)}  late {stats.late_events:,}  "
-                f"dead {stats.dead_letters:,}"
+                f"wm {_fmt_wm(stats.watermark)}{_fmt_lag(stats.watermark)}  "
+                f"late {stats.late_events:,}  dead {stats.dead_letters:,}"
             )
             self._bar.update(self._task, total=stats.bytes_total, completed=stats.bytes_read,
                              info=info)
