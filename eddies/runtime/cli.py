@@ -13,6 +13,7 @@ import click
 
 from eddies.errors import ConfigError, EddiesError
 from eddies.runtime.local import LocalRunner, RunStats
+from eddies.runtime.options import inspector_options
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME
 
 __all__ = ["main"]
@@ -108,13 +109,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress display (the summary still prints).")
 @click.option("--progress-every", default=5.0, show_default=True, type=float,
               help="Seconds between progress lines when stderr is not a terminal.")
-@click.option("--metrics-port", type=int, default=None,
-              help="Serve /metrics and /state on this port while the job runs.")
-@click.option("--bind", default="127.0.0.1", show_default=True,
-              help="Address of the metrics/inspector server; anything but loopback needs "
-                   "--token.")
-@click.option("--token", default=None, envvar="EDDIES_TOKEN",
-              help="Bearer token the inspector requires (env EDDIES_TOKEN).")
+@inspector_options
 def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | None,
         durable: bool, quiet: bool, progress_every: float, metrics_port: int | None,
         bind: str, token: str | None) -> None:

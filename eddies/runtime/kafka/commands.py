@@ -14,6 +14,7 @@ import click
 import orjson
 
 from eddies.errors import EddiesError
+from eddies.runtime.options import inspector_options
 
 __all__ = ["produce", "produce_file", "worker"]
 
@@ -31,13 +32,7 @@ __all__ = ["produce", "produce_file", "worker"]
 @click.option("--session-timeout", default=10.0, show_default=True, type=float,
               help="Consumer group session timeout in seconds (how fast a dead worker is "
                    "noticed).")
-@click.option("--metrics-port", type=int, default=None,
-              help="Serve /metrics and /state on this port (127.0.0.1 unless --bind).")
-@click.option("--bind", default="127.0.0.1", show_default=True,
-              help="Address of the metrics/inspector server; anything but loopback needs "
-                   "--token.")
-@click.option("--token", default=None, envvar="EDDIES_TOKEN",
-              help="Bearer token the inspector requires (env EDDIES_TOKEN).")
+@inspector_options
 @click.option("--log-level", default="INFO", show_default=True)
 def worker(target: str, broker: str, state_dir: str, group: str | None,
            checkpoint_interval: int, checkpoint_ms: int, session_timeout: float,
