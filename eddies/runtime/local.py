@@ -22,6 +22,7 @@ Decisions users see:
 
 from __future__ import annotations
 
+import gc
 import time as _time
 from collections.abc import Callable
 from pathlib import Path
@@ -232,17 +233,25 @@ class LocalRunner(Executor):
                     self.observer.startup(
                         {k.removesuffix("_s"): v for k, v in stats.startup.items()
                          if k.endswith("_s") and k != "total_s"},
-                        stats.startup["round_trips"])
+                        int(stats.startup["round_trips"]))
 
             self.on_first_event = first_event
             total = [p.reader.size_hint() for p in self.partitions]
             stats.bytes_total = sum(t for t in total if t) if all(total) else None
             since_checkpoint = 0
             while True:
-                n = self._read_round()
+                gc_was_on = gc.isenabled()
+                gc.disable()
+                try:
+                    n = self._read_round()
+                    self.advance_time(self._source_watermarks(self.clock()))
+                finally:
+                    if gc_was_on:
+                        gc.enable()
+                if 0:
+                    n = self._read_round()
                 since_checkpoint += n
                 done = all(p.reader.done for p in self.partitions)
-                self.advance_time(self._source_watermarks(self.clock()))
                 self.flush_sinks()
                 stats.elapsed_s = _time.perf_counter() - started
                 if self.observer is not None:

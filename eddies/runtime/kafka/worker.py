@@ -84,7 +84,7 @@ class _NoFetch(Service):
 
 class _MembershipApp(faust.App):
     @cached_property
-    def _fetcher(self) -> Service:
+    def _fetcher(self) -> Service:  # type: ignore[override]
         return _NoFetch(self, loop=self.loop, beacon=self.consumer.beacon)
 
 
@@ -205,9 +205,9 @@ class KafkaWorker:
         )
         for topic in self.plan.group_topics:
             app.topics.add(app.topic(topic, value_serializer="raw", key_serializer="raw"))
-        app.on_partitions_revoked.connect(self._on_revoked)
-        app.on_partitions_assigned.connect(self._on_assigned)
-        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)  # type: ignore[arg-type]
         app.task(self._main)
         return app
 
@@ -261,7 +261,8 @@ class KafkaWorker:
         async with self._lock:
             if gone & self.ready:
                 await self.checkpoint()
-                await self._commit_task  # the next owner starts at these offsets
+                if self._commit_task is not None:
+                    await self._commit_task  # the next owner starts at these offsets
             self.ready -= gone
             self.owned -= gone
             for tp in gone:
@@ -287,6 +288,12 @@ class KafkaWorker:
                 await self._restore_partition(*tp)
                 self.ready.add(tp)
             self._reload_timers()
+
+    @property
+    def _consumer(self) -> Any:
+        """faust's transport consumer; its thread's getmany/seek_wait and _commit are the
+        private APIs this worker builds on (pinned faust-streaming 0.15)."""
+        return self.app.consumer
 
     def _owner(self, key: tuple[Any, ...]) -> str | None:
         """None if this worker holds ``key``'s partition, else "" (owner unknown here)."""
@@ -351,7 +358,7 @@ class KafkaWorker:
             self.marks[(topic, p)].restore(last.watermark)
             self.dedup[p] = dict(last.dedup)
             self.seq = max(self.seq, last.seq)
-            await self.app.consumer._thread.seek_wait({TopicPartition(topic, p): last.offset})
+            await self._consumer._thread.seek_wait({TopicPartition(topic, p): last.offset})
             self.next_offset[(topic, p)] = last.offset
         else:
             self.dedup[p] = {}
@@ -457,7 +464,7 @@ class KafkaWorker:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                     fetch_max_wait_ms=100)
         await consumer.start()
-        tps = []
+        tps: list[TopicPartition] = []
         for topic in self.plan.broadcast_topics:
             n = await topic_partitions(self.bootstrap, topic) or 0
             tps.extend(TopicPartition(topic, p) for p in range(n))
@@ -483,7 +490,7 @@ class KafkaWorker:
         tps = {TP(t, p) for t, p in self.ready}
         records: dict[Any, list[Any]] = {}
         if tps:
-            records = await self.app.consumer._thread.getmany(tps, timeout=0.2)
+            records = await self._consumer._thread.getmany(tps, timeout=0.2)
         else:
             await asyncio.sleep(0.05)
         broadcast: dict[Any, list[Any]] = {}
@@ -703,4 +710,4 @@ class KafkaWorker:
         """Group offsets follow the markers: commit once they are acknowledged."""
         await asyncio.gather(*marker_acks)
         if offsets:
-            await self.app.consumer._commit(offsets)
+            await self._consumer._commit(offsets)
