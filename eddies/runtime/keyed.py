@@ -227,20 +227,25 @@ class KeyedOperator:
         """
         if watermark <= self.watermark:
             return
-        heap = self.timers.event
+        pop_due = self.timers.event.pop_due
+        ctx = self.ctx
+        set_clock = self.backend.set_watermark
+        fire = self._fire
+        current = self.watermark
         while True:
-            due = heap.pop_due(watermark)
+            due = pop_due(watermark)
             if due is None:
                 break
+            time = due[0]
             # Timers see the watermark at their own time, as in Flink, and so does TTL state:
             # an entry due to expire at the timer's time is gone in on_timer, however the
             # input happened to be batched.
-            self.ctx.watermark = max(self.watermark, due[0])
-            self.backend.set_watermark(self.ctx.watermark)
-            self._fire(due[0], due[1], "event", out)
+            ctx.watermark = current if current > time else time
+            set_clock(ctx.watermark)
+            fire(time, due[1], "event", out)
             if emit is not None and out:
                 for value in out:
-                    emit(value, due[0])
+                    emit(value, time)
                 out.clear()
         self.set_watermark(watermark)
 

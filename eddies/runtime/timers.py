@@ -1,7 +1,7 @@
 """Per-key event-time and processing-time timers, deduplicated, ordered, and checkpointed.
 
-Timers live in memory as a heap per time domain plus a set for deduplication; changes are
-written with the checkpoint batch to the column family ``__timers__.<operator>``::
+Timers live in memory per time domain as a heap of distinct times, each with a dict of the
+keys due then (which deduplicates); changes are written with the checkpoint batch to the column family ``__timers__.<operator>``::
 
     +---------------------+---------+----------------------------+------------------------+
     | key group (2 B, BE) | domain  | time + 2**63 (8 B, BE)     | user key element       |
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import heapq
 import struct
+from bisect import insort
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from eddies.state.backend import Batch, StateBackend
+from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 from eddies.state.keys import Key, decode_prefixed
 
 __all__ = ["TimerHeap", "Timers", "timers_cf"]
@@ -46,62 +47,112 @@ def timers_cf(operator: str) -> str:
 
 
 class TimerHeap:
-    """Timers of one time domain: a min-heap with a set for dedup and deletes.
+    """Timers of one time domain, bucketed by time: a min-heap of distinct times, and per time
+    a dict of the keys due then (which deduplicates).
 
-    Heap entries are ``(time, order, key)``; ``order`` (the key's stored bytes) makes timers of
-    equal time fire in a deterministic order that survives a restore, and keeps keys of
-    different types from being compared.
+    Timers fire in ``(time, order)`` order, ``order`` being the key's stored bytes: a
+    deterministic order that survives a restore and never compares keys of different types.
+    Many timers share a time (every key's window ends together), so the heap holds one entry
+    per time and a due bucket is sorted once, when it starts firing.
     """
 
-    __slots__ = ("heap", "live", "added", "removed")
+    __slots__ = ("times", "buckets", "added", "removed", "_count", "_drain_time", "_drain",
+                 "_drain_at")
 
     def __init__(self) -> None:
-        self.heap: list[tuple[int, bytes, Key]] = []
-        self.live: set[tuple[int, Key]] = set()
+        self.times: list[int] = []  # heap; a time stays until its bucket is empty
+        self.buckets: dict[int, dict[Key, bytes]] = {}
         self.added: set[tuple[int, Key]] = set()
         self.removed: set[tuple[int, Key]] = set()
+        self._count = 0
+        # The bucket being fired: its (order, key) pairs sorted, and the next to fire.
+        self._drain_time: int | None = None
+        self._drain: list[tuple[bytes, Key]] = []
+        self._drain_at = 0
+
+    @property
+    def heap(self) -> list[tuple[int, bytes, Key]]:
+        """Live timers as ``(time, order, key)``, unordered."""
+        return [(t, o, k) for t, bucket in self.buckets.items() for k, o in bucket.items()]
+
+    @property
+    def live(self) -> set[tuple[int, Key]]:
+        """Live timers as ``(time, key)``."""
+        return {(t, k) for t, bucket in self.buckets.items() for k in bucket}
 
     def add(self, time: int, key: Key, order: bytes, persist: bool = True) -> None:
-        entry = (time, key)
-        if entry in self.live:
+        bucket = self.buckets.get(time)
+        if bucket is None:
+            bucket = self.buckets[time] = {}
+            heapq.heappush(self.times, time)
+        elif key in bucket:
             return
-        self.live.add(entry)
-        heapq.heappush(self.heap, (time, order, key))
+        bucket[key] = order
+        self._count += 1
+        if time == self._drain_time:  # firing now: it takes its turn among the rest
+            insort(self._drain, (order, key), lo=self._drain_at)
         if persist:
+            entry = (time, key)
             self.added.add(entry)
-            self.removed.discard(entry)
+            if self.removed:
+                self.removed.discard(entry)
 
     def remove(self, time: int, key: Key) -> None:
-        entry = (time, key)
-        if entry in self.live:
-            self.live.discard(entry)
+        bucket = self.buckets.get(time)
+        if bucket is not None and key in bucket:
+            del bucket[key]  # an emptied bucket goes when pop_due reaches it
+            self._count -= 1
+            entry = (time, key)
             self.added.discard(entry)
             self.removed.add(entry)
 
     def peek_time(self) -> int | None:
-        heap = self.heap
-        while heap and (heap[0][0], heap[0][2]) not in self.live:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        times = self.times
+        buckets = self.buckets
+        while times and not buckets.get(times[0]):
+            self._drop_time()
+        return times[0] if times else None
+
+    def _drop_time(self) -> None:
+        time = heapq.heappop(self.times)
+        self.buckets.pop(time, None)
+        if time == self._drain_time:
+            self._drain_time = None
 
     def pop_due(self, until: int) -> tuple[int, Key] | None:
         """Remove and return the earliest timer with time <= ``until``, or None."""
-        heap = self.heap
-        live = self.live
-        while heap:
-            time, _, key = heap[0]
-            if (time, key) not in live:
-                heapq.heappop(heap)
-                continue
+        times = self.times
+        buckets = self.buckets
+        while times:
+            time = times[0]
             if time > until:
                 return None
-            heapq.heappop(heap)
-            self.remove(time, key)
-            return time, key
+            bucket = buckets.get(time)
+            if not bucket:
+                self._drop_time()
+                continue
+            if time != self._drain_time:  # (re)start this bucket: sort what is left in it
+                self._drain_time = time
+                self._drain = sorted([(o, k) for k, o in bucket.items()])
+                self._drain_at = 0
+            drain = self._drain
+            while self._drain_at < len(drain):
+                key = drain[self._drain_at][1]
+                self._drain_at += 1
+                if key in bucket:  # else deleted since the bucket was sorted
+                    del bucket[key]
+                    self._count -= 1
+                    entry = (time, key)
+                    self.added.discard(entry)
+                    self.removed.add(entry)
+                    return entry
+            self._drain_time = None  # every remaining entry was stale
+            if not bucket:
+                self._drop_time()
         return None
 
     def __len__(self) -> int:
-        return len(self.live)
+        return self._count
 
 
 class Timers:
@@ -125,11 +176,17 @@ class Timers:
 
     def collect(self, batch: Batch) -> None:
         """Write added and deleted timers into ``batch``."""
+        append = batch.ops.append
+        cf = self.cf
+        prefix_of = self._prefix_of
+        pack_time = _be.pack
         for domain, heap in ((EVENT, self.event), (PROCESSING, self.processing)):
             for time, key in heap.added:
-                batch.put(self.cf, self._stored_key(domain, time, key), b"")
+                p = prefix_of(key)
+                append((PUT, cf, p[:2] + domain + pack_time(time + _OFFSET) + p[2:], b""))
             for time, key in heap.removed:
-                batch.delete(self.cf, self._stored_key(domain, time, key))
+                p = prefix_of(key)
+                append((DELETE, cf, p[:2] + domain + pack_time(time + _OFFSET) + p[2:], None))
             heap.added.clear()
             heap.removed.clear()
 
@@ -138,31 +195,12 @@ class Timers:
     ) -> int:
         """Load persisted timers (optionally one key-group range) with one scan; returns count."""
         n = 0
-        loaded: dict[int, list[tuple[int, bytes, Key]]] = {EVENT[0]: [], PROCESSING[0]: []}
+        adds = {EVENT[0]: self.event.add, PROCESSING[0]: self.processing.add}
         unpack_time = _be.unpack_from
         for stored_key, _ in backend.iterate(self.cf, lower, upper):
-            time = unpack_time(stored_key, 3)[0] - _OFFSET
-            loaded[stored_key[2]].append((time, stored_key[:2] + stored_key[11:],
-                                          _user_key(stored_key)))
+            adds[stored_key[2]](unpack_time(stored_key, 3)[0] - _OFFSET, _user_key(stored_key),
+                                stored_key[:2] + stored_key[11:], False)
             n += 1
-        for domain, heap in ((EVENT, self.event), (PROCESSING, self.processing)):
-            entries = loaded[domain[0]]
-            if not entries:
-                continue
-            if heap.heap or heap.live:  # timers already there: add one by one, deduplicated
-                for time, order, key in entries:
-                    heap.add(time, key, order, persist=False)
-                continue
-            live = heap.live
-            for time, _, key in entries:
-                live.add((time, key))
-            if len(live) != len(entries):  # equal keys stored twice (1 and 1.0): keep one
-                live.clear()
-                for time, order, key in entries:
-                    heap.add(time, key, order, persist=False)
-                continue
-            heap.heap = entries
-            heapq.heapify(entries)  # O(n), rather than a push per timer
         return n
 
     def pending(self, key: Key | None = None) -> Iterator[tuple[str, int, Any]]:
