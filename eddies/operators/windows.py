@@ -254,6 +254,7 @@ class WindowFunction(KeyedProcessFunction):
         self._tumbling = type(assigner) is Tumbling
         self._size = getattr(assigner, "size_ms", 0)
         self._offset = getattr(assigner, "offset_ms", 0)
+        self._keys: dict[int, tuple[int, int]] = {}
 
     def _emit(self, ctx: Context, window: Window, acc: Any) -> dict[str, Any]:
         agg = self.agg
@@ -309,7 +310,12 @@ class WindowFunction(KeyedProcessFunction):
         if max_ts + lateness <= watermark:  # the window is closed for good
             self._late(event, ctx)
             return None
-        key = (start, end)
+        # One key object per window, so the map's encoding cache hits on identity.
+        key = self._keys.get(start)
+        if key is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            key = self._keys[start] = (start, end)
         windows = self.windows
         acc = windows.get(key, None)
         if acc is None:

@@ -224,7 +224,10 @@ class ValueHandle(Handle):
             if not -(2**63) <= value < 2**64:
                 check_value(value, self._here)
         elif t not in _SCALARS:
-            check_value(value, self._here)
+            try:
+                pack(value)
+            except (TypeError, ValueError, OverflowError):
+                check_value(value, self._here)  # raises, naming state, key and type
         self._cache[key] = value
         if self.ttl is not None:
             ttl_ms = self._event_ttl_ms

@@ -174,7 +174,7 @@ class MapHandle(Handle):
         super().__init__(store, descriptor, ttl)
         self._cache: dict[Key, _Map] = {}
         self._domain = ttl.time if ttl is not None else None
-        self._encs: dict[Any, tuple[bytes, Any]] = {}
+        self._encs: dict[Any, tuple[Any, bytes, Any]] = {}
         self._sized = False  # BroadcastHandle tracks the stored size
 
     # -- cache ---------------------------------------------------------------------------------
@@ -208,16 +208,24 @@ class MapHandle(Handle):
         return m
 
     def _enc(self, key: Any) -> tuple[bytes, Any]:
-        """``(encoded map key, key as users see it)``, cached for str/int keys."""
-        if _cacheable(key):
-            encs = self._encs
+        """``(encoded map key, key as users see it)``, cached for str/int keys.
+
+        A hit on the very key object cached skips the type check: callers that reuse key
+        objects (the window operator does) pay one dict lookup.
+        """
+        encs = self._encs
+        try:
             hit = encs.get(key)
-            if hit is None:
-                if len(encs) >= _ENC_CACHE:
-                    encs.clear()
-                hit = encs[key] = (encode_key(key), public_key(as_tuple(key)))
-            return hit
-        return encode_key(key), public_key(as_tuple(key))
+        except TypeError:  # unhashable: the codec says what is wrong with it
+            hit = None
+        if hit is not None and (hit[0] is key or _cacheable(key)):
+            return hit[1], hit[2]
+        enc, public = encode_key(key), public_key(as_tuple(key))
+        if _cacheable(key):
+            if len(encs) >= _ENC_CACHE:
+                encs.clear()
+            encs[key] = (key, enc, public)
+        return enc, public
 
     def _mark(self, m: _Map, enc: bytes) -> None:
         m.dirty.add(enc)
@@ -257,8 +265,14 @@ class MapHandle(Handle):
         """Set ``key`` to ``value``; ``ttl`` overrides the state's TTL for this entry."""
         self._check_writable()
         t = type(value)
-        if (t is int and not -(2**63) <= value < 2**64) or (t is not int and t not in _SCALARS):
-            check_value(value, lambda: self._where(key))
+        if t is int:
+            if not -(2**63) <= value < 2**64:
+                check_value(value, self._where(key))
+        elif t not in _SCALARS:
+            try:
+                pack(value)
+            except (TypeError, ValueError, OverflowError):
+                check_value(value, self._where(key))  # raises, naming state, key and type
         enc, public = self._enc(key)
         m = self._map()
         expires_at = NEVER if ttl is None and self.ttl is None else self._entry_expiry(ttl)
@@ -362,18 +376,28 @@ class MapHandle(Handle):
         ``start_after`` and ``end`` exclusive; ``reverse`` walks down; ``limit`` caps the count.
         """
         m = self._map()
-        lower, upper = range_bounds(prefix, start, start_after, end)
-        encs = m.between(lower, upper, reverse)
+        if prefix is None and start is None and start_after is None and end is None:
+            order = m.sorted_keys()
+            encs = list(reversed(order)) if reverse else list(order)
+        else:
+            lower, upper = range_bounds(prefix, start, start_after, end)
+            encs = m.between(lower, upper, reverse)
         produced = 0
         entries = m.entries
         for enc in encs:
             if limit is not None and produced >= limit:
                 return
             item = entries.get(enc)
-            if item is None or not self._alive(item):
+            if item is None:
+                continue
+            expires_at = item[2]
+            if expires_at != NEVER and not self._visible(expires_at):
                 continue
             produced += 1
-            yield self._key_of(enc, item), item[1]
+            key = item[0]
+            if key is None:
+                key = item[0] = public_key(decode_key(enc))
+            yield key, item[1]
 
     def items(self, **bounds: Any) -> Iterator[tuple[Any, Any]]:
         """Alias of :meth:`entries`."""

@@ -1,18 +1,86 @@
-"""InMemoryStateBackend: sorted in-process column families, for tests and development."""
+"""InMemoryStateBackend: sorted in-process column families, for tests and development.
+
+A column family is a dict of its entries plus a sorted list of its keys for range reads.
+Writes touch the dict only: a new key joins an unsorted list, merged into the sorted one at
+the next range read (one timsort merge of two sorted runs); a deleted key stays in the sorted
+list, skipped by reads, until deleted keys make up a quarter of it. A checkpoint of many new
+keys (timers, windows, expiry-index entries) therefore costs dict stores, not one sorted
+insert each.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
-
-from sortedcontainers import SortedDict
 
 from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 
 __all__ = ["InMemoryStateBackend"]
 
 
+class _Table:
+    """One column family: entries, and their keys in order (see the module docstring)."""
+
+    __slots__ = ("data", "order", "fresh", "gone")
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.order: list[bytes] = []  # sorted; may hold keys of ``gone``
+        self.fresh: list[bytes] = []  # new keys, not in ``order`` yet
+        self.gone: set[bytes] = set()  # deleted keys still in ``order``
+
+    def put(self, key: bytes, value: bytes) -> None:
+        data = self.data
+        if key not in data:
+            gone = self.gone
+            if key in gone:
+                gone.discard(key)  # still in order
+            else:
+                self.fresh.append(key)
+        data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        if self.data.pop(key, None) is not None:
+            gone = self.gone
+            gone.add(key)
+            if len(gone) > 4096 and len(gone) * 4 > len(self.order) + len(self.fresh):
+                self.sorted_keys()  # compacts: deleted keys do not pile up unread
+
+    def sorted_keys(self) -> list[bytes]:
+        """The keys in order (a list that later writes never change in place)."""
+        order = self.order
+        gone = self.gone
+        if self.fresh:
+            self.fresh.sort()
+            order = order + self.fresh
+            order.sort()  # two sorted runs: a linear merge
+            self.fresh = []
+        if gone and len(gone) * 4 > len(order):
+            data = self.data
+            order = [k for k in order if k in data]
+            gone.clear()
+        self.order = order
+        return order
+
+    def keys_between(self, lower: bytes | None, upper: bytes | None) -> tuple[list[bytes], int, int]:
+        order = self.sorted_keys()
+        lo = 0 if lower is None else bisect_left(order, lower)
+        hi = len(order) if upper is None else bisect_left(order, upper)
+        return order, lo, hi
+
+
+def _scan(table: _Table, order: list[bytes], lo: int, hi: int,
+          reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    get = table.data.get
+    for i in (range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)):
+        key = order[i]
+        value = get(key)
+        if value is not None:
+            yield key, value
+
+
 class InMemoryStateBackend(StateBackend):
-    """Column families held in sorted dicts; nothing survives the process.
+    """Column families held in memory, in key order; nothing survives the process.
 
     >>> b = InMemoryStateBackend()
     >>> batch = Batch(); batch.put("s", b"b", b"2"); batch.put("s", b"a", b"1")
@@ -22,25 +90,26 @@ class InMemoryStateBackend(StateBackend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cfs: dict[str, SortedDict] = {}
+        self._cfs: dict[str, _Table] = {}
 
-    def _cf(self, cf: str) -> SortedDict:
+    def _cf(self, cf: str) -> _Table:
         table = self._cfs.get(cf)
         if table is None:
-            table = self._cfs[cf] = SortedDict()
+            table = self._cfs[cf] = _Table()
         return table
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         self.round_trips += 1
         table = self._cfs.get(cf)
-        return None if table is None else table.get(key)
+        return None if table is None else table.data.get(key)
 
     def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
         self.round_trips += 1
         table = self._cfs.get(cf)
         if table is None:
             return [None] * len(keys)
-        return [table.get(k) for k in keys]
+        get = table.data.get
+        return [get(k) for k in keys]
 
     def iterate(
         self,
@@ -53,38 +122,37 @@ class InMemoryStateBackend(StateBackend):
         table = self._cfs.get(cf)
         if table is None:
             return iter(())
-        # Lazy: callers must not write to the backend while they hold the iterator.
-        keys = table.irange(lower, upper, inclusive=(True, False), reverse=reverse)
-        return ((k, table[k]) for k in keys)
+        # Lazy over a key list that writes never change in place: entries written while an
+        # iterator is held may or may not show (as before), deleted ones never do.
+        order, lo, hi = table.keys_between(lower, upper)
+        return _scan(table, order, lo, hi, reverse)
 
     def _apply(self, batch: Batch, sync: bool) -> None:
-        # Rewriting a key that exists is a plain dict store: SortedDict.__setitem__ would
-        # check its sorted key list first, which is most of the cost of a checkpoint here.
-        set_existing = dict.__setitem__
         last_cf = None
-        table: SortedDict = None  # type: ignore[assignment]
+        table: _Table = None  # type: ignore[assignment]
         for kind, cf, key, value in batch.ops:
             if cf is not last_cf:
                 table = self._cf(cf)
                 last_cf = cf
             if kind == PUT:
-                if key in table:
-                    set_existing(table, key, value)
+                data = table.data
+                if key in data:
+                    data[key] = value  # type: ignore[assignment]
                 else:
-                    table[key] = value
+                    table.put(key, value)  # type: ignore[arg-type]
             elif kind == DELETE:
-                if key in table:
-                    del table[key]
+                table.delete(key)
             else:
-                for k in list(table.irange(key, value, inclusive=(True, False))):
-                    del table[k]
+                order, lo, hi = table.keys_between(key, value)
+                for k in order[lo:hi]:
+                    table.delete(k)
 
     def column_families(self) -> list[str]:
         return sorted(self._cfs)
 
     def count(self, cf: str) -> int:
         table = self._cfs.get(cf)
-        return 0 if table is None else len(table)
+        return 0 if table is None else len(table.data)
 
     def close(self) -> None:
         """Nothing to release; the data stays readable until the object is dropped."""
