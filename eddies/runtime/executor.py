@@ -474,64 +474,64 @@ class Executor:
         """Push a batch of records of source ``node`` down the graph; returns the highest
         timestamp among them (None if they have none). ``locate(i)`` gives the position and
         raw text of record ``i`` for dead letters."""
-        emit = self.source_emits[node]
         count = self.counts.setdefault(node.name, [0, 0])
         count[0] += len(values)
         count[1] += len(values)
-        tsfn = node.params["timestamp"]
-        dead = self._dead_letter
-        record_letter = self._record_letter
-        self._cur_source = node.name
-        self._cur_locate = locate
-        max_ts = MIN_TIME
-        if self.on_first_event is not None and values:
-            # Startup metrics: the first record alone, so its time is known exactly.
-            first, self.on_first_event = self.on_first_event, None
-            head = self.push_records(node, values[:1], locate, now)
-            first()
-            if len(values) == 1:
-                return head
-            max_ts = MIN_TIME if head is None else head
-            start = 1
-        else:
-            start = 0
         self._cur_source = node.name
         self._cur_locate = locate
         try:
-            if tsfn is None:
-                for i in range(start, len(values)):
-                    self._cur_index = i
-                    emit(values[i], None)
-                return None
-            field_name = getattr(tsfn, "field", None)
-            tsget = itemgetter(field_name) if field_name is not None else tsfn
-            for i in range(start, len(values)):
-                value = values[i]
-                self._cur_index = i
-                try:
-                    ts = tsget(value)
-                except _RECORD_ERRORS as exc:
-                    dead(record_letter(value, f"no timestamp ("
-                                       f"{getattr(tsfn, '__name__', 'timestamp')}): "
-                                       f"{type(exc).__name__}: {exc}", node.name))
-                    continue
-                if type(ts) is not int:
-                    if type(ts) is float and math.isfinite(ts):
-                        ts = int(ts)
-                    else:
-                        dead(record_letter(value, f"bad timestamp {ts!r}: expected int ms "
-                                           "since epoch", node.name))
-                        continue
-                if not -_TS_LIMIT <= ts <= _TS_LIMIT:
-                    dead(record_letter(value, f"bad timestamp {ts!r}: out of range "
-                                       "(more than 2**62 ms from the epoch)", node.name))
-                    continue
-                if ts > max_ts:
-                    max_ts = ts
-                emit(value, ts)
+            if self.on_first_event is not None and values:
+                # Startup metrics: the first record alone, so its time is known exactly.
+                first, self.on_first_event = self.on_first_event, None
+                head = self._push_range(node, values, 0, 1)
+                first()
+                rest = self._push_range(node, values, 1, len(values))
+                if head is None or (rest is not None and rest > head):
+                    return rest
+                return head
+            return self._push_range(node, values, 0, len(values))
         finally:
             self._cur_source = None  # records made by timers have no source position
             self._cur_locate = None
+
+    def _push_range(self, node: Node, values: list[Any], lo: int, hi: int) -> int | None:
+        """push_records for ``values[lo:hi]``."""
+        emit = self.source_emits[node]
+        tsfn = node.params["timestamp"]
+        if tsfn is None:
+            for i in range(lo, hi):
+                self._cur_index = i
+                emit(values[i], None)
+            return None
+        dead = self._dead_letter
+        record_letter = self._record_letter
+        field_name = getattr(tsfn, "field", None)
+        tsget = itemgetter(field_name) if field_name is not None else tsfn
+        max_ts = MIN_TIME
+        for i in range(lo, hi):
+            value = values[i]
+            self._cur_index = i
+            try:
+                ts = tsget(value)
+            except _RECORD_ERRORS as exc:
+                dead(record_letter(value, f"no timestamp ("
+                                   f"{getattr(tsfn, '__name__', 'timestamp')}): "
+                                   f"{type(exc).__name__}: {exc}", node.name))
+                continue
+            if type(ts) is not int:
+                if type(ts) is float and math.isfinite(ts):
+                    ts = int(ts)
+                else:
+                    dead(record_letter(value, f"bad timestamp {ts!r}: expected int ms "
+                                       "since epoch", node.name))
+                    continue
+            if not -_TS_LIMIT <= ts <= _TS_LIMIT:
+                dead(record_letter(value, f"bad timestamp {ts!r}: out of range "
+                                   "(more than 2**62 ms from the epoch)", node.name))
+                continue
+            if ts > max_ts:
+                max_ts = ts
+            emit(value, ts)
         return max_ts if max_ts != MIN_TIME else None
 
     # -- lifecycle -----------------------------------------------------------------------------
