@@ -150,9 +150,18 @@ class ValueHandle(Handle):
         self._copy_default = type(self.default) not in _IMMUTABLE
         self._cache: dict[Key, Any] = {}
         self._expiry: dict[Key, int] = {}
+        # Dirty keys with their values (what the cache holds), so collect reads no cache.
+        self._dirty: dict[Key, Any] = {}  # type: ignore[assignment]
         # An event-time TTL stamps a write with the record's timestamp + ttl, inline.
         self._event_ttl_ms = (ttl.duration_ms if ttl is not None and ttl.time == "event"
                               else None)
+        # Reads of an event-time TTL without refresh-on-read or expired_if_present compare
+        # the stamp with the watermark, inline.
+        self._watermark_only = (
+            not self._refresh
+            and (ttl is None or ttl.visibility == "never_expired")
+            and self.backend.time_domain(self.name) == "event"
+        )
 
     def _load(self, key: Key) -> Any:
         self.misses += 1
@@ -190,7 +199,7 @@ class ValueHandle(Handle):
             return ABSENT
         if self._refresh and not self._expired(expires_at):
             self._expiry[key] = self.store.expiry(self.ttl, self.descriptor)
-            self._dirty.add(key)
+            self._dirty[key] = value
         return value
 
     def get(self, default: Any = MISSING) -> Any:
@@ -202,11 +211,17 @@ class ValueHandle(Handle):
         else:
             self.hits += 1
         if value is not ABSENT:
-            if self.ttl is None and not self._expiry:
+            expiry = self._expiry
+            if self.ttl is None and not expiry:
                 return value
-            value = self._live(key, value)
-            if value is not ABSENT:
-                return value
+            if self._watermark_only:
+                expires_at = expiry.get(key)
+                if expires_at is None or expires_at > self.backend.watermark:
+                    return value
+            else:
+                value = self._live(key, value)
+                if value is not ABSENT:
+                    return value
         if default is not MISSING:
             return default
         return copy.deepcopy(self.default) if self._copy_default else self.default
@@ -238,7 +253,7 @@ class ValueHandle(Handle):
                 self._expiry[key] = store.expiry(self.ttl, self.descriptor)
         elif self._expiry:
             self._expiry.pop(key, None)  # a write without TTL never expires
-        self._dirty.add(key)
+        self._dirty[key] = value
 
     update = set
 
@@ -247,7 +262,7 @@ class ValueHandle(Handle):
         key = self.store.key
         self._cache[key] = ABSENT
         self._expiry.pop(key, None)
-        self._dirty.add(key)
+        self._dirty[key] = ABSENT
 
     def peek(self) -> Any:
         key = self.store.key
@@ -274,9 +289,8 @@ class ValueHandle(Handle):
         # Over the cache limit, written keys move to the back so that trimming drops the
         # least recently written ones first.
         renew = len(cache) >= store.cache_entries
-        for key in dirty:
+        for key, value in dirty.items():
             p = prefixes.get(key) or prefix(key)
-            value = cache[key]
             if value is ABSENT:
                 append((DELETE, name, p, None))
             else:

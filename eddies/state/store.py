@@ -262,9 +262,16 @@ class KeyedStateStore:
         handle = self.handles.get(state)
         if handle is None:
             return
+        evict = handle.evict
         for stored in stored_keys:
-            key, end = decode_prefixed(stored, 2)
-            handle.evict(key, stored[end:])
+            # The common user key, one str without NUL (05 02 <utf-8> 00 00) with nothing
+            # after it (a ValueState), decodes directly.
+            if (stored[2:4] == b"\x05\x02" and stored.endswith(b"\x00\x00")
+                    and stored.find(b"\x00", 4) == len(stored) - 2):
+                evict((stored[4:-2].decode("utf-8"),), b"")
+            else:
+                key, end = decode_prefixed(stored, 2)
+                evict(key, stored[end:])
 
     def clear_cache(self) -> None:
         """Forget every clean cached entry (dirty ones must be flushed first)."""
