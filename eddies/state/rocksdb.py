@@ -153,23 +153,17 @@ class RocksDbStateBackend(StateBackend):
         ro = rocksdict.ReadOptions()
         if upper is not None:
             ro.set_iterate_upper_bound(upper)
+        if not reverse:  # items() steps in Rust: half the cost of valid/key/value/next
+            yield from table.items(from_key=lower, read_opt=ro)
+            return
         it = table.iter(ro)
-        if reverse:
-            it.seek_to_last()
-            while it.valid():
-                key = it.key()
-                if lower is not None and key < lower:
-                    return
-                yield key, it.value()
-                it.prev()
-        else:
-            if lower is None:
-                it.seek_to_first()
-            else:
-                it.seek(lower)
-            while it.valid():
-                yield it.key(), it.value()
-                it.next()
+        it.seek_to_last()
+        while it.valid():
+            key = it.key()
+            if lower is not None and key < lower:
+                return
+            yield key, it.value()
+            it.prev()
 
     def _apply(self, batch: Batch, sync: bool) -> None:
         if self.read_only:
