@@ -25,7 +25,7 @@ from typing import Any
 from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 from eddies.state.keys import Key, decode_prefixed
 
-__all__ = ["TimerHeap", "Timers", "timers_cf"]
+__all__ = ["TimerHeap", "Timers", "stored_timer_key", "timers_cf"]
 
 _be = struct.Struct(">Q")
 _OFFSET = 2**63
@@ -42,18 +42,24 @@ def _user_key(stored_key: bytes) -> Key:
     return decode_prefixed(stored_key, 11)[0]
 
 
+def stored_timer_key(prefix: bytes, domain: bytes, time: int) -> bytes:
+    """The stored key of a timer of the key whose stored-key prefix is ``prefix``."""
+    return prefix[:2] + domain + _be.pack(time + _OFFSET) + prefix[2:]
+
+
 def timers_cf(operator: str) -> str:
     return f"__timers__.{operator}" if operator else "__timers__"
 
 
 class TimerHeap:
     """Timers of one time domain, bucketed by time: a min-heap of distinct times, and per time
-    a dict of the keys due then (which deduplicates).
+    a dict from the timer's stored key to the user key (which deduplicates).
 
-    Timers fire in ``(time, order)`` order, ``order`` being the key's stored bytes: a
-    deterministic order that survives a restore and never compares keys of different types.
-    Many timers share a time (every key's window ends together), so the heap holds one entry
-    per time and a due bucket is sorted once, when it starts firing.
+    Within one time, stored keys sort as ``key group + key element``: timers fire in that
+    order, which survives a restore and never compares keys of different types. Many timers
+    share a time (every key's window ends together), so the heap holds one entry per time
+    and a due bucket is sorted once, when it starts firing. Timers loaded from the backend
+    keep their user key undecoded (None) until they fire.
     """
 
     __slots__ = ("times", "buckets", "added", "removed", "_count", "_drain_time", "_drain",
@@ -61,50 +67,64 @@ class TimerHeap:
 
     def __init__(self) -> None:
         self.times: list[int] = []  # heap; a time stays until its bucket is empty
-        self.buckets: dict[int, dict[Key, bytes]] = {}
-        self.added: set[tuple[int, Key]] = set()
-        self.removed: set[tuple[int, Key]] = set()
+        self.buckets: dict[int, dict[bytes, Key | None]] = {}
+        self.added: set[bytes] = set()  # stored keys since the last collect
+        self.removed: set[bytes] = set()
         self._count = 0
-        # The bucket being fired: its (order, key) pairs sorted, and the next to fire.
+        # The bucket being fired: its stored keys sorted, and the index of the next to fire.
         self._drain_time: int | None = None
-        self._drain: list[tuple[bytes, Key]] = []
+        self._drain: list[bytes] = []
         self._drain_at = 0
+
+    @staticmethod
+    def _key(bucket: dict[bytes, Key | None], stored: bytes) -> Key:
+        key = bucket[stored]
+        if key is None:
+            key = bucket[stored] = _user_key(stored)
+        return key
 
     @property
     def heap(self) -> list[tuple[int, bytes, Key]]:
-        """Live timers as ``(time, order, key)``, unordered."""
-        return [(t, o, k) for t, bucket in self.buckets.items() for k, o in bucket.items()]
+        """Live timers as ``(time, stored-key prefix of the user key, key)``, unordered."""
+        return [(t, k[:2] + k[11:], self._key(bucket, k)) for t, bucket in self.buckets.items()
+                for k in bucket]
 
     @property
     def live(self) -> set[tuple[int, Key]]:
         """Live timers as ``(time, key)``."""
-        return {(t, k) for t, bucket in self.buckets.items() for k in bucket}
+        return {(t, self._key(bucket, k)) for t, bucket in self.buckets.items() for k in bucket}
 
-    def add(self, time: int, key: Key, order: bytes, persist: bool = True) -> None:
+    def bucket(self, time: int) -> dict[bytes, Key | None]:
+        """The bucket of ``time``, created if missing (for bulk loading, not while firing)."""
         bucket = self.buckets.get(time)
         if bucket is None:
             bucket = self.buckets[time] = {}
             heapq.heappush(self.times, time)
-        elif key in bucket:
+        return bucket
+
+    def add(self, time: int, key: Key | None, stored: bytes, persist: bool = True) -> None:
+        bucket = self.buckets.get(time)
+        if bucket is None:
+            bucket = self.buckets[time] = {}
+            heapq.heappush(self.times, time)
+        elif stored in bucket:
             return
-        bucket[key] = order
+        bucket[stored] = key
         self._count += 1
         if time == self._drain_time:  # firing now: it takes its turn among the rest
-            insort(self._drain, (order, key), lo=self._drain_at)
+            insort(self._drain, stored, lo=self._drain_at)
         if persist:
-            entry = (time, key)
-            self.added.add(entry)
+            self.added.add(stored)
             if self.removed:
-                self.removed.discard(entry)
+                self.removed.discard(stored)
 
-    def remove(self, time: int, key: Key) -> None:
+    def remove(self, time: int, stored: bytes) -> None:
         bucket = self.buckets.get(time)
-        if bucket is not None and key in bucket:
-            del bucket[key]  # an emptied bucket goes when pop_due reaches it
+        if bucket is not None and stored in bucket:
+            del bucket[stored]  # an emptied bucket goes when pop_due reaches it
             self._count -= 1
-            entry = (time, key)
-            self.added.discard(entry)
-            self.removed.add(entry)
+            self.added.discard(stored)
+            self.removed.add(stored)
 
     def peek_time(self) -> int | None:
         times = self.times
@@ -133,19 +153,20 @@ class TimerHeap:
                 continue
             if time != self._drain_time:  # (re)start this bucket: sort what is left in it
                 self._drain_time = time
-                self._drain = sorted([(o, k) for k, o in bucket.items()])
+                self._drain = sorted(bucket)
                 self._drain_at = 0
             drain = self._drain
             while self._drain_at < len(drain):
-                key = drain[self._drain_at][1]
+                stored = drain[self._drain_at]
                 self._drain_at += 1
-                if key in bucket:  # else deleted since the bucket was sorted
-                    del bucket[key]
+                if stored in bucket:  # else deleted since the bucket was sorted
+                    key = bucket.pop(stored)
+                    if key is None:
+                        key = _user_key(stored)
                     self._count -= 1
-                    entry = (time, key)
-                    self.added.discard(entry)
-                    self.removed.add(entry)
-                    return entry
+                    self.added.discard(stored)
+                    self.removed.add(stored)
+                    return time, key
             self._drain_time = None  # every remaining entry was stale
             if not bucket:
                 self._drop_time()
@@ -165,43 +186,46 @@ class Timers:
         self._prefix_of = prefix_of
 
     def register(self, domain: bytes, time: int, key: Key) -> None:
-        (self.event if domain == EVENT else self.processing).add(time, key, self._prefix_of(key))
+        (self.event if domain == EVENT else self.processing).add(
+            time, key, stored_timer_key(self._prefix_of(key), domain, time))
 
     def delete(self, domain: bytes, time: int, key: Key) -> None:
-        (self.event if domain == EVENT else self.processing).remove(time, key)
-
-    def _stored_key(self, domain: bytes, time: int, key: Key) -> bytes:
-        prefix = self._prefix_of(key)
-        return prefix[:2] + domain + _be.pack(time + _OFFSET) + prefix[2:]
+        (self.event if domain == EVENT else self.processing).remove(
+            time, stored_timer_key(self._prefix_of(key), domain, time))
 
     def collect(self, batch: Batch) -> None:
         """Write added and deleted timers into ``batch``."""
         append = batch.ops.append
         cf = self.cf
-        prefix_of = self._prefix_of
-        pack_time = _be.pack
-        for domain, heap in ((EVENT, self.event), (PROCESSING, self.processing)):
-            for time, key in heap.added:
-                p = prefix_of(key)
-                append((PUT, cf, p[:2] + domain + pack_time(time + _OFFSET) + p[2:], b""))
-            for time, key in heap.removed:
-                p = prefix_of(key)
-                append((DELETE, cf, p[:2] + domain + pack_time(time + _OFFSET) + p[2:], None))
+        for heap in (self.event, self.processing):
+            for stored in heap.added:
+                append((PUT, cf, stored, b""))
+            for stored in heap.removed:
+                append((DELETE, cf, stored, None))
             heap.added.clear()
             heap.removed.clear()
 
     def load(
         self, backend: StateBackend, lower: bytes | None = None, upper: bytes | None = None
     ) -> int:
-        """Load persisted timers (optionally one key-group range) with one scan; returns count."""
-        n = 0
-        adds = {EVENT[0]: self.event.add, PROCESSING[0]: self.processing.add}
+        """Load persisted timers (optionally one key-group range) with one scan; returns count.
+
+        User keys stay undecoded until their timer fires."""
+        before = len(self.event) + len(self.processing)
+        event = EVENT[0]
         unpack_time = _be.unpack_from
+        last = None  # domain and time bytes of the bucket at hand
+        bucket: dict[bytes, Key | None] = {}
         for stored_key, _ in backend.iterate(self.cf, lower, upper):
-            adds[stored_key[2]](unpack_time(stored_key, 3)[0] - _OFFSET, _user_key(stored_key),
-                                stored_key[:2] + stored_key[11:], False)
-            n += 1
-        return n
+            head = stored_key[2:11]
+            if head != last:  # stored in (key group, domain, time) order: runs of one bucket
+                heap = self.event if stored_key[2] == event else self.processing
+                bucket = heap.bucket(unpack_time(stored_key, 3)[0] - _OFFSET)
+                last = head
+            bucket[stored_key] = None
+        for heap in (self.event, self.processing):
+            heap._count = sum(len(b) for b in heap.buckets.values())
+        return len(self.event) + len(self.processing) - before
 
     def pending(self, key: Key | None = None) -> Iterator[tuple[str, int, Any]]:
         """Live timers as (domain, time, key), sorted; only ``key``'s if given."""
