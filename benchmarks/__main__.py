@@ -1,36 +1,73 @@
-"""``python -m benchmarks``: events/s of eddies vs a plain-Python loop, min/median of runs."""
+"""``python -m benchmarks``: events/s of eddies vs a plain-Python loop, min/median of runs.
+
+Every timed run is a process of its own (``benchmarks/one.py``), interleaved per round
+(plain, memory, RocksDB), so no run inherits another's heap or caches, and the plain loop
+sees the same machine load as eddies. Results are compared by digest of their normalized
+form. ``--restart`` and ``--memory`` add the startup and bounded-memory measurements,
+``--examples`` the example jobs' events/s. See README "Performance".
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
-import eddies as ed
 from benchmarks.data import generate
-from benchmarks.jobs import PLAIN, eddies_job, normalize
 
 JOBS = {"running": "1 running count+sum", "tumbling": "2 tumbling 60 s", "ttl": "3 running + TTL"}
-BATCH = 2_000
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_eddies(name: str, path: Path, backend: str, workdir: Path, checkpoint: int):
-    job, out = eddies_job(name, path)
-    if backend == "rocksdb":
-        state_dir = workdir / f"state-{name}"
-        shutil.rmtree(state_dir, ignore_errors=True)
-        state = f"rocksdb:{state_dir}"
-    else:
-        state = "memory"
-    t = time.perf_counter()
-    ed.run_local(job, state, checkpoint_interval=checkpoint, batch_size=BATCH)
-    elapsed = time.perf_counter() - t
-    return elapsed, out.items
+def _child(module: str, *args: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, text=True,
+                          capture_output=True)
+    if done.returncode not in (0, 1) or not done.stdout.strip():
+        raise SystemExit(f"{module} {' '.join(args)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def throughput(args: argparse.Namespace, path: Path, workdir: Path) -> tuple[list, bool]:
+    rows = []
+    ok = True
+    backends = args.backends.split(",")
+    for name in args.jobs.split(","):
+        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in ["plain", *backends]}
+        for _ in range(args.runs):
+            for impl in runs:
+                runs[impl].append(_child(
+                    "benchmarks.one", "--job", name, "--impl", impl, "--input", str(path),
+                    "--workdir", str(workdir),
+                    "--checkpoint-interval", str(args.checkpoint_interval)))
+        plain_eps = [args.n / r["elapsed_s"] for r in runs["plain"]]
+        expected = {r["digest"] for r in runs["plain"]}
+        for backend in backends:
+            eps = [args.n / r["elapsed_s"] for r in runs[backend]]
+            equal = len(expected) == 1 and {r["digest"] for r in runs[backend]} == expected
+            ok = ok and equal
+            rows.append({
+                "job": JOBS[name], "backend": backend, "events": args.n, "runs": args.runs,
+                "eddies_eps_min": min(eps), "eddies_eps_median": statistics.median(eps),
+                "plain_eps_min": min(plain_eps), "plain_eps_median": statistics.median(plain_eps),
+                "ratio_median": statistics.median(eps) / statistics.median(plain_eps),
+                "ratio_min": min(eps) / min(plain_eps),
+                "results": runs[backend][0]["results"],
+                "results_equal": equal,
+            })
+            r = rows[-1]
+            print(f"{r['job']:<22} {backend:<8} eddies {r['eddies_eps_median']:>10,.0f}/s "
+                  f"(min {r['eddies_eps_min']:,.0f})  plain {r['plain_eps_median']:>10,.0f}/s "
+                  f"(min {r['plain_eps_min']:,.0f})  ratio {r['ratio_median']:.2f}  "
+                  f"equal={equal}", flush=True)
+    return rows, ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,44 +80,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--restart", action="store_true",
+                        help="time to first event after 1M keys of RocksDB state vs a raw scan")
+    parser.add_argument("--restart-keys", type=int, default=1_000_000)
+    parser.add_argument("--memory", action="store_true",
+                        help="peak RSS of 10M distinct keys through job 1 on RocksDB")
+    parser.add_argument("--memory-keys", type=int, default=10_000_000)
+    parser.add_argument("--examples", action="store_true",
+                        help="events/s of the example jobs on --examples-n generated events")
+    parser.add_argument("--examples-n", type=int, default=1_000_000)
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="eddies-bench-"))
-    path = generate(workdir / f"events-{args.n}.csv", args.n, min(args.keys, args.n))
-    rows = []
+    report: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count()},
+        "config": {"events": args.n, "keys": args.keys, "runs": args.runs,
+                   "checkpoint_interval": args.checkpoint_interval, "batch_size": 2_000},
+    }
     ok = True
-    for name in args.jobs.split(","):
-        plain_times = []
-        expected = None
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            expected = PLAIN[name](path, BATCH)
-            plain_times.append(time.perf_counter() - t)
-        for backend in args.backends.split(","):
-            times = []
-            equal = True
-            for _ in range(args.runs):
-                elapsed, results = run_eddies(name, path, backend, workdir,
-                                              args.checkpoint_interval)
-                times.append(elapsed)
-                equal = equal and normalize(name, results) == normalize(name, expected)
-            ok = ok and equal
-            eps = [args.n / t for t in times]
-            plain_eps = [args.n / t for t in plain_times]
-            rows.append({
-                "job": JOBS[name], "backend": backend, "events": args.n, "runs": args.runs,
-                "eddies_eps_min": min(eps), "eddies_eps_median": statistics.median(eps),
-                "plain_eps_min": min(plain_eps), "plain_eps_median": statistics.median(plain_eps),
-                "ratio_median": statistics.median(eps) / statistics.median(plain_eps),
-                "results_equal": equal,
-            })
-            r = rows[-1]
-            print(f"{r['job']:<22} {backend:<8} eddies {r['eddies_eps_median']:>10,.0f}/s "
-                  f"(min {r['eddies_eps_min']:,.0f})  plain {r['plain_eps_median']:>10,.0f}/s  "
-                  f"ratio {r['ratio_median']:.2f}  equal={equal}", flush=True)
+    if not args.skip_throughput:
+        path = generate(workdir / f"events-{args.n}.csv", args.n, min(args.keys, args.n))
+        report["rows"], ok = throughput(args, path, workdir)
+    if args.restart:
+        from benchmarks import restart
+
+        r = report["restart"] = restart.measure(workdir, keys=args.restart_keys, runs=args.runs)
+        print(f"restart after {r['keys']:,} keys: first event {r['first_event_s_median']:.2f}s "
+              f"(min {r['first_event_s_min']:.2f}s), raw rocksdict scan of "
+              f"{r['entries_scanned']:,} entries {r['raw_scan_s_median']:.2f}s, "
+              f"ratio {r['ratio_median']:.2f}", flush=True)
+    if args.memory:
+        m = report["memory"] = _child("benchmarks.memory", "--keys", str(args.memory_keys),
+                                      "--state", str(workdir / "state-memory"))
+        ok = ok and m["stored_keys"] == args.memory_keys
+        print(f"memory: {m['keys']:,} distinct keys on RocksDB, peak RSS "
+              f"{m['peak_rss_mib']:,.0f} MiB ({m['events_per_s']:,.0f} events/s)", flush=True)
+    if args.examples:
+        from benchmarks import examples
+
+        report["examples"] = examples.measure(workdir / "examples", args.examples_n)
+        for e in report["examples"]:
+            print(f"example {e['example']:<16} {e['events']:>10,} events "
+                  f"{e['events_per_s']:>10,.0f}/s", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+        args.json.write_text(json.dumps(report, indent=2))
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     if not ok:
