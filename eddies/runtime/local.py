@@ -251,18 +251,10 @@ class LocalRunner(Executor):
             stats.bytes_total = sum(t for t in total if t) if all(total) else None
             since_checkpoint = 0
             while True:
-                gc_was_on = gc.isenabled()
-                gc.disable()
-                try:
-                    n = self._read_round()
-                    self.advance_time(self._source_watermarks(self.clock()))
-                finally:
-                    if gc_was_on:
-                        gc.enable()
-                if 0:
-                    n = self._read_round()
+                n = self._read_round()
                 since_checkpoint += n
                 done = all(p.reader.done for p in self.partitions)
+                self.advance_time(self._source_watermarks(self.clock()))
                 self.flush_sinks()
                 stats.elapsed_s = _time.perf_counter() - started
                 if self.observer is not None:
