@@ -375,6 +375,17 @@ class WindowFunction(KeyedProcessFunction):
         lateness = self.lateness
         windows = self.windows
         out = []
+        if self._tumbling:
+            # Mostly the key's map holds just the window firing now: no scan.
+            only = windows.single()
+            if only is not None:
+                key, acc = only
+                start, end = key
+                if end - 1 == timestamp:
+                    out.append(self._emit(ctx, Window(start, end), acc))
+                if end - 1 + lateness <= timestamp:
+                    windows.remove(key)
+                return out
         for key, acc in list(windows.entries()):
             window = Window(*key)
             max_ts = window.end - 1

@@ -175,6 +175,8 @@ class MapHandle(Handle):
         self._cache: dict[Key, _Map] = {}
         self._domain = ttl.time if ttl is not None else None
         self._encs: dict[Any, tuple[Any, bytes, Any]] = {}
+        self._last_key: Key | None = None  # the last key _map() looked up, and its map
+        self._last_map: _Map | None = None
         self._sized = False  # BroadcastHandle tracks the stored size
 
     # -- cache ---------------------------------------------------------------------------------
@@ -184,14 +186,20 @@ class MapHandle(Handle):
 
     def _map(self) -> _Map:
         key = self.store.key
-        m = self._cache.get(key)
-        if m is not None:
+        if key is self._last_key:  # the same key object as the last call: one event's calls
             self.hits += 1
-            return m
-        return self._load_map(key, self.store.prefix(key))
+            return self._last_map  # type: ignore[return-value]
+        m = self._cache.get(key)
+        if m is None:
+            return self._load_map(key, self.store.prefix(key))
+        self.hits += 1
+        self._last_key = key
+        self._last_map = m
+        return m
 
     def _load_map(self, key: Key, prefix: bytes) -> _Map:
         self.misses += 1
+        self._last_key = None
         if self._known_absent():
             m = self._cache[key] = _Map([])
             return m
@@ -482,6 +490,27 @@ class MapHandle(Handle):
         self._cache.clear()
         self._dirty.clear()
         self._complete = None
+        self._last_key = None
+
+    def trim(self, limit: int) -> int:
+        self._last_key = None
+        return super().trim(limit)
+
+    def single(self) -> tuple[Any, Any] | None:
+        """The current key's only entry as ``(key, value)`` when its map holds exactly one
+        entry and it is live (for the window operator's timers); else None."""
+        entries = self._map().entries
+        if len(entries) != 1:
+            return None
+        for enc, item in entries.items():
+            expires_at = item[2]
+            if expires_at != NEVER and not self._visible(expires_at):
+                return None
+            key = item[0]
+            if key is None:
+                key = item[0] = public_key(decode_key(enc))
+            return key, item[1]
+        return None  # pragma: no cover - one entry was there
 
     def evict(self, key: Key, suffix: bytes) -> None:
         m = self._cache.get(key)
