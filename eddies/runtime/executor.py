@@ -339,11 +339,19 @@ class Executor:
                 return
             if ts is not None and ts <= op.watermark:
                 stats.late_events += 1
-            k = key if type(key) is tuple else (key,)
-            try:
-                new = k not in prefixes
-            except TypeError:  # unhashable: validate_key says what is wrong with it
-                new = True
+            if type(key) is str and key.isascii() and not store._groups_pinned:
+                # An ASCII str always encodes (an O(1) flag check): no lookup. Handles and
+                # timers compute and cache its stored-key prefix when they need it, which
+                # gives the same prefix unless key groups are pinned (Kafka: the partition
+                # being pushed), when it has to be taken now.
+                k = (key,)
+                new = False
+            else:
+                k = key if type(key) is tuple else (key,)
+                try:
+                    new = k not in prefixes
+                except TypeError:  # unhashable: validate_key says what is wrong with it
+                    new = True
             try:
                 if new:
                     # Validate before user code runs: a key the codec cannot store (a list,
