@@ -25,6 +25,7 @@ Decisions users see:
 from __future__ import annotations
 
 import gc
+import logging
 import time as _time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,8 @@ from eddies.state.ttl import TtlConfig
 from eddies.state.values import pack, unpack
 
 __all__ = ["LocalRunner", "RunResult", "RunStats", "run_local"]
+
+log = logging.getLogger("eddies.runner")
 
 _GC_YOUNG = 10_000
 """The cyclic GC's young-generation threshold while a run is in progress (Python's default
@@ -168,9 +171,12 @@ class LocalRunner(Executor):
         self.sweep()
         for op in self.operators.values():
             op.store.trim()  # everything is clean now: the caches go back to their limit
+        duration = _time.perf_counter() - started
+        log.debug("checkpoint %d: ops=%d seconds=%.4f", stats.checkpoints, len(batch.ops),
+                  duration)
         if self.observer is not None:
             size = sum(len(k) + len(v or b"") for _, _, k, v in batch.ops)
-            self.observer.after_checkpoint(_time.perf_counter() - started, size)
+            self.observer.after_checkpoint(duration, size)
 
     # -- run -----------------------------------------------------------------------------------
     def _source_watermarks(self, now: int) -> SourceWatermarks:
@@ -240,6 +246,9 @@ class LocalRunner(Executor):
                 stats.startup["first_event_s"] = now - ready
                 stats.startup["total_s"] = now - self._t0
                 stats.startup["round_trips"] = self.backend.round_trips - self._round_trips0
+                log.info("job %s started: %s", self.job.name,
+                         " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in stats.startup.items()))
                 if self.observer is not None:
                     self.observer.startup(
                         {k.removesuffix("_s"): v for k, v in stats.startup.items()
