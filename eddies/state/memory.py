@@ -1,11 +1,12 @@
 """InMemoryStateBackend: sorted in-process column families, for tests and development.
 
-A column family is a dict of its entries plus a sorted list of its keys for range reads.
-Writes touch the dict only: a new key joins an unsorted list, merged into the sorted one at
-the next range read (one timsort merge of two sorted runs); a deleted key stays in the sorted
-list, skipped by reads, until deleted keys make up a quarter of it. A checkpoint of many new
-keys (timers, windows, expiry-index entries) therefore costs dict stores, not one sorted
-insert each.
+A column family is a dict of its entries plus, once a range read asked for it, a sorted
+list of its keys. Writes touch the dict: a new key joins an unsorted list, merged into the
+sorted one at the next range read (one timsort merge of two sorted runs); a deleted key stays
+in the sorted list, skipped by reads, until deleted keys make up a quarter of it. A table
+written far more than it is read (window and timer state, between restarts) drops its order
+and sorts afresh at the next read. A checkpoint of many new keys (timers, windows,
+expiry-index entries) therefore costs dict stores, not one sorted insert each.
 """
 
 from __future__ import annotations
@@ -25,30 +26,44 @@ class _Table:
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
-        self.order: list[bytes] = []  # sorted; may hold keys of ``gone``
+        # Sorted keys, kept from the first range read on; None when no range read has asked
+        # since many writes (then the next read sorts the keys afresh).
+        self.order: list[bytes] | None = None
         self.fresh: list[bytes] = []  # new keys, not in ``order`` yet
         self.gone: set[bytes] = set()  # deleted keys still in ``order``
 
     def put(self, key: bytes, value: bytes) -> None:
         data = self.data
-        if key not in data:
+        if key not in data and self.order is not None:
             gone = self.gone
             if key in gone:
                 gone.discard(key)  # still in order
             else:
                 self.fresh.append(key)
+                if len(self.fresh) + len(gone) > max(65_536, len(data)):
+                    self._unread()
         data[key] = value
 
     def delete(self, key: bytes) -> None:
-        if self.data.pop(key, None) is not None:
+        if self.data.pop(key, None) is not None and self.order is not None:
             gone = self.gone
             gone.add(key)
-            if len(gone) > 4096 and len(gone) * 4 > len(self.order) + len(self.fresh):
-                self.sorted_keys()  # compacts: deleted keys do not pile up unread
+            if len(self.fresh) + len(gone) > max(65_536, len(self.data)):
+                self._unread()
+
+    def _unread(self) -> None:
+        """Stop keeping the order of a table written much more than it is range-read: the
+        next range read sorts its keys afresh."""
+        self.order = None
+        self.fresh = []
+        self.gone = set()
 
     def sorted_keys(self) -> list[bytes]:
         """The keys in order (a list that later writes never change in place)."""
         order = self.order
+        if order is None:
+            order = self.order = sorted(self.data)
+            return order
         gone = self.gone
         if self.fresh:
             self.fresh.sort()

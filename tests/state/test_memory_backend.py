@@ -62,5 +62,5 @@ def test_many_deletes_without_reads_are_compacted() -> None:
             batch.delete("t", b"%d-%06d" % (round_, i))
         db.write(batch)
     table = db._cfs["t"]
-    assert len(table.order) + len(table.fresh) < 20_000  # not every key ever written
+    assert table.order is None or len(table.order) + len(table.fresh) < 20_000
     assert list(db.iterate("t")) == []
