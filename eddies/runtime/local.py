@@ -16,7 +16,7 @@ Decisions users see:
   is a bad timestamp (a dead letter), never a crash at the next checkpoint.
 - Processing-time timers fire while every input is idle too; event time waits.
 - While it runs, the cyclic garbage collector's young-generation threshold is raised to
-  10,000 allocations (see ``_GC_YOUNG``), and restored afterwards.
+  100,000 allocations (see ``_GC_YOUNG``), and restored afterwards.
 - Sources and sinks without ``name=`` are named after their file (or ``iterable``,
   ``collect``); a second one of the same name becomes ``name-2``, in graph order. Names key
   the checkpoint, so give ``name=`` before reordering a job whose state should resume.
@@ -50,11 +50,12 @@ __all__ = ["LocalRunner", "RunResult", "RunStats", "run_local"]
 
 log = logging.getLogger("eddies.runner")
 
-_GC_YOUNG = 10_000
+_GC_YOUNG = 100_000
 """The cyclic GC's young-generation threshold while a run is in progress (Python's default
 is 700): a stream job allocates state, timers and outputs that live on, and at the default
-every few thousand events trigger collections that walk them, a fifth of a window job's time.
-The threshold the process had is put back when the run ends."""
+every few thousand events trigger collections that walk them, a fifth to a quarter of a
+window or TTL job's time at 1M events. Garbage in cycles waits for at most 100,000
+allocations. The threshold the process had is put back when the run ends."""
 
 
 class _Partition:
