@@ -59,22 +59,37 @@ class _Table:
         self.gone = set()
 
     def sorted_keys(self) -> list[bytes]:
-        """The keys in order (a list that later writes never change in place)."""
+        """The keys in order, brought up to date in place."""
         order = self.order
         if order is None:
             order = self.order = sorted(self.data)
             return order
-        gone = self.gone
-        if self.fresh:
-            self.fresh.sort()
-            order = order + self.fresh
-            order.sort()  # two sorted runs: a linear merge
+        fresh = self.fresh
+        if fresh:
+            fresh.sort()
+            if order and fresh[0] < order[-1]:
+                # New keys mostly land at the end (expiry times, timers): merge the tail
+                # they overlap, not the whole list.
+                p = bisect_left(order, fresh[0])
+                fresh.extend(order[p:])
+                del order[p:]
+                fresh.sort()
+            order.extend(fresh)
             self.fresh = []
-        if gone and len(gone) * 4 > len(order):
+        gone = self.gone
+        if gone:
             data = self.data
-            order = [k for k in order if k in data]
-            gone.clear()
-        self.order = order
+            if order[0] not in data:
+                # Deleted keys at the front (the expiry index, swept from its oldest end):
+                # dropped in O(deleted) rather than by filtering the whole list.
+                i = 1
+                while i < len(order) and order[i] not in data:
+                    i += 1
+                gone.difference_update(order[:i])
+                del order[:i]
+            if len(gone) * 4 > len(order):
+                order[:] = [k for k in order if k in data]
+                gone.clear()
         return order
 
     def keys_between(self, lower: bytes | None, upper: bytes | None) -> tuple[list[bytes], int, int]:
@@ -137,8 +152,8 @@ class InMemoryStateBackend(StateBackend):
         table = self._cfs.get(cf)
         if table is None:
             return iter(())
-        # Lazy over a key list that writes never change in place: entries written while an
-        # iterator is held may or may not show (as before), deleted ones never do.
+        # Lazy, over the key list as it is now: as with any backend, do not write (or start
+        # another range read of the table) while holding the iterator.
         order, lo, hi = table.keys_between(lower, upper)
         return _scan(table, order, lo, hi, reverse)
 
