@@ -44,6 +44,13 @@ def encode(value_format: str, value: Any) -> bytes:
     raise ConfigError(f"value_format 'bytes' needs bytes values, got {type(value).__name__}")
 
 
+def _check(topic: str, value_format: str, what: str) -> None:
+    if not topic or not isinstance(topic, str):
+        raise ConfigError(f"{what} needs a topic name")
+    if value_format not in _FORMATS:
+        raise ConfigError(f"value_format must be one of {_FORMATS}, got {value_format!r}")
+
+
 class KafkaSource(Source):
     """A Kafka topic as a source. ``key`` names the field the topic is partitioned by: a
     ``key_by`` on that field needs no repartitioning; any other key_by goes through an
@@ -52,10 +59,7 @@ class KafkaSource(Source):
     bounded = False
 
     def __init__(self, topic: str, key: str | None, value_format: str, name: str | None) -> None:
-        if not topic or not isinstance(topic, str):
-            raise ConfigError("sources.kafka needs a topic name")
-        if value_format not in _FORMATS:
-            raise ConfigError(f"value_format must be one of {_FORMATS}, got {value_format!r}")
+        _check(topic, value_format, "sources.kafka")
         self.topic = topic
         self.key = key
         self.value_format = value_format
@@ -79,10 +83,7 @@ class KafkaSink(Sink):
     """
 
     def __init__(self, topic: str, key: Any, value_format: str, name: str | None) -> None:
-        if not topic or not isinstance(topic, str):
-            raise ConfigError("sinks.kafka needs a topic name")
-        if value_format not in _FORMATS:
-            raise ConfigError(f"value_format must be one of {_FORMATS}, got {value_format!r}")
+        _check(topic, value_format, "sinks.kafka")
         self.topic = topic
         self.key = key
         self.value_format = value_format
