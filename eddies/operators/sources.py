@@ -278,7 +278,7 @@ class _CsvReader(_LineReader):
         self._offset = len(header)
         self._line = 1
         self.fields = next(_csv.reader([header.decode("utf-8-sig")]))
-        self._types = self.source.types
+        self._types: dict[str, Callable[[str], Any]] = getattr(self.source, "types", {})
         # The split fast path needs >= 2 distinct fields (a blank line must not pass as a row
         # of one empty field) and converters only for fields the header has.
         if (len(self.fields) >= 2 and len(set(self.fields)) == len(self.fields)
