@@ -1,9 +1,11 @@
 """Bound handles of ValueState, ReducingState and ListState over the write-back cache.
 
-A handle caches deserialized values per key. Writes only touch the cache and mark the key
-dirty; ``collect`` serializes dirty keys into the checkpoint batch. Values are checked for
-msgpack-ability when they are set, so a bad value fails at ``set()`` with the state and key
-named, never later at flush.
+A handle caches deserialized values per key. Writes touch the cache and mark the key dirty;
+``collect`` moves dirty keys into the checkpoint batch. A ValueState or ReducingState value is
+serialized when it is set: the packing doubles as the msgpack check, so a bad value fails at
+``set()`` with the state and key named, never later at flush; and it runs while the value is
+in the CPU cache, where packing it again at the checkpoint would mean reading every dirty
+value back from cold memory (with 100k keys that costs more than the packing itself).
 
 Cached mutable values are shared with the caller: after changing a list or dict you got from
 ``get()``, call ``set()`` again, or the change is not checkpointed.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import struct
 from collections.abc import Iterable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from eddies.state.backend import DELETE, PUT, Batch
@@ -150,8 +153,9 @@ class ValueHandle(Handle):
         self._copy_default = type(self.default) not in _IMMUTABLE
         self._cache: dict[Key, Any] = {}
         self._expiry: dict[Key, int] = {}
-        # Dirty keys with their values (what the cache holds), so collect reads no cache.
+        # Dirty keys with their stored bytes (stamp + msgpack), or ABSENT once cleared.
         self._dirty: dict[Key, Any] = {}  # type: ignore[assignment]
+        self._cleared = False  # some dirty key is ABSENT
         # An event-time TTL stamps a write with the record's timestamp + ttl, inline.
         self._event_ttl_ms = (ttl.duration_ms if ttl is not None and ttl.time == "event"
                               else None)
@@ -198,8 +202,8 @@ class ValueHandle(Handle):
         if not self._visible(expires_at):
             return ABSENT
         if self._refresh and not self._expired(expires_at):
-            self._expiry[key] = self.store.expiry(self.ttl, self.descriptor)
-            self._dirty[key] = value
+            expires_at = self._expiry[key] = self.store.expiry(self.ttl, self.descriptor)
+            self._dirty[key] = stamp(expires_at) + pack(value)
         return value
 
     def get(self, default: Any = MISSING) -> Any:
@@ -234,26 +238,25 @@ class ValueHandle(Handle):
         """Store ``value`` for the current key (None is a value; use ``clear()`` to remove)."""
         store = self.store
         key = store.key
-        t = type(value)
-        if t is int:
-            if not -(2**63) <= value < 2**64:
-                check_value(value, self._here)
-        elif t not in _SCALARS:
-            try:
-                pack(value)
-            except (TypeError, ValueError, OverflowError):
-                check_value(value, self._here)  # raises, naming state, key and type
+        try:
+            payload = pack(value)
+        except (TypeError, ValueError, OverflowError):
+            check_value(value, self._here)  # raises, naming state, key and type
+            raise
         self._cache[key] = value
         if self.ttl is not None:
             ttl_ms = self._event_ttl_ms
             ts = store.timestamp
             if ttl_ms is not None and ts is not None and 0 <= ts + ttl_ms < NEVER:
-                self._expiry[key] = ts + ttl_ms
+                expires_at = ts + ttl_ms
             else:
-                self._expiry[key] = store.expiry(self.ttl, self.descriptor)
-        elif self._expiry:
+                expires_at = store.expiry(self.ttl, self.descriptor)
+            self._expiry[key] = expires_at
+            self._dirty[key] = stamp(expires_at) + payload
+            return
+        if self._expiry:
             self._expiry.pop(key, None)  # a write without TTL never expires
-        self._dirty[key] = value
+        self._dirty[key] = NEVER_STAMP + payload
 
     update = set
 
@@ -263,6 +266,7 @@ class ValueHandle(Handle):
         self._cache[key] = ABSENT
         self._expiry.pop(key, None)
         self._dirty[key] = ABSENT
+        self._cleared = True
 
     def peek(self) -> Any:
         key = self.store.key
@@ -274,34 +278,44 @@ class ValueHandle(Handle):
         return value
 
     def collect(self, batch: Batch, expiry_index: list[Any] | None = None) -> None:
+        # C-level loops (map/zip) over the dirty dict, which holds the stored bytes already.
         dirty = self._dirty
         if not dirty:
             return
         store = self.store
-        prefixes = store._prefixes
-        prefix = store.prefix
-        cache = self._cache
-        expiry = self._expiry
-        append = batch.ops.append
+        keys = list(dirty)
+        prefixes = list(map(store._prefixes.get, keys))
+        if None in prefixes:  # trimmed from the prefix cache since: encode again
+            prefix = store.prefix
+            prefixes = [p or prefix(k) for p, k in zip(prefixes, keys, strict=True)]
         name = self.name
+        if self._cleared:
+            self._cleared = False
+            batch.ops.extend([
+                (DELETE, name, p, None) if data is ABSENT else (PUT, name, p, data)
+                for p, data in zip(prefixes, dirty.values(), strict=True)
+            ])
+        else:
+            batch.ops.extend(zip(repeat(PUT), repeat(name), prefixes, dirty.values()))
+        expiry = self._expiry
         target = self.backend.index_target(name) if expiry else None
-        index_append = (batch.ops if expiry_index is None else expiry_index).append
-        # Over the cache limit, written keys move to the back so that trimming drops the
-        # least recently written ones first.
-        renew = len(cache) >= store.cache_entries
-        for key, value in dirty.items():
-            p = prefixes.get(key) or prefix(key)
-            if value is ABSENT:
-                append((DELETE, name, p, None))
-            else:
-                expires_at = expiry.get(key) if expiry else None
-                if expires_at is None:
-                    append((PUT, name, p, NEVER_STAMP + pack(value)))
-                else:
-                    append((PUT, name, p, stamp(expires_at) + pack(value)))
-                    if target is not None:
-                        index_append((PUT, target[0], _be_pack(expires_at) + target[1] + p, b""))
-            if renew:
+        if target is not None:
+            index_cf, encoded = target
+            stamps = list(map(expiry.get, keys))
+            if None in stamps:  # cleared, or written without a TTL: no index entry
+                pairs = [(s, p) for s, p in zip(stamps, prefixes, strict=True) if s is not None]
+                stamps = [s for s, _ in pairs]
+                prefixes = [p for _, p in pairs]
+            index_keys = map(bytes.__add__,
+                             map(bytes.__add__, map(_be_pack, stamps), repeat(encoded)),
+                             prefixes)
+            (batch.ops if expiry_index is None else expiry_index).extend(
+                zip(repeat(PUT), repeat(index_cf), index_keys, repeat(b"")))
+        cache = self._cache
+        if len(cache) >= store.cache_entries:
+            # Over the cache limit, written keys move to the back so that trimming drops the
+            # least recently written ones first.
+            for key in keys:
                 cache[key] = cache.pop(key)
         dirty.clear()
 
@@ -309,6 +323,7 @@ class ValueHandle(Handle):
         self._cache.clear()
         self._expiry.clear()
         self._dirty.clear()
+        self._cleared = False
         self._complete = None
 
     def _evicted(self, keys: list[Key]) -> None:

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import groupby
+from operator import itemgetter
 
 from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 
 __all__ = ["InMemoryStateBackend"]
+
+_kind_and_cf = itemgetter(0, 1)
+_key_and_value = itemgetter(2, 3)
 
 
 class _Table:
@@ -158,24 +163,28 @@ class InMemoryStateBackend(StateBackend):
         return _scan(table, order, lo, hi, reverse)
 
     def _apply(self, batch: Batch, sync: bool) -> None:
-        last_cf = None
-        table: _Table = None  # type: ignore[assignment]
-        for kind, cf, key, value in batch.ops:
-            if cf is not last_cf:
-                table = self._cf(cf)
-                last_cf = cf
+        # Runs of ops of one kind on one column family; a run of puts to a table no range
+        # read has asked for (no key order to keep) is one dict update, in C.
+        for (kind, cf), run in groupby(batch.ops, _kind_and_cf):
+            table = self._cf(cf)
             if kind == PUT:
                 data = table.data
-                if key in data:
-                    data[key] = value  # type: ignore[assignment]
-                else:
-                    table.put(key, value)  # type: ignore[arg-type]
+                if table.order is None:
+                    data.update(map(_key_and_value, run))
+                    continue
+                for _, _, key, value in run:
+                    if key in data:
+                        data[key] = value  # type: ignore[assignment]
+                    else:
+                        table.put(key, value)  # type: ignore[arg-type]
             elif kind == DELETE:
-                table.delete(key)
+                for _, _, key, _ in run:
+                    table.delete(key)
             else:
-                order, lo, hi = table.keys_between(key, value)
-                for k in order[lo:hi]:
-                    table.delete(k)
+                for _, _, lower, upper in run:
+                    order, lo, hi = table.keys_between(lower, upper)
+                    for k in order[lo:hi]:
+                        table.delete(k)
 
     def column_families(self) -> list[str]:
         return sorted(self._cfs)
