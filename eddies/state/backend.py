@@ -108,6 +108,10 @@ class StateBackend(ABC):
         """Number of entries in ``cf`` (a full scan; for tests and inspection)."""
         return sum(1 for _ in self.iterate(cf))
 
+    def is_empty(self, cf: str) -> bool:
+        """Whether ``cf`` holds no entry (one step of a range read)."""
+        return next(iter(self.iterate(cf)), None) is None
+
     def __enter__(self) -> StateBackend:
         return self
 

@@ -78,8 +78,7 @@ class Handle:
         """Whether a key missing from the cache is missing from the backend too."""
         complete = self._complete
         if complete is None:
-            complete = self._complete = next(iter(self.backend.iterate_raw(self.name)),
-                                             None) is None
+            complete = self._complete = self.backend.is_empty(self.name)
         return complete
 
     def _expired(self, expires_at: int) -> bool:

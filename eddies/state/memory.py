@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from itertools import groupby
+from itertools import groupby, repeat
 from operator import itemgetter
 
 from eddies.state.backend import DELETE, PUT, Batch, StateBackend
@@ -22,6 +22,7 @@ __all__ = ["InMemoryStateBackend"]
 
 _kind_and_cf = itemgetter(0, 1)
 _key_and_value = itemgetter(2, 3)
+_key = itemgetter(2)
 
 
 class _Table:
@@ -55,6 +56,35 @@ class _Table:
             gone.add(key)
             if len(self.fresh) + len(gone) > max(65_536, len(self.data)):
                 self._unread()
+
+    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        """``put`` of each ``(key, value)`` in order, with the order bookkeeping done once."""
+        data = self.data
+        new = [key for key, _ in items if key not in data]
+        data.update(items)
+        if self.order is None or not new:
+            return
+        if len(new) > 1:
+            new = list(dict.fromkeys(new))  # a key put twice in the run joins once
+        gone = self.gone
+        if gone:
+            back = gone.intersection(new)  # deleted but still in order: in order again
+            if back:
+                gone.difference_update(back)
+                new = [key for key in new if key not in back]
+        self.fresh.extend(new)
+        if len(self.fresh) + len(gone) > max(65_536, len(data)):
+            self._unread()
+
+    def delete_many(self, keys: list[bytes]) -> None:
+        """``delete`` of each key, with the order bookkeeping done once."""
+        popped = list(map(self.data.pop, keys, repeat(None)))
+        if self.order is None:
+            return
+        gone = self.gone
+        gone.update(key for key, old in zip(keys, popped, strict=True) if old is not None)
+        if len(self.fresh) + len(gone) > max(65_536, len(self.data)):
+            self._unread()
 
     def _unread(self) -> None:
         """Stop keeping the order of a table written much more than it is range-read: the
@@ -168,18 +198,12 @@ class InMemoryStateBackend(StateBackend):
         for (kind, cf), run in groupby(batch.ops, _kind_and_cf):
             table = self._cf(cf)
             if kind == PUT:
-                data = table.data
                 if table.order is None:
-                    data.update(map(_key_and_value, run))
-                    continue
-                for _, _, key, value in run:
-                    if key in data:
-                        data[key] = value  # type: ignore[assignment]
-                    else:
-                        table.put(key, value)  # type: ignore[arg-type]
+                    table.data.update(map(_key_and_value, run))
+                else:
+                    table.put_many(list(map(_key_and_value, run)))
             elif kind == DELETE:
-                for _, _, key, _ in run:
-                    table.delete(key)
+                table.delete_many(list(map(_key, run)))
             else:
                 for _, _, lower, upper in run:
                     order, lo, hi = table.keys_between(lower, upper)
@@ -192,6 +216,11 @@ class InMemoryStateBackend(StateBackend):
     def count(self, cf: str) -> int:
         table = self._cfs.get(cf)
         return 0 if table is None else len(table.data)
+
+    def is_empty(self, cf: str) -> bool:
+        self.round_trips += 1
+        table = self._cfs.get(cf)
+        return table is None or not table.data  # no range read: the table stays unordered
 
     def close(self) -> None:
         """Nothing to release; the data stays readable until the object is dropped."""

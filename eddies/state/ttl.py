@@ -27,6 +27,8 @@ import struct
 import time as _time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter, methodcaller
 from typing import Literal
 
 from eddies.errors import ConfigError
@@ -229,6 +231,10 @@ class TtlStateBackend(StateBackend):
     def count(self, cf: str) -> int:
         return self.inner.count(cf)
 
+    def is_empty(self, cf: str) -> bool:
+        """Whether ``cf`` holds no stored entry, expired ones included."""
+        return self.inner.is_empty(cf)
+
     # -- writes --------------------------------------------------------------------------------
     def write(self, batch: Batch, sync: bool = False) -> None:
         # Listeners live on the inner backend, so the changelog sees index entries and sweeps.
@@ -330,6 +336,39 @@ class TtlStateBackend(StateBackend):
         return deleted, taken
 
     def _delete_expired(self, index_cf: str, index_keys: list[bytes], clock: int) -> int:
+        by_state = self._split_by_state(index_keys)
+        batch = Batch()
+        ops = batch.ops
+        deleted: dict[str, list[bytes]] = {}
+        for state, keys in by_state.items():
+            values = self.inner.multi_get(state, keys)
+            gone = [
+                key
+                for key, data in zip(keys, values, strict=True)
+                if data is not None and _read_le(data)[0] <= clock
+            ]
+            if gone:
+                ops.extend(zip(repeat(DELETE), repeat(state), gone, repeat(None)))
+                deleted[state] = gone
+        ops.extend(zip(repeat(DELETE), repeat(index_cf), index_keys, repeat(None)))
+        self.inner.write(batch)
+        n = sum(len(keys) for keys in deleted.values())
+        self.expired_deleted += n
+        for listener in self._sweep_listeners:
+            for state, keys in deleted.items():
+                listener(state, keys)
+        return n
+
+    @staticmethod
+    def _split_by_state(index_keys: list[bytes]) -> dict[str, list[bytes]]:
+        """The stored keys the index entries name, per state."""
+        # Mostly one state's entries (an operator's own index): checked and cut in C loops.
+        state, n = decode_element(index_keys[0], 8)
+        name_enc = index_keys[0][8:n]
+        if all(map(methodcaller("startswith", name_enc, 8), index_keys)) and not any(
+            map(methodcaller("startswith", name_enc + b"\xff", 8), index_keys)
+        ):
+            return {state: list(map(itemgetter(slice(n, None)), index_keys))}
         by_state: dict[str, list[bytes]] = {}
         name_enc = b""  # the encoded state name of the previous index key, usually the same
         state = ""
@@ -345,27 +384,7 @@ class TtlStateBackend(StateBackend):
                 state, n = decode_element(index_key, 8)
                 name_enc = index_key[8:n]
             by_state.setdefault(state, []).append(index_key[n:])
-        batch = Batch()
-        ops = batch.ops
-        deleted: dict[str, list[bytes]] = {}
-        for state, keys in by_state.items():
-            values = self.inner.multi_get(state, keys)
-            gone = [
-                key
-                for key, data in zip(keys, values, strict=True)
-                if data is not None and _read_le(data)[0] <= clock
-            ]
-            if gone:
-                ops.extend((DELETE, state, key, None) for key in gone)
-                deleted[state] = gone
-        ops.extend((DELETE, index_cf, index_key, None) for index_key in index_keys)
-        self.inner.write(batch)
-        n = sum(len(keys) for keys in deleted.values())
-        self.expired_deleted += n
-        for listener in self._sweep_listeners:
-            for state, keys in deleted.items():
-                listener(state, keys)
-        return n
+        return by_state
 
     def sweep_all(self) -> int:
         """Sweep in bounded steps until nothing expired is left; returns entries deleted.
