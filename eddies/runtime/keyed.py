@@ -11,7 +11,7 @@ import dataclasses
 import time as _time
 from collections.abc import Callable
 from types import GeneratorType
-from typing import Any
+from typing import Any, Protocol
 
 from eddies.errors import ConfigError, KeyEncodingError
 from eddies.operators.functions import (
@@ -28,7 +28,7 @@ from eddies.state.store import KeyedStateStore
 from eddies.state.ttl import MIN_TIME, TtlConfig
 from eddies.state.values import pack, unpack
 
-__all__ = ["KeyedOperator", "META_CF", "emit_into"]
+__all__ = ["EventTimeHook", "KeyedOperator", "META_CF", "emit_into"]
 
 META_CF = "__meta__"
 
@@ -76,6 +76,17 @@ class _KeyTimers:
         return self._op.watermark
 
 
+class EventTimeHook(Protocol):
+    """What ``function._attach_operator(op)`` returns: work due at event times of its own
+    (window ends), which ``advance_watermark`` interleaves with the timers in time order."""
+
+    def next_time(self) -> int | None:
+        """The earliest time with work due, or None."""
+
+    def fire_next(self, time: int, out: list[Any]) -> None:
+        """Do the work due at ``time`` (== ``next_time()``), outputs to ``out``."""
+
+
 class KeyedOperator:
     """One keyed function bound to state over ``backend``, with its timers and watermark."""
 
@@ -118,6 +129,10 @@ class KeyedOperator:
         self.watermark = MIN_TIME
         self._meta_key = encode_key(("watermark", name))
         self.is_broadcast = isinstance(function, KeyedBroadcastProcessFunction)
+        # An internal function (the window operator) may take part in the runtime: keep an
+        # index of its own, fired in time order with the timers (see EventTimeHook).
+        attach = getattr(function, "_attach_operator", None)
+        self._hook: EventTimeHook | None = attach(self) if attach is not None else None
         self._on_event = function.on_event
         self._on_timer = function.on_timer
 
@@ -227,6 +242,9 @@ class KeyedOperator:
         """
         if watermark <= self.watermark:
             return
+        if self._hook is not None:
+            self._advance_with_hook(watermark, out, emit)
+            return
         pop_due = self.timers.event.pop_due
         ctx = self.ctx
         set_clock = self.backend.set_watermark
@@ -243,6 +261,41 @@ class KeyedOperator:
             ctx.watermark = current if current > time else time
             set_clock(ctx.watermark)
             fire(time, due[1], "event", out)
+            if emit is not None and out:
+                for value in out:
+                    emit(value, time)
+                out.clear()
+        self.set_watermark(watermark)
+
+    def _advance_with_hook(
+        self, watermark: int, out: list[Any], emit: Callable[[Any, int], None] | None
+    ) -> None:
+        """advance_watermark for a function with an EventTimeHook: timers due at or before
+        the hook's next time fire first, then the hook's work at that time, and so on."""
+        hook = self._hook
+        assert hook is not None
+        next_time = hook.next_time
+        fire_next = hook.fire_next
+        pop_due = self.timers.event.pop_due
+        ctx = self.ctx
+        set_clock = self.backend.set_watermark
+        current = self.watermark
+        while True:
+            at = next_time()
+            hooked = at is not None and at <= watermark
+            due = pop_due(at if hooked else watermark)  # type: ignore[arg-type]
+            if due is not None:
+                time, key = due
+            elif hooked:
+                time = at  # type: ignore[assignment]
+            else:
+                break
+            ctx.watermark = current if current > time else time
+            set_clock(ctx.watermark)
+            if due is not None:
+                self._fire(time, key, "event", out)
+            else:
+                fire_next(time, out)
             if emit is not None and out:
                 for value in out:
                     emit(value, time)

@@ -12,6 +12,14 @@ keys due then (which deduplicates); changes are written with the checkpoint batc
 Leading with the key group keeps one partition's timers one contiguous range (the unit that
 moves between Kafka workers); within it, timers sort by domain and time. Startup loads them
 with one range scan.
+
+The same column family holds window marks, domain ``w``: ``key group | w | time + 2**63 |
+tag``, value empty. The window operator fires its windows without a timer per key; a mark
+records that the windows identified by ``tag`` (an encoded ``(start, end)``), ending at
+``time``, have fired for the keys of that key group, so a restore (or the next owner of the
+partition) knows they are waiting for their lateness to pass rather than for their watermark.
+Functions that keep such an index of their own rebuild it in :meth:`Timers.load`, through
+``Timers.loaders``.
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ from typing import Any
 from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 from eddies.state.keys import Key, decode_prefixed
 
-__all__ = ["TimerHeap", "Timers", "stored_timer_key", "timers_cf"]
+__all__ = ["TimerHeap", "Timers", "WINDOW", "stored_mark_key", "stored_timer_key", "timers_cf"]
 
 _be = struct.Struct(">Q")
 _OFFSET = 2**63
 EVENT = b"e"
 PROCESSING = b"p"
+WINDOW = b"w"
 
 
 def _user_key(stored_key: bytes) -> Key:
@@ -47,6 +56,11 @@ def stored_timer_key(prefix: bytes, domain: bytes, time: int) -> bytes:
     return prefix[:2] + domain + _be.pack(time + _OFFSET) + prefix[2:]
 
 
+def stored_mark_key(group: bytes, time: int, tag: bytes) -> bytes:
+    """The stored key of a window mark of key group ``group`` (2 bytes)."""
+    return group + WINDOW + _be.pack(time + _OFFSET) + tag
+
+
 def timers_cf(operator: str) -> str:
     return f"__timers__.{operator}" if operator else "__timers__"
 
@@ -60,16 +74,20 @@ class TimerHeap:
     share a time (every key's window ends together), so the heap holds one entry per time
     and a due bucket is sorted once, when it starts firing. Timers loaded from the backend
     keep their user key undecoded (None) until they fire.
+
+    The event-time heap also holds the window marks (``marks``, stored keys), so that they
+    go wherever its timers go: replacing the heap forgets both.
     """
 
-    __slots__ = ("times", "buckets", "added", "removed", "_count", "_drain_time", "_drain",
-                 "_drain_at")
+    __slots__ = ("times", "buckets", "added", "removed", "marks", "_count", "_drain_time",
+                 "_drain", "_drain_at")
 
     def __init__(self) -> None:
         self.times: list[int] = []  # heap; a time stays until its bucket is empty
         self.buckets: dict[int, dict[bytes, Key | None]] = {}
         self.added: set[bytes] = set()  # stored keys since the last collect
         self.removed: set[bytes] = set()
+        self.marks: set[bytes] = set()
         self._count = 0
         # The bucket being fired: its stored keys sorted, and the index of the next to fire.
         self._drain_time: int | None = None
@@ -184,6 +202,27 @@ class Timers:
         self.event = TimerHeap()
         self.processing = TimerHeap()
         self._prefix_of = prefix_of
+        self.loaders: list[Callable[[StateBackend, bytes | None, bytes | None], Any]] = []
+        """Called as ``loader(backend, lower, upper)`` at the end of every :meth:`load`, after
+        the timers and marks of that key-group range are in (the window operator's index)."""
+
+    def mark(self, group: bytes, time: int, tag: bytes) -> None:
+        """Record (with the next checkpoint) a window mark; see the module docstring."""
+        heap = self.event
+        stored = stored_mark_key(group, time, tag)
+        if stored not in heap.marks:
+            heap.marks.add(stored)
+            heap.added.add(stored)
+            heap.removed.discard(stored)
+
+    def unmark(self, group: bytes, time: int, tag: bytes) -> None:
+        """Delete a window mark (with the next checkpoint)."""
+        heap = self.event
+        stored = stored_mark_key(group, time, tag)
+        if stored in heap.marks:
+            heap.marks.discard(stored)
+            heap.added.discard(stored)
+            heap.removed.add(stored)
 
     def register(self, domain: bytes, time: int, key: Key) -> None:
         (self.event if domain == EVENT else self.processing).add(
@@ -192,6 +231,16 @@ class Timers:
     def delete(self, domain: bytes, time: int, key: Key) -> None:
         (self.event if domain == EVENT else self.processing).remove(
             time, stored_timer_key(self._prefix_of(key), domain, time))
+
+    def is_marked(self, group: bytes, time: int, tag: bytes) -> bool:
+        return stored_mark_key(group, time, tag) in self.event.marks
+
+    def marks_in(
+        self, lower: bytes | None = None, upper: bytes | None = None
+    ) -> list[tuple[bytes, int, bytes]]:
+        """The window marks stored in ``[lower, upper)``, as ``(group, time, tag)``."""
+        return [(m[:2], _be.unpack_from(m, 3)[0] - _OFFSET, m[11:]) for m in self.event.marks
+                if (lower is None or m >= lower) and (upper is None or m < upper)]
 
     def collect(self, batch: Batch) -> None:
         """Write added and deleted timers into ``batch``."""
@@ -213,18 +262,26 @@ class Timers:
         User keys stay undecoded until their timer fires."""
         before = len(self.event) + len(self.processing)
         event = EVENT[0]
+        window = WINDOW[0]
+        marks = self.event.marks
         unpack_time = _be.unpack_from
         last = None  # domain and time bytes of the bucket at hand
         bucket: dict[bytes, Key | None] = {}
         for stored_key, _ in backend.iterate(self.cf, lower, upper):
             head = stored_key[2:11]
             if head != last:  # stored in (key group, domain, time) order: runs of one bucket
-                heap = self.event if stored_key[2] == event else self.processing
+                domain = stored_key[2]
+                if domain == window:
+                    marks.add(stored_key)
+                    continue
+                heap = self.event if domain == event else self.processing
                 bucket = heap.bucket(unpack_time(stored_key, 3)[0] - _OFFSET)
                 last = head
             bucket[stored_key] = None
         for heap in (self.event, self.processing):
             heap._count = sum(len(b) for b in heap.buckets.values())
+        for loader in self.loaders:
+            loader(backend, lower, upper)
         return len(self.event) + len(self.processing) - before
 
     def pending(self, key: Key | None = None) -> Iterator[tuple[str, int, Any]]:
