@@ -46,6 +46,20 @@ _SCALARS = frozenset({str, float, bool, type(None), bytes})  # always msgpack-ab
 _be_pack = struct.Struct(">Q").pack
 
 
+def _prefixes_of(store: KeyedStateStore, keys: list[Key]) -> list[bytes]:
+    """The stored-key prefixes of ``keys``, from the store's cache in one C-level pass; the
+    few keys not there yet (new, or trimmed since) are encoded one by one."""
+    prefixes = list(map(store._prefixes.get, keys))
+    i = -1
+    try:
+        while True:
+            i = prefixes.index(None, i + 1)
+            prefixes[i] = store.prefix(keys[i])
+    except ValueError:
+        pass
+    return prefixes
+
+
 class Handle:
     """What every bound handle shares: its store, declaration, TTL and cache bookkeeping."""
 
@@ -283,10 +297,7 @@ class ValueHandle(Handle):
             return
         store = self.store
         keys = list(dirty)
-        prefixes = list(map(store._prefixes.get, keys))
-        if None in prefixes:  # trimmed from the prefix cache since: encode again
-            prefix = store.prefix
-            prefixes = [p or prefix(k) for p, k in zip(prefixes, keys, strict=True)]
+        prefixes = _prefixes_of(store, keys)
         name = self.name
         if self._cleared:
             self._cleared = False
