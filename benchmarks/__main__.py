@@ -4,7 +4,8 @@ Every timed run is a process of its own (``benchmarks/one.py``), interleaved per
 (plain, memory, RocksDB), so no run inherits another's heap or caches, and the plain loop
 sees the same machine load as eddies. Results are compared by digest of their normalized
 form. ``--restart`` and ``--memory`` add the startup and bounded-memory measurements,
-``--examples`` the example jobs' events/s. See README "Performance".
+``--examples`` the example jobs' events/s against their plain twins
+(``benchmarks/examples.py``). See README "Performance".
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="peak RSS of 10M distinct keys through job 1 on RocksDB")
     parser.add_argument("--memory-keys", type=int, default=10_000_000)
     parser.add_argument("--examples", action="store_true",
-                        help="events/s of the example jobs on --examples-n generated events")
+                        help="events/s of the example jobs and their plain-Python twins on "
+                             "--examples-n generated events, --runs runs each")
     parser.add_argument("--examples-n", type=int, default=1_000_000)
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
@@ -120,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.examples:
         from benchmarks import examples
 
-        report["examples"] = examples.measure(workdir / "examples", args.examples_n)
-        for e in report["examples"]:
-            print(f"example {e['example']:<16} {e['events']:>10,} events "
-                  f"{e['events_per_s']:>10,.0f}/s", flush=True)
+        rows, equal = examples.measure(workdir / "examples", args.examples_n, args.runs)
+        report["examples"] = rows
+        print(f"examples, {args.runs} run(s) each, memory backend, events/s:", flush=True)
+        print(examples.table(rows), flush=True)
+        ok = ok and equal
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
