@@ -251,8 +251,9 @@ def page_views(source: Path, views_out: Path, sessions_out: Path, late_out: Path
                 while ws and ws[0][1] - 1 <= wm:  # by start is by end: sessions are disjoint
                     start, end, clicks = ws.pop(0)
                     summary = {"clicks": len(clicks),
-                               "pages": sorted({c["page"] for c in clicks}),
-                               "spent": round(sum(c["amount"] for c in clicks), 2)}
+                               "pages": sorted({str(c["page"]) for c in clicks
+                                                if c.get("page") is not None}),
+                               "spent": round(sum(c.get("amount", 0) for c in clicks), 2)}
                     swrite(dumps({"key": user, "start": start, "end": end,
                                   "value": summary}) + "\n")
                 if not ws:

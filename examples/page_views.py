@@ -17,8 +17,11 @@ LATE = ed.OutputTag("late-clicks")
 
 
 def session_summary(user, window, clicks):
-    return {"clicks": len(clicks), "pages": sorted({c["page"] for c in clicks}),
-            "spent": round(sum(c["amount"] for c in clicks), 2)}
+    # A click without a page still counts for its user's session (the views side sends it to
+    # dead letters, as it has no key there).
+    return {"clicks": len(clicks),
+            "pages": sorted({str(c["page"]) for c in clicks if c.get("page") is not None}),
+            "spent": round(sum(c.get("amount", 0) for c in clicks), 2)}
 
 
 def build(source: str | Path = HERE / "data" / "clicks.jsonl",

@@ -207,3 +207,20 @@ def test_page_views_and_sessions(tmp_path: Path, data: str) -> None:
     got_sessions = {(s["key"], s["start"], s["end"]): s["value"] for s in lines(sessions_out)}
     assert got_sessions == sessions
     assert result.stats.late_dropped == dropped
+
+
+def test_page_views_click_without_page(tmp_path: Path) -> None:
+    """A click with no page has no key on the views side (a dead letter there) but is still
+    its user's click: the session counts it, and the job finishes."""
+    source = tmp_path / "clicks.jsonl"
+    clicks = [{"user": "u1", "page": "/a", "ts": 1_000, "amount": 2.5},
+              {"user": "u1", "ts": 5_000, "amount": 1.0},
+              {"user": "u1", "page": "/b", "ts": 9_000}]
+    source.write_text("".join(json.dumps(c) + "\n" for c in clicks))
+    views_out, sessions_out, late_out = (tmp_path / n for n in ("v.jsonl", "s.jsonl", "l.jsonl"))
+    result = ed.run_local(page_views.build(source, views_out, sessions_out, late_out))
+    assert [d["reason"] for d in result.dead_letters] == [
+        "no key for operator 'views-per-minute' (field 'page'): KeyError: 'page'"]
+    assert [s["value"] for s in lines(sessions_out)] == [
+        {"clicks": 3, "pages": ["/a", "/b"], "spent": 3.5}]
+    assert sorted((v["key"], v["value"]) for v in lines(views_out)) == [("/a", 1), ("/b", 1)]
