@@ -17,6 +17,9 @@ Semantics, as in Flink:
   a session.
 - A window's state and timers are deleted once the watermark passes ``end - 1 +
   allowed_lateness``; no TTL is involved, so closed windows leave no keys behind.
+- Results come in window-end order; within one tumbling or sliding window, in the order its
+  keys entered it (after a restore, in stored-key order). Those windows need no timer per key:
+  see :class:`WindowState`.
 
 >>> import eddies as ed
 >>> job = ed.Job("views"); out = ed.sinks.collect()
@@ -295,6 +298,8 @@ class WindowFunction(KeyedProcessFunction):
 
     def on_event(self, event: Any, ctx: Context) -> Iterable[Any] | None:
         """Session windows (non-merging assigners run ``WindowState.on_event``)."""
+        if not self.assigner.merging:
+            raise ConfigError("a tumbling or sliding WindowFunction runs in a KeyedOperator")
         ts = ctx.timestamp
         if ts is None:
             raise ConfigError("windows need event time: give the source timestamp=...")
@@ -369,7 +374,7 @@ class _Slot:
         self.accs: dict[Key, Any] = {}
         self.dirty: dict[Key, bytes] = {}  # key -> packed accumulator, for the checkpoint
         self.fired = False
-        self.refire: list[Key] = []  # keys new to the window since it fired (late, allowed)
+        self.refire: dict[Key, None] = {}  # keys to fire again (see WindowState._refire)
         self.marked: set[bytes] = set()  # key groups with a window mark (see timers.py)
         self.unloaded = 0
 
@@ -459,9 +464,9 @@ class WindowState(Handle):
         except (TypeError, ValueError, OverflowError):
             self._unstorable(acc, key, slot)
         accs[key] = acc
+        if slot.fired and (new or end - 1 > watermark):
+            self._refire(slot, key)
         if end - 1 <= watermark:  # fired already: a late update within the lateness
-            if new and slot.fired:
-                self._refire(slot, key)
             return [{"key": ctx.key, "start": end - size, "end": end,
                      "value": self._emit(acc, ctx.key, slot)}]
         return None
@@ -502,9 +507,9 @@ class WindowState(Handle):
             except (TypeError, ValueError, OverflowError):
                 self._unstorable(acc, key, slot)
             accs[key] = acc
+            if slot.fired and (new or end - 1 > watermark):
+                self._refire(slot, key)
             if end - 1 <= watermark:  # fired already: a late update within the lateness
-                if new and slot.fired:
-                    self._refire(slot, key)
                 if out is None:
                     out = []
                 out.append({"key": ctx.key, "start": start, "end": end,
@@ -533,11 +538,13 @@ class WindowState(Handle):
         return slot
 
     def _refire(self, slot: _Slot, key: Key) -> None:
-        """A key new to a window that fired: it fires (again, after the result just emitted,
-        as a timer of its own would) at the next watermark."""
+        """Fire ``key`` of a window that has fired at the next watermark: a key new to the
+        window (after the result just emitted, as a timer of its own would), or an update the
+        watermark has not caught up with (a partition restored under Kafka, whose events
+        run before the operator's watermark has moved to the restored one)."""
         if not slot.refire:
             heapq.heappush(self._due, (slot.end - 1, _FIRE, slot.start, slot.end))
-        slot.refire.append(key)
+        slot.refire[key] = None
 
     def _load(self, slot: _Slot, key: Key) -> Any:
         """Read back one accumulator that left memory."""
@@ -580,13 +587,12 @@ class WindowState(Handle):
         if kind == _CLEAN:
             self._drop(slot)
             return
-        if slot.fired:  # only keys that joined since it fired
-            keys = slot.refire
-            if not keys:
+        keys: list[Key] | None = None
+        if slot.fired:  # only keys to fire again
+            if not slot.refire:
                 return
-            slot.refire = []
-        else:
-            keys = None
+            keys = list(slot.refire)
+            slot.refire = {}
         self._fire(slot, keys, time, out)
         if not self.lateness:
             self._drop(slot)
@@ -740,6 +746,8 @@ class WindowState(Handle):
             if window is None:
                 window = windows[enc] = decode_key(enc)  # type: ignore[assignment]
             slot = self._slots.get(window) or self._open(*window)
+            if key in slot.accs:  # indexed already (loaded twice): memory is as new or newer
+                continue
             seen = touched.get(slot)
             if seen is None:
                 seen = touched[slot] = ([], [])

@@ -282,18 +282,19 @@ class KeyedOperator:
         current = self.watermark
         while True:
             at = next_time()
-            hooked = at is not None and at <= watermark
-            due = pop_due(at if hooked else watermark)  # type: ignore[arg-type]
+            if at is not None and at > watermark:
+                at = None
+            due = pop_due(watermark if at is None else at)
             if due is not None:
-                time, key = due
-            elif hooked:
-                time = at  # type: ignore[assignment]
+                time = due[0]
+            elif at is not None:
+                time = at
             else:
                 break
             ctx.watermark = current if current > time else time
             set_clock(ctx.watermark)
             if due is not None:
-                self._fire(time, key, "event", out)
+                self._fire(time, due[1], "event", out)
             else:
                 fire_next(time, out)
             if emit is not None and out:
