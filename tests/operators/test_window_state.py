@@ -11,7 +11,7 @@ import pytest
 
 import eddies as ed
 from eddies.operators.windows import WindowState, window_function
-from eddies.runtime.timers import EVENT, stored_timer_key, timers_cf
+from eddies.runtime.timers import EVENT, stored_mark_key, stored_timer_key, timers_cf
 from eddies.state import InMemoryStateBackend
 from eddies.state.keys import encode_element, encode_key
 from eddies.state.values import encode_value
@@ -192,3 +192,9 @@ def test_an_unstorable_accumulator_is_a_dead_letter_not_a_failed_checkpoint():
     assert results(out.items) == [("a", 0, 1_000, {"v": 3}), ("b", 0, 1_000, events[1])]
     assert len(result.dead_letters) == 1
     assert "for key 'b', map key (0, 1000): cannot serialize" in result.dead_letters[0]["reason"]
+
+
+def test_window_mark_golden_bytes():
+    """key group | w | time + 2**63 (8 B, BE) | encoded (start, end); value empty."""
+    stored = stored_mark_key(b"\x00\x05", 999, encode_key((0, 1_000)))
+    assert stored.hex(" ") == "00 05 77 80 00 00 00 00 00 03 e7 14 16 03 e8"
