@@ -35,7 +35,7 @@ from eddies.operators.functions import KeyedProcessFunction, OutputTag
 from eddies.runtime.keyed import KeyedOperator
 from eddies.state import open_backend
 from eddies.state.backend import Batch, StateBackend
-from eddies.state.keys import as_tuple
+from eddies.state.keys import state_key
 from eddies.state.ttl import TtlConfig
 
 __all__ = ["Harness"]
@@ -147,7 +147,7 @@ class Harness:
                              f"declared: {known}")
         store = self.operator.store
         saved = store.key
-        store.key = as_tuple(key)
+        store.key = state_key(key)
         try:
             return handle.peek()
         finally:
@@ -159,7 +159,7 @@ class Harness:
 
     def pending_timers(self, key: Any = _MISSING) -> list[tuple[str, int]]:
         """Registered timers as ``(domain, time)`` pairs, for ``key`` if given."""
-        only = None if key is _MISSING else as_tuple(key)
+        only = None if key is _MISSING else state_key(key)
         return [(d, t) for d, t, _ in self.operator.timers.pending(only)]
 
     # -- persistence ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from eddies.runtime.keyed import KeyedOperator
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, merge_watermarks
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
+from eddies.state.keys import state_key
 from eddies.state.ttl import TtlConfig
 
 __all__ = ["Executor", "RunResult", "RunStats", "SourceWatermarks"]
@@ -343,11 +344,12 @@ class Executor:
                 # An ASCII str always encodes (an O(1) flag check): no lookup. Handles and
                 # timers compute and cache its stored-key prefix when they need it, which
                 # gives the same prefix unless key groups are pinned (Kafka: the partition
-                # being pushed), when it has to be taken now.
-                k = (key,)
+                # being pushed), when it has to be taken now. State holds it bare (see
+                # state_key).
+                k = key
                 new = False
             else:
-                k = key if type(key) is tuple else (key,)
+                k = state_key(key)
                 try:
                     new = k not in prefixes
                 except TypeError:  # unhashable: validate_key says what is wrong with it

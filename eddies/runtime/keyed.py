@@ -23,7 +23,7 @@ from eddies.operators.functions import (
 from eddies.runtime.timers import EVENT, PROCESSING, Timers
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
-from eddies.state.keys import encode_key
+from eddies.state.keys import encode_key, state_key
 from eddies.state.store import KeyedStateStore
 from eddies.state.ttl import MIN_TIME, TtlConfig
 from eddies.state.values import pack, unpack
@@ -176,7 +176,7 @@ class KeyedOperator:
     def process(self, event: Any, key: Any, timestamp: int | None, out: list[Any]) -> None:
         """Run ``on_event`` for one event of ``key``; outputs go to ``out``."""
         store = self.store
-        k = key if type(key) is tuple else (key,)
+        k = state_key(key)
         # Validate before user code runs: a key the codec cannot store (a list, a dict) raises
         # KeyEncodingError here, and the record goes to dead letters untouched.
         self.validate_key(key, k)
@@ -218,7 +218,7 @@ class KeyedOperator:
         store.key = key
         store.timestamp = time
         ctx = self.ctx
-        ctx.key = key[0] if len(key) == 1 else key
+        ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key
         ctx.timestamp = time
         ctx.time_domain = domain
         try:

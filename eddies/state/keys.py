@@ -47,6 +47,7 @@ __all__ = [
     "encode_element",
     "encode_key",
     "prefix_upper_bound",
+    "state_key",
 ]
 
 Key = tuple[Any, ...]
@@ -68,6 +69,24 @@ _pack_u64 = struct.Struct(">Q").pack
 _unpack_u64 = struct.Struct(">Q").unpack
 _INVERT = bytes(range(255, -1, -1))
 _SIZE_LIMITS = [(1 << (8 * i)) - 1 for i in range(9)]
+
+
+def state_key(key: Any) -> Any:
+    """The form in which state caches and timers hold ``key``: a 1-tuple of a non-tuple value
+    is that bare value (they encode the same), a namedtuple a plain tuple.
+
+    Bare keys spare the hot path a tuple per event and a pointer per dict probe.
+
+    >>> state_key(("a",)), state_key("a"), state_key(("a", 1)), state_key((("a", 1),))
+    ('a', 'a', ('a', 1), (('a', 1),))
+    """
+    if type(key) is tuple:
+        if len(key) == 1 and not isinstance(key[0], tuple):
+            return key[0]
+        return key
+    if isinstance(key, tuple):  # a namedtuple
+        return state_key(tuple(key))
+    return key
 
 
 def as_tuple(key: Any) -> Key:

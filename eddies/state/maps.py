@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["BroadcastHandle", "MapHandle", "public_key", "range_bounds"]
 
 _MISSING: Any = object()
-
+_NO_KEY: Any = object()  # no key looked up yet (None is a key)
 
 def public_key(key: Key) -> Any:
     """A decoded map key as users see it: a 1-tuple as its bare value.
@@ -175,7 +175,7 @@ class MapHandle(Handle):
         self._cache: dict[Key, _Map] = {}
         self._domain = ttl.time if ttl is not None else None
         self._encs: dict[Any, tuple[Any, bytes, Any]] = {}
-        self._last_key: Key | None = None  # the last key _map() looked up, and its map
+        self._last_key: Any = _NO_KEY  # the last key _map() looked up, and its map
         self._last_map: _Map | None = None
         self._sized = False  # BroadcastHandle tracks the stored size
 
@@ -199,7 +199,7 @@ class MapHandle(Handle):
 
     def _load_map(self, key: Key, prefix: bytes) -> _Map:
         self.misses += 1
-        self._last_key = None
+        self._last_key = _NO_KEY
         if self._known_absent():
             m = self._cache[key] = _Map([])
             return m
@@ -490,10 +490,10 @@ class MapHandle(Handle):
         self._cache.clear()
         self._dirty.clear()
         self._complete = None
-        self._last_key = None
+        self._last_key = _NO_KEY
 
     def trim(self, limit: int) -> int:
-        self._last_key = None
+        self._last_key = _NO_KEY
         return super().trim(limit)
 
     def single(self) -> tuple[Any, Any] | None:

@@ -1,6 +1,7 @@
 """KeyedStateStore: the current key, the write-back caches, and the atomic flush.
 
-The runtime sets ``store.key`` (a tuple) and ``store.timestamp`` before it calls user code.
+The runtime sets ``store.key`` and ``store.timestamp`` before it calls user code. The key is
+in its :func:`~eddies.state.keys.state_key` form: a bare value for a 1-tuple, else a tuple.
 Handles bound to the store read and write a cache of deserialized values; :meth:`collect`
 turns the dirty entries into one :class:`Batch`, which the caller writes together with its own
 checkpoint data (timers, source positions, watermark).
@@ -26,7 +27,7 @@ from typing import Any
 from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import StateDescriptor
-from eddies.state.keys import Key, as_tuple, decode_prefixed, encode_element
+from eddies.state.keys import decode_prefixed, encode_element, state_key
 from eddies.state.ttl import MIN_TIME, Ttl, TtlConfig, TtlStateBackend
 from eddies.state.values import NEVER, pack
 
@@ -41,8 +42,10 @@ DEFAULT_CACHE_ENTRIES = 200_000
 """Cached keys per state (and cached key prefixes per store) kept across checkpoints."""
 
 
-def describe_key(key: Key) -> str:
+def describe_key(key: Any) -> str:
     """A key as users wrote it: a bare value for a 1-tuple (unless that value is a tuple)."""
+    if type(key) is not tuple:
+        return repr(key)
     return repr(key[0]) if len(key) == 1 and type(key[0]) is not tuple else repr(key)
 
 
@@ -108,7 +111,7 @@ class KeyedStateStore:
         self.backend: TtlStateBackend = backend
         self.max_parallelism = max_parallelism
         self.operator = operator
-        self.key: Key = ()
+        self.key: Any = ()
         self._key_group: int | None = None
         self._groups_pinned = False
         self.timestamp: int | None = None
@@ -116,7 +119,7 @@ class KeyedStateStore:
         self.handles: dict[str, Any] = {}
         self.cache_entries = cache_entries
         """Keys each state keeps cached across checkpoints; beyond it, clean entries go."""
-        self._prefixes: dict[Key, bytes] = {}
+        self._prefixes: dict[Any, bytes] = {}
         backend.add_sweep_listener(self._evict_swept)
 
     # -- binding -------------------------------------------------------------------------------
@@ -169,13 +172,13 @@ class KeyedStateStore:
 
         Raises :class:`~eddies.errors.KeyEncodingError` for a key the codec cannot store.
         """
-        key = as_tuple(key)
+        key = state_key(key)
         self.prefix(key)  # validates, and is cached for the handles that follow
         self.key = key
         self.timestamp = timestamp
 
-    def prefix(self, key: Key) -> bytes:
-        """The stored-key prefix (key group + user key element) of ``key``."""
+    def prefix(self, key: Any) -> bytes:
+        """The stored-key prefix (key group + user key element) of ``key`` (a state_key)."""
         try:
             p = self._prefixes.get(key)
         except TypeError:  # unhashable (a list, a dict): let the codec say what is wrong
@@ -268,10 +271,10 @@ class KeyedStateStore:
             # after it (a ValueState), decodes directly.
             if (stored[2:4] == b"\x05\x02" and stored.endswith(b"\x00\x00")
                     and stored.find(b"\x00", 4) == len(stored) - 2):
-                evict((stored[4:-2].decode("utf-8"),), b"")
+                evict(stored[4:-2].decode("utf-8"), b"")
             else:
                 key, end = decode_prefixed(stored, 2)
-                evict(key, stored[end:])
+                evict(state_key(key), stored[end:])
 
     def clear_cache(self) -> None:
         """Forget every clean cached entry (dirty ones must be flushed first)."""
