@@ -37,7 +37,6 @@ from eddies.state.ttl import TtlConfig
 __all__ = ["Executor", "RunResult", "RunStats", "SourceWatermarks"]
 
 _DEAD_LETTER_KEEP = 100_000
-_SWEEP_LIMIT = 10_000
 _TS_LIMIT = 2**62
 """Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64."""
 _TIMER: Any = object()  # stands for "no record: a timer fired" in error messages
@@ -574,5 +573,8 @@ class Executor:
         return False
 
     def sweep(self) -> int:
-        """Delete expired state in bounded steps (after a checkpoint is written)."""
-        return sum(op.sweep(_SWEEP_LIMIT) for op in self.operators.values())
+        """Delete everything expired, in steps of bounded memory (after a checkpoint is
+        written). Sweeping to the end each time keeps up with any write rate: a fixed number
+        of entries per checkpoint would fall behind a job writing more TTL entries than that
+        between checkpoints, and expired entries would pile up."""
+        return sum(op.backend.sweep_all() for op in self.operators.values())
