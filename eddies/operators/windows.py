@@ -43,7 +43,7 @@ from eddies.operators.functions import Context, KeyedProcessFunction, OutputTag
 from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 from eddies.state.descriptors import MapState
 from eddies.state.handles import Handle
-from eddies.state.keys import Key, decode_key, decode_prefixed, encode_key
+from eddies.state.keys import Key, decode_key, decode_prefixed, encode_key, state_key
 from eddies.state.store import check_value
 from eddies.state.values import NEVER_STAMP, pack, unpack
 
@@ -379,14 +379,16 @@ class _Slot:
         self.unloaded = 0
 
 
-def _split_stored(stored: bytes) -> tuple[Key, int]:
-    """The user key of a stored ``<op>.windows`` key, and the offset of its map key."""
+def _split_stored(stored: bytes) -> tuple[Any, int]:
+    """The user key (its state_key form) of a stored ``<op>.windows`` key, and the offset of
+    its map key."""
     # The common key, one str without NUL bytes (05 02 <utf-8> 00 00), decoded directly.
     if stored[2:4] == b"\x05\x02":
         end = stored.find(b"\x00", 4)
         if stored[end + 1:end + 2] == b"\x00":
-            return (stored[4:end].decode("utf-8"),), end + 2
-    return decode_prefixed(stored, 2)
+            return stored[4:end].decode("utf-8"), end + 2
+    key, offset = decode_prefixed(stored, 2)
+    return state_key(key), offset
 
 
 class WindowState(Handle):
@@ -618,12 +620,12 @@ class WindowState(Handle):
             agg = self.fn.agg
             agg.window = Window(start, end)
             for key, acc in items:
-                public = key[0] if len(key) == 1 else key
+                public = key[0] if type(key) is tuple and len(key) == 1 else key
                 ctx.key = agg.key = public
                 append({"key": public, "start": start, "end": end, "value": result(acc)})
             return
         for key, acc in items:
-            public = key[0] if len(key) == 1 else key
+            public = key[0] if type(key) is tuple and len(key) == 1 else key
             ctx.key = public  # for the error message, should result() raise
             append({"key": public, "start": start, "end": end, "value": result(acc)})
 
