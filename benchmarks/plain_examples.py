@@ -31,8 +31,8 @@ Decisions:
   millisecond, and is forgotten once the watermark reaches that millisecond + 10 s (the
   lateness); clicks for a forgotten window go to the late output, clicks for a fired one
   re-emit it at once.
-  A window first opened by a click already behind its end is emitted at once and again at
-  the next watermark rise, as the runtime's timer for it does. Sessions merge as the
+  A window first opened by a click already behind its end is emitted with each of its
+  clicks and never at a watermark rise (Flink's event-time trigger). Sessions merge as the
   runtime does: the user's sessions in start order, absorbing every one that overlaps or
   touches the growing interval, clicks kept in that order (float sums depend on it); a
   click whose merged session would already be closed is dropped and counted.
@@ -299,7 +299,7 @@ def page_views(source: Path, views_out: Path, sessions_out: Path, late_out: Path
                 else:
                     w = windows.get((page, start))
                     if w is None:
-                        w = windows[(page, start)] = [0, False]
+                        w = windows[(page, start)] = [0, last <= wm]
                     w[0] += 1
                     if last <= wm:  # fired already: an update within the lateness
                         vwrite(dumps({"key": page, "start": start, "end": start + MINUTE_MS,

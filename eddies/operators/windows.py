@@ -45,6 +45,7 @@ from eddies.state.descriptors import MapState
 from eddies.state.handles import Handle
 from eddies.state.keys import Key, decode_key, decode_prefixed, encode_key, state_key
 from eddies.state.store import check_value
+from eddies.state.ttl import MIN_TIME
 from eddies.state.values import NEVER_STAMP, pack, unpack
 
 if TYPE_CHECKING:
@@ -329,11 +330,12 @@ class WindowFunction(KeyedProcessFunction):
                     ctx.timers.delete_event_time(w.end - 1 + lateness)
         acc = self._add(acc, event)
         windows.put((merged.start, merged.end), acc)
-        ctx.timers.register_event_time(merged.end - 1)
         if lateness:
             ctx.timers.register_event_time(merged.end - 1 + lateness)
         if merged.end - 1 <= ctx.watermark:
+            # Past its end (within the lateness): the result goes out now, and only now.
             return [self._emit(ctx, merged, acc)]
+        ctx.timers.register_event_time(merged.end - 1)
         return None
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
@@ -449,7 +451,7 @@ class WindowState(Handle):
             if end - 1 + self.lateness <= watermark:  # the window is closed for good
                 self.fn._late(event, ctx)
                 return None
-            slot = self._slots.get((end - size, end)) or self._open(end - size, end)
+            slot = self._slots.get((end - size, end)) or self._open(end - size, end, watermark)
             self._hot_end = end
             self._hot = slot
         key = self.store.key
@@ -466,11 +468,12 @@ class WindowState(Handle):
         except (TypeError, ValueError, OverflowError):
             self._unstorable(acc, key, slot)
         accs[key] = acc
-        if slot.fired and (new or end - 1 > watermark):
-            self._refire(slot, key)
-        if end - 1 <= watermark:  # fired already: a late update within the lateness
+        if end - 1 <= watermark:  # past its end: a late update within the lateness
+            self._mark(slot, (key,))
             return [{"key": ctx.key, "start": end - size, "end": end,
                      "value": self._emit(acc, ctx.key, slot)}]
+        if slot.fired:
+            self._refire(slot, key)
         return None
 
     def on_event(self, event: Any, ctx: Context) -> Iterable[Any] | None:
@@ -495,7 +498,7 @@ class WindowState(Handle):
             if end - 1 + lateness <= watermark:
                 continue  # this window is closed for good
             accepted = True
-            slot = slots.get((start, end)) or self._open(start, end)
+            slot = slots.get((start, end)) or self._open(start, end, watermark)
             accs = slot.accs
             acc = accs.get(key, _NEW)
             new = acc is _NEW
@@ -509,13 +512,14 @@ class WindowState(Handle):
             except (TypeError, ValueError, OverflowError):
                 self._unstorable(acc, key, slot)
             accs[key] = acc
-            if slot.fired and (new or end - 1 > watermark):
-                self._refire(slot, key)
-            if end - 1 <= watermark:  # fired already: a late update within the lateness
+            if end - 1 <= watermark:  # past its end: a late update within the lateness
+                self._mark(slot, (key,))
                 if out is None:
                     out = []
                 out.append({"key": ctx.key, "start": start, "end": end,
                             "value": self._emit(acc, ctx.key, slot)})
+            elif slot.fired:
+                self._refire(slot, key)
         if not accepted:
             self.fn._late(event, ctx)
         return out
@@ -534,14 +538,20 @@ class WindowState(Handle):
         raise StateSerializationError(  # pragma: no cover - check_value raised already
             f"{self.store.where(self.descriptor)}: cannot serialize {type(acc).__name__}")
 
-    def _open(self, start: int, end: int) -> _Slot:
+    def _open(self, start: int, end: int, watermark: int) -> _Slot:
         slot = self._slots[(start, end)] = _Slot(start, end)
-        heapq.heappush(self._due, (end - 1, _FIRE, start, end))
+        if end - 1 <= watermark:
+            # Opened by a late event (within the lateness): each key's result goes out with
+            # the event that updates it, as Flink's trigger fires on such an element at once
+            # and only then; nothing is left to fire at the window's end.
+            slot.fired = True
+            heapq.heappush(self._due, (end - 1 + self.lateness, _CLEAN, start, end))
+        else:
+            heapq.heappush(self._due, (end - 1, _FIRE, start, end))
         return slot
 
     def _refire(self, slot: _Slot, key: Key) -> None:
-        """Fire ``key`` of a window that has fired at the next watermark: a key new to the
-        window (after the result just emitted, as a timer of its own would), or an update the
+        """Fire ``key`` of a window that has fired at the next watermark: an update the
         watermark has not caught up with (a partition restored under Kafka, whose events
         run before the operator's watermark has moved to the restored one)."""
         if not slot.refire:
@@ -747,7 +757,7 @@ class WindowState(Handle):
             window = windows.get(enc)
             if window is None:
                 window = windows[enc] = decode_key(enc)  # type: ignore[assignment]
-            slot = self._slots.get(window) or self._open(*window)
+            slot = self._slots.get(window) or self._open(*window, MIN_TIME)
             if key in slot.accs:  # indexed already (loaded twice): memory is as new or newer
                 continue
             seen = touched.get(slot)
