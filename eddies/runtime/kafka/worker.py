@@ -284,10 +284,22 @@ class KafkaWorker:
         if not self._assignment_done or not self.owned - self.ready:
             return
         async with self._lock:
+            if self.ready:
+                # Restoring clears the state caches: what partitions kept from before the
+                # rebalance changed since the last checkpoint is written first. (With the
+                # eager protocol their revocation checkpointed already; this holds for any.)
+                await self.checkpoint()
             for tp in sorted(self.owned - self.ready):
                 await self._restore_partition(*tp)
                 self.ready.add(tp)
             self._reload_timers()
+            # Operators take the restored watermarks now, before the partitions' first
+            # records: else those would be judged (late data, windows, TTL) against the
+            # operator's watermark from before (the minimum, on a fresh worker). Timers at or
+            # below a restored watermark fired before its checkpoint, so nothing fires here
+            # that the previous owner did not fire already.
+            now = self.executor.clock()
+            self.executor.advance_time(self._source_watermarks(now), now)
 
     @property
     def _consumer(self) -> Any:
