@@ -70,7 +70,6 @@ class Handle:
         self.ttl = ttl
         self.backend = store.backend
         self._dirty: set[Key] = set()
-        self.hits = 0
         self.misses = 0
         """Reads the cache could not answer (a backend read, unless the state is fresh)."""
         self.evictions = 0
@@ -179,6 +178,76 @@ class ValueHandle(Handle):
             and (ttl is None or ttl.visibility == "never_expired")
             and self.backend.time_domain(self.name) == "event"
         )
+        self._install_fast_paths()
+
+    def _install_fast_paths(self) -> None:
+        """Give this handle ``get`` and ``set`` closures for its common case (a cached value;
+        no TTL, or an event-time TTL checked against the watermark), which fall back to the
+        methods for everything else. An instance attribute is found before the class's
+        method and needs no bound-method object: per event it is the handle's whole cost."""
+        cache = self._cache
+        cache_get = cache.get
+        dirty = self._dirty
+        expiry = self._expiry
+        store = self.store
+        backend = self.backend
+        slow_get = self.get
+        slow_set = self.set
+        ttl_ms = self._event_ttl_ms
+        if self.ttl is None:
+
+            def get(default: Any = MISSING) -> Any:
+                value = cache_get(store.key, MISSING)
+                if value is MISSING or value is ABSENT or expiry:
+                    return slow_get(default)
+                return value
+
+            def set_(value: Any) -> None:
+                if expiry:
+                    slow_set(value)
+                    return
+                try:
+                    payload = pack(value)
+                except (TypeError, ValueError, OverflowError):
+                    slow_set(value)  # raises, naming state, key and type
+                    return
+                key = store.key
+                cache[key] = value
+                dirty[key] = NEVER_STAMP + payload
+
+        elif self._watermark_only and ttl_ms is not None:
+
+            def get(default: Any = MISSING) -> Any:
+                key = store.key
+                value = cache_get(key, MISSING)
+                if value is MISSING or value is ABSENT:
+                    return slow_get(default)
+                expires_at = expiry.get(key)
+                if expires_at is None or expires_at > backend.watermark:
+                    return value
+                return slow_get(default)
+
+            def set_(value: Any) -> None:
+                ts = store.timestamp
+                if ts is None or not 0 <= ts + ttl_ms < NEVER:  # type: ignore[operator]
+                    slow_set(value)
+                    return
+                try:
+                    payload = pack(value)
+                except (TypeError, ValueError, OverflowError):
+                    slow_set(value)  # raises, naming state, key and type
+                    return
+                key = store.key
+                cache[key] = value
+                expires_at = expiry[key] = ts + ttl_ms  # type: ignore[operator]
+                dirty[key] = stamp(expires_at) + payload
+
+        else:
+            return
+        if type(self) is ValueHandle:
+            self.get = get  # type: ignore[method-assign]
+        self.set = set_  # type: ignore[method-assign]
+        self.update = set_  # type: ignore[method-assign]
 
     def _load(self, key: Key) -> Any:
         self.misses += 1
@@ -201,8 +270,6 @@ class ValueHandle(Handle):
         value = self._cache.get(key, MISSING)
         if value is MISSING:
             value = self._load(key)
-        else:
-            self.hits += 1
         if value is ABSENT or (self.ttl is None and not self._expiry):
             return value
         return self._live(key, value)
@@ -225,8 +292,6 @@ class ValueHandle(Handle):
         value = self._cache.get(key, MISSING)
         if value is MISSING:
             value = self._load(key)
-        else:
-            self.hits += 1
         if value is not ABSENT:
             expiry = self._expiry
             if self.ttl is None and not expiry:
@@ -387,7 +452,6 @@ class ListHandle(Handle):
         key = self.store.key
         entry = self._cache.get(key)
         if entry is not None:
-            self.hits += 1
             return entry
         self.misses += 1
         items = []

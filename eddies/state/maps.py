@@ -187,12 +187,10 @@ class MapHandle(Handle):
     def _map(self) -> _Map:
         key = self.store.key
         if key is self._last_key:  # the same key object as the last call: one event's calls
-            self.hits += 1
             return self._last_map  # type: ignore[return-value]
         m = self._cache.get(key)
         if m is None:
             return self._load_map(key, self.store.prefix(key))
-        self.hits += 1
         self._last_key = key
         self._last_map = m
         return m
@@ -542,7 +540,6 @@ class BroadcastHandle(MapHandle):
     def _map(self) -> _Map:
         m = self._cache.get(())
         if m is not None:
-            self.hits += 1
             return m
         return self._load_map((), _BROADCAST_PREFIX)
 
