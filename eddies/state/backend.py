@@ -108,6 +108,15 @@ class StateBackend(ABC):
         """Number of entries in ``cf`` (a full scan; for tests and inspection)."""
         return sum(1 for _ in self.iterate(cf))
 
+    def keys(self, cf: str, lower: bytes | None, upper: bytes | None, limit: int) -> list[bytes]:
+        """The first ``limit`` keys with ``lower <= key < upper``, in order, as one list."""
+        out: list[bytes] = []
+        for key, _ in self.iterate(cf, lower, upper):
+            out.append(key)
+            if len(out) >= limit:
+                break
+        return out
+
     def is_empty(self, cf: str) -> bool:
         """Whether ``cf`` holds no entry (one step of a range read)."""
         return next(iter(self.iterate(cf)), None) is None

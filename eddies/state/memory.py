@@ -173,8 +173,7 @@ class InMemoryStateBackend(StateBackend):
         table = self._cfs.get(cf)
         if table is None:
             return [None] * len(keys)
-        get = table.data.get
-        return [get(k) for k in keys]
+        return list(map(table.data.get, keys))
 
     def iterate(
         self,
@@ -216,6 +215,20 @@ class InMemoryStateBackend(StateBackend):
     def count(self, cf: str) -> int:
         table = self._cfs.get(cf)
         return 0 if table is None else len(table.data)
+
+    def keys(self, cf: str, lower: bytes | None, upper: bytes | None, limit: int) -> list[bytes]:
+        self.round_trips += 1
+        table = self._cfs.get(cf)
+        if table is None:
+            return []
+        order, lo, hi = table.keys_between(lower, upper)
+        live = table.data.__contains__
+        out: list[bytes] = []
+        while lo < hi and len(out) < limit:  # deleted keys may still be in the order
+            step = min(hi, lo + limit - len(out))
+            out.extend(filter(live, order[lo:step]))
+            lo = step
+        return out
 
     def is_empty(self, cf: str) -> bool:
         self.round_trips += 1

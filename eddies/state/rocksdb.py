@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator
-from itertools import groupby, starmap
+from itertools import groupby, islice, starmap
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +41,9 @@ cache (a 64 MB memtable made inserts about 2x slower in the 1M-event benchmark).
 def _cf_options() -> rocksdict.Options:
     opts = rocksdict.Options(raw_mode=True)
     opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    table = rocksdict.BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    opts.set_block_based_table_factory(table)
     return opts
 
 
@@ -148,6 +151,16 @@ class RocksDbStateBackend(StateBackend):
         if table is None:
             return [None] * len(keys)
         return cast("list[bytes | None]", table.get(cast("list[Any]", keys)))
+
+    def keys(self, cf: str, lower: bytes | None, upper: bytes | None, limit: int) -> list[bytes]:
+        self.round_trips += 1
+        table = self._cfs.get(cf)
+        if table is None:
+            return []
+        ro = rocksdict.ReadOptions()
+        if upper is not None:
+            ro.set_iterate_upper_bound(upper)
+        return list(islice(table.keys(from_key=lower, read_opt=ro), limit))
 
     def iterate(
         self,

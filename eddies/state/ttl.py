@@ -321,11 +321,7 @@ class TtlStateBackend(StateBackend):
             if clock < 0 or taken >= limit:
                 continue
             upper = _be.pack(min(clock, NEVER - 1) + 1)
-            candidates: list[bytes] = []
-            for index_key, _ in self.inner.iterate(index_cf, cursors.get(index_cf), upper):
-                candidates.append(index_key)
-                if taken + len(candidates) >= limit:
-                    break
+            candidates = self.inner.keys(index_cf, cursors.get(index_cf), upper, limit - taken)
             if not candidates:
                 continue
             cursors[index_cf] = candidates[-1] + b"\x00"  # the next key up
