@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
+from eddies.errors import StateSerializationError
 from eddies.state.backend import DELETE, PUT, Batch
 from eddies.state.keys import Key, decode_element, encode_key, prefix_upper_bound
 from eddies.state.store import check_value
@@ -318,9 +319,10 @@ class ValueHandle(Handle):
         key = store.key
         try:
             payload = pack(value)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError) as exc:
             check_value(value, self._here)  # raises, naming state, key and type
-            raise
+            raise StateSerializationError(  # what check_value lets by (a lone surrogate)
+                f"{self._here()}: cannot serialize {type(value).__name__} ({exc})") from exc
         self._cache[key] = value
         if self.ttl is not None:
             ttl_ms = self._event_ttl_ms

@@ -274,7 +274,7 @@ class MapHandle(Handle):
         if t is int:
             if not -(2**63) <= value < 2**64:
                 check_value(value, self._where(key))
-        elif t not in _SCALARS:
+        elif t not in _SCALARS or (t is str and not value.isascii()):
             try:
                 pack(value)
             except (TypeError, ValueError, OverflowError):

@@ -57,6 +57,14 @@ def check_value(value: Any, where: str | Callable[[], str]) -> None:
     """
     t = type(value)
     if t in _SCALARS:
+        if t is str and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise StateSerializationError(
+                    f"{_text(where)}: cannot serialize str ({exc}); store valid Unicode text "
+                    "(no lone surrogates), or bytes"
+                ) from exc
         return
     if t is int:
         if _INT_MIN <= value <= _INT_MAX:

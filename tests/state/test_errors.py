@@ -38,6 +38,7 @@ BAD_VALUES = [
     pytest.param([1, {"when": datetime.date(2024, 1, 1)}], "list", id="nested-date"),
     pytest.param(2**64, "int", id="int-too-big"),
     pytest.param([-(2**63) - 1], "list", id="nested-int-too-small"),
+    pytest.param("\ud800", "str", id="lone-surrogate"),
 ]
 
 
