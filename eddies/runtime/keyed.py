@@ -187,8 +187,8 @@ class KeyedOperator:
         ctx.timestamp = timestamp
         emit_into(out, self._on_event(event, ctx))
 
-    def validate_key(self, key: Any, k: tuple[Any, ...]) -> None:
-        """Raise KeyEncodingError unless ``k`` (``key`` as a tuple) can be stored; caches its
+    def validate_key(self, key: Any, k: Any) -> None:
+        """Raise KeyEncodingError unless ``k`` (``key`` as a state_key) can be stored; caches its
         stored-key prefix for the state handles that follow."""
         try:
             self.store.prefix(k)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import groupby, islice, starmap
 from operator import itemgetter
 from pathlib import Path
@@ -160,7 +160,8 @@ class RocksDbStateBackend(StateBackend):
         ro = rocksdict.ReadOptions()
         if upper is not None:
             ro.set_iterate_upper_bound(upper)
-        return list(islice(table.keys(from_key=lower, read_opt=ro), limit))
+        keys = cast("Iterable[bytes]", table.keys(from_key=lower, read_opt=ro))
+        return list(islice(keys, limit))
 
     def iterate(
         self,
