@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import struct
+from collections import deque
 from collections.abc import Iterable
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,8 @@ class Handle:
         self._complete: bool | None = None
         self._refresh = ttl is not None and ttl.update == "on_read_and_write"
         self._here = self._describe  # the error context, built only when a check fails
+        self.evicts_swept = True
+        """Whether entries a sweep deletes must leave the cache (see ``evict``)."""
 
     def __repr__(self) -> str:
         return f"<{type(self.descriptor).__name__} {self.name!r} bound>"
@@ -144,6 +147,9 @@ class Handle:
     def _evicted(self, keys: list[Key]) -> None:
         """Hook: forget what else is cached for ``keys``."""
 
+    def index_swept(self, consumed: list[bytes], moved: dict[bytes, int]) -> None:
+        """Hook: a sweep took the index entries of ``consumed`` and re-indexed ``moved``."""
+
     def evict(self, key: Key, suffix: bytes) -> None:
         """Forget the clean cached entry a sweep just deleted (``suffix``: map key or index)."""
         if key not in self._dirty and self._cache.pop(key, None) is not None:  # type: ignore[attr-defined]
@@ -179,6 +185,16 @@ class ValueHandle(Handle):
             and (ttl is None or ttl.visibility == "never_expired")
             and self.backend.time_domain(self.name) == "event"
         )
+        # Expiry index entries are lazy (see ttl.py): per stored key, the time of an index
+        # entry known to exist at or before its stamp. Unknown keys (new, evicted, restored)
+        # get an entry at their next write, which at worst duplicates one.
+        self._indexed: dict[bytes, int] = {}
+        if ttl is not None:
+            self.backend.set_lazy_index(self.name)
+        # An expired value reads as absent whether or not it is still cached, so a sweep
+        # need not decode the keys it deletes to evict them, unless expired values stay
+        # visible until deleted.
+        self.evicts_swept = ttl is not None and ttl.visibility == "expired_if_present"
         self._install_fast_paths()
 
     def _install_fast_paths(self) -> None:
@@ -378,16 +394,23 @@ class ValueHandle(Handle):
         target = self.backend.index_target(name) if expiry else None
         if target is not None:
             index_cf, encoded = target
-            stamps = list(map(expiry.get, keys))
-            if None in stamps:  # cleared, or written without a TTL: no index entry
-                pairs = [(s, p) for s, p in zip(stamps, prefixes, strict=True) if s is not None]
+            indexed = self._indexed
+            if len(indexed) > 2 * store.cache_entries:
+                indexed.clear()  # bounded: forgotten keys are indexed again at their next write
+            known = indexed.get
+            # Cleared keys and writes without a TTL (no stamp) need no entry, nor do keys with
+            # an entry at or before their new stamp.
+            pairs = [(s, p) for s, p in zip(map(expiry.get, keys), prefixes, strict=True)
+                     if s is not None and ((i := known(p)) is None or s < i)]
+            if pairs:
                 stamps = [s for s, _ in pairs]
                 prefixes = [p for _, p in pairs]
-            index_keys = map(bytes.__add__,
-                             map(bytes.__add__, map(_be_pack, stamps), repeat(encoded)),
-                             prefixes)
-            (batch.ops if expiry_index is None else expiry_index).extend(
-                zip(repeat(PUT), repeat(index_cf), index_keys, repeat(b"")))
+                indexed.update(zip(prefixes, stamps, strict=True))
+                index_keys = map(bytes.__add__,
+                                 map(bytes.__add__, map(_be_pack, stamps), repeat(encoded)),
+                                 prefixes)
+                (batch.ops if expiry_index is None else expiry_index).extend(
+                    zip(repeat(PUT), repeat(index_cf), index_keys, repeat(b"")))
         cache = self._cache
         if len(cache) >= store.cache_entries:
             # Over the cache limit, written keys move to the back so that trimming drops the
@@ -400,8 +423,16 @@ class ValueHandle(Handle):
         self._cache.clear()
         self._expiry.clear()
         self._dirty.clear()
+        self._indexed.clear()
         self._cleared = False
         self._complete = None
+
+    def index_swept(self, consumed: list[bytes], moved: dict[bytes, int]) -> None:
+        indexed = self._indexed
+        if indexed:
+            deque(map(indexed.pop, consumed, repeat(None)), 0)
+        if moved:
+            indexed.update(moved)
 
     def _evicted(self, keys: list[Key]) -> None:
         expiry = self._expiry

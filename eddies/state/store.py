@@ -22,6 +22,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
@@ -34,6 +35,8 @@ from eddies.state.values import NEVER, pack
 __all__ = ["DEFAULT_CACHE_ENTRIES", "KeyedStateStore", "check_value", "describe_key"]
 
 _SCALARS = frozenset({str, float, bool, type(None), bytes})
+_cf_of = itemgetter(1)
+_key_of = itemgetter(2)
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 MAX_KEY_GROUPS = 32768
@@ -129,6 +132,7 @@ class KeyedStateStore:
         """Keys each state keeps cached across checkpoints; beyond it, clean entries go."""
         self._prefixes: dict[Any, bytes] = {}
         backend.add_sweep_listener(self._evict_swept)
+        backend.add_index_listener(self._swept_index)
 
     # -- binding -------------------------------------------------------------------------------
     def bind(self, descriptor: StateDescriptor) -> Any:
@@ -243,7 +247,15 @@ class KeyedStateStore:
         index: list[tuple[int, str, bytes, bytes | None]] = []
         for handle in self.handles.values():
             handle.collect(batch, index)
-        batch.ops.extend(index)  # after the state writes, as TtlStateBackend.index_ops does
+        if index:
+            batch.ops.extend(index)  # after the state writes, as TtlStateBackend.index_ops does
+            backend = self.backend
+            index_cfs = set(map(_cf_of, index))
+            if len(index_cfs) == 1:
+                backend.lower_sweep_floor(index_cfs.pop(), min(map(_key_of, index)))
+            else:
+                for _, index_cf, key, _ in index:
+                    backend.lower_sweep_floor(index_cf, key)
         return batch
 
     def trim(self, limit: int | None = None) -> int:
@@ -269,9 +281,14 @@ class KeyedStateStore:
         self.backend.inner.write(batch, sync=sync)
         return len(batch)
 
+    def _swept_index(self, state: str, consumed: list[bytes], moved: dict[bytes, int]) -> None:
+        handle = self.handles.get(state)
+        if handle is not None:
+            handle.index_swept(consumed, moved)
+
     def _evict_swept(self, state: str, stored_keys: list[bytes]) -> None:
         handle = self.handles.get(state)
-        if handle is None:
+        if handle is None or not handle.evicts_swept:
             return
         evict = handle.evict
         for stored in stored_keys:
@@ -289,3 +306,4 @@ class KeyedStateStore:
         for handle in self.handles.values():
             handle.reset()
         self._prefixes.clear()
+        self.backend.reset_sweep_floor()  # what was written meanwhile did not pass through us

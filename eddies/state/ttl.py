@@ -19,6 +19,19 @@ A sweep takes index entries up to the clock in bounded steps. For each it point-
 it names and deletes it if still expired (a rewrite may have moved its expiry on), then deletes
 the index entry. Deletions are ordinary batch writes, so write listeners (the Kafka changelog)
 see them too.
+
+The invariant the sweep relies on is weaker than "an index entry per write": every stored entry
+with a finite stamp has an index entry at a time <= its stamp. States registered with
+:meth:`TtlStateBackend.set_lazy_index` (ValueState and ReducingState) use that: a write whose
+stamp is not earlier than the key's known index entry writes none, and when the sweep reaches
+an entry whose value was rewritten with a later stamp it moves the entry to that stamp (one
+PUT, the very key an eager writer would have written). A key written many times per TTL period
+then costs one index entry per period instead of one per write.
+
+Each index keeps a floor: every index key below it has been swept. A sweep starts there, so
+on RocksDB it does not walk the tombstones of earlier sweeps; a write of an index entry below
+the floor lowers it (:meth:`TtlStateBackend.lower_sweep_floor`), and writes the wrapper does
+not see (a changelog restore) must be followed by :meth:`TtlStateBackend.reset_sweep_floor`.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from eddies.state.values import NEVER, read_stamp
 __all__ = ["MIN_TIME", "Ttl", "TtlConfig", "TtlStateBackend", "EXPIRY_CF", "EXPIRY_PROC_CF"]
 
 TimeDomain = Literal["event", "processing"]
+IndexListener = Callable[[str, list[bytes], dict[bytes, int]], None]
 MIN_TIME = -(2**63)
 """The watermark before any event: nothing is expired yet."""
 EXPIRY_CF = "__expiry__"
@@ -157,6 +171,9 @@ class TtlStateBackend(StateBackend):
         """Entries physically deleted by sweeps so far."""
         self.sweeps = 0
         self._sweep_listeners: list[Callable[[str, list[bytes]], None]] = []
+        self._index_listeners: list[IndexListener] = []
+        self._lazy: set[str] = set()  # states whose index entries the sweep moves on
+        self._floor: dict[str, bytes] = {}  # per index: every key below it is swept
 
     # -- clocks ------------------------------------------------------------------------------
     def set_watermark(self, ms: int) -> None:
@@ -243,6 +260,28 @@ class TtlStateBackend(StateBackend):
     def add_write_listener(self, listener: Callable[[Batch], None]) -> None:
         self.inner.add_write_listener(listener)
 
+    def set_lazy_index(self, cf: str) -> None:
+        """Let the sweep move the index entries of ``cf`` on (see the module docstring):
+        its writer then indexes a key only when it knows of no entry at or before the new
+        stamp, and learns of moved entries through :meth:`add_index_listener`."""
+        self._lazy.add(cf)
+
+    def add_index_listener(self, listener: IndexListener) -> None:
+        """Call ``listener(state, consumed, moved)`` after each sweep step: ``consumed`` are
+        the stored keys whose index entries it took (deleted, gone, or moved), ``moved`` the
+        new index times of those whose live value it re-indexed (lazy states only)."""
+        self._index_listeners.append(listener)
+
+    def lower_sweep_floor(self, index_cf: str, key: bytes) -> None:
+        """An index entry ``key`` is being written to ``index_cf``: sweeps must look there."""
+        floor = self._floor.get(index_cf)
+        if floor is not None and key < floor:
+            self._floor[index_cf] = key
+
+    def reset_sweep_floor(self) -> None:
+        """Forget the floors: the next sweep scans each index from its start."""
+        self._floor.clear()
+
     def add_sweep_listener(self, listener: Callable[[str, list[bytes]], None]) -> None:
         """Call ``listener(state, stored_keys)`` after a sweep deleted those entries.
 
@@ -261,6 +300,8 @@ class TtlStateBackend(StateBackend):
 
     def _apply(self, batch: Batch, sync: bool) -> None:
         index = self.index_ops(batch.ops, registered_only=False)
+        for _, index_cf, key, _ in index:
+            self.lower_sweep_floor(index_cf, key)
         self.inner.write(Batch(batch.ops + index) if index else batch, sync)
 
     def index_target(self, cf: str) -> tuple[str, bytes] | None:
@@ -317,11 +358,20 @@ class TtlStateBackend(StateBackend):
         where the previous step of the same sweep stopped: its index entries are deleted, and
         on RocksDB seeking from the start again would walk their tombstones every step."""
         deleted = taken = 0
+        floors = self._floor
         for index_cf, clock in self._clocks():
             if clock < 0 or taken >= limit:
                 continue
             upper = _be.pack(min(clock, NEVER - 1) + 1)
-            candidates = self.inner.keys(index_cf, cursors.get(index_cf), upper, limit - taken)
+            start = cursors.get(index_cf) or floors.get(index_cf)
+            if start is not None and start >= upper:
+                continue
+            want = limit - taken
+            candidates = self.inner.keys(index_cf, start, upper, want)
+            if len(candidates) < want:
+                # Nothing is left below upper once these are swept. Entries moved on by this
+                # step land at or above upper (their stamps are past the clock).
+                floors[index_cf] = upper
             if not candidates:
                 continue
             cursors[index_cf] = candidates[-1] + b"\x00"  # the next key up
@@ -336,14 +386,34 @@ class TtlStateBackend(StateBackend):
         batch = Batch()
         ops = batch.ops
         deleted: dict[str, list[bytes]] = {}
+        moved_by_state: dict[str, dict[bytes, int]] = {}
+        lazy = self._lazy
         for state, keys in by_state.items():
             values = self.inner.multi_get(state, keys)
-            gone = [
-                key
-                for key, data in zip(keys, values, strict=True)
-                if data is not None and _read_le(data)[0] <= clock
-            ]
+            if state in lazy:
+                gone = []
+                moved: dict[bytes, int] = {}
+                for key, data in zip(keys, values, strict=True):
+                    if data is not None:
+                        expires_at = _read_le(data)[0]
+                        if expires_at <= clock:
+                            gone.append(key)
+                        elif expires_at != NEVER:
+                            moved[key] = expires_at
+                if moved:
+                    name = self._names.get(state) or encode_key(state)
+                    ops.extend(zip(repeat(PUT), repeat(index_cf),
+                                   map(bytes.__add__, map(bytes.__add__, map(_be.pack,
+                                       moved.values()), repeat(name)), moved), repeat(b"")))
+                moved_by_state[state] = moved
+            else:
+                gone = [
+                    key
+                    for key, data in zip(keys, values, strict=True)
+                    if data is not None and _read_le(data)[0] <= clock
+                ]
             if gone:
+                gone = list(dict.fromkeys(gone))  # a key indexed twice is deleted once
                 ops.extend(zip(repeat(DELETE), repeat(state), gone, repeat(None)))
                 deleted[state] = gone
         ops.extend(zip(repeat(DELETE), repeat(index_cf), index_keys, repeat(None)))
@@ -353,6 +423,9 @@ class TtlStateBackend(StateBackend):
         for listener in self._sweep_listeners:
             for state, keys in deleted.items():
                 listener(state, keys)
+        for index_listener in self._index_listeners:
+            for state, keys in by_state.items():
+                index_listener(state, keys, moved_by_state.get(state) or {})
         return n
 
     @staticmethod
