@@ -207,6 +207,7 @@ class Executor:
             raise ConfigError(f"job {job.name!r} has no sink; end a stream with .sink(...)")
         pushes: dict[tuple[Node, int], Callable[[Any, Any], None]] = {}
         self.pushes = pushes
+        self.batch_pushes: dict[tuple[Node, int], Callable[[list[Any], list[int], int], None]] = {}
         for n in reversed(nodes):
             main = [pushes[(c, i)] for c, i in children[n] if c.kind != "side_output"]
             emit = _fan_out(main)
@@ -216,6 +217,19 @@ class Executor:
             n: _fan_out([pushes[(c, i)] for c, i in children[n]])
             for n in nodes if n.kind == "source"
         }
+        # A source whose only consumer is key_by -> process takes batches straight into the
+        # keyed operator (see _push_keyed_batch).
+        self.source_batches: dict[Node, Callable[[list[Any], list[int], int], None]] = {}
+        for n in nodes:
+            if n.kind != "source" or len(children[n]) != 1:
+                continue
+            key_node, _ = children[n][0]
+            if key_node.kind != "key_by" or len(children[key_node]) != 1:
+                continue
+            proc, port = children[key_node][0]
+            batch_push = self.batch_pushes.get((proc, port))
+            if batch_push is not None:
+                self.source_batches[n] = batch_push
 
     def _key_of(self, node: Node) -> Callable[[Any], Any]:
         parent = node.inputs[0]
@@ -387,6 +401,68 @@ class Executor:
                     emit(result, ts)
                 out.clear()
 
+        def push_keyed_batch(values: list[Any], stamps: list[int], lo: int) -> None:
+            """push_keyed over a batch whose timestamps are checked ints: the keys are read
+            in one C-level pass, and when all are ASCII str (no validation needed, see
+            push_keyed) the loop does nothing per event but bind the key and call on_event.
+            ``lo`` is the batch's first index in the source's read, for dead letters."""
+            count = len(values)
+            keys: list[Any] | None
+            try:
+                keys = list(map(keyget, values))
+            except _RECORD_ERRORS:
+                keys = None
+            if (keys is None or store._groups_pinned or set(map(type, keys)) != {str}
+                    or not all(map(str.isascii, keys))):
+                for j in range(count):
+                    self._cur_index = lo + j
+                    push_keyed(values[j], stamps[j])
+                return
+            watermark = op.watermark
+            if stamps and min(stamps) <= watermark:
+                stats.late_events += sum(map(watermark.__ge__, stamps))
+            start = 0
+            while start < count:
+                j = start
+                try:
+                    for j in range(start, count):
+                        key = keys[j]
+                        ts = stamps[j]
+                        store.key = key
+                        store.timestamp = ts
+                        ctx.key = key
+                        ctx.timestamp = ts
+                        result = on_event(values[j], ctx)
+                        if result is not None:
+                            t = type(result)
+                            if t is list or t is tuple or t is GeneratorType:
+                                extend(result)
+                            else:
+                                append(result)
+                            if out:
+                                self._cur_index = lo + j  # what follows may dead-letter
+                                for item in out:
+                                    emit(item, ts)
+                                out.clear()
+                    return
+                except (StateSerializationError, KeyEncodingError) as exc:
+                    out.clear()
+                    self._cur_index = lo + j
+                    dead(self._record_letter(values[j], str(exc), name))
+                except EddiesError as exc:
+                    out.clear()
+                    self._cur_index = lo + j
+                    if not isinstance(exc, UserFunctionError):
+                        exc.add_note(f"in operator {name!r} on key {keys[j]!r}, for record "
+                                     f"{_describe(values[j])} (timestamp {stamps[j]})")
+                    raise
+                except Exception as exc:
+                    out.clear()
+                    self._cur_index = lo + j
+                    raise self._user_error(name, keys[j], values[j], stamps[j], exc) from exc
+                start = j + 1
+
+        self.batch_pushes[(n, port)] = push_keyed_batch
         return push_keyed
 
     def pushes_for_side(self, side_node: Node) -> Callable[[Any, Any], None]:
@@ -516,6 +592,20 @@ class Executor:
         record_letter = self._record_letter
         field_name = getattr(tsfn, "field", None)
         tsget = itemgetter(field_name) if field_name is not None else tsfn
+        batch_push = self.source_batches.get(node)
+        if batch_push is not None and hi > lo:
+            # Timestamps in one C-level pass; when every one is an int in range, the batch
+            # goes to the keyed operator whole. Anything else takes the per-record path,
+            # which sends each bad record to dead letters with its reason.
+            chunk = values[lo:hi] if lo or hi != len(values) else values
+            try:
+                stamps = list(map(tsget, chunk))
+            except _RECORD_ERRORS:
+                stamps = None
+            if (stamps is not None and set(map(type, stamps)) == {int}
+                    and min(stamps) >= -_TS_LIMIT and max(stamps) <= _TS_LIMIT):
+                batch_push(chunk, stamps, lo)
+                return max(stamps)
         max_ts = MIN_TIME
         for i in range(lo, hi):
             value = values[i]

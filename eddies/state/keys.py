@@ -217,6 +217,8 @@ def encode_element(key: Any) -> bytes:
     >>> encode_element("a").hex(" ")
     '05 02 61 00 00'
     """
+    if type(key) is str:  # the common key: one str element in the tuple
+        return b"\x05" + _encode_str(key) + b"\x00"
     out: list[bytes] = []
     _encode_into(as_tuple(key), out, False)
     return b"".join(out)
