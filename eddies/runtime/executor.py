@@ -164,6 +164,9 @@ class Executor:
         self.ttl_config = ttl_config
         self.clock = clock or _wall_ms
         self.stats = RunStats()
+        self.late_dropped_before = 0
+        """Events windows dropped as too late before this run resumed (from the checkpoint);
+        the window functions count this run's."""
         self.counts: dict[str, list[int]] = {}
         """Events [in, out] per source and sink node, counted per batch (for metrics)."""
         self.dead: list[dict[str, Any]] = []
@@ -533,7 +536,7 @@ class Executor:
                 except Exception as exc:
                     raise self._user_error(n.name, op.ctx.key, _TIMER,
                                            op.ctx.timestamp, exc) from exc
-        self.stats.late_dropped = sum(
+        self.stats.late_dropped = self.late_dropped_before + sum(
             getattr(op.function, "late_dropped", 0) for op in self.operators.values()
         )
         sinks_wm = [wm[n] for n, _, _ in self.sink_nodes]

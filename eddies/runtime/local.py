@@ -165,7 +165,7 @@ class LocalRunner(Executor):
         meta = {
             "sinks": sinks,
             "stats": [stats.events_in, stats.events_out, stats.dead_letters, stats.late_events,
-                      stats.checkpoints],
+                      stats.checkpoints, stats.late_dropped],
         }
         batch.put(META_CF, self._job_key, pack(meta))
         self.backend.write(batch, sync=self.durability)
@@ -231,8 +231,12 @@ class LocalRunner(Executor):
                 sink.open(positions.get(name) if meta is not None else None)
             if meta is not None:
                 stats.resumed = True
+                counts = meta["stats"]
                 (stats.events_in, stats.events_out, stats.dead_letters, stats.late_events,
-                 stats.checkpoints) = meta["stats"]
+                 stats.checkpoints) = counts[:5]
+                # Checkpoints written before late_dropped was kept have five counts.
+                self.late_dropped_before = stats.late_dropped = (
+                    counts[5] if len(counts) > 5 else 0)
             restore_s += _time.perf_counter() - t
             stats.startup = {"open_s": self._open_s, "restore_s": restore_s,
                              "preload_s": preload_s}

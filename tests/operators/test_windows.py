@@ -188,6 +188,37 @@ def test_late_events_are_counted_exactly_when_no_tag():
                                        ("a", 30_000, 35_000): 1}
 
 
+def test_late_dropped_count_survives_a_resume(tmp_path):
+    """A run that fails after a checkpoint and resumes counts the late events of both parts,
+    each once: the count is part of the checkpoint."""
+    events = [{"k": "a", "ts": t, "v": 1} for t in (10_000, 20_000, 30_000)]
+    events += [{"k": "a", "ts": 1_000, "v": 1}, {"k": "b", "ts": 2_000, "v": 1}]  # late
+    events += [{"k": "a", "ts": 40_000, "v": 1}, {"k": "c", "ts": 3_000, "v": 1}]  # late
+    events += [{"k": "boom", "ts": 50_000, "v": 1}, {"k": "a", "ts": 4_000, "v": 1}]  # late
+
+    def build(fail: bool) -> ed.Job:
+        def check(e):
+            if fail and e["k"] == "boom":
+                raise RuntimeError("bug")
+            return e
+
+        job = ed.Job("w")
+        (job.source(ed.sources.iterable(events), timestamp="ts",
+                    watermarks=ed.BoundedOutOfOrderness(0))
+            .map(check).key_by("k").window(ed.Tumbling(5_000)).aggregate(ed.Count())
+            .sink(ed.sinks.collect()))
+        return job
+
+    state = f"rocksdb:{tmp_path / 'state'}"
+    with pytest.raises(ed.errors.UserFunctionError):
+        ed.run_local(build(fail=True), state, batch_size=1, checkpoint_interval=6)
+    resumed = ed.run_local(build(fail=False), state, batch_size=1, checkpoint_interval=6)
+    assert resumed.stats.resumed
+    assert resumed.stats.late_dropped == 4
+    whole = ed.run_local(build(fail=False), batch_size=1, checkpoint_interval=6)
+    assert whole.stats.late_dropped == 4
+
+
 @pytest.mark.parametrize("assigner", [ed.Tumbling(1_000), ed.Sliding(2_000, 500),
                                       ed.Session(700)])
 def test_window_state_is_empty_after_the_watermark_passes(tmp_path, assigner):
