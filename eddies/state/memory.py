@@ -79,7 +79,16 @@ class _Table:
     def delete_many(self, keys: list[bytes]) -> None:
         """``delete`` of each key, with the order bookkeeping done once."""
         popped = list(map(self.data.pop, keys, repeat(None)))
-        if self.order is None:
+        order = self.order
+        if order is None:
+            return
+        n = len(keys)
+        if n and order[:n] == keys:
+            # The first keys in order, as a sweep deletes the expiry index it just read from
+            # the front: cut them off now. (The list compare is by identity here, since they
+            # are the very objects of the order; probing each one later to find it deleted
+            # would be a cache miss per key.)
+            del order[:n]
             return
         gone = self.gone
         gone.update(key for key, old in zip(keys, popped, strict=True) if old is not None)

@@ -368,15 +368,14 @@ class TtlStateBackend(StateBackend):
                 continue
             want = limit - taken
             candidates = self.inner.keys(index_cf, start, upper, want)
+            if candidates:
+                cursors[index_cf] = candidates[-1] + b"\x00"  # the next key up
+                taken += len(candidates)
+                deleted += self._delete_expired(index_cf, candidates, clock)
             if len(candidates) < want:
-                # Nothing is left below upper once these are swept. Entries moved on by this
-                # step land at or above upper (their stamps are past the clock).
+                # Nothing is left below upper now that these are swept. Entries this step
+                # moved on lie at or above upper (their stamps are past the clock).
                 floors[index_cf] = upper
-            if not candidates:
-                continue
-            cursors[index_cf] = candidates[-1] + b"\x00"  # the next key up
-            taken += len(candidates)
-            deleted += self._delete_expired(index_cf, candidates, clock)
         if deleted:
             self.sweeps += 1
         return deleted, taken
