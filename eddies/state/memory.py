@@ -1,14 +1,19 @@
 """InMemoryStateBackend: sorted in-process column families, for tests and development.
 
-A column family is a dict of its entries plus, once a range read asked for it, a sorted
-list of its keys. Writes touch the dict: a new key joins an unsorted list, merged into the
-sorted one at the next range read (one timsort merge of two sorted runs); a deleted key stays
-in the sorted list, skipped by reads, until deleted keys make up a quarter of it. A table
-written far more than it is read (window and timer state, between restarts) drops its order
-and sorts afresh at the next read. A checkpoint of many new keys (timers, windows,
-expiry-index entries) therefore costs dict stores, not one sorted insert each.
+A column family is a dict of its entries plus, once a range read asked for it, its keys in
+order as a few sorted runs. Writes touch the dict: a new key joins an unsorted list, which the
+next range read sorts into a run of its own; runs are merged when one is no more than twice
+the size of the next (as timsort keeps its stack), so a key takes part in O(log n) merges,
+however often the table is read. A range read bisects every run and merges the slices in
+range. That suits an expiry index: every checkpoint adds keys all over it and every sweep
+reads its front; merging the new keys into one sorted list at every read compared each key of
+the index, a cache miss each, at every sweep. A deleted key stays in its run, skipped by
+reads, until deleted keys make up a quarter of the table, except that deleting the first keys
+of runs (a sweep deleting what it just read) cuts them off at once. A table written far more
+than it is read (window and timer state, between restarts) drops its order and sorts afresh
+at the next read. A checkpoint of many new keys (timers, windows, expiry-index entries)
+therefore costs dict stores, not one sorted insert each.
 """
-
 from __future__ import annotations
 
 from bisect import bisect_left
@@ -26,121 +31,146 @@ _key = itemgetter(2)
 
 
 class _Table:
-    """One column family: entries, and their keys in order (see the module docstring)."""
+    """One column family: entries, and their keys in order (see the module docstring).
 
-    __slots__ = ("data", "order", "fresh", "gone")
+    Every key of ``data``, and every key of ``gone``, is in exactly one run or in ``fresh``.
+    """
+
+    __slots__ = ("data", "runs", "fresh", "gone")
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
-        # Sorted keys, kept from the first range read on; None when no range read has asked
-        # since many writes (then the next read sorts the keys afresh).
-        self.order: list[bytes] | None = None
-        self.fresh: list[bytes] = []  # new keys, not in ``order`` yet
-        self.gone: set[bytes] = set()  # deleted keys still in ``order``
+        # Sorted runs of keys, largest first, kept from the first range read on; None when
+        # no range read has asked since many writes (then the next read sorts afresh).
+        self.runs: list[list[bytes]] | None = None
+        self.fresh: list[bytes] = []  # new keys, in no run yet
+        self.gone: set[bytes] = set()  # deleted keys still in a run or in fresh
+
+    def _check_size(self) -> None:
+        if len(self.fresh) + len(self.gone) > max(65_536, len(self.data)):
+            self._unread()
 
     def put(self, key: bytes, value: bytes) -> None:
         data = self.data
-        if key not in data and self.order is not None:
+        if key not in data and self.runs is not None:
             gone = self.gone
             if key in gone:
-                gone.discard(key)  # still in order
+                gone.discard(key)  # still in its run
             else:
                 self.fresh.append(key)
-                if len(self.fresh) + len(gone) > max(65_536, len(data)):
-                    self._unread()
+                self._check_size()
         data[key] = value
 
     def delete(self, key: bytes) -> None:
-        if self.data.pop(key, None) is not None and self.order is not None:
-            gone = self.gone
-            gone.add(key)
-            if len(self.fresh) + len(gone) > max(65_536, len(self.data)):
-                self._unread()
+        if self.data.pop(key, None) is not None and self.runs is not None:
+            self.gone.add(key)
+            self._check_size()
 
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
         """``put`` of each ``(key, value)`` in order, with the order bookkeeping done once."""
         data = self.data
         new = [key for key, _ in items if key not in data]
         data.update(items)
-        if self.order is None or not new:
+        if self.runs is None or not new:
             return
         if len(new) > 1:
             new = list(dict.fromkeys(new))  # a key put twice in the run joins once
         gone = self.gone
         if gone:
-            back = gone.intersection(new)  # deleted but still in order: in order again
+            back = gone.intersection(new)  # deleted but still in a run: live again
             if back:
                 gone.difference_update(back)
                 new = [key for key in new if key not in back]
         self.fresh.extend(new)
-        if len(self.fresh) + len(gone) > max(65_536, len(data)):
-            self._unread()
+        self._check_size()
 
     def delete_many(self, keys: list[bytes]) -> None:
         """``delete`` of each key, with the order bookkeeping done once."""
         popped = list(map(self.data.pop, keys, repeat(None)))
-        order = self.order
-        if order is None:
+        runs = self.runs
+        if runs is None:
             return
-        n = len(keys)
-        if n and order[:n] == keys:
-            # The first keys in order, as a sweep deletes the expiry index it just read from
-            # the front: cut them off now. (The list compare is by identity here, since they
-            # are the very objects of the order; probing each one later to find it deleted
-            # would be a cache miss per key.)
-            del order[:n]
+        killed = {key for key, old in zip(keys, popped, strict=True) if old is not None}
+        if not killed:
             return
-        gone = self.gone
-        gone.update(key for key, old in zip(keys, popped, strict=True) if old is not None)
-        if len(self.fresh) + len(gone) > max(65_536, len(self.data)):
-            self._unread()
+        # Keys at the front of runs, as a sweep deletes the index entries it just read: cut
+        # off now (they were just read, so testing them is no cache miss).
+        cut: set[bytes] = set()
+        for run in runs:
+            i = 0
+            n = len(run)
+            while i < n and run[i] in killed:
+                i += 1
+            if i:
+                cut.update(run[:i])
+                del run[:i]
+        if cut:
+            runs[:] = [run for run in runs if run]
+            killed.difference_update(cut)
+        if killed:
+            self.gone.update(killed)
+            self._check_size()
 
     def _unread(self) -> None:
         """Stop keeping the order of a table written much more than it is range-read: the
         next range read sorts its keys afresh."""
-        self.order = None
+        self.runs = None
         self.fresh = []
         self.gone = set()
 
-    def sorted_keys(self) -> list[bytes]:
-        """The keys in order, brought up to date in place."""
-        order = self.order
-        if order is None:
-            order = self.order = sorted(self.data)
-            return order
+    def _settled_runs(self) -> list[list[bytes]]:
+        """The runs, with the fresh keys sorted into one of their own and runs merged while
+        one is no more than twice the size of the next."""
+        runs = self.runs
+        if runs is None:
+            runs = self.runs = [sorted(self.data)] if self.data else []
+            self.fresh = []
+            self.gone = set()
+            return runs
         fresh = self.fresh
         if fresh:
             fresh.sort()
-            if order and fresh[0] < order[-1]:
-                # New keys mostly land at the end (expiry times, timers): merge the tail
-                # they overlap, not the whole list.
-                p = bisect_left(order, fresh[0])
-                fresh.extend(order[p:])
-                del order[p:]
-                fresh.sort()
-            order.extend(fresh)
+            runs.append(fresh)
             self.fresh = []
+            while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
+                newer = runs.pop()
+                older = runs[-1]
+                older.extend(newer)
+                older.sort()  # two sorted runs: one merge
         gone = self.gone
-        if gone:
+        if gone and len(gone) * 4 > sum(map(len, runs)):
             data = self.data
-            if order[0] not in data:
-                # Deleted keys at the front (the expiry index, swept from its oldest end):
-                # dropped in O(deleted) rather than by filtering the whole list.
-                i = 1
-                while i < len(order) and order[i] not in data:
-                    i += 1
-                gone.difference_update(order[:i])
-                del order[:i]
-            if len(gone) * 4 > len(order):
-                order[:] = [k for k in order if k in data]
-                gone.clear()
-        return order
+            runs[:] = [kept for kept in ([k for k in run if k in data] for run in runs) if kept]
+            gone.clear()
+        return runs
 
     def keys_between(self, lower: bytes | None, upper: bytes | None) -> tuple[list[bytes], int, int]:
-        order = self.sorted_keys()
-        lo = 0 if lower is None else bisect_left(order, lower)
-        hi = len(order) if upper is None else bisect_left(order, upper)
-        return order, lo, hi
+        """``(keys, lo, hi)``: ``keys[lo:hi]`` holds every key in ``[lower, upper)`` in order,
+        deleted ones among them (readers skip those)."""
+        runs = self._settled_runs()
+        pieces = []
+        for run in runs:
+            lo = 0 if lower is None else bisect_left(run, lower)
+            hi = len(run) if upper is None else bisect_left(run, upper)
+            if lo < hi:
+                pieces.append((run, lo, hi))
+        if not pieces:
+            return [], 0, 0
+        if len(pieces) == 1:
+            return pieces[0]
+        if 2 * sum(hi - lo for _, lo, hi in pieces) > sum(map(len, runs)):
+            # A read of most of the table: merge every run into one, for the reads after.
+            whole = [key for run in runs for key in run]
+            whole.sort()
+            runs[:] = [whole]
+            lo = 0 if lower is None else bisect_left(whole, lower)
+            hi = len(whole) if upper is None else bisect_left(whole, upper)
+            return whole, lo, hi
+        merged: list[bytes] = []
+        for run, lo, hi in pieces:
+            merged += run[lo:hi]
+        merged.sort()
+        return merged, 0, len(merged)
 
 
 def _scan(table: _Table, order: list[bytes], lo: int, hi: int,
@@ -206,7 +236,7 @@ class InMemoryStateBackend(StateBackend):
         for (kind, cf), run in groupby(batch.ops, _kind_and_cf):
             table = self._cf(cf)
             if kind == PUT:
-                if table.order is None:
+                if table.runs is None:
                     table.data.update(map(_key_and_value, run))
                 else:
                     table.put_many(list(map(_key_and_value, run)))
