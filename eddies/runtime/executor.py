@@ -346,6 +346,21 @@ class Executor:
         extend = out.extend
         append = out.append
 
+        def failed(exc: Exception, value: Any, key: Any, ts: Any) -> None:
+            """What an exception while handling ``value`` leads to: a record the state cannot
+            hold (its key or a value it sets) goes to dead letters and the job goes on;
+            anything else fails the job, naming the operator, key and record."""
+            out.clear()
+            if isinstance(exc, (StateSerializationError, KeyEncodingError)):
+                dead(self._record_letter(value, str(exc), name))
+                return
+            if isinstance(exc, EddiesError):
+                if not isinstance(exc, UserFunctionError):
+                    exc.add_note(f"in operator {name!r} on key {key!r}, for record "
+                                 f"{_describe(value)} (timestamp {ts})")
+                raise exc
+            raise self._user_error(name, key, value, ts, exc) from exc
+
         def push_keyed(value: Any, ts: Any) -> None:
             try:
                 key = keyget(value)
@@ -386,19 +401,9 @@ class Executor:
                         extend(result)
                     else:
                         append(result)
-            except (StateSerializationError, KeyEncodingError) as exc:
-                out.clear()
-                dead(self._record_letter(value, str(exc), name))
-                return
-            except EddiesError as exc:
-                out.clear()
-                if not isinstance(exc, UserFunctionError):
-                    exc.add_note(f"in operator {name!r} on key {key!r}, for record "
-                                 f"{_describe(value)} (timestamp {ts})")
-                raise
             except Exception as exc:
-                out.clear()
-                raise self._user_error(name, key, value, ts, exc) from exc
+                failed(exc, value, key, ts)
+                return
             if out:
                 for result in out:
                     emit(result, ts)
@@ -448,21 +453,9 @@ class Executor:
                                     emit(item, ts)
                                 out.clear()
                     return
-                except (StateSerializationError, KeyEncodingError) as exc:
-                    out.clear()
-                    self._cur_index = lo + j
-                    dead(self._record_letter(values[j], str(exc), name))
-                except EddiesError as exc:
-                    out.clear()
-                    self._cur_index = lo + j
-                    if not isinstance(exc, UserFunctionError):
-                        exc.add_note(f"in operator {name!r} on key {keys[j]!r}, for record "
-                                     f"{_describe(values[j])} (timestamp {stamps[j]})")
-                    raise
                 except Exception as exc:
-                    out.clear()
                     self._cur_index = lo + j
-                    raise self._user_error(name, keys[j], values[j], stamps[j], exc) from exc
+                    failed(exc, values[j], keys[j], stamps[j])
                 start = j + 1
 
         self.batch_pushes[(n, port)] = push_keyed_batch

@@ -147,8 +147,9 @@ class Handle:
     def _evicted(self, keys: list[Key]) -> None:
         """Hook: forget what else is cached for ``keys``."""
 
-    def index_swept(self, consumed: list[bytes], moved: dict[bytes, int]) -> None:
-        """Hook: a sweep took the index entries of ``consumed`` and re-indexed ``moved``."""
+    def index_swept(self, dropped: list[bytes], moved: dict[bytes, int]) -> None:
+        """Hook: a sweep left ``dropped`` (stored keys) without an index entry and moved the
+        entries of ``moved`` to new times (see ``TtlStateBackend.add_index_listener``)."""
 
     def evict(self, key: Key, suffix: bytes) -> None:
         """Forget the clean cached entry a sweep just deleted (``suffix``: map key or index)."""
@@ -427,10 +428,10 @@ class ValueHandle(Handle):
         self._cleared = False
         self._complete = None
 
-    def index_swept(self, consumed: list[bytes], moved: dict[bytes, int]) -> None:
+    def index_swept(self, dropped: list[bytes], moved: dict[bytes, int]) -> None:
         indexed = self._indexed
-        if indexed:
-            deque(map(indexed.pop, consumed, repeat(None)), 0)
+        if indexed and dropped:
+            deque(map(indexed.pop, dropped, repeat(None)), 0)
         if moved:
             indexed.update(moved)
 

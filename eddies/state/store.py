@@ -281,10 +281,10 @@ class KeyedStateStore:
         self.backend.inner.write(batch, sync=sync)
         return len(batch)
 
-    def _swept_index(self, state: str, consumed: list[bytes], moved: dict[bytes, int]) -> None:
+    def _swept_index(self, state: str, dropped: list[bytes], moved: dict[bytes, int]) -> None:
         handle = self.handles.get(state)
         if handle is not None:
-            handle.index_swept(consumed, moved)
+            handle.index_swept(dropped, moved)
 
     def _evict_swept(self, state: str, stored_keys: list[bytes]) -> None:
         handle = self.handles.get(state)

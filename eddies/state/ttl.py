@@ -267,9 +267,10 @@ class TtlStateBackend(StateBackend):
         self._lazy.add(cf)
 
     def add_index_listener(self, listener: IndexListener) -> None:
-        """Call ``listener(state, consumed, moved)`` after each sweep step: ``consumed`` are
-        the stored keys whose index entries it took (deleted, gone, or moved), ``moved`` the
-        new index times of those whose live value it re-indexed (lazy states only)."""
+        """Call ``listener(state, dropped, moved)`` after each sweep step of a lazy state:
+        ``dropped`` are the stored keys whose index entries it took and left without one
+        (deleted as expired, already gone, or never expiring), ``moved`` the new index times
+        of those whose live value it re-indexed."""
         self._index_listeners.append(listener)
 
     def lower_sweep_floor(self, index_cf: str, key: bytes) -> None:
@@ -386,25 +387,32 @@ class TtlStateBackend(StateBackend):
         ops = batch.ops
         deleted: dict[str, list[bytes]] = {}
         moved_by_state: dict[str, dict[bytes, int]] = {}
+        unindexed: dict[str, list[bytes]] = {}  # lazy states: keys left without an entry
         lazy = self._lazy
         for state, keys in by_state.items():
             values = self.inner.multi_get(state, keys)
             if state in lazy:
                 gone = []
                 moved: dict[bytes, int] = {}
+                absent = []  # no value, or one that never expires: no index entry now
                 for key, data in zip(keys, values, strict=True):
-                    if data is not None:
+                    if data is None:
+                        absent.append(key)
+                    else:
                         expires_at = _read_le(data)[0]
                         if expires_at <= clock:
                             gone.append(key)
                         elif expires_at != NEVER:
                             moved[key] = expires_at
+                        else:
+                            absent.append(key)
                 if moved:
                     name = self._names.get(state) or encode_key(state)
                     ops.extend(zip(repeat(PUT), repeat(index_cf),
                                    map(bytes.__add__, map(bytes.__add__, map(_be.pack,
                                        moved.values()), repeat(name)), moved), repeat(b"")))
                 moved_by_state[state] = moved
+                unindexed[state] = gone + absent
             else:
                 gone = [
                     key
@@ -423,8 +431,8 @@ class TtlStateBackend(StateBackend):
             for state, keys in deleted.items():
                 listener(state, keys)
         for index_listener in self._index_listeners:
-            for state, keys in by_state.items():
-                index_listener(state, keys, moved_by_state.get(state) or {})
+            for state, keys in unindexed.items():
+                index_listener(state, keys, moved_by_state[state])
         return n
 
     @staticmethod
