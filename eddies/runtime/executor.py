@@ -221,7 +221,7 @@ class Executor:
             for n in nodes if n.kind == "source"
         }
         # A source whose only consumer is key_by -> process takes batches straight into the
-        # keyed operator (see _push_keyed_batch).
+        # keyed operator (push_keyed_batch in _push_process).
         self.source_batches: dict[Node, Callable[[list[Any], list[int], int], None]] = {}
         for n in nodes:
             if n.kind != "source" or len(children[n]) != 1:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from itertools import islice
-from operator import itemgetter
 from typing import Any
 
 from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
@@ -35,8 +34,6 @@ from eddies.state.values import NEVER, pack
 __all__ = ["DEFAULT_CACHE_ENTRIES", "KeyedStateStore", "check_value", "describe_key"]
 
 _SCALARS = frozenset({str, float, bool, type(None), bytes})
-_cf_of = itemgetter(1)
-_key_of = itemgetter(2)
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 MAX_KEY_GROUPS = 32768
@@ -249,13 +246,7 @@ class KeyedStateStore:
             handle.collect(batch, index)
         if index:
             batch.ops.extend(index)  # after the state writes, as TtlStateBackend.index_ops does
-            backend = self.backend
-            index_cfs = set(map(_cf_of, index))
-            if len(index_cfs) == 1:
-                backend.lower_sweep_floor(index_cfs.pop(), min(map(_key_of, index)))
-            else:
-                for _, index_cf, key, _ in index:
-                    backend.lower_sweep_floor(index_cf, key)
+            self.backend.lower_sweep_floor(index)
         return batch
 
     def trim(self, limit: int | None = None) -> int:

@@ -59,6 +59,8 @@ EXPIRY_CF = "__expiry__"
 EXPIRY_PROC_CF = "__expiry_proc__"
 _be = struct.Struct(">Q")
 _read_le = struct.Struct("<Q").unpack_from
+_cf_of = itemgetter(1)
+_key_of = itemgetter(2)
 
 
 @dataclass(frozen=True)
@@ -273,11 +275,19 @@ class TtlStateBackend(StateBackend):
         of those whose live value it re-indexed."""
         self._index_listeners.append(listener)
 
-    def lower_sweep_floor(self, index_cf: str, key: bytes) -> None:
-        """An index entry ``key`` is being written to ``index_cf``: sweeps must look there."""
-        floor = self._floor.get(index_cf)
-        if floor is not None and key < floor:
-            self._floor[index_cf] = key
+    def lower_sweep_floor(self, index_ops: list[tuple[int, str, bytes, bytes | None]]) -> None:
+        """Index entries ``index_ops`` (puts, as :meth:`index_ops` makes them) are being
+        written: sweeps must look as low as the lowest of them in each index."""
+        floors = self._floor
+        if not floors or not index_ops:
+            return
+        index_cfs = set(map(_cf_of, index_ops))
+        lowest = ({index_cfs.pop(): min(map(_key_of, index_ops))} if len(index_cfs) == 1
+                  else {cf: min(op[2] for op in index_ops if op[1] == cf) for cf in index_cfs})
+        for index_cf, key in lowest.items():
+            floor = floors.get(index_cf)
+            if floor is not None and key < floor:
+                floors[index_cf] = key
 
     def reset_sweep_floor(self) -> None:
         """Forget the floors: the next sweep scans each index from its start."""
@@ -301,8 +311,7 @@ class TtlStateBackend(StateBackend):
 
     def _apply(self, batch: Batch, sync: bool) -> None:
         index = self.index_ops(batch.ops, registered_only=False)
-        for _, index_cf, key, _ in index:
-            self.lower_sweep_floor(index_cf, key)
+        self.lower_sweep_floor(index)
         self.inner.write(Batch(batch.ops + index) if index else batch, sync)
 
     def index_target(self, cf: str) -> tuple[str, bytes] | None:
