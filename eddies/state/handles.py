@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import struct
-from collections import deque
 from collections.abc import Iterable
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -147,9 +146,8 @@ class Handle:
     def _evicted(self, keys: list[Key]) -> None:
         """Hook: forget what else is cached for ``keys``."""
 
-    def index_swept(self, dropped: list[bytes], moved: dict[bytes, int]) -> None:
-        """Hook: a sweep left ``dropped`` (stored keys) without an index entry and moved the
-        entries of ``moved`` to new times (see ``TtlStateBackend.add_index_listener``)."""
+    def swept_while_dirty(self) -> None:
+        """Hook: a sweep just deleted expired entries of this state (before ``evict``)."""
 
     def evict(self, key: Key, suffix: bytes) -> None:
         """Forget the clean cached entry a sweep just deleted (``suffix``: map key or index)."""
@@ -186,10 +184,11 @@ class ValueHandle(Handle):
             and (ttl is None or ttl.visibility == "never_expired")
             and self.backend.time_domain(self.name) == "event"
         )
-        # Expiry index entries are lazy (see ttl.py): per stored key, the time of an index
-        # entry known to exist at or before its stamp. Unknown keys (new, evicted, restored)
-        # get an entry at their next write, which at worst duplicates one.
-        self._indexed: dict[bytes, int] = {}
+        # Expiry index entries are lazy (see ttl.py): a write needs one only when the key's
+        # previous stamp does not vouch for an entry at or before the new one (no previous
+        # stamp cached, a later one, or one a sweep may have reached). Such keys wait here
+        # for the next collect; a duplicate entry is harmless, a missing one is not.
+        self._unindexed: set[Key] = set()
         if ttl is not None:
             self.backend.set_lazy_index(self.name)
         # An expired value reads as absent whether or not it is still cached, so a sweep
@@ -245,6 +244,8 @@ class ValueHandle(Handle):
                     return value
                 return slow_get(default)
 
+            unindexed = self._unindexed.add
+
             def set_(value: Any) -> None:
                 ts = store.timestamp
                 if ts is None or not 0 <= ts + ttl_ms < NEVER:  # type: ignore[operator]
@@ -257,7 +258,12 @@ class ValueHandle(Handle):
                     return
                 key = store.key
                 cache[key] = value
-                expires_at = expiry[key] = ts + ttl_ms  # type: ignore[operator]
+                expires_at = ts + ttl_ms  # type: ignore[operator]
+                old = expiry.get(key)
+                # As _stamp: the watermark is the event-time index horizon.
+                if old is None or expires_at < old or old <= backend.watermark:
+                    unindexed(key)
+                expiry[key] = expires_at
                 dirty[key] = stamp(expires_at) + payload
 
         else:
@@ -300,9 +306,21 @@ class ValueHandle(Handle):
         if not self._visible(expires_at):
             return ABSENT
         if self._refresh and not self._expired(expires_at):
-            expires_at = self._expiry[key] = self.store.expiry(self.ttl, self.descriptor)
+            expires_at = self.store.expiry(self.ttl, self.descriptor)
+            self._stamp(key, expires_at)
             self._dirty[key] = stamp(expires_at) + pack(value)
         return value
+
+    def _stamp(self, key: Key, expires_at: int) -> None:
+        """Cache ``expires_at`` as the key's stamp, noting whether the write needs an index
+        entry: not when its previous stamp is no later and above the index horizon, for the
+        stored value with that stamp has an entry at or before it (ttl.py's invariant) and a
+        dirty one was vouched for the same way or is noted already."""
+        old = self._expiry.get(key)
+        if (old is None or expires_at < old
+                or old <= self.backend.index_horizon(self.name)):
+            self._unindexed.add(key)
+        self._expiry[key] = expires_at
 
     def get(self, default: Any = MISSING) -> Any:
         """The value for the current key, or ``default`` (the declared default if not given)."""
@@ -348,7 +366,7 @@ class ValueHandle(Handle):
                 expires_at = ts + ttl_ms
             else:
                 expires_at = store.expiry(self.ttl, self.descriptor)
-            self._expiry[key] = expires_at
+            self._stamp(key, expires_at)
             self._dirty[key] = stamp(expires_at) + payload
             return
         if self._expiry:
@@ -391,27 +409,22 @@ class ValueHandle(Handle):
             ])
         else:
             batch.ops.extend(zip(repeat(PUT), repeat(name), prefixes, dirty.values()))
-        expiry = self._expiry
-        target = self.backend.index_target(name) if expiry else None
-        if target is not None:
-            index_cf, encoded = target
-            indexed = self._indexed
-            if len(indexed) > 2 * store.cache_entries:
-                indexed.clear()  # bounded: forgotten keys are indexed again at their next write
-            known = indexed.get
-            # Cleared keys and writes without a TTL (no stamp) need no entry, nor do keys with
-            # an entry at or before their new stamp.
-            pairs = [(s, p) for s, p in zip(map(expiry.get, keys), prefixes, strict=True)
-                     if s is not None and ((i := known(p)) is None or s < i)]
-            if pairs:
-                stamps = [s for s, _ in pairs]
-                prefixes = [p for _, p in pairs]
-                indexed.update(zip(prefixes, stamps, strict=True))
-                index_keys = map(bytes.__add__,
-                                 map(bytes.__add__, map(_be_pack, stamps), repeat(encoded)),
-                                 prefixes)
-                (batch.ops if expiry_index is None else expiry_index).extend(
-                    zip(repeat(PUT), repeat(index_cf), index_keys, repeat(b"")))
+        unindexed = self._unindexed
+        if unindexed:
+            target = self.backend.index_target(name)
+            if target is not None:
+                # Cleared keys and writes without a TTL (no stamp) need no entry.
+                expiry = self._expiry
+                need = [k for k in unindexed if k in expiry]
+                if need:
+                    index_cf, encoded = target
+                    stamps = list(map(expiry.__getitem__, need))
+                    index_keys = map(bytes.__add__,
+                                     map(bytes.__add__, map(_be_pack, stamps), repeat(encoded)),
+                                     _prefixes_of(store, need))
+                    (batch.ops if expiry_index is None else expiry_index).extend(
+                        zip(repeat(PUT), repeat(index_cf), index_keys, repeat(b"")))
+            unindexed.clear()
         cache = self._cache
         if len(cache) >= store.cache_entries:
             # Over the cache limit, written keys move to the back so that trimming drops the
@@ -424,16 +437,16 @@ class ValueHandle(Handle):
         self._cache.clear()
         self._expiry.clear()
         self._dirty.clear()
-        self._indexed.clear()
+        self._unindexed.clear()
         self._cleared = False
         self._complete = None
 
-    def index_swept(self, dropped: list[bytes], moved: dict[bytes, int]) -> None:
-        indexed = self._indexed
-        if indexed and dropped:
-            deque(map(indexed.pop, dropped, repeat(None)), 0)
-        if moved:
-            indexed.update(moved)
+    def swept_while_dirty(self) -> None:
+        # A dirty write vouched for by a previous stamp may have lost that stamp's index
+        # entry to this sweep (a sweep between writes and their collect: the store's API
+        # allows it, though the runners sweep right after checkpoints): index them all.
+        if self._dirty:
+            self._unindexed.update(self._dirty)
 
     def _evicted(self, keys: list[Key]) -> None:
         expiry = self._expiry

@@ -129,7 +129,6 @@ class KeyedStateStore:
         """Keys each state keeps cached across checkpoints; beyond it, clean entries go."""
         self._prefixes: dict[Any, bytes] = {}
         backend.add_sweep_listener(self._evict_swept)
-        backend.add_index_listener(self._swept_index)
 
     # -- binding -------------------------------------------------------------------------------
     def bind(self, descriptor: StateDescriptor) -> Any:
@@ -272,14 +271,12 @@ class KeyedStateStore:
         self.backend.inner.write(batch, sync=sync)
         return len(batch)
 
-    def _swept_index(self, state: str, dropped: list[bytes], moved: dict[bytes, int]) -> None:
-        handle = self.handles.get(state)
-        if handle is not None:
-            handle.index_swept(dropped, moved)
-
     def _evict_swept(self, state: str, stored_keys: list[bytes]) -> None:
         handle = self.handles.get(state)
-        if handle is None or not handle.evicts_swept:
+        if handle is None:
+            return
+        handle.swept_while_dirty()
+        if not handle.evicts_swept:
             return
         evict = handle.evict
         for stored in stored_keys:

@@ -23,10 +23,12 @@ see them too.
 The invariant the sweep relies on is weaker than "an index entry per write": every stored entry
 with a finite stamp has an index entry at a time <= its stamp. States registered with
 :meth:`TtlStateBackend.set_lazy_index` (ValueState and ReducingState) use that: a write whose
-stamp is not earlier than the key's known index entry writes none, and when the sweep reaches
-an entry whose value was rewritten with a later stamp it moves the entry to that stamp (one
-PUT, the very key an eager writer would have written). A key written many times per TTL period
-then costs one index entry per period instead of one per write.
+stamp is not earlier than the key's previous, unexpired stamp writes none (the invariant says
+an entry at or before that one exists), and when the sweep reaches an entry whose value was
+rewritten with a later stamp it moves the entry to that stamp (one PUT, the very key an eager
+writer would have written). A key written many times per TTL period then costs one index entry
+per period instead of one per write, and its writer keeps no record of index entries: the
+stamp it caches anyway tells it when one is needed (:meth:`TtlStateBackend.index_horizon`).
 
 Each index keeps a floor: every index key below it has been swept. A sweep starts there, so
 on RocksDB it does not walk the tombstones of earlier sweeps; a write of an index entry below
@@ -52,7 +54,6 @@ from eddies.state.values import NEVER, read_stamp
 __all__ = ["MIN_TIME", "Ttl", "TtlConfig", "TtlStateBackend", "EXPIRY_CF", "EXPIRY_PROC_CF"]
 
 TimeDomain = Literal["event", "processing"]
-IndexListener = Callable[[str, list[bytes], dict[bytes, int]], None]
 MIN_TIME = -(2**63)
 """The watermark before any event: nothing is expired yet."""
 EXPIRY_CF = "__expiry__"
@@ -173,7 +174,7 @@ class TtlStateBackend(StateBackend):
         """Entries physically deleted by sweeps so far."""
         self.sweeps = 0
         self._sweep_listeners: list[Callable[[str, list[bytes]], None]] = []
-        self._index_listeners: list[IndexListener] = []
+        self._processing_swept = -(2**63)  # the highest processing-time clock swept at
         self._lazy: set[str] = set()  # states whose index entries the sweep moves on
         self._floor: dict[str, bytes] = {}  # per index: every key below it is swept
 
@@ -263,17 +264,18 @@ class TtlStateBackend(StateBackend):
         self.inner.add_write_listener(listener)
 
     def set_lazy_index(self, cf: str) -> None:
-        """Let the sweep move the index entries of ``cf`` on (see the module docstring):
-        its writer then indexes a key only when it knows of no entry at or before the new
-        stamp, and learns of moved entries through :meth:`add_index_listener`."""
+        """Let the sweep move the index entries of ``cf`` on (see the module docstring): its
+        writer then indexes a key only when the key's previous stamp does not vouch for an
+        entry (see :meth:`index_horizon`)."""
         self._lazy.add(cf)
 
-    def add_index_listener(self, listener: IndexListener) -> None:
-        """Call ``listener(state, dropped, moved)`` after each sweep step of a lazy state:
-        ``dropped`` are the stored keys whose index entries it took and left without one
-        (deleted as expired, already gone, or never expiring), ``moved`` the new index times
-        of those whose live value it re-indexed."""
-        self._index_listeners.append(listener)
+    def index_horizon(self, cf: str) -> int:
+        """No sweep of ``cf``'s index has reached a stamp above this. A stored value whose
+        stamp is above it still has an index entry at or before that stamp, so a writer
+        that rewrites it with a stamp no earlier needs no new entry."""
+        if self._domains.get(cf, self.config.time) == "event":
+            return self.watermark  # sweeps run at the watermark, which never goes back
+        return max(self.processing_time(), self._processing_swept)
 
     def lower_sweep_floor(self, index_ops: list[tuple[int, str, bytes, bytes | None]]) -> None:
         """Index entries ``index_ops`` (puts, as :meth:`index_ops` makes them) are being
@@ -352,7 +354,10 @@ class TtlStateBackend(StateBackend):
 
     # -- sweeping ------------------------------------------------------------------------------
     def _clocks(self) -> tuple[tuple[str, int], tuple[str, int]]:
-        return (self.expiry_cf, self.watermark), (self.expiry_proc_cf, self.processing_time())
+        now = self.processing_time()
+        if now > self._processing_swept:
+            self._processing_swept = now  # a wall clock may step back: see index_horizon
+        return (self.expiry_cf, self.watermark), (self.expiry_proc_cf, now)
 
     def sweep(self, limit: int | None = None) -> int:
         """Delete up to ``limit`` expired entries (default ``config.sweep_batch``).
@@ -395,33 +400,24 @@ class TtlStateBackend(StateBackend):
         batch = Batch()
         ops = batch.ops
         deleted: dict[str, list[bytes]] = {}
-        moved_by_state: dict[str, dict[bytes, int]] = {}
-        unindexed: dict[str, list[bytes]] = {}  # lazy states: keys left without an entry
         lazy = self._lazy
         for state, keys in by_state.items():
             values = self.inner.multi_get(state, keys)
             if state in lazy:
                 gone = []
                 moved: dict[bytes, int] = {}
-                absent = []  # no value, or one that never expires: no index entry now
                 for key, data in zip(keys, values, strict=True):
-                    if data is None:
-                        absent.append(key)
-                    else:
+                    if data is not None:  # else gone already: the entry just goes
                         expires_at = _read_le(data)[0]
                         if expires_at <= clock:
                             gone.append(key)
                         elif expires_at != NEVER:
                             moved[key] = expires_at
-                        else:
-                            absent.append(key)
                 if moved:
                     name = self._names.get(state) or encode_key(state)
                     ops.extend(zip(repeat(PUT), repeat(index_cf),
                                    map(bytes.__add__, map(bytes.__add__, map(_be.pack,
                                        moved.values()), repeat(name)), moved), repeat(b"")))
-                moved_by_state[state] = moved
-                unindexed[state] = gone + absent
             else:
                 gone = [
                     key
@@ -439,9 +435,6 @@ class TtlStateBackend(StateBackend):
         for listener in self._sweep_listeners:
             for state, keys in deleted.items():
                 listener(state, keys)
-        for index_listener in self._index_listeners:
-            for state, keys in unindexed.items():
-                index_listener(state, keys, moved_by_state[state])
         return n
 
     @staticmethod

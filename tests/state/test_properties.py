@@ -29,9 +29,15 @@ from eddies.state import (
     decode_key,
     encode_key,
 )
-from eddies.state.keys import decode_prefixed, encode_element, prefix_upper_bound
+from eddies.state.keys import (
+    decode_element,
+    decode_prefixed,
+    encode_element,
+    prefix_upper_bound,
+)
 from eddies.state.maps import range_bounds
 from eddies.state.ttl import EXPIRY_CF
+from eddies.state.values import NEVER
 
 CODEC = settings(max_examples=300, deadline=None)
 
@@ -225,6 +231,20 @@ class StateModel(RuleBasedStateMachine):
         self.store.flush()
         for entry in self.m_shown.values():
             entry[2] = False
+        # The sweep's invariant (ttl.py): every stored value with a finite stamp has an index
+        # entry at or before that stamp, however lazily its writer indexes.
+        earliest: dict[tuple[bytes, bytes], int] = {}
+        for index_key, _ in self.db.iterate(EXPIRY_CF):
+            state, end = decode_element(index_key, 8)
+            at = int.from_bytes(index_key[:8], "big")
+            slot = (state, index_key[end:])
+            earliest[slot] = min(at, earliest.get(slot, at))
+        for cf in ("value", "touched", "shown", "items", "table", "total"):
+            for stored, data in self.db.iterate(cf):
+                stamp = int.from_bytes(data[:8], "little")
+                if stamp != NEVER:
+                    at = earliest.get((cf, stored))
+                    assert at is not None and at <= stamp, (cf, stored, stamp, at)
 
     @rule()
     def reset_cache(self) -> None:

@@ -201,6 +201,48 @@ def test_lazy_index_after_a_cache_reset_indexes_again(inner: StateBackend) -> No
     assert inner.count("v") == 0 and inner.count(EXPIRY_CF) == 0
 
 
+@pytest.mark.parametrize("ttl", [Ttl(seconds=10), Ttl(seconds=10, update="on_read_and_write")],
+                         ids=["on_write", "on_read_and_write"])
+def test_lazy_index_rewrite_of_a_swept_key_indexes_again(inner: StateBackend, ttl: Ttl) -> None:
+    """The handle still caches the swept value's stamp; that stamp vouches for no entry any
+    more (the sweep took it), so the next write gets one."""
+    store = KeyedStateStore(inner)
+    v = store.bind(ValueState("v", ttl=ttl))
+    store.set_key("k", 1_000)
+    v.set("first")
+    store.flush()
+    store.backend.set_watermark(11_000)
+    assert store.backend.sweep_all() == 1
+    store.set_key("k", 12_000)
+    v.set("again")
+    store.flush()
+    assert _index_times(inner) == [22_000]
+    store.backend.set_watermark(22_000)
+    assert store.backend.sweep_all() == 1
+    assert inner.count("v") == 0 and inner.count(EXPIRY_CF) == 0
+
+
+@pytest.mark.parametrize("ttl", [Ttl(seconds=10), Ttl(seconds=10, update="on_read_and_write")],
+                         ids=["on_write", "on_read_and_write"])
+def test_lazy_index_sweep_between_a_write_and_its_collect(inner: StateBackend, ttl: Ttl) -> None:
+    """A write vouched for by the stored stamp's entry, then a sweep that deletes the stored
+    value (and its entry) before the write is collected: the write is indexed after all."""
+    store = KeyedStateStore(inner)
+    v = store.bind(ValueState("v", ttl=ttl))
+    store.set_key("k", 1_000)
+    v.set("first")
+    store.flush()
+    store.set_key("k", 5_000)
+    v.set("second")  # expires at 15_000; the entry at 11_000 vouches for it
+    store.backend.set_watermark(11_000)
+    assert store.backend.sweep_all() == 1, "the stored value still expires at 11_000"
+    store.flush()
+    assert _index_times(inner) == [15_000]
+    store.backend.set_watermark(15_000)
+    assert store.backend.sweep_all() == 1
+    assert inner.count("v") == 0 and inner.count(EXPIRY_CF) == 0
+
+
 def test_sweep_floor_sees_entries_written_below_it(inner: StateBackend) -> None:
     """After a sweep to 20_000 the next one starts there, unless an entry was written below
     (a late event's short remaining life)."""
