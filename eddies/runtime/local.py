@@ -173,10 +173,10 @@ class LocalRunner(Executor):
         for op in self.operators.values():
             op.store.trim()  # everything is clean now: the caches go back to their limit
         duration = _time.perf_counter() - started
-        log.debug("checkpoint %d: ops=%d seconds=%.4f", stats.checkpoints, len(batch.ops),
+        log.debug("checkpoint %d: ops=%d seconds=%.4f", stats.checkpoints, len(batch),
                   duration)
         if self.observer is not None:
-            size = sum(len(k) + len(v or b"") for _, _, k, v in batch.ops)
+            size = batch.size_bytes()
             self.observer.after_checkpoint(duration, size)
 
     # -- run -----------------------------------------------------------------------------------

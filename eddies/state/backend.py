@@ -10,12 +10,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any
 
-__all__ = ["Batch", "StateBackend", "PUT", "DELETE", "DELETE_RANGE"]
+__all__ = ["Batch", "StateBackend", "PUT", "DELETE", "DELETE_RANGE", "PUT_MANY"]
 
 PUT = 0
 DELETE = 1
 DELETE_RANGE = 2
+PUT_MANY = 3
+"""A run of puts to one column family as one op: ``(PUT_MANY, cf, keys, values)``."""
+
+Op = tuple[int, str, Any, Any]
+"""``(kind, cf, key, value)``; for PUT_MANY the key and value are lists of them."""
 
 
 @dataclass
@@ -25,12 +32,22 @@ class Batch:
     >>> b = Batch()
     >>> b.put("counts", b"k", b"v"); b.delete("counts", b"old"); len(b)
     2
+    >>> b.put_many("counts", [b"a", b"b"], [b"1", b"2"]); len(b), len(b.ops)
+    (4, 3)
+    >>> list(b.singles())[2:]
+    [(0, 'counts', b'a', b'1'), (0, 'counts', b'b', b'2')]
     """
 
-    ops: list[tuple[int, str, bytes, bytes | None]] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
 
     def put(self, cf: str, key: bytes, value: bytes) -> None:
         self.ops.append((PUT, cf, key, value))
+
+    def put_many(self, cf: str, keys: list[bytes], values: list[bytes]) -> None:
+        """Put ``values[i]`` at ``keys[i]``, the keys distinct, as one op (no tuple per entry:
+        a checkpoint's dirty ValueState goes to the backend this way, column by column)."""
+        if keys:
+            self.ops.append((PUT_MANY, cf, keys, values))
 
     def delete(self, cf: str, key: bytes) -> None:
         self.ops.append((DELETE, cf, key, None))
@@ -42,8 +59,39 @@ class Batch:
     def extend(self, other: Batch) -> None:
         self.ops.extend(other.ops)
 
+    def singles(self) -> Iterator[Op]:
+        """Every op in order, with each PUT_MANY spelled out as its single puts."""
+        return singles(self.ops)
+
+    def expanded(self) -> Batch:
+        """This batch with no PUT_MANY op (itself if it has none), for backends without
+        :attr:`StateBackend.takes_put_many`."""
+        if not any(op[0] == PUT_MANY for op in self.ops):
+            return self
+        return Batch(list(self.singles()))
+
+    def size_bytes(self) -> int:
+        """Bytes of keys and values written (for metrics)."""
+        total = 0
+        for kind, _, key, value in self.ops:
+            if kind == PUT_MANY:
+                total += sum(map(len, key)) + sum(map(len, value))
+            else:
+                total += len(key) + len(value or b"")
+        return total
+
     def __len__(self) -> int:
-        return len(self.ops)
+        """Entries written or deleted (a PUT_MANY counts each of its puts)."""
+        return sum(len(op[2]) if op[0] == PUT_MANY else 1 for op in self.ops)
+
+
+def singles(ops: Iterable[Op]) -> Iterator[Op]:
+    """``ops`` in order, with each PUT_MANY spelled out as its single puts."""
+    for op in ops:
+        if op[0] == PUT_MANY:
+            yield from zip(repeat(PUT), repeat(op[1]), op[2], op[3])
+        else:
+            yield op
 
 
 WriteListener = Callable[[Batch], None]
@@ -54,8 +102,12 @@ class StateBackend(ABC):
 
     Subclass it to add a store; ``InMemoryStateBackend`` and ``RocksDbStateBackend`` are the
     two that ship. Listeners added with :meth:`add_write_listener` see every batch after it is
-    applied (the Kafka changelog is one).
+    applied (the Kafka changelog is one); they may see PUT_MANY ops (read them through
+    :meth:`Batch.singles`).
     """
+
+    takes_put_many = False
+    """Whether ``_apply`` handles PUT_MANY ops; if not, :meth:`write` spells them out first."""
 
     def __init__(self) -> None:
         self._listeners: list[WriteListener] = []
@@ -97,7 +149,7 @@ class StateBackend(ABC):
         if not batch.ops:
             return
         self.round_trips += 1
-        self._apply(batch, sync)
+        self._apply(batch if self.takes_put_many else batch.expanded(), sync)
         for listener in self._listeners:
             listener(batch)
 

@@ -408,7 +408,7 @@ class ValueHandle(Handle):
                 for p, data in zip(prefixes, dirty.values(), strict=True)
             ])
         else:
-            batch.ops.extend(zip(repeat(PUT), repeat(name), prefixes, dirty.values()))
+            batch.put_many(name, prefixes, list(dirty.values()))
         unindexed = self._unindexed
         if unindexed:
             target = self.backend.index_target(name)

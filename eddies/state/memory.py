@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from itertools import groupby, repeat
 from operator import itemgetter
 
-from eddies.state.backend import DELETE, PUT, Batch, StateBackend
+from eddies.state.backend import DELETE, PUT, PUT_MANY, Batch, StateBackend
 
 __all__ = ["InMemoryStateBackend"]
 
@@ -192,6 +192,8 @@ class InMemoryStateBackend(StateBackend):
     [(b'a', b'1'), (b'b', b'2')]
     """
 
+    takes_put_many = True
+
     def __init__(self) -> None:
         super().__init__()
         self._cfs: dict[str, _Table] = {}
@@ -240,6 +242,12 @@ class InMemoryStateBackend(StateBackend):
                     table.data.update(map(_key_and_value, run))
                 else:
                     table.put_many(list(map(_key_and_value, run)))
+            elif kind == PUT_MANY:
+                for _, _, keys, values in run:
+                    if table.runs is None:
+                        table.data.update(zip(keys, values, strict=True))
+                    else:
+                        table.put_many(list(zip(keys, values, strict=True)))
             elif kind == DELETE:
                 table.delete_many(list(map(_key, run)))
             else:

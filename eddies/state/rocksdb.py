@@ -23,7 +23,7 @@ from typing import Any, cast
 import rocksdict
 
 from eddies.errors import BackendError, StateDirLockedError
-from eddies.state.backend import DELETE, PUT, Batch, StateBackend
+from eddies.state.backend import DELETE, PUT, PUT_MANY, Batch, StateBackend
 
 __all__ = ["RocksDbStateBackend"]
 
@@ -66,6 +66,8 @@ class RocksDbStateBackend(StateBackend):
     ...         view.get("s", b"k")
     b'v'
     """
+
+    takes_put_many = True
 
     def __init__(
         self, path: str | os.PathLike[str], durability: bool = False, *, read_only: bool = False
@@ -214,6 +216,9 @@ class RocksDbStateBackend(StateBackend):
             wb.set_default_column_family(handle)
             if kind == PUT:
                 deque(starmap(wb.put, map(_key_and_value, sorted(run, key=_key))), 0)
+            elif kind == PUT_MANY:  # distinct keys: sorting the pairs never compares values
+                for _, _, keys, values in run:
+                    deque(starmap(wb.put, sorted(zip(keys, values, strict=True))), 0)
             elif kind == DELETE:
                 deque(map(wb.delete, sorted(map(_key, run))), 0)
             else:  # delete_range ignores the default family (rocksdict 0.3): name it

@@ -25,7 +25,7 @@ from itertools import islice
 from typing import Any
 
 from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
-from eddies.state.backend import Batch, StateBackend
+from eddies.state.backend import Batch, Op, StateBackend
 from eddies.state.descriptors import StateDescriptor
 from eddies.state.keys import decode_prefixed, encode_element, state_key
 from eddies.state.ttl import MIN_TIME, Ttl, TtlConfig, TtlStateBackend
@@ -240,7 +240,7 @@ class KeyedStateStore:
         """
         batch = batch if batch is not None else Batch()
         self.trim()
-        index: list[tuple[int, str, bytes, bytes | None]] = []
+        index: list[Op] = []
         for handle in self.handles.values():
             handle.collect(batch, index)
         if index:

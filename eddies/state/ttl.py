@@ -47,7 +47,7 @@ from operator import itemgetter, methodcaller
 from typing import Literal
 
 from eddies.errors import ConfigError
-from eddies.state.backend import DELETE, PUT, Batch, StateBackend
+from eddies.state.backend import DELETE, PUT, Batch, Op, StateBackend, singles
 from eddies.state.keys import decode_element, encode_key
 from eddies.state.values import NEVER, read_stamp
 
@@ -154,6 +154,8 @@ class TtlStateBackend(StateBackend):
     >>> db.sweep(), db.inner.count("s")
     (1, 0)
     """
+
+    takes_put_many = True  # passed on to the inner backend, which spells them out if it must
 
     def __init__(
         self, inner: StateBackend, config: TtlConfig | None = None, namespace: str = ""
@@ -277,7 +279,7 @@ class TtlStateBackend(StateBackend):
             return self.watermark  # sweeps run at the watermark, which never goes back
         return max(self.processing_time(), self._processing_swept)
 
-    def lower_sweep_floor(self, index_ops: list[tuple[int, str, bytes, bytes | None]]) -> None:
+    def lower_sweep_floor(self, index_ops: list[Op]) -> None:
         """Index entries ``index_ops`` (puts, as :meth:`index_ops` makes them) are being
         written: sweeps must look as low as the lowest of them in each index."""
         floors = self._floor
@@ -329,18 +331,16 @@ class TtlStateBackend(StateBackend):
             name = self._names[cf] = encode_key(cf)
         return (self.expiry_cf if domain == "event" else self.expiry_proc_cf), name
 
-    def index_ops(
-        self, ops: list[tuple[int, str, bytes, bytes | None]], registered_only: bool = True
-    ) -> list[tuple[int, str, bytes, bytes | None]]:
+    def index_ops(self, ops: list[Op], registered_only: bool = True) -> list[Op]:
         """Expiry-index entries for the finite-stamped puts in ``ops``.
 
         With ``registered_only`` just states given a clock by :meth:`set_time_domain` (those of
         this wrapper's operator when several share a backend); else every non-internal state.
         """
-        index: list[tuple[int, str, bytes, bytes | None]] = []
+        index: list[Op] = []
         domains = self._domains
         default = self.config.time
-        for kind, cf, key, value in ops:
+        for kind, cf, key, value in singles(ops):
             if kind != PUT or value is None or cf.startswith("__"):
                 continue
             if registered_only and cf not in domains:

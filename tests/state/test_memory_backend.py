@@ -12,6 +12,8 @@ OPS = st.lists(
     st.one_of(
         st.tuples(st.just("put"), KEYS, st.binary(min_size=1, max_size=2)),
         st.tuples(st.just("delete"), KEYS, st.none()),
+        st.tuples(st.just("many"), st.dictionaries(KEYS, st.binary(min_size=1, max_size=2),
+                                                   max_size=5), st.none()),
         st.tuples(st.just("range"), KEYS, KEYS),
         st.tuples(st.just("read"), st.one_of(st.none(), KEYS), st.one_of(st.none(), KEYS)),
     ),
@@ -33,6 +35,9 @@ def test_tables_agree_with_a_dict(batches, reverse: bool) -> None:
             elif kind == "delete":
                 batch.delete("t", a)
                 model.pop(a, None)
+            elif kind == "many":
+                batch.put_many("t", list(a), list(a.values()))
+                model.update(a)
             elif kind == "range":
                 batch.delete_range("t", a, b)
                 for k in [k for k in model if a <= k < b]:

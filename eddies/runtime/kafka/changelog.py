@@ -131,7 +131,7 @@ class Delta:
 def split_by_partition(batch: Batch, skip: set[str]) -> list[Delta]:
     """The changelog deltas of ``batch``, each with its partition; cfs in ``skip`` left out."""
     out: list[Delta] = []
-    for kind, cf, key, value in batch.ops:
+    for kind, cf, key, value in batch.singles():
         if cf in skip or cf.startswith("__meta__"):
             continue
         group = key_group_of(cf, key)

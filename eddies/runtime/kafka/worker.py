@@ -63,7 +63,7 @@ from eddies.runtime.kafka.topics import create_topics, topic_partitions
 from eddies.runtime.keyed import META_CF
 from eddies.runtime.observe import Observer
 from eddies.runtime.watermarks import MIN_TIME, BoundedOutOfOrderness, PartitionWatermark
-from eddies.state.backend import Batch
+from eddies.state.backend import Batch, Op
 from eddies.state.keys import encode_key
 from eddies.state.rocksdb import RocksDbStateBackend
 
@@ -176,7 +176,7 @@ class KafkaWorker:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._stop = False
-        self._sweep_ops: list[tuple[int, str, bytes, bytes | None]] = []
+        self._sweep_ops: list[Op] = []
         self._in_checkpoint = False
         self._lock = asyncio.Lock()
         self._inflight: list[Any] = []
@@ -713,7 +713,7 @@ class KafkaWorker:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         if self.observer is not None:
-            size = sum(len(k) + len(v or b"") for _, _, k, v in batch.ops)
+            size = batch.size_bytes()
             self.observer.after_checkpoint(self._last_checkpoint - started, size)
         log.debug("checkpoint %s: %d ops in %.3fs", self.seq, len(batch),
                   time.monotonic() - started)
