@@ -13,16 +13,20 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-__all__ = ["Batch", "StateBackend", "PUT", "DELETE", "DELETE_RANGE", "PUT_MANY"]
+__all__ = ["Batch", "StateBackend", "PUT", "DELETE", "DELETE_RANGE", "PUT_MANY", "DELETE_MANY"]
 
 PUT = 0
 DELETE = 1
 DELETE_RANGE = 2
 PUT_MANY = 3
 """A run of puts to one column family as one op: ``(PUT_MANY, cf, keys, values)``."""
+DELETE_MANY = 4
+"""A run of deletes from one column family as one op: ``(DELETE_MANY, cf, keys, None)``."""
+_MANY = (PUT_MANY, DELETE_MANY)
 
 Op = tuple[int, str, Any, Any]
-"""``(kind, cf, key, value)``; for PUT_MANY the key and value are lists of them."""
+"""``(kind, cf, key, value)``; for PUT_MANY the key and value are lists of them, for
+DELETE_MANY the key."""
 
 
 @dataclass
@@ -52,6 +56,11 @@ class Batch:
     def delete(self, cf: str, key: bytes) -> None:
         self.ops.append((DELETE, cf, key, None))
 
+    def delete_many(self, cf: str, keys: list[bytes]) -> None:
+        """Delete each of ``keys``, as one op (a sweep's deletions go this way)."""
+        if keys:
+            self.ops.append((DELETE_MANY, cf, keys, None))
+
     def delete_range(self, cf: str, lower: bytes, upper: bytes) -> None:
         """Delete every key in ``[lower, upper)``."""
         self.ops.append((DELETE_RANGE, cf, lower, upper))
@@ -60,13 +69,13 @@ class Batch:
         self.ops.extend(other.ops)
 
     def singles(self) -> Iterator[Op]:
-        """Every op in order, with each PUT_MANY spelled out as its single puts."""
+        """Every op in order, each PUT_MANY and DELETE_MANY spelled out as single ops."""
         return singles(self.ops)
 
     def expanded(self) -> Batch:
-        """This batch with no PUT_MANY op (itself if it has none), for backends without
-        :attr:`StateBackend.takes_put_many`."""
-        if not any(op[0] == PUT_MANY for op in self.ops):
+        """This batch with no PUT_MANY or DELETE_MANY op (itself if it has none), for
+        backends without :attr:`StateBackend.takes_put_many`."""
+        if not any(op[0] in _MANY for op in self.ops):
             return self
         return Batch(list(self.singles()))
 
@@ -76,20 +85,24 @@ class Batch:
         for kind, _, key, value in self.ops:
             if kind == PUT_MANY:
                 total += sum(map(len, key)) + sum(map(len, value))
+            elif kind == DELETE_MANY:
+                total += sum(map(len, key))
             else:
                 total += len(key) + len(value or b"")
         return total
 
     def __len__(self) -> int:
-        """Entries written or deleted (a PUT_MANY counts each of its puts)."""
-        return sum(len(op[2]) if op[0] == PUT_MANY else 1 for op in self.ops)
+        """Entries written or deleted (a PUT_MANY or DELETE_MANY counts each of its keys)."""
+        return sum(len(op[2]) if op[0] in _MANY else 1 for op in self.ops)
 
 
 def singles(ops: Iterable[Op]) -> Iterator[Op]:
-    """``ops`` in order, with each PUT_MANY spelled out as its single puts."""
+    """``ops`` in order, each PUT_MANY and DELETE_MANY spelled out as single ops."""
     for op in ops:
         if op[0] == PUT_MANY:
             yield from zip(repeat(PUT), repeat(op[1]), op[2], op[3])
+        elif op[0] == DELETE_MANY:
+            yield from zip(repeat(DELETE), repeat(op[1]), op[2], repeat(None))
         else:
             yield op
 
@@ -102,12 +115,13 @@ class StateBackend(ABC):
 
     Subclass it to add a store; ``InMemoryStateBackend`` and ``RocksDbStateBackend`` are the
     two that ship. Listeners added with :meth:`add_write_listener` see every batch after it is
-    applied (the Kafka changelog is one); they may see PUT_MANY ops (read them through
-    :meth:`Batch.singles`).
+    applied (the Kafka changelog is one); they may see PUT_MANY and DELETE_MANY ops (read
+    them through :meth:`Batch.singles`).
     """
 
     takes_put_many = False
-    """Whether ``_apply`` handles PUT_MANY ops; if not, :meth:`write` spells them out first."""
+    """Whether ``_apply`` handles PUT_MANY and DELETE_MANY ops; if not, :meth:`write` spells
+    them out first."""
 
     def __init__(self) -> None:
         self._listeners: list[WriteListener] = []

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from itertools import groupby, repeat
+from itertools import filterfalse, groupby, repeat
 from operator import itemgetter
 
-from eddies.state.backend import DELETE, PUT, PUT_MANY, Batch, StateBackend
+from eddies.state.backend import DELETE, DELETE_MANY, PUT, PUT_MANY, Batch, StateBackend
 
 __all__ = ["InMemoryStateBackend"]
 
@@ -75,6 +75,25 @@ class _Table:
             return
         if len(new) > 1:
             new = list(dict.fromkeys(new))  # a key put twice in the run joins once
+        gone = self.gone
+        if gone:
+            back = gone.intersection(new)  # deleted but still in a run: live again
+            if back:
+                gone.difference_update(back)
+                new = [key for key in new if key not in back]
+        self.fresh.extend(new)
+        self._check_size()
+
+    def put_columns(self, keys: list[bytes], values: list[bytes]) -> None:
+        """``put_many`` of distinct ``keys`` and their ``values``, in C-level loops."""
+        data = self.data
+        if self.runs is None:
+            data.update(zip(keys, values, strict=True))
+            return
+        new = list(filterfalse(data.__contains__, keys))
+        data.update(zip(keys, values, strict=True))
+        if not new:
+            return
         gone = self.gone
         if gone:
             back = gone.intersection(new)  # deleted but still in a run: live again
@@ -244,12 +263,12 @@ class InMemoryStateBackend(StateBackend):
                     table.put_many(list(map(_key_and_value, run)))
             elif kind == PUT_MANY:
                 for _, _, keys, values in run:
-                    if table.runs is None:
-                        table.data.update(zip(keys, values, strict=True))
-                    else:
-                        table.put_many(list(zip(keys, values, strict=True)))
+                    table.put_columns(keys, values)
             elif kind == DELETE:
                 table.delete_many(list(map(_key, run)))
+            elif kind == DELETE_MANY:
+                for _, _, keys, _ in run:
+                    table.delete_many(keys)
             else:
                 for _, _, lower, upper in run:
                     order, lo, hi = table.keys_between(lower, upper)

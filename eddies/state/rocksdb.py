@@ -23,7 +23,7 @@ from typing import Any, cast
 import rocksdict
 
 from eddies.errors import BackendError, StateDirLockedError
-from eddies.state.backend import DELETE, PUT, PUT_MANY, Batch, StateBackend
+from eddies.state.backend import DELETE, DELETE_MANY, PUT, PUT_MANY, Batch, StateBackend
 
 __all__ = ["RocksDbStateBackend"]
 
@@ -221,6 +221,9 @@ class RocksDbStateBackend(StateBackend):
                     deque(starmap(wb.put, sorted(zip(keys, values, strict=True))), 0)
             elif kind == DELETE:
                 deque(map(wb.delete, sorted(map(_key, run))), 0)
+            elif kind == DELETE_MANY:
+                for _, _, keys, _ in run:
+                    deque(map(wb.delete, sorted(keys)), 0)
             else:  # delete_range ignores the default family (rocksdict 0.3): name it
                 for _, _, lower, upper in run:
                     wb.delete_range(lower, cast(bytes, upper), handle)

@@ -47,7 +47,7 @@ from operator import itemgetter, methodcaller
 from typing import Literal
 
 from eddies.errors import ConfigError
-from eddies.state.backend import DELETE, PUT, Batch, Op, StateBackend, singles
+from eddies.state.backend import PUT, Batch, Op, StateBackend, singles
 from eddies.state.keys import decode_element, encode_key
 from eddies.state.values import NEVER, read_stamp
 
@@ -398,7 +398,6 @@ class TtlStateBackend(StateBackend):
     def _delete_expired(self, index_cf: str, index_keys: list[bytes], clock: int) -> int:
         by_state = self._split_by_state(index_keys)
         batch = Batch()
-        ops = batch.ops
         deleted: dict[str, list[bytes]] = {}
         lazy = self._lazy
         for state, keys in by_state.items():
@@ -415,9 +414,9 @@ class TtlStateBackend(StateBackend):
                             moved[key] = expires_at
                 if moved:
                     name = self._names.get(state) or encode_key(state)
-                    ops.extend(zip(repeat(PUT), repeat(index_cf),
-                                   map(bytes.__add__, map(bytes.__add__, map(_be.pack,
-                                       moved.values()), repeat(name)), moved), repeat(b"")))
+                    batch.put_many(index_cf, list(map(bytes.__add__, map(
+                        bytes.__add__, map(_be.pack, moved.values()), repeat(name)), moved)),
+                        [b""] * len(moved))
             else:
                 gone = [
                     key
@@ -426,9 +425,9 @@ class TtlStateBackend(StateBackend):
                 ]
             if gone:
                 gone = list(dict.fromkeys(gone))  # a key indexed twice is deleted once
-                ops.extend(zip(repeat(DELETE), repeat(state), gone, repeat(None)))
+                batch.delete_many(state, gone)
                 deleted[state] = gone
-        ops.extend(zip(repeat(DELETE), repeat(index_cf), index_keys, repeat(None)))
+        batch.delete_many(index_cf, index_keys)
         self.inner.write(batch)
         n = sum(len(keys) for keys in deleted.values())
         self.expired_deleted += n

@@ -1,5 +1,5 @@
-"""Write batches: PUT_MANY runs mean the same as their single puts on every backend, in order
-with the ops around them, and listeners read them through ``Batch.singles``."""
+"""Write batches: PUT_MANY and DELETE_MANY mean the same as their single ops on every backend,
+in order with the ops around them, and listeners read them through ``Batch.singles``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eddies.state import Batch, InMemoryStateBackend, RocksDbStateBackend, StateBackend
-from eddies.state.backend import PUT, PUT_MANY
+from eddies.state.backend import DELETE, DELETE_MANY, PUT, PUT_MANY
 
 KEYS = st.binary(min_size=1, max_size=2)
 VALUES = st.binary(min_size=1, max_size=2)
@@ -20,6 +20,7 @@ OPS = st.lists(
         st.tuples(st.just("put"), KEYS, VALUES),
         st.tuples(st.just("delete"), KEYS, st.none()),
         st.tuples(st.just("many"), st.dictionaries(KEYS, VALUES, max_size=6), st.none()),
+        st.tuples(st.just("gone"), st.lists(KEYS, max_size=6, unique=True), st.none()),
         st.tuples(st.just("range"), KEYS, KEYS),
     ),
     max_size=30,
@@ -76,6 +77,11 @@ def test_put_many_agrees_with_single_puts_on_every_backend(batches) -> None:
                     batch.delete("t", a)
                     model.pop(a, None)
                     expected_log.append(batch.ops[-1])
+                elif kind == "gone":
+                    batch.delete_many("t", a)
+                    for k in a:
+                        model.pop(k, None)
+                    expected_log.extend((DELETE, "t", k, None) for k in a)
                 elif kind == "many":
                     batch.put_many("t", list(a), list(a.values()))
                     model.update(a)
@@ -91,7 +97,7 @@ def test_put_many_agrees_with_single_puts_on_every_backend(batches) -> None:
                 db.write(batch)
                 assert list(db.iterate("t")) == sorted(model.items())
         assert all(log == expected_log for log in seen)
-        assert PUT_MANY not in backends[2].kinds, "a backend without takes_put_many got one"
+        assert not {PUT_MANY, DELETE_MANY} & backends[2].kinds, "a backend without takes_put_many"
         for db in backends:
             db.close()
 
@@ -101,11 +107,13 @@ def test_batch_size_counts_every_entry() -> None:
     batch.put_many("t", [b"ab", b"c"], [b"1", b"234"])
     batch.put_many("t", [], [])  # nothing: no op
     batch.delete("t", b"xy")
-    assert len(batch.ops) == 2
-    assert len(batch) == 3
-    assert batch.size_bytes() == 2 + 1 + 1 + 3 + 2
+    batch.delete_many("t", [b"p", b"qr"])
+    assert len(batch.ops) == 3
+    assert len(batch) == 5
+    assert batch.size_bytes() == 2 + 1 + 1 + 3 + 2 + 1 + 2
     assert batch.expanded().ops == [(PUT, "t", b"ab", b"1"), (PUT, "t", b"c", b"234"),
-                                    batch.ops[1]]
+                                    batch.ops[1], (DELETE, "t", b"p", None),
+                                    (DELETE, "t", b"qr", None)]
     single = Batch()
     single.put("t", b"k", b"v")
     assert single.expanded() is single

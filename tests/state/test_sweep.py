@@ -293,7 +293,7 @@ def test_sweep_deletes_reach_write_listeners(inner: StateBackend) -> None:
     """The Kafka changelog listens to batches: sweeps must reach it as deletes."""
     seen: list[tuple[str, bytes]] = []
     inner.add_write_listener(
-        lambda batch: seen.extend((cf, key) for kind, cf, key, _ in batch.ops if kind == DELETE)
+        lambda batch: seen.extend((cf, key) for kind, cf, key, _ in batch.singles() if kind == DELETE)
     )
     store = KeyedStateStore(inner)
     v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
