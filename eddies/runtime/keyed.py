@@ -247,20 +247,29 @@ class KeyedOperator:
             return
         pop_due = self.timers.event.pop_due
         ctx = self.ctx
+        store = self.store
+        on_timer = self._on_timer
         set_clock = self.backend.set_watermark
-        fire = self._fire
         current = self.watermark
+        last = None
         while True:
             due = pop_due(watermark)
             if due is None:
                 break
-            time = due[0]
-            # Timers see the watermark at their own time, as in Flink, and so does TTL state:
-            # an entry due to expire at the timer's time is gone in on_timer, however the
-            # input happened to be batched.
-            ctx.watermark = current if current > time else time
-            set_clock(ctx.watermark)
-            fire(time, due[1], "event", out)
+            time, key = due
+            if time != last:
+                # Timers see the watermark at their own time, as in Flink, and so does TTL
+                # state: an entry due to expire at the timer's time is gone in on_timer,
+                # however the input happened to be batched.
+                last = time
+                ctx.watermark = current if current > time else time
+                set_clock(ctx.watermark)
+            # _fire for the event domain (ctx.time_domain is "event" between firings).
+            store.key = key
+            store.timestamp = time
+            ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key
+            ctx.timestamp = time
+            emit_into(out, on_timer(time, ctx))
             if emit is not None and out:
                 for value in out:
                     emit(value, time)

@@ -30,7 +30,7 @@ from bisect import insort
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from eddies.state.backend import DELETE, PUT, Batch, StateBackend
+from eddies.state.backend import Batch, StateBackend
 from eddies.state.keys import Key, decode_prefixed, state_key
 
 __all__ = ["TimerHeap", "Timers", "WINDOW", "stored_mark_key", "stored_timer_key", "timers_cf"]
@@ -244,15 +244,16 @@ class Timers:
 
     def collect(self, batch: Batch) -> None:
         """Write added and deleted timers into ``batch``."""
-        append = batch.ops.append
         cf = self.cf
         for heap in (self.event, self.processing):
-            for stored in heap.added:
-                append((PUT, cf, stored, b""))
-            for stored in heap.removed:
-                append((DELETE, cf, stored, None))
-            heap.added.clear()
-            heap.removed.clear()
+            # Disjoint sets (add and remove each discard from the other): order is free.
+            added = heap.added
+            if added:
+                batch.put_many(cf, list(added), [b""] * len(added))
+                added.clear()
+            if heap.removed:
+                batch.delete_many(cf, list(heap.removed))
+                heap.removed.clear()
 
     def load(
         self, backend: StateBackend, lower: bytes | None = None, upper: bytes | None = None
