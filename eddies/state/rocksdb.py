@@ -216,9 +216,13 @@ class RocksDbStateBackend(StateBackend):
             wb.set_default_column_family(handle)
             if kind == PUT:
                 deque(starmap(wb.put, map(_key_and_value, sorted(run, key=_key))), 0)
-            elif kind == PUT_MANY:  # distinct keys: sorting the pairs never compares values
+            elif kind == PUT_MANY:
                 for _, _, keys, values in run:
-                    deque(starmap(wb.put, sorted(zip(keys, values, strict=True))), 0)
+                    # The keys are distinct: sorting them alone and looking their values up
+                    # costs about half of sorting the (key, value) pairs.
+                    value_of = dict(zip(keys, values, strict=True))
+                    ordered = sorted(keys)
+                    deque(map(wb.put, ordered, map(value_of.__getitem__, ordered)), 0)
             elif kind == DELETE:
                 deque(map(wb.delete, sorted(map(_key, run))), 0)
             elif kind == DELETE_MANY:

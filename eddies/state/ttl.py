@@ -125,12 +125,23 @@ class TtlConfig:
     ``ttl_ms`` is the default TTL for states that declare none (None: they never expire).
     ``time`` is the default clock, ``clock`` an injectable processing-time source in ms, and
     ``sweep_batch`` the most entries one sweep step deletes.
+
+    ``sweep_lag_ms`` lets physical deletion wait that long past expiry (on the entry's own
+    clock), as RocksDB compaction-filter cleanup does in Flink: reads never see an expired
+    value either way, but a sweep that reaches an index entry later finds more of its keys
+    rewritten (moved once, not once per TTL period) or overwritten after expiring (nothing
+    to delete). Expired entries then hold storage up to that much longer.
     """
 
     ttl_ms: int | None = None
     time: TimeDomain = "event"
     clock: Callable[[], int] | None = None
     sweep_batch: int = 10_000
+    sweep_lag_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sweep_lag_ms < 0:
+            raise ConfigError(f"TtlConfig.sweep_lag_ms must be >= 0, got {self.sweep_lag_ms}")
 
     def default_ttl(self) -> Ttl | None:
         return None if self.ttl_ms is None else Ttl(ms=self.ttl_ms, time=self.time)
@@ -357,7 +368,8 @@ class TtlStateBackend(StateBackend):
         now = self.processing_time()
         if now > self._processing_swept:
             self._processing_swept = now  # a wall clock may step back: see index_horizon
-        return (self.expiry_cf, self.watermark), (self.expiry_proc_cf, now)
+        lag = self.config.sweep_lag_ms
+        return (self.expiry_cf, self.watermark - lag), (self.expiry_proc_cf, now - lag)
 
     def sweep(self, limit: int | None = None) -> int:
         """Delete up to ``limit`` expired entries (default ``config.sweep_batch``).

@@ -25,6 +25,7 @@ from eddies.state import (
     ReducingState,
     RocksDbStateBackend,
     Ttl,
+    TtlConfig,
     ValueState,
     decode_key,
     encode_key,
@@ -179,12 +180,14 @@ class StateModel(RuleBasedStateMachine):
     """Every primitive with an event-time TTL, plus variants, against dicts."""
 
     backend_kind = "memory"
+    sweep_lag = 0
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.mkdtemp() if self.backend_kind == "rocksdb" else None
         self.db = RocksDbStateBackend(self.tmp) if self.tmp else InMemoryStateBackend()
-        store = self.store = KeyedStateStore(self.db)
+        store = self.store = KeyedStateStore(
+            self.db, ttl_config=TtlConfig(sweep_lag_ms=self.sweep_lag))
         self.value = store.bind(ValueState("value", ttl=Ttl(ms=TTL)))
         self.plain = store.bind(ValueState("plain", default="none"))
         self.touched = store.bind(
@@ -254,15 +257,17 @@ class StateModel(RuleBasedStateMachine):
     @rule()
     def sweep(self) -> None:
         self.store.backend.sweep_all()
-        # Nothing at or below the watermark is left in the backend, nor in the index.
+        # Nothing at or below the watermark (less the sweep lag) is left in the backend, nor
+        # in the index.
+        swept_to = self.watermark - self.sweep_lag
         for cf in ("value", "touched", "shown", "items", "table", "total"):
             for _, data in self.db.iterate(cf):
-                assert int.from_bytes(data[:8], "little") > self.watermark
+                assert int.from_bytes(data[:8], "little") > swept_to
         for index_key, _ in self.db.iterate(EXPIRY_CF):
-            assert int.from_bytes(index_key[:8], "big") > self.watermark
+            assert int.from_bytes(index_key[:8], "big") > swept_to
         # Only what reached the backend can be swept; dirty cache entries stay present.
         for key, (_, expires_at, dirty) in list(self.m_shown.items()):
-            if not dirty and not self.live(expires_at):
+            if not dirty and expires_at <= swept_to:
                 del self.m_shown[key]
         self.read_everything()
 
@@ -464,7 +469,16 @@ class RocksDbStateModel(StateModel):
     backend_kind = "rocksdb"
 
 
+class LaggedStateModel(StateModel):
+    """The same with a sweep lag: expired entries are deleted that much later, and
+    expired_if_present values stay visible until then."""
+
+    sweep_lag = 120
+
+
 TestStateModelMemory = StateModel.TestCase
 TestStateModelMemory.settings = STATEFUL
 TestStateModelRocksDb = RocksDbStateModel.TestCase
 TestStateModelRocksDb.settings = settings(STATEFUL, max_examples=50)
+TestStateModelLagged = LaggedStateModel.TestCase
+TestStateModelLagged.settings = settings(STATEFUL, max_examples=50)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from eddies.errors import ConfigError
 from eddies.state import (
     Batch,
     InMemoryStateBackend,
@@ -363,3 +364,34 @@ def test_memory_stays_flat_while_a_million_keys_expire(tmp_path: Path) -> None:
     assert list(db.iterate("dedup")) == [(b"live%03d" % i, keep) for i in range(100)]
     assert next(iter(db.iterate(EXPIRY_CF)), None) is None
     db.close()
+
+
+def test_sweep_lag_defers_deletion_not_expiry(inner: StateBackend) -> None:
+    """With sweep_lag_ms an expired value reads as absent at once but is deleted only once
+    the clock is that far past its stamp; one overwritten meanwhile needs no deletion."""
+    store = KeyedStateStore(inner, ttl_config=TtlConfig(sweep_lag_ms=5_000))
+    v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
+    for key in ("a", "b"):
+        store.set_key(key, 1_000)
+        v.set(key)
+    store.flush()
+    store.backend.set_watermark(11_000)
+    store.set_key("a", 11_000)
+    assert v.get() is None, "expired at 11_000 whatever the lag"
+    assert store.backend.sweep_all() == 0
+    assert inner.count("v") == 2
+    store.set_key("b", 12_000)
+    v.set("b again")  # overwrites the expired value; expires at 22_000
+    store.flush()
+    store.backend.set_watermark(16_000)
+    assert store.backend.sweep_all() == 1, "only a is left to delete"
+    store.set_key("b", 16_000)
+    assert v.get() == "b again"
+    store.backend.set_watermark(27_000)
+    assert store.backend.sweep_all() == 1
+    assert inner.count("v") == 0 and inner.count(EXPIRY_CF) == 0
+
+
+def test_sweep_lag_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="sweep_lag_ms"):
+        TtlConfig(sweep_lag_ms=-1)
