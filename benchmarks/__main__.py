@@ -47,7 +47,8 @@ def throughput(args: argparse.Namespace, path: Path, workdir: Path) -> tuple[lis
                 runs[impl].append(_child(
                     "benchmarks.one", "--job", name, "--impl", impl, "--input", str(path),
                     "--workdir", str(workdir),
-                    "--checkpoint-interval", str(args.checkpoint_interval)))
+                    "--checkpoint-interval", str(args.checkpoint_interval),
+                    "--sweep-lag-ms", str(args.sweep_lag_ms)))
         plain_eps = [args.n / r["elapsed_s"] for r in runs["plain"]]
         expected = {r["digest"] for r in runs["plain"]}
         for backend in backends:
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", default="running,tumbling,ttl")
     parser.add_argument("--backends", default="memory,rocksdb")
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
+    parser.add_argument("--sweep-lag-ms", type=int, default=0,
+                        help="TtlConfig.sweep_lag_ms for the eddies runs (default 0)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--restart", action="store_true",
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count()},
         "config": {"events": args.n, "keys": args.keys, "runs": args.runs,
-                   "checkpoint_interval": args.checkpoint_interval, "batch_size": 2_000},
+                   "checkpoint_interval": args.checkpoint_interval, "batch_size": 2_000,
+                   "sweep_lag_ms": args.sweep_lag_ms},
     }
     ok = True
     if not args.skip_throughput:

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
+    parser.add_argument("--sweep-lag-ms", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.impl == "plain":
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(state_dir, ignore_errors=True)
             state = f"rocksdb:{state_dir}"
         t = time.perf_counter()
-        ed.run_local(job, state, checkpoint_interval=args.checkpoint_interval, batch_size=BATCH)
+        ed.run_local(job, state, checkpoint_interval=args.checkpoint_interval, batch_size=BATCH,
+                     ttl_config=ed.TtlConfig(sweep_lag_ms=args.sweep_lag_ms))
         elapsed = time.perf_counter() - t
         results = out.items
         if args.impl == "rocksdb":
