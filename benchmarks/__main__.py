@@ -36,6 +36,17 @@ def _child(module: str, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _names(allowed: tuple[str, ...]) -> Any:
+    """An argparse type for a comma-separated subset of ``allowed``."""
+    def parse(text: str) -> str:
+        unknown = [name for name in text.split(",") if name not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+        return text
+    return parse
+
+
 def throughput(args: argparse.Namespace, path: Path, workdir: Path) -> tuple[list, bool]:
     rows = []
     ok = True
@@ -77,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="events (default 1M)")
     parser.add_argument("--keys", type=int, default=100_000, help="distinct keys")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement")
-    parser.add_argument("--jobs", default="running,tumbling,ttl")
-    parser.add_argument("--backends", default="memory,rocksdb")
+    parser.add_argument("--jobs", type=_names(("running", "tumbling", "ttl")),
+                        default="running,tumbling,ttl",
+                        help="comma-separated: running (job 1), tumbling (job 2), ttl (job 3)")
+    parser.add_argument("--backends", type=_names(("memory", "rocksdb")),
+                        default="memory,rocksdb")
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
     parser.add_argument("--sweep-lag-ms", type=int, default=0,
                         help="TtlConfig.sweep_lag_ms for the eddies runs (default 0)")
