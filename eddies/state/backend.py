@@ -48,8 +48,9 @@ class Batch:
         self.ops.append((PUT, cf, key, value))
 
     def put_many(self, cf: str, keys: list[bytes], values: list[bytes]) -> None:
-        """Put ``values[i]`` at ``keys[i]``, the keys distinct, as one op (no tuple per entry:
-        a checkpoint's dirty ValueState goes to the backend this way, column by column)."""
+        """Put ``values[i]`` at ``keys[i]`` as one op, the same as ``put`` of each pair in
+        order (a repeated key takes its last value), with no tuple per entry: a checkpoint's
+        dirty ValueState goes to the backend this way, column by column."""
         if keys:
             self.ops.append((PUT_MANY, cf, keys, values))
 

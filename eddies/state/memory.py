@@ -85,7 +85,8 @@ class _Table:
         self._check_size()
 
     def put_columns(self, keys: list[bytes], values: list[bytes]) -> None:
-        """``put_many`` of distinct ``keys`` and their ``values``, in C-level loops."""
+        """``put_many`` of ``keys`` and their ``values``, in C-level loops (a repeated key
+        takes its last value and joins the key order once)."""
         data = self.data
         if self.runs is None:
             data.update(zip(keys, values, strict=True))
@@ -94,6 +95,8 @@ class _Table:
         data.update(zip(keys, values, strict=True))
         if not new:
             return
+        if len(new) > 1:
+            new = list(dict.fromkeys(new))
         gone = self.gone
         if gone:
             back = gone.intersection(new)  # deleted but still in a run: live again
