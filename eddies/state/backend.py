@@ -129,10 +129,6 @@ class StateBackend(ABC):
         self.round_trips = 0
         """Backend calls made (gets, multi-gets, range scans and batch writes)."""
 
-    cheap_point_reads = False
-    """Whether a point read costs no more than a dict lookup (the memory backend): then the
-    TTL sweep reads stored stamps itself rather than asking the writers' caches."""
-
     @abstractmethod
     def get(self, cf: str, key: bytes) -> bytes | None:
         """The value at ``key`` in column family ``cf``, or None."""

@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from eddies.errors import StateSerializationError
 from eddies.state.backend import DELETE, PUT, Batch
-from eddies.state.keys import Key, decode_element, encode_key, prefix_upper_bound, split_stored
+from eddies.state.keys import Key, decode_element, encode_key, prefix_upper_bound
 from eddies.state.store import check_value
-from eddies.state.ttl import GONE
 from eddies.state.values import NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
 if TYPE_CHECKING:
@@ -191,7 +190,7 @@ class ValueHandle(Handle):
         # for the next collect; a duplicate entry is harmless, a missing one is not.
         self._unindexed: set[Key] = set()
         if ttl is not None:
-            self.backend.set_lazy_index(self.name, self._stored_stamps)
+            self.backend.set_lazy_index(self.name)
         # An expired value reads as absent whether or not it is still cached, so a sweep
         # need not decode the keys it deletes to evict them, unless expired values stay
         # visible until deleted.
@@ -459,30 +458,6 @@ class ValueHandle(Handle):
         if key not in self._dirty:
             self._cache.pop(key, None)
             self._expiry.pop(key, None)
-
-    def _stored_stamps(self, stored_keys: list[bytes], clock: int) -> list[int | None]:
-        """For the sweep (see TtlStateBackend.set_lazy_index): the stamp of each stored key's
-        value where the cache knows it, clean and above ``clock``; GONE where it is cached as
-        absent; else None."""
-        cache_get = self._cache.get
-        dirty = self._dirty
-        expiry_get = self._expiry.get
-        out: list[int | None] = []
-        append = out.append
-        for stored in stored_keys:
-            key, rest = split_stored(stored)
-            if rest or key in dirty:
-                append(None)
-                continue
-            value = cache_get(key, MISSING)
-            if value is MISSING:
-                append(None)
-            elif value is ABSENT:
-                append(GONE)
-            else:
-                expires_at = expiry_get(key, NEVER)
-                append(expires_at if expires_at > clock else None)
-        return out
 
 
 class ReducingHandle(ValueHandle):

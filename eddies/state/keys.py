@@ -44,7 +44,6 @@ __all__ = [
     "decode_element",
     "decode_key",
     "decode_prefixed",
-    "split_stored",
     "encode_element",
     "encode_key",
     "prefix_upper_bound",
@@ -316,23 +315,6 @@ def decode_element(data: bytes, pos: int) -> tuple[Any, int]:
         return _decode_one(data, pos, False)
     except (IndexError, ValueError) as exc:
         raise KeyEncodingError(f"malformed key bytes {bytes(data).hex()}: {exc}") from exc
-
-
-def split_stored(stored: bytes) -> tuple[Any, bytes]:
-    """A state's stored key as the user key in the form caches hold it (see
-    :func:`state_key`) and the bytes after it (b"" for a ValueState; a map key or list
-    index otherwise). The common key, one str without NUL, decodes without the codec.
-
-    >>> split_stored(b"\\x00\\x07" + encode_element("user1"))
-    ('user1', b'')
-    >>> split_stored(b"\\x00\\x07" + encode_element(("a", 1)) + b"tail")
-    (('a', 1), b'tail')
-    """
-    if (stored[2:4] == b"\x05\x02" and stored.endswith(b"\x00\x00")
-            and stored.find(b"\x00", 4) == len(stored) - 2):
-        return stored[4:-2].decode("utf-8"), b""
-    key, end = decode_prefixed(stored, 2)
-    return state_key(key), stored[end:]
 
 
 def decode_prefixed(data: bytes, pos: int) -> tuple[Key, int]:

@@ -215,7 +215,6 @@ class InMemoryStateBackend(StateBackend):
     """
 
     takes_put_many = True
-    cheap_point_reads = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -51,18 +51,13 @@ from eddies.state.backend import PUT, Batch, Op, StateBackend, singles
 from eddies.state.keys import decode_element, encode_key
 from eddies.state.values import NEVER, read_stamp
 
-__all__ = [
-    "EXPIRY_CF", "EXPIRY_PROC_CF", "GONE", "MIN_TIME", "Ttl", "TtlConfig", "TtlStateBackend",
-]
+__all__ = ["MIN_TIME", "Ttl", "TtlConfig", "TtlStateBackend", "EXPIRY_CF", "EXPIRY_PROC_CF"]
 
 TimeDomain = Literal["event", "processing"]
 MIN_TIME = -(2**63)
 """The watermark before any event: nothing is expired yet."""
 EXPIRY_CF = "__expiry__"
 EXPIRY_PROC_CF = "__expiry_proc__"
-GONE = -1
-"""What a sweep's stamp reader says of a key known to have no stored value (stamps are
-unsigned, so no stamp is -1)."""
 _be = struct.Struct(">Q")
 _read_le = struct.Struct("<Q").unpack_from
 _cf_of = itemgetter(1)
@@ -194,8 +189,6 @@ class TtlStateBackend(StateBackend):
         self._sweep_listeners: list[Callable[[str, list[bytes]], None]] = []
         self._processing_swept = -(2**63)  # the highest processing-time clock swept at
         self._lazy: set[str] = set()  # states whose index entries the sweep moves on
-        # Per lazy state, what its writer knows of stored stamps (see set_lazy_index).
-        self._stamp_readers: dict[str, Callable[[list[bytes], int], list[int | None]]] = {}
         self._floor: dict[str, bytes] = {}  # per index: every key below it is swept
 
     # -- clocks ------------------------------------------------------------------------------
@@ -283,23 +276,11 @@ class TtlStateBackend(StateBackend):
     def add_write_listener(self, listener: Callable[[Batch], None]) -> None:
         self.inner.add_write_listener(listener)
 
-    def set_lazy_index(
-        self, cf: str, stamps: Callable[[list[bytes], int], list[int | None]] | None = None
-    ) -> None:
+    def set_lazy_index(self, cf: str) -> None:
         """Let the sweep move the index entries of ``cf`` on (see the module docstring): its
         writer then indexes a key only when the key's previous stamp does not vouch for an
-        entry (see :meth:`index_horizon`).
-
-        ``stamps(stored_keys, clock)``, if given, tells the sweep what the writer's cache
-        knows of those keys' stored values, one item per key: the stamp (an int above
-        ``clock``), :data:`GONE` for a key known to be absent, or None where it does not
-        know. The sweep reads only the None ones from the backend (on RocksDB a point read
-        each), so the entries it moves on cost it no read. An expired stamp counts as not
-        known: the backend says whether the value is still there to delete.
-        """
+        entry (see :meth:`index_horizon`)."""
         self._lazy.add(cf)
-        if stamps is not None and not self.inner.cheap_point_reads:
-            self._stamp_readers[cf] = stamps
 
     def index_horizon(self, cf: str) -> int:
         """No sweep of ``cf``'s index has reached a stamp above this. A stored value whose
@@ -432,12 +413,13 @@ class TtlStateBackend(StateBackend):
         deleted: dict[str, list[bytes]] = {}
         lazy = self._lazy
         for state, keys in by_state.items():
+            values = self.inner.multi_get(state, keys)
             if state in lazy:
-                stamps = self._stored_stamps(state, keys, clock)
                 gone = []
                 moved: dict[bytes, int] = {}
-                for key, expires_at in zip(keys, stamps, strict=True):
-                    if expires_at != GONE:  # else gone already: the entry just goes
+                for key, data in zip(keys, values, strict=True):
+                    if data is not None:  # else gone already: the entry just goes
+                        expires_at = _read_le(data)[0]
                         if expires_at <= clock:
                             gone.append(key)
                         elif expires_at != NEVER:
@@ -448,7 +430,6 @@ class TtlStateBackend(StateBackend):
                         bytes.__add__, map(_be.pack, moved.values()), repeat(name)), moved)),
                         [b""] * len(moved))
             else:
-                values = self.inner.multi_get(state, keys)
                 gone = [
                     key
                     for key, data in zip(keys, values, strict=True)
@@ -466,19 +447,6 @@ class TtlStateBackend(StateBackend):
             for state, keys in deleted.items():
                 listener(state, keys)
         return n
-
-    def _stored_stamps(self, state: str, keys: list[bytes], clock: int) -> list[int]:
-        """The stamps of the stored values of ``keys`` in ``state`` (GONE where absent): from
-        the writer's cache where it knows them, else read from the backend."""
-        reader = self._stamp_readers.get(state)
-        known: list[int | None] = [None] * len(keys) if reader is None else reader(keys, clock)
-        if None not in known:
-            return known  # type: ignore[return-value]
-        unknown = [i for i, s in enumerate(known) if s is None]
-        values = self.inner.multi_get(state, [keys[i] for i in unknown])
-        for i, data in zip(unknown, values, strict=True):
-            known[i] = GONE if data is None else _read_le(data)[0]
-        return known  # type: ignore[return-value]
 
     @staticmethod
     def _split_by_state(index_keys: list[bytes]) -> dict[str, list[bytes]]:

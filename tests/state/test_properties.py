@@ -181,12 +181,11 @@ class StateModel(RuleBasedStateMachine):
 
     backend_kind = "memory"
     sweep_lag = 0
-    memory_backend = InMemoryStateBackend
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.mkdtemp() if self.backend_kind == "rocksdb" else None
-        self.db = RocksDbStateBackend(self.tmp) if self.tmp else self.memory_backend()
+        self.db = RocksDbStateBackend(self.tmp) if self.tmp else InMemoryStateBackend()
         store = self.store = KeyedStateStore(
             self.db, ttl_config=TtlConfig(sweep_lag_ms=self.sweep_lag))
         self.value = store.bind(ValueState("value", ttl=Ttl(ms=TTL)))
@@ -470,17 +469,6 @@ class RocksDbStateModel(StateModel):
     backend_kind = "rocksdb"
 
 
-class _CostlyReads(InMemoryStateBackend):
-    cheap_point_reads = False  # as RocksDB: the sweep asks the writers' caches first
-
-
-class CacheStampsStateModel(StateModel):
-    """The memory backend with the sweep taking stamps from the writers' caches, as it does
-    on RocksDB (faster than RocksDB, so more examples)."""
-
-    memory_backend = _CostlyReads
-
-
 class LaggedStateModel(StateModel):
     """The same with a sweep lag: expired entries are deleted that much later, and
     expired_if_present values stay visible until then."""
@@ -492,7 +480,5 @@ TestStateModelMemory = StateModel.TestCase
 TestStateModelMemory.settings = STATEFUL
 TestStateModelRocksDb = RocksDbStateModel.TestCase
 TestStateModelRocksDb.settings = settings(STATEFUL, max_examples=50)
-TestStateModelCacheStamps = CacheStampsStateModel.TestCase
-TestStateModelCacheStamps.settings = settings(STATEFUL, max_examples=100)
 TestStateModelLagged = LaggedStateModel.TestCase
 TestStateModelLagged.settings = settings(STATEFUL, max_examples=50)

@@ -274,40 +274,6 @@ def test_sweep_drops_index_entries_of_cleared_values(inner: StateBackend) -> Non
     assert inner.count(EXPIRY_CF) == 0
 
 
-@pytest.mark.parametrize("cached", [True, False])
-def test_sweep_asks_the_writers_cache_before_the_backend(inner: StateBackend, cached: bool) -> None:
-    """On a backend whose point reads cost (RocksDB; CountingBackend counts as one), the sweep
-    takes the stamps of values that live on, and the absence of cleared ones, from the
-    writer's cache: only values the cache does not know, or knows as expired, are read."""
-    counting = CountingBackend(inner)
-    store = KeyedStateStore(counting)
-    v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
-    for i in range(30):
-        store.set_key(("k", i), 1_000)
-        v.set(i)
-    store.flush()
-    for i in range(10):  # k0..k9 live on (stamp 15_000), k10..k19 are cleared
-        store.set_key(("k", i), 5_000)
-        v.set(-i)
-        store.set_key(("k", 10 + i), 5_000)
-        v.clear()
-    store.flush()  # k20..k29 expire at 11_000
-    if not cached:
-        store.clear_cache()
-    counting.reset()
-    store.backend.set_watermark(11_000)
-    assert store.backend.sweep_all() == 10
-    assert counting.point_reads["v"] == (10 if cached else 30)
-    assert _index_times(inner) == [15_000] * 10, "the live ones' entries moved to their stamp"
-    assert inner.count("v") == 10
-    for i in range(30):
-        store.set_key(("k", i), 11_000)
-        assert v.get() == (-i if i < 10 else None)
-    store.backend.set_watermark(15_000)
-    assert store.backend.sweep_all() == 10
-    assert inner.count("v") == inner.count(EXPIRY_CF) == 0
-
-
 def test_sweep_steps_are_bounded(inner: StateBackend) -> None:
     ttl = TtlStateBackend(inner, TtlConfig(sweep_batch=7))
     batch = Batch()
