@@ -261,7 +261,7 @@ class ValueHandle(Handle):
                 expires_at = ts + ttl_ms  # type: ignore[operator]
                 old = expiry.get(key)
                 # As _stamp: the watermark is the event-time index horizon.
-                if old is None or expires_at < old or old <= backend.watermark:
+                if old is None or expires_at < old or old <= backend.event_horizon:
                     unindexed(key)
                 expiry[key] = expires_at
                 dirty[key] = stamp(expires_at) + payload

@@ -179,6 +179,9 @@ class TtlStateBackend(StateBackend):
         self.expiry_proc_cf = EXPIRY_PROC_CF + suffix
         self.config = config or TtlConfig()
         self.watermark = MIN_TIME
+        self.event_horizon = MIN_TIME - self.config.sweep_lag_ms
+        """No sweep of the event-time index has reached a stamp above this: the watermark
+        less ``sweep_lag_ms`` (see :meth:`index_horizon`)."""
         self._manual_processing_time: int | None = None
         self._clock = self.config.clock or _wall_clock_ms
         self._domains: dict[str, TimeDomain] = {}
@@ -196,6 +199,7 @@ class TtlStateBackend(StateBackend):
         """Move the event-time clock forward (it never goes back)."""
         if ms > self.watermark:
             self.watermark = ms
+            self.event_horizon = ms - self.config.sweep_lag_ms
 
     def set_processing_time(self, ms: int) -> None:
         """Pin the processing-time clock (tests and the harness); overrides ``config.clock``."""
@@ -287,7 +291,8 @@ class TtlStateBackend(StateBackend):
         stamp is above it still has an index entry at or before that stamp, so a writer
         that rewrites it with a stamp no earlier needs no new entry."""
         if self._domains.get(cf, self.config.time) == "event":
-            return self.watermark  # sweeps run at the watermark, which never goes back
+            # Sweeps run at the watermark less the lag, and the watermark never goes back.
+            return self.event_horizon
         return max(self.processing_time(), self._processing_swept)
 
     def lower_sweep_floor(self, index_ops: list[Op]) -> None:
