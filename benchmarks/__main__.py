@@ -59,7 +59,8 @@ def throughput(args: argparse.Namespace, path: Path, workdir: Path) -> tuple[lis
                     "benchmarks.one", "--job", name, "--impl", impl, "--input", str(path),
                     "--workdir", str(workdir),
                     "--checkpoint-interval", str(args.checkpoint_interval),
-                    "--sweep-lag-ms", str(args.sweep_lag_ms)))
+                    *(() if args.sweep_lag_ms is None
+                      else ("--sweep-lag-ms", str(args.sweep_lag_ms)))))
         plain_eps = [args.n / r["elapsed_s"] for r in runs["plain"]]
         expected = {r["digest"] for r in runs["plain"]}
         for backend in backends:
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", type=_names(("memory", "rocksdb")),
                         default="memory,rocksdb")
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
-    parser.add_argument("--sweep-lag-ms", type=int, default=0,
-                        help="TtlConfig.sweep_lag_ms for the eddies runs (default 0)")
+    parser.add_argument("--sweep-lag-ms", type=int, default=None,
+                        help="TtlConfig.sweep_lag_ms for the eddies runs (default: its "
+                        "default, one TTL)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--restart", action="store_true",

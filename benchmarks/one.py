@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
-    parser.add_argument("--sweep-lag-ms", type=int, default=0)
+    parser.add_argument("--sweep-lag-ms", type=int, default=None)
     args = parser.parse_args(argv)
 
     if args.impl == "plain":

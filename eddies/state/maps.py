@@ -174,6 +174,7 @@ class MapHandle(Handle):
         super().__init__(store, descriptor, ttl)
         self._cache: dict[Key, _Map] = {}
         self._domain = ttl.time if ttl is not None else None
+        self._registered = ttl  # the Ttl last passed to backend.register_ttl (by bind)
         self._encs: dict[Any, tuple[Any, bytes, Any]] = {}
         self._last_key: Any = _NO_KEY  # the last key _map() looked up, and its map
         self._last_map: _Map | None = None
@@ -250,14 +251,15 @@ class MapHandle(Handle):
         ttl = ttl or self.ttl
         if ttl is None:
             return NEVER
-        if self._domain is None:
+        if ttl is not self._registered:  # the first write under this Ttl object
+            if self._domain is not None and ttl.time != self._domain:
+                raise ConfigError(
+                    f"{self.store.where(self.descriptor)}: entry Ttl time {ttl.time!r} "
+                    f"differs from the map's {self._domain!r}; one MapState uses one clock"
+                )
             self._domain = ttl.time
-            self.backend.set_time_domain(self.name, ttl.time)
-        elif ttl.time != self._domain:
-            raise ConfigError(
-                f"{self.store.where(self.descriptor)}: entry Ttl time {ttl.time!r} differs "
-                f"from the map's {self._domain!r}; one MapState uses one clock"
-            )
+            self.backend.register_ttl(self.name, ttl)  # the automatic sweep lag heeds it
+            self._registered = ttl
         return self.store.expiry(ttl, self.descriptor)
 
     # -- writes --------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ class KeyedStateStore:
         if descriptor.kind == "broadcast":
             ttl = None
         if ttl is not None:
-            self.backend.set_time_domain(descriptor.name, ttl.time)
+            self.backend.register_ttl(descriptor.name, ttl)
         cls = {
             "value": handles.ValueHandle,
             "reducing": handles.ReducingHandle,

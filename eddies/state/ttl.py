@@ -127,20 +127,24 @@ class TtlConfig:
     ``sweep_batch`` the most entries one sweep step deletes.
 
     ``sweep_lag_ms`` lets physical deletion wait that long past expiry (on the entry's own
-    clock), as RocksDB compaction-filter cleanup does in Flink: reads never see an expired
-    value either way, but a sweep that reaches an index entry later finds more of its keys
-    rewritten (moved once, not once per TTL period) or overwritten after expiring (nothing
-    to delete). Expired entries then hold storage up to that much longer.
+    clock), as RocksDB compaction-filter cleanup does in Flink and segment drops do in Kafka
+    Streams' window stores: reads never see an expired value either way, but a sweep that
+    reaches an index entry later finds more of its keys rewritten (moved once, not once per
+    TTL period) or overwritten after expiring (nothing to delete). Expired entries then hold
+    storage up to that much longer. None (the default) lags each clock by the shortest TTL
+    in use on it, so an expired entry is gone at the latest one TTL after it expired, or by
+    0 once a state on that clock shows expired values (``visibility="expired_if_present"``,
+    where deletion is what hides them). 0 deletes at the first sweep past expiry.
     """
 
     ttl_ms: int | None = None
     time: TimeDomain = "event"
     clock: Callable[[], int] | None = None
     sweep_batch: int = 10_000
-    sweep_lag_ms: int = 0
+    sweep_lag_ms: int | None = None
 
     def __post_init__(self) -> None:
-        if self.sweep_lag_ms < 0:
+        if self.sweep_lag_ms is not None and self.sweep_lag_ms < 0:
             raise ConfigError(f"TtlConfig.sweep_lag_ms must be >= 0, got {self.sweep_lag_ms}")
 
     def default_ttl(self) -> Ttl | None:
@@ -179,9 +183,15 @@ class TtlStateBackend(StateBackend):
         self.expiry_proc_cf = EXPIRY_PROC_CF + suffix
         self.config = config or TtlConfig()
         self.watermark = MIN_TIME
-        self.event_horizon = MIN_TIME - self.config.sweep_lag_ms
-        """No sweep of the event-time index has reached a stamp above this: the watermark
-        less ``sweep_lag_ms`` (see :meth:`index_horizon`)."""
+        fixed = self.config.sweep_lag_ms
+        # Per clock: the sweep lag in force (see TtlConfig.sweep_lag_ms), and for the automatic
+        # lag the shortest TTL registered on it and whether a state on it shows expired values.
+        self._lags: dict[str, int] = {"event": fixed or 0, "processing": fixed or 0}
+        self._shortest: dict[str, int] = {}
+        self._shows_expired: set[str] = set()
+        self.event_horizon = MIN_TIME
+        """No sweep of the event-time index has reached a stamp above this: the highest
+        watermark less the lag in force at it (see :meth:`index_horizon`)."""
         self._manual_processing_time: int | None = None
         self._clock = self.config.clock or _wall_clock_ms
         self._domains: dict[str, TimeDomain] = {}
@@ -199,7 +209,9 @@ class TtlStateBackend(StateBackend):
         """Move the event-time clock forward (it never goes back)."""
         if ms > self.watermark:
             self.watermark = ms
-            self.event_horizon = ms - self.config.sweep_lag_ms
+            horizon = ms - self._lags["event"]
+            if horizon > self.event_horizon:
+                self.event_horizon = horizon
 
     def set_processing_time(self, ms: int) -> None:
         """Pin the processing-time clock (tests and the harness); overrides ``config.clock``."""
@@ -213,6 +225,28 @@ class TtlStateBackend(StateBackend):
     def set_time_domain(self, cf: str, time: TimeDomain) -> None:
         """Say which clock expires the entries of column family ``cf``."""
         self._domains[cf] = time
+
+    def register_ttl(self, cf: str, ttl: Ttl) -> None:
+        """Say that ``cf`` holds entries written under ``ttl``: its clock, and what the
+        automatic sweep lag takes into account (see ``TtlConfig.sweep_lag_ms``)."""
+        time = ttl.time
+        self._domains[cf] = time
+        if self.config.sweep_lag_ms is not None:
+            return
+        if ttl.visibility == "expired_if_present":
+            self._shows_expired.add(time)
+        shortest = self._shortest.get(time)
+        if shortest is None or ttl.duration_ms < shortest:
+            self._shortest[time] = shortest = ttl.duration_ms
+        # A lag that grows leaves the horizon where it is (sweeps at the old lag may have
+        # reached it); one that shrinks moves it up to the watermark less the new lag.
+        self._lags[time] = 0 if time in self._shows_expired else shortest
+        if time == "event" and self.watermark > MIN_TIME:
+            self.event_horizon = max(self.event_horizon, self.watermark - self._lags[time])
+
+    def sweep_lag(self, time: TimeDomain) -> int:
+        """The sweep lag in force on clock ``time``, in ms."""
+        return self._lags[time]
 
     def time_domain(self, cf: str) -> TimeDomain:
         return self._domains.get(cf, self.config.time)
@@ -373,8 +407,9 @@ class TtlStateBackend(StateBackend):
         now = self.processing_time()
         if now > self._processing_swept:
             self._processing_swept = now  # a wall clock may step back: see index_horizon
-        lag = self.config.sweep_lag_ms
-        return (self.expiry_cf, self.watermark - lag), (self.expiry_proc_cf, now - lag)
+        lags = self._lags
+        return ((self.expiry_cf, self.watermark - lags["event"]),
+                (self.expiry_proc_cf, now - lags["processing"]))
 
     def sweep(self, limit: int | None = None) -> int:
         """Delete up to ``limit`` expired entries (default ``config.sweep_batch``).

@@ -28,6 +28,9 @@ from eddies.state import (
 from eddies.state.backend import DELETE
 from eddies.state.ttl import EXPIRY_CF, EXPIRY_PROC_CF
 
+EXACT = TtlConfig(sweep_lag_ms=0)
+"""Sweeps delete what expired at once: these tests pin down when each entry goes."""
+
 
 class CountingBackend(StateBackend):
     """Passes every call to a real backend and counts what each column family was asked."""
@@ -85,7 +88,7 @@ def _dump(db: StateBackend, cf: str) -> dict[bytes, bytes]:
 
 def test_sweep_touches_only_the_index_and_the_expired(inner: StateBackend) -> None:
     counting = CountingBackend(inner)
-    store = KeyedStateStore(counting)
+    store = KeyedStateStore(counting, ttl_config=EXACT)
     short = store.bind(ValueState("short", ttl=Ttl(seconds=10)))
     long_ = store.bind(ValueState("long", ttl=Ttl(hours=1)))
     plain = store.bind(ValueState("plain"))
@@ -138,7 +141,7 @@ def test_sweep_touches_only_the_index_and_the_expired(inner: StateBackend) -> No
 
 
 def test_sweep_skips_values_rewritten_with_a_later_expiry(inner: StateBackend) -> None:
-    store = KeyedStateStore(inner)
+    store = KeyedStateStore(inner, ttl_config=EXACT)
     v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
     store.set_key("k", 1_000)
     v.set("first")
@@ -167,7 +170,7 @@ def test_lazy_index_adds_an_entry_when_a_write_moves_the_stamp_earlier(
 ) -> None:
     """Out-of-order event times: a later write may expire before the indexed time; it gets
     an entry of its own, so the sweep deletes it on time."""
-    store = KeyedStateStore(inner)
+    store = KeyedStateStore(inner, ttl_config=EXACT)
     v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
     store.set_key("k", 5_000)
     v.set("first")
@@ -187,7 +190,7 @@ def test_lazy_index_adds_an_entry_when_a_write_moves_the_stamp_earlier(
 def test_lazy_index_after_a_cache_reset_indexes_again(inner: StateBackend) -> None:
     """A handle that forgot its index times (restore, eviction) writes an entry again: a
     duplicate at worst, never a value without one."""
-    store = KeyedStateStore(inner)
+    store = KeyedStateStore(inner, ttl_config=EXACT)
     v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
     store.set_key("k", 1_000)
     v.set("first")
@@ -207,7 +210,7 @@ def test_lazy_index_after_a_cache_reset_indexes_again(inner: StateBackend) -> No
 def test_lazy_index_rewrite_of_a_swept_key_indexes_again(inner: StateBackend, ttl: Ttl) -> None:
     """The handle still caches the swept value's stamp; that stamp vouches for no entry any
     more (the sweep took it), so the next write gets one."""
-    store = KeyedStateStore(inner)
+    store = KeyedStateStore(inner, ttl_config=EXACT)
     v = store.bind(ValueState("v", ttl=ttl))
     store.set_key("k", 1_000)
     v.set("first")
@@ -228,7 +231,7 @@ def test_lazy_index_rewrite_of_a_swept_key_indexes_again(inner: StateBackend, tt
 def test_lazy_index_sweep_between_a_write_and_its_collect(inner: StateBackend, ttl: Ttl) -> None:
     """A write vouched for by the stored stamp's entry, then a sweep that deletes the stored
     value (and its entry) before the write is collected: the write is indexed after all."""
-    store = KeyedStateStore(inner)
+    store = KeyedStateStore(inner, ttl_config=EXACT)
     v = store.bind(ValueState("v", ttl=ttl))
     store.set_key("k", 1_000)
     v.set("first")
@@ -247,7 +250,7 @@ def test_lazy_index_sweep_between_a_write_and_its_collect(inner: StateBackend, t
 def test_sweep_floor_sees_entries_written_below_it(inner: StateBackend) -> None:
     """After a sweep to 20_000 the next one starts there, unless an entry was written below
     (a late event's short remaining life)."""
-    store = KeyedStateStore(inner)
+    store = KeyedStateStore(inner, ttl_config=EXACT)
     v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
     store.set_key("a", 1_000)
     v.set(1)
@@ -262,7 +265,7 @@ def test_sweep_floor_sees_entries_written_below_it(inner: StateBackend) -> None:
 
 
 def test_sweep_drops_index_entries_of_cleared_values(inner: StateBackend) -> None:
-    store = KeyedStateStore(inner)
+    store = KeyedStateStore(inner, ttl_config=EXACT)
     v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
     store.set_key("k", 1_000)
     v.set("x")
@@ -275,7 +278,7 @@ def test_sweep_drops_index_entries_of_cleared_values(inner: StateBackend) -> Non
 
 
 def test_sweep_steps_are_bounded(inner: StateBackend) -> None:
-    ttl = TtlStateBackend(inner, TtlConfig(sweep_batch=7))
+    ttl = TtlStateBackend(inner, TtlConfig(sweep_batch=7, sweep_lag_ms=0))
     batch = Batch()
     for i in range(30):
         batch.put("s", b"k%03d" % i, encode_value(i, 1_000 + i))
@@ -296,7 +299,7 @@ def test_sweep_deletes_reach_write_listeners(inner: StateBackend) -> None:
     inner.add_write_listener(
         lambda batch: seen.extend((cf, key) for kind, cf, key, _ in batch.singles() if kind == DELETE)
     )
-    store = KeyedStateStore(inner)
+    store = KeyedStateStore(inner, ttl_config=EXACT)
     v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
     store.set_key("k", 1_000)
     v.set(1)
@@ -309,7 +312,7 @@ def test_sweep_deletes_reach_write_listeners(inner: StateBackend) -> None:
 
 def test_processing_time_sweep(inner: StateBackend) -> None:
     now = [0]
-    store = KeyedStateStore(inner, ttl_config=TtlConfig(clock=lambda: now[0]))
+    store = KeyedStateStore(inner, ttl_config=TtlConfig(clock=lambda: now[0], sweep_lag_ms=0))
     v = store.bind(ValueState("v", ttl=Ttl(seconds=10, time="processing")))
     e = store.bind(ValueState("e", ttl=Ttl(seconds=10)))
     store.set_key("k", 0)
@@ -334,7 +337,7 @@ MILLION = 1_000_000
 def test_memory_stays_flat_while_a_million_keys_expire(tmp_path: Path) -> None:
     """1M TTL'd keys expire in one sweep_all(); Python memory stays bounded by the step size."""
     db = RocksDbStateBackend(tmp_path / "state")
-    ttl = TtlStateBackend(db, TtlConfig(sweep_batch=10_000))
+    ttl = TtlStateBackend(db, TtlConfig(sweep_batch=10_000, sweep_lag_ms=0))
     keep = encode_value("keep")  # never expires
     step = 50_000
     for start in range(0, MILLION, step):
@@ -424,6 +427,58 @@ def test_sweep_lag_lowers_the_index_horizon(inner: StateBackend) -> None:
     store.backend.set_watermark(31_000)  # sweeps reach 26_000
     assert store.backend.sweep_all() == 2
     assert inner.count("v") == 0 and inner.count(EXPIRY_CF) == 0
+
+
+def test_default_sweep_lag_is_the_shortest_ttl_of_each_clock() -> None:
+    store = KeyedStateStore(InMemoryStateBackend())
+    ttl = store.backend
+    assert (ttl.sweep_lag("event"), ttl.sweep_lag("processing")) == (0, 0), "no TTL yet"
+    store.bind(ListState("recent", ttl=Ttl(minutes=1)))
+    store.bind(ValueState("seen", ttl=Ttl(seconds=10)))
+    store.bind(ValueState("session", ttl=Ttl(seconds=5, time="processing")))
+    assert (ttl.sweep_lag("event"), ttl.sweep_lag("processing")) == (10_000, 5_000)
+    ttl.set_watermark(100_000)
+    assert ttl.index_horizon("seen") == 90_000
+    # A MapState entry with a shorter TTL of its own shortens the lag, and the horizon moves
+    # up with it (sweeps now reach further).
+    m = store.bind(MapState("m"))
+    store.set_key("k", 100_000)
+    m.put("brief", 1, ttl=Ttl(seconds=2))
+    assert ttl.sweep_lag("event") == 2_000
+    assert ttl.index_horizon("seen") == 98_000
+
+
+def test_default_sweep_lag_is_zero_on_a_clock_that_shows_expired_values() -> None:
+    """visibility="expired_if_present" states are read until deleted: deleting late would
+    show them longer, so their clock keeps no lag (the other clock still does)."""
+    store = KeyedStateStore(InMemoryStateBackend())
+    store.bind(ValueState("seen", ttl=Ttl(seconds=10)))
+    store.bind(ValueState("shown", ttl=Ttl(minutes=1, visibility="expired_if_present")))
+    store.bind(ValueState("session", ttl=Ttl(seconds=5, time="processing")))
+    assert store.backend.sweep_lag("event") == 0
+    assert store.backend.sweep_lag("processing") == 5_000
+
+
+def test_a_sweep_lag_given_is_kept() -> None:
+    store = KeyedStateStore(InMemoryStateBackend(), ttl_config=TtlConfig(sweep_lag_ms=7))
+    store.bind(ValueState("seen", ttl=Ttl(seconds=10)))
+    store.bind(ValueState("shown", ttl=Ttl(minutes=1, visibility="expired_if_present")))
+    assert (store.backend.sweep_lag("event"), store.backend.sweep_lag("processing")) == (7, 7)
+
+
+def test_default_sweep_lag_deletes_one_ttl_after_expiry(inner: StateBackend) -> None:
+    store = KeyedStateStore(inner)
+    v = store.bind(ValueState("v", ttl=Ttl(seconds=10)))
+    store.set_key("a", 1_000)
+    v.set("a")  # expires at 11_000, deleted once the watermark reaches 21_000
+    store.flush()
+    store.backend.set_watermark(11_000)
+    store.set_key("a", 11_000)
+    assert v.get() is None
+    store.backend.set_watermark(20_999)
+    assert store.backend.sweep_all() == 0 and inner.count("v") == 1
+    store.backend.set_watermark(21_000)
+    assert store.backend.sweep_all() == 1 and inner.count("v") == 0
 
 
 def test_sweep_lag_must_not_be_negative() -> None:

@@ -22,6 +22,8 @@ from eddies.state import (
 from eddies.testing import Harness
 
 YEARS = 10 * 365 * 86_400_000
+EXACT = TtlConfig(sweep_lag_ms=0)
+"""Sweeps delete what expired at once, for tests that look at what is stored."""
 
 
 class Remember(ed.KeyedProcessFunction):
@@ -65,6 +67,11 @@ def test_event_time_ttl_boundary_after_reload(state, tmp_path) -> None:
     h.watermark(12_000)
     h.operator.store.clear_cache()
     assert h.state("seen", "k") is None
+    # Physical deletion lags expiry by one TTL by default (TtlConfig.sweep_lag_ms).
+    assert h.operator.backend.inner.count("seen") == 1, "expired, not swept yet"
+    h.watermark(21_999)
+    assert h.operator.backend.inner.count("seen") == 1
+    h.watermark(22_000)
     assert h.operator.backend.inner.count("seen") == 0, "swept: physically gone"
     h.close()
 
@@ -104,7 +111,7 @@ def test_write_from_a_timer_counts_from_the_timer_time() -> None:
 
 
 def test_late_write_is_born_expired() -> None:
-    h = Harness(Remember())
+    h = Harness(Remember(), ttl_config=EXACT)
     h.watermark(20_000)
     h.event("late", key="k", timestamp=1_000)  # expires_at 11_000 <= watermark
     assert h.state("seen", "k") is None
@@ -196,7 +203,7 @@ class ProcRemember(ed.KeyedProcessFunction):
 
 
 def test_processing_time_ttl_with_the_harness_clock() -> None:
-    h = Harness(ProcRemember())
+    h = Harness(ProcRemember(), ttl_config=EXACT)
     h.processing_time(1_000)
     h.event("v", key="k")  # no timestamp needed
     h.watermark(YEARS)  # event time does not expire processing-time state
@@ -212,7 +219,8 @@ def test_processing_time_ttl_with_an_injected_clock() -> None:
     now = [1_000]
     store = KeyedStateStore(
         InMemoryStateBackend(),
-        ttl_config=TtlConfig(ttl_ms=10_000, time="processing", clock=lambda: now[0]),
+        ttl_config=TtlConfig(ttl_ms=10_000, time="processing", clock=lambda: now[0],
+                             sweep_lag_ms=0),
     )
     seen = store.bind(ValueState("seen"))  # the config's default TTL applies
     store.set_key("k")
@@ -355,7 +363,7 @@ def test_harness_sweep_ends_expired_if_present() -> None:
 
 
 def test_map_entry_ttl() -> None:
-    store = KeyedStateStore(InMemoryStateBackend())
+    store = KeyedStateStore(InMemoryStateBackend(), ttl_config=EXACT)
     m = store.bind(MapState("m"))  # no TTL of its own
     store.set_key("k", 1_000)
     m.put("short", 1, ttl=Ttl(seconds=1))
