@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpus": os.cpu_count()},
         "config": {"events": args.n, "keys": args.keys, "runs": args.runs,
                    "checkpoint_interval": args.checkpoint_interval, "batch_size": 2_000,
-                   "sweep_lag_ms": args.sweep_lag_ms},
+                   "sweep_lag_ms": "auto" if args.sweep_lag_ms is None else args.sweep_lag_ms},
     }
     ok = True
     if not args.skip_throughput:

@@ -15,7 +15,8 @@ the last entry (not a snapshot), so paging over state that changes between pages
 key once, in its state at the time its page was read.
 
 Queries read stored bytes: they see state as of the last checkpoint (not the write-back
-cache), and an entry past its ``expires_at`` shows until a sweep or a rewrite deletes it.
+cache), and an entry past its ``expires_at`` shows until a sweep or a rewrite deletes it
+(by default sweeps delete it one TTL after it expired: ``TtlConfig.sweep_lag_ms``).
 
 Text given by users for keys and bounds (CLI options, HTTP query parameters) goes through
 :func:`parse_key_text`: JSON when it parses as JSON (``["user", 7]``), else the bare string.

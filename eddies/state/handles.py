@@ -260,7 +260,7 @@ class ValueHandle(Handle):
                 cache[key] = value
                 expires_at = ts + ttl_ms  # type: ignore[operator]
                 old = expiry.get(key)
-                # As _stamp: the watermark is the event-time index horizon.
+                # As _stamp: no sweep has reached a stamp above backend.event_horizon.
                 if old is None or expires_at < old or old <= backend.event_horizon:
                     unindexed(key)
                 expiry[key] = expires_at

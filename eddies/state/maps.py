@@ -251,14 +251,17 @@ class MapHandle(Handle):
         ttl = ttl or self.ttl
         if ttl is None:
             return NEVER
-        if ttl is not self._registered:  # the first write under this Ttl object
+        if ttl is not self._registered and ttl != self._registered:  # a new entry Ttl
             if self._domain is not None and ttl.time != self._domain:
                 raise ConfigError(
                     f"{self.store.where(self.descriptor)}: entry Ttl time {ttl.time!r} "
                     f"differs from the map's {self._domain!r}; one MapState uses one clock"
                 )
             self._domain = ttl.time
-            self.backend.register_ttl(self.name, ttl)  # the automatic sweep lag heeds it
+            # The automatic sweep lag heeds entry TTLs; what reads show is the map's own
+            # visibility (see _visible), whatever an entry's Ttl says.
+            self.backend.register_ttl(self.name, ttl, shows_expired=self.ttl is not None
+                                      and self.ttl.visibility == "expired_if_present")
             self._registered = ttl
         return self.store.expiry(ttl, self.descriptor)
 

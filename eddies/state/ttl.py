@@ -132,9 +132,11 @@ class TtlConfig:
     reaches an index entry later finds more of its keys rewritten (moved once, not once per
     TTL period) or overwritten after expiring (nothing to delete). Expired entries then hold
     storage up to that much longer. None (the default) lags each clock by the shortest TTL
-    in use on it, so an expired entry is gone at the latest one TTL after it expired, or by
-    0 once a state on that clock shows expired values (``visibility="expired_if_present"``,
-    where deletion is what hides them). 0 deletes at the first sweep past expiry.
+    in use on it (MapState entry TTLs included; 0 until there is one): sweeps run after
+    checkpoints, so an expired entry is gone one such TTL plus at most a checkpoint interval
+    after it expired. A clock on which a state shows expired values
+    (``visibility="expired_if_present"``, where deletion is what hides them) gets 0. 0 deletes
+    at the first sweep past expiry.
     """
 
     ttl_ms: int | None = None
@@ -222,18 +224,18 @@ class TtlStateBackend(StateBackend):
             return self._manual_processing_time
         return self._clock()
 
-    def set_time_domain(self, cf: str, time: TimeDomain) -> None:
-        """Say which clock expires the entries of column family ``cf``."""
-        self._domains[cf] = time
-
-    def register_ttl(self, cf: str, ttl: Ttl) -> None:
-        """Say that ``cf`` holds entries written under ``ttl``: its clock, and what the
-        automatic sweep lag takes into account (see ``TtlConfig.sweep_lag_ms``)."""
+    def register_ttl(self, cf: str, ttl: Ttl, shows_expired: bool | None = None) -> None:
+        """Say that ``cf`` holds entries written under ``ttl``: which clock expires them, and
+        what the automatic sweep lag takes into account (see ``TtlConfig.sweep_lag_ms``).
+        ``shows_expired`` (default: ``ttl.visibility == "expired_if_present"``) says whether
+        reads of ``cf`` show expired entries until they are deleted."""
         time = ttl.time
         self._domains[cf] = time
         if self.config.sweep_lag_ms is not None:
             return
-        if ttl.visibility == "expired_if_present":
+        if shows_expired is None:
+            shows_expired = ttl.visibility == "expired_if_present"
+        if shows_expired:
             self._shows_expired.add(time)
         shortest = self._shortest.get(time)
         if shortest is None or ttl.duration_ms < shortest:
@@ -384,7 +386,7 @@ class TtlStateBackend(StateBackend):
     def index_ops(self, ops: list[Op], registered_only: bool = True) -> list[Op]:
         """Expiry-index entries for the finite-stamped puts in ``ops``.
 
-        With ``registered_only`` just states given a clock by :meth:`set_time_domain` (those of
+        With ``registered_only`` just states given a clock by :meth:`register_ttl` (those of
         this wrapper's operator when several share a backend); else every non-internal state.
         """
         index: list[Op] = []

@@ -459,6 +459,16 @@ def test_default_sweep_lag_is_zero_on_a_clock_that_shows_expired_values() -> Non
     assert store.backend.sweep_lag("processing") == 5_000
 
 
+def test_an_entry_ttl_visibility_does_not_drop_the_lag() -> None:
+    """Reads of a MapState show what the map's own Ttl says, so an entry Ttl asking for
+    expired_if_present shows nothing and keeps the lag."""
+    store = KeyedStateStore(InMemoryStateBackend())
+    m = store.bind(MapState("m", ttl=Ttl(seconds=10)))
+    store.set_key("k", 1_000)
+    m.put("a", 1, ttl=Ttl(seconds=20, visibility="expired_if_present"))
+    assert store.backend.sweep_lag("event") == 10_000
+
+
 def test_a_sweep_lag_given_is_kept() -> None:
     store = KeyedStateStore(InMemoryStateBackend(), ttl_config=TtlConfig(sweep_lag_ms=7))
     store.bind(ValueState("seen", ttl=Ttl(seconds=10)))
