@@ -248,7 +248,11 @@ class ValueHandle(Handle):
 
             def set_(value: Any) -> None:
                 ts = store.timestamp
-                if ts is None or not 0 <= ts + ttl_ms < NEVER:  # type: ignore[operator]
+                if ts is None:
+                    slow_set(value)
+                    return
+                expires_at = ts + ttl_ms  # type: ignore[operator]
+                if not 0 <= expires_at < NEVER:
                     slow_set(value)
                     return
                 try:
@@ -258,7 +262,6 @@ class ValueHandle(Handle):
                     return
                 key = store.key
                 cache[key] = value
-                expires_at = ts + ttl_ms  # type: ignore[operator]
                 old = expiry.get(key)
                 # As _stamp: no sweep has reached a stamp above backend.event_horizon.
                 if old is None or expires_at < old or old <= backend.event_horizon:
