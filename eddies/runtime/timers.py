@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import heapq
 import struct
+import sys
 from bisect import insort
 from collections.abc import Callable, Iterator
+from itertools import groupby, repeat
+from operator import itemgetter
 from typing import Any
 
 from eddies.state.backend import Batch, StateBackend
@@ -36,6 +39,7 @@ from eddies.state.keys import Key, decode_prefixed, state_key
 __all__ = ["TimerHeap", "Timers", "WINDOW", "stored_mark_key", "stored_timer_key", "timers_cf"]
 
 _be = struct.Struct(">Q")
+_domain_and_time = itemgetter(slice(2, 11))
 _OFFSET = 2**63
 EVENT = b"e"
 PROCESSING = b"p"
@@ -266,19 +270,16 @@ class Timers:
         window = WINDOW[0]
         marks = self.event.marks
         unpack_time = _be.unpack_from
-        last = None  # domain and time bytes of the bucket at hand
-        bucket: dict[bytes, Key | None] = {}
-        for stored_key, _ in backend.iterate(self.cf, lower, upper):
-            head = stored_key[2:11]
-            if head != last:  # stored in (key group, domain, time) order: runs of one bucket
-                domain = stored_key[2]
-                if domain == window:
-                    marks.add(stored_key)
-                    continue
-                heap = self.event if domain == event else self.processing
-                bucket = heap.bucket(unpack_time(stored_key, 3)[0] - _OFFSET)
-                last = head
-            bucket[stored_key] = None
+        # Keys only (the values are empty), in one read. They come in (key group, domain,
+        # time) order, so each run of one domain and time is one bucket, filled in C.
+        stored_keys = backend.keys(self.cf, lower, upper, sys.maxsize)
+        for head, run in groupby(stored_keys, _domain_and_time):
+            domain = head[0]
+            if domain == window:
+                marks.update(run)
+                continue
+            heap = self.event if domain == event else self.processing
+            heap.bucket(unpack_time(head, 1)[0] - _OFFSET).update(zip(run, repeat(None)))
         for heap in (self.event, self.processing):
             heap._count = sum(len(b) for b in heap.buckets.values())
         for loader in self.loaders:

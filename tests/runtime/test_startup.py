@@ -157,3 +157,39 @@ def test_restart_results_equal_an_uninterrupted_run(tmp_path: Path, cache_entrie
                  **options)
     # Outputs of the interrupted run up to its last checkpoint, then the resumed run's.
     assert sorted(set(first.items) | set(resumed.items)) == sorted(whole.items)
+
+
+@pytest.mark.parametrize("kind", ["memory", "rocksdb"])
+def test_timer_load_brings_back_what_collect_wrote(kind: str, tmp_path: Path) -> None:
+    """Both domains, several times and key groups, and window marks, in one range read; a
+    key-group range loads only its own."""
+    from eddies.runtime.timers import EVENT, PROCESSING, Timers
+    from eddies.state import Batch, InMemoryStateBackend, KeyedStateStore, RocksDbStateBackend
+    from eddies.state.keys import state_key
+
+    backend = InMemoryStateBackend() if kind == "memory" else RocksDbStateBackend(tmp_path)
+    prefix = KeyedStateStore(InMemoryStateBackend()).prefix
+    written = Timers("op", prefix)
+    keys = [state_key(k) for k in ODD_KEYS]
+    for i, key in enumerate(keys):
+        written.register(EVENT, 5_000 if i % 2 else 9_000, key)
+        written.register(PROCESSING, 100 + i, key)
+    group = prefix(keys[0])[:2]
+    written.mark(group, 60_000, b"tag")
+    batch = Batch()
+    written.collect(batch)
+    backend.write(batch)
+
+    loaded = Timers("op", prefix)
+    assert loaded.load(backend) == 2 * len(keys)
+    assert loaded.event.live == written.event.live
+    assert loaded.processing.live == written.processing.live
+    assert loaded.event.marks == written.event.marks
+
+    upper = (int.from_bytes(group, "big") + 1).to_bytes(2, "big")
+    part = Timers("op", prefix)
+    in_group = [k for k in keys if prefix(k)[:2] == group]
+    assert part.load(backend, group, upper) == 2 * len(in_group)
+    assert {k for _, k in part.event.live} == set(in_group)
+    assert part.event.marks == written.event.marks
+    backend.close()
