@@ -211,9 +211,14 @@ class TtlStateBackend(StateBackend):
         """Move the event-time clock forward (it never goes back)."""
         if ms > self.watermark:
             self.watermark = ms
-            horizon = ms - self._lags["event"]
-            if horizon > self.event_horizon:
-                self.event_horizon = horizon
+            self._raise_event_horizon()
+
+    def _raise_event_horizon(self) -> None:
+        """Move ``event_horizon`` up to the watermark less the event lag, never down: a
+        lag that grows leaves it where it is (sweeps at the old lag may have reached it)."""
+        horizon = self.watermark - self._lags["event"]
+        if horizon > self.event_horizon:
+            self.event_horizon = horizon
 
     def set_processing_time(self, ms: int) -> None:
         """Pin the processing-time clock (tests and the harness); overrides ``config.clock``."""
@@ -240,11 +245,9 @@ class TtlStateBackend(StateBackend):
         shortest = self._shortest.get(time)
         if shortest is None or ttl.duration_ms < shortest:
             self._shortest[time] = shortest = ttl.duration_ms
-        # A lag that grows leaves the horizon where it is (sweeps at the old lag may have
-        # reached it); one that shrinks moves it up to the watermark less the new lag.
         self._lags[time] = 0 if time in self._shows_expired else shortest
-        if time == "event" and self.watermark > MIN_TIME:
-            self.event_horizon = max(self.event_horizon, self.watermark - self._lags[time])
+        if time == "event":
+            self._raise_event_horizon()  # a shorter lag: sweeps now reach further
 
     def sweep_lag(self, time: TimeDomain) -> int:
         """The sweep lag in force on clock ``time``, in ms."""
