@@ -395,10 +395,6 @@ def test_sweep_lag_defers_deletion_not_expiry(inner: StateBackend) -> None:
     assert inner.count("v") == 0 and inner.count(EXPIRY_CF) == 0
 
 
-def _index_stamps(db: StateBackend) -> list[int]:
-    return [int.from_bytes(key[:8], "big") for key, _ in db.iterate(EXPIRY_CF)]
-
-
 def test_sweep_lag_lowers_the_index_horizon(inner: StateBackend) -> None:
     """With a sweep lag, sweeps reach only the watermark less the lag: a key rewritten after
     its stamp expired but before a sweep reached it keeps its index entry (the sweep moves it
@@ -409,21 +405,21 @@ def test_sweep_lag_lowers_the_index_horizon(inner: StateBackend) -> None:
         store.set_key(key, 1_000)
         v.set(key)  # expires at 11_000
     store.flush()
-    assert _index_stamps(inner) == [11_000, 11_000]
+    assert _index_times(inner) == [11_000, 11_000]
     store.backend.set_watermark(13_000)  # both expired; sweeps reach 8_000
     assert store.backend.index_horizon("v") == 8_000
     store.set_key("a", 13_000)
     v.set("a again")  # expires at 23_000: the entry at 11_000 is not swept yet and vouches
     store.flush()
-    assert _index_stamps(inner) == [11_000, 11_000], "no new entry for a"
+    assert _index_times(inner) == [11_000, 11_000], "no new entry for a"
     store.backend.set_watermark(16_000)  # sweeps reach 11_000: b goes, a's entry moves on
     assert store.backend.sweep_all() == 1
-    assert _index_stamps(inner) == [23_000]
+    assert _index_times(inner) == [23_000]
     store.set_key("b", 16_000)
     assert v.get() is None
     v.set("b again")  # expires at 26_000; the sweep took b's entry, so b needs a new one
     store.flush()
-    assert _index_stamps(inner) == [23_000, 26_000]
+    assert _index_times(inner) == [23_000, 26_000]
     store.backend.set_watermark(31_000)  # sweeps reach 26_000
     assert store.backend.sweep_all() == 2
     assert inner.count("v") == 0 and inner.count(EXPIRY_CF) == 0
