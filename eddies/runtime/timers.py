@@ -34,7 +34,7 @@ from operator import itemgetter
 from typing import Any
 
 from eddies.state.backend import Batch, StateBackend
-from eddies.state.keys import Key, decode_prefixed, state_key
+from eddies.state.keys import Key, decode_user_key
 
 __all__ = ["TimerHeap", "Timers", "WINDOW", "stored_mark_key", "stored_timer_key", "timers_cf"]
 
@@ -48,11 +48,7 @@ WINDOW = b"w"
 
 def _user_key(stored_key: bytes) -> Any:
     """The user key (its state_key form) of a stored timer key (the element at offset 11)."""
-    # The common key, one str without NUL bytes (05 02 <utf-8> 00 00), decoded directly.
-    if (stored_key[11:13] == b"\x05\x02" and stored_key.endswith(b"\x00\x00")
-            and stored_key.find(b"\x00", 13) == len(stored_key) - 2):
-        return stored_key[13:-2].decode("utf-8")
-    return state_key(decode_prefixed(stored_key, 11)[0])
+    return decode_user_key(stored_key, 11)[0]
 
 
 def stored_timer_key(prefix: bytes, domain: bytes, time: int) -> bytes:

@@ -44,6 +44,7 @@ __all__ = [
     "decode_element",
     "decode_key",
     "decode_prefixed",
+    "decode_user_key",
     "encode_element",
     "encode_key",
     "prefix_upper_bound",
@@ -323,3 +324,22 @@ def decode_prefixed(data: bytes, pos: int) -> tuple[Key, int]:
     if type(value) is not tuple:
         raise KeyEncodingError(f"expected a nested tuple at offset {pos} in {bytes(data).hex()}")
     return value, end
+
+
+def decode_user_key(data: bytes, pos: int) -> tuple[Any, int]:
+    """Decode the user key (a nested-tuple element) at ``pos`` in its :func:`state_key` form;
+    return it and the offset after it.
+
+    The common key, one str without NUL bytes (``05 02 <utf-8> 00 00``) ending ``data``, is
+    decoded directly (sweeps and timer loads decode one per entry).
+
+    >>> decode_user_key(b"\\x00\\x07" + encode_element("alice"), 2)
+    ('alice', 11)
+    >>> decode_user_key(encode_element(("a", 1)) + b"rest", 0)
+    (('a', 1), 7)
+    """
+    if (data[pos:pos + 2] == b"\x05\x02" and data.endswith(b"\x00\x00")
+            and data.find(b"\x00", pos + 2) == len(data) - 2):
+        return data[pos + 2:-2].decode("utf-8"), len(data)
+    key, end = decode_prefixed(data, pos)
+    return state_key(key), end

@@ -27,7 +27,7 @@ from typing import Any
 from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
 from eddies.state.backend import Batch, Op, StateBackend
 from eddies.state.descriptors import StateDescriptor
-from eddies.state.keys import decode_prefixed, encode_element, state_key
+from eddies.state.keys import decode_user_key, encode_element, state_key
 from eddies.state.ttl import MIN_TIME, Ttl, TtlConfig, TtlStateBackend
 from eddies.state.values import NEVER, pack
 
@@ -280,14 +280,8 @@ class KeyedStateStore:
             return
         evict = handle.evict
         for stored in stored_keys:
-            # The common user key, one str without NUL (05 02 <utf-8> 00 00) with nothing
-            # after it (a ValueState), decodes directly.
-            if (stored[2:4] == b"\x05\x02" and stored.endswith(b"\x00\x00")
-                    and stored.find(b"\x00", 4) == len(stored) - 2):
-                evict(stored[4:-2].decode("utf-8"), b"")
-            else:
-                key, end = decode_prefixed(stored, 2)
-                evict(state_key(key), stored[end:])
+            key, end = decode_user_key(stored, 2)
+            evict(key, stored[end:])
 
     def clear_cache(self) -> None:
         """Forget every clean cached entry (dirty ones must be flushed first)."""
