@@ -33,8 +33,10 @@ from eddies.state import (
 from eddies.state.keys import (
     decode_element,
     decode_prefixed,
+    decode_user_key,
     encode_element,
     prefix_upper_bound,
+    state_key,
 )
 from eddies.state.maps import range_bounds
 from eddies.state.ttl import EXPIRY_CF
@@ -87,6 +89,20 @@ def test_stored_key_layout_round_trips(user_key: tuple, map_key: tuple) -> None:
     decoded, end = decode_prefixed(data, 0)
     assert same(decoded, user_key)
     assert same(decode_key(data[end:]), map_key)
+
+
+@CODEC
+@given(st.one_of(keys, st.text(max_size=8).map(lambda s: (s,))), keys,
+       st.binary(min_size=2, max_size=2))
+def test_decode_user_key_is_the_general_decode(user_key: tuple, suffix: tuple,
+                                               group: bytes) -> None:
+    """The fast str path of decode_user_key agrees with the general decode, with and without
+    a suffix after the key (a map key), whatever the str holds (NUL bytes included)."""
+    for tail in (b"", encode_key(suffix)):
+        data = group + encode_element(user_key) + tail
+        key, end = decode_user_key(data, 2)
+        assert same(key, state_key(user_key))
+        assert data[end:] == tail
 
 
 def test_no_string_injection() -> None:
