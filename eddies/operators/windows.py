@@ -43,7 +43,7 @@ from eddies.operators.functions import Context, KeyedProcessFunction, OutputTag
 from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 from eddies.state.descriptors import MapState
 from eddies.state.handles import Handle
-from eddies.state.keys import Key, decode_key, decode_prefixed, encode_key, state_key
+from eddies.state.keys import Key, decode_key, decode_user_key, encode_key
 from eddies.state.store import check_value
 from eddies.state.ttl import MIN_TIME
 from eddies.state.values import NEVER_STAMP, pack, unpack
@@ -379,18 +379,6 @@ class _Slot:
         self.refire: dict[Key, None] = {}  # keys to fire again (see WindowState._refire)
         self.marked: set[bytes] = set()  # key groups with a window mark (see timers.py)
         self.unloaded = 0
-
-
-def _split_stored(stored: bytes) -> tuple[Any, int]:
-    """The user key (its state_key form) of a stored ``<op>.windows`` key, and the offset of
-    its map key."""
-    # The common key, one str without NUL bytes (05 02 <utf-8> 00 00), decoded directly.
-    if stored[2:4] == b"\x05\x02":
-        end = stored.find(b"\x00", 4)
-        if stored[end + 1:end + 2] == b"\x00":
-            return stored[4:end].decode("utf-8"), end + 2
-    key, offset = decode_prefixed(stored, 2)
-    return state_key(key), offset
 
 
 class WindowState(Handle):
@@ -752,7 +740,7 @@ class WindowState(Handle):
         touched: dict[_Slot, tuple[list[Key], list[Key]]] = {}
         count = 0
         for stored, data in backend.iterate(self.name, lower, upper):
-            key, split = _split_stored(stored)
+            key, split = decode_user_key(stored, 2)  # the map key follows at split
             enc = stored[split:]
             window = windows.get(enc)
             if window is None:

@@ -330,16 +330,19 @@ def decode_user_key(data: bytes, pos: int) -> tuple[Any, int]:
     """Decode the user key (a nested-tuple element) at ``pos`` in its :func:`state_key` form;
     return it and the offset after it.
 
-    The common key, one str without NUL bytes (``05 02 <utf-8> 00 00``) ending ``data``, is
-    decoded directly (sweeps and timer loads decode one per entry).
+    The common key, one str without NUL bytes (``05 02 <utf-8> 00 00``), is decoded directly
+    (sweeps, timer loads and window restores decode one per entry): its first NUL ends the
+    str, and a second one right after it ends the tuple. Anything else (an escaped NUL,
+    ``00 FF``; a tuple of more than the str) takes the general decode.
 
     >>> decode_user_key(b"\\x00\\x07" + encode_element("alice"), 2)
     ('alice', 11)
     >>> decode_user_key(encode_element(("a", 1)) + b"rest", 0)
     (('a', 1), 7)
     """
-    if (data[pos:pos + 2] == b"\x05\x02" and data.endswith(b"\x00\x00")
-            and data.find(b"\x00", pos + 2) == len(data) - 2):
-        return data[pos + 2:-2].decode("utf-8"), len(data)
+    if data[pos:pos + 2] == b"\x05\x02":
+        end = data.find(b"\x00", pos + 2)
+        if end > 0 and data[end + 1:end + 2] == b"\x00":
+            return data[pos + 2:end].decode("utf-8"), end + 2
     key, end = decode_prefixed(data, pos)
     return state_key(key), end

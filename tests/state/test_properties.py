@@ -13,10 +13,12 @@ import shutil
 import tempfile
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
+from eddies.errors import KeyEncodingError
 from eddies.state import (
     InMemoryStateBackend,
     KeyedStateStore,
@@ -103,6 +105,13 @@ def test_decode_user_key_is_the_general_decode(user_key: tuple, suffix: tuple,
         key, end = decode_user_key(data, 2)
         assert same(key, state_key(user_key))
         assert data[end:] == tail
+
+
+def test_decode_user_key_rejects_an_unterminated_str() -> None:
+    """No NUL after the str (truncated bytes) is malformed, even where the key group holds
+    NULs: the general decode says so, no key is guessed."""
+    with pytest.raises(KeyEncodingError, match="malformed key bytes"):
+        decode_user_key(b"\x00\x00\x05\x02ab", 2)
 
 
 def test_no_string_injection() -> None:
