@@ -39,6 +39,7 @@ from typing import Any
 from eddies.errors import KeyEncodingError
 
 __all__ = [
+    "KEY_LAYOUT_VERSION",
     "Key",
     "as_tuple",
     "decode_element",
@@ -52,6 +53,10 @@ __all__ = [
 ]
 
 Key = tuple[Any, ...]
+
+KEY_LAYOUT_VERSION = 2
+"""Version of the stored key layout drawn above. A RocksDB state dir records the version it
+was written with (its ``EDDIES`` marker); a dir of another version is refused, never misread."""
 
 _NULL = 0x00
 _BYTES = 0x01
