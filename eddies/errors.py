@@ -12,7 +12,9 @@
     │   ├── ReadOnlyStateError      a write to BroadcastState outside on_broadcast
     │   └── StateTooLargeError      BroadcastState over its size limit
     ├── BackendError                the storage backend failed or cannot be opened
-    │   └── StateDirLockedError     a RocksDB dir already open in another process or job
+    │   ├── StateDirLockedError     a RocksDB dir already open in another process or job
+    │   ├── StateCorruptionError    stored state failed a checksum or is incomplete; never read as empty
+    │   └── StateIOError            the disk or the OS refused (full, out of descriptors, permission)
     ├── RecordError                 a malformed input record (goes to dead letters in a job)
     └── UserFunctionError           user code raised; names the operator, key and record
 
@@ -29,8 +31,10 @@ __all__ = [
     "MissingTimestampError",
     "ReadOnlyStateError",
     "RecordError",
+    "StateCorruptionError",
     "StateDirLockedError",
     "StateError",
+    "StateIOError",
     "StateNotBoundError",
     "StateSerializationError",
     "StateTooLargeError",
@@ -80,6 +84,16 @@ class BackendError(EddiesError):
 
 class StateDirLockedError(BackendError):
     """A RocksDB state dir is held by another process (a running job) or another backend."""
+
+
+class StateCorruptionError(BackendError):
+    """Stored state is corrupt or incomplete (a failed checksum, a missing CURRENT or MANIFEST,
+    a dir of another layout); the job stops instead of reading it as empty state."""
+
+
+class StateIOError(BackendError):
+    """The disk or the OS refused a state read or write (disk full, too many open files,
+    permission denied); the last checkpoint is intact, so fix the cause and run again."""
 
 
 class RecordError(EddiesError):
