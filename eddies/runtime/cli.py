@@ -1,18 +1,30 @@
 """The ``eddies`` command: ``eddies run module:job``, and ``eddies state ls/get`` to inspect
-the state a job left in (or is writing to) a RocksDB dir."""
+the state a job left in (or is writing to) a RocksDB dir.
+
+Errors print as one ``error:`` line (what, where, what to do), then where it happened (the
+user's own frames for an exception in user code); ``--debug`` adds the whole traceback. The
+first SIGINT (Ctrl-C) or SIGTERM stops ``eddies run`` after the current round with a final
+checkpoint; a second one exits at once.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any
 
 import click
 
 from eddies.errors import ConfigError, EddiesError
-from eddies.runtime.local import LocalRunner, RunStats
+from eddies.runtime.failures import error_lines
+from eddies.runtime.graph import Job
+from eddies.runtime.local import LocalRunner, RunStats, runs_started
 from eddies.runtime.options import inspector_options
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME
 
@@ -76,7 +88,7 @@ class _Progress:
                 return
             self._last = now
             info = (
-                f"{stats.events_in:,} events  {stats.events_per_s:,.0f}/s  "
+                f"{stats.this_run('events_in'):,} events  {stats.events_per_s:,.0f}/s  "
                 f"wm {_fmt_wm(stats.watermark)}{_fmt_lag(stats.watermark)}  "
                 f"late {stats.late_events:,}  dead {stats.dead_letters:,}"
             )
@@ -86,9 +98,91 @@ class _Progress:
             self._last = now
             click.echo(f"progress: {stats.summary()}", err=True)
 
+    def note(self, message: str) -> None:
+        """A line on stderr, above the progress bar if there is one."""
+        if self._bar is not None:
+            self._bar.console.print(message, markup=False, highlight=False)
+        else:
+            click.echo(message, err=True)
+
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopOnSignal:
+    """While entered, the first SIGINT or SIGTERM asks the runner to stop after its current
+    round (with a final checkpoint) and says so on stderr; a second one exits at once with
+    128 + the signal number, leaving the state as of the last checkpoint."""
+
+    def __init__(self, note: Callable[[str], None], what: str = "round") -> None:
+        self.signum: int | None = None
+        self.note = note
+        self._what = what
+        self._stop: Callable[[], None] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def name(self) -> str:
+        return "" if self.signum is None else signal.Signals(self.signum).name
+
+    def attach(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` on the first signal (now, if it came already)."""
+        self._stop = stop
+        if self.signum is not None:
+            stop()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            os.write(2, f"error: second signal ({name}): exiting at once, without a final "
+                        "checkpoint; the last checkpoint is intact and a new run resumes from "
+                        "it\n".encode())
+            os._exit(128 + signum)
+        self.signum = signum
+        if self._stop is not None:
+            self._stop()
+        self.note(f"{name}: stopping after the current {self._what}, with a final checkpoint "
+                   f"({name} again to exit at once)")
+
+
+def load_target(target: str) -> Job:
+    """``load_job``, warning (one line on stderr) when importing the module already ran a job,
+    as a module-level ``run_local(job)`` does: ``eddies run`` would run it twice."""
+    from eddies.runtime.loader import load_job
+
+    before = runs_started()
+    job = load_job(target)
+    ran = runs_started() - before
+    if ran:
+        module = target.rpartition(":")[0]
+        click.echo(f"warning: importing {module} already ran a job ({ran} run{'s' * (ran > 1)}, "
+                   "e.g. a module-level run_local(...)); put that call under "
+                   "'if __name__ == \"__main__\":' so the job runs once", err=True)
+    return job
+
+
+def report_error(exc: BaseException, debug: bool) -> None:
+    """Print ``exc`` as the CLI does and exit 1; re-raise what is neither an eddies error nor
+    I/O refused by the OS (a bug: its traceback is the report)."""
+    lines = error_lines(exc, debug=debug)
+    if lines is None:
+        raise exc
+    for line in lines:
+        click.echo(line, err=True)
+    sys.exit(1)
 
 
 @click.group()
@@ -109,29 +203,48 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress display (the summary still prints).")
 @click.option("--progress-every", default=5.0, show_default=True, type=float,
               help="Seconds between progress lines when stderr is not a terminal.")
+@click.option("--debug", is_flag=True,
+              help="On an error, print the whole traceback too (not only the user's frames).")
 @inspector_options
 def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | None,
-        durable: bool, quiet: bool, progress_every: float, metrics_port: int | None,
-        bind: str, token: str | None) -> None:
-    """Run a job (path/to/file.py:job or package.module:job) over its input files."""
-    from eddies.runtime.loader import load_job
+        durable: bool, quiet: bool, progress_every: float, debug: bool,
+        metrics_port: int | None, bind: str, token: str | None) -> None:
+    """Run a job (path/to/file.py:job or package.module:job) over its input files.
 
+    Ctrl-C (SIGINT) or SIGTERM stops the run after the current round with a final checkpoint
+    (run the same command again to resume from it); a second signal exits at once, from the
+    last checkpoint.
+
+    Exit codes: 0 when the input is done; 1 on an error (one error: line that says what to
+    do; the last checkpoint is intact); 130 (SIGINT) or 143 (SIGTERM) when stopped by a
+    signal before the end of the input, as shells report a job ended by that signal.
+    """
+    stop = StopOnSignal(lambda message: click.echo(message, err=True))
     try:
-        job = load_job(target)
-        with _Progress(quiet, progress_every) as progress:
-            runner = LocalRunner(job, state, checkpoint_interval=checkpoint_interval,
-                                 dead_letters=dead_letters, durability=durable,
-                                 on_progress=progress, metrics_port=metrics_port, bind=bind,
-                                 token=token)
-            if metrics_port is not None:
-                click.echo(f"serving /metrics and /state on {bind}:{metrics_port}", err=True)
-            result = runner.run()
-    except EddiesError as exc:
-        click.echo(f"error: {exc}", err=True)
-        for note in getattr(exc, "__notes__", ()):  # where it happened (operator, key, record)
-            click.echo(f"  {note}", err=True)
-        sys.exit(1)
-    click.echo(f"{job.name}: {result.stats.summary()}", err=True)
+        with stop:
+            job = load_target(target)
+            with _Progress(quiet, progress_every) as progress:
+                stop.note = progress.note
+                runner = LocalRunner(job, state, checkpoint_interval=checkpoint_interval,
+                                     dead_letters=dead_letters, durability=durable,
+                                     on_progress=progress, metrics_port=metrics_port,
+                                     bind=bind, token=token)
+                stop.attach(runner.request_stop)
+                if metrics_port is not None:
+                    click.echo(f"serving /metrics and /state on {bind}:{metrics_port}",
+                               err=True)
+                result = runner.run()
+    except Exception as exc:
+        report_error(exc, debug)
+        return
+    stats = result.stats
+    if stats.stopped and stop.signum is not None:
+        resume = ("run the same command again to resume" if state != "memory"
+                  else "the state was in memory: a new run starts over")
+        click.echo(f"{job.name}: stopped by {stop.name} at a final checkpoint ({resume}): "
+                   f"{stats.summary()}", err=True)
+        sys.exit(128 + stop.signum)
+    click.echo(f"{job.name}: {stats.summary()}", err=True)
 
 
 def _add_kafka_commands() -> None:

@@ -26,6 +26,7 @@ from eddies.errors import (
 from eddies.operators.functions import OutputTag
 from eddies.operators.sinks import CollectSink, Sink
 from eddies.operators.sources import DeadLetter
+from eddies.runtime.failures import io_error
 from eddies.runtime.graph import Job, Node
 from eddies.runtime.keyed import KeyedOperator
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, merge_watermarks
@@ -53,9 +54,15 @@ def _wall_ms() -> int:
     return _time.time_ns() // 1_000_000
 
 
+_COUNTERS = ("events_in", "events_out", "dead_letters", "late_events", "late_dropped",
+             "checkpoints")
+
+
 @dataclass
 class RunStats:
-    """Counters of a run (cumulative across resumes of the same state dir)."""
+    """Counters of a run. The counters are cumulative across resumes of the same state dir
+    (the checkpoint carries them); :attr:`before` holds what a resumed run started from, and
+    :meth:`this_run`, :attr:`events_per_s` and :meth:`summary` count this run only."""
 
     events_in: int = 0
     events_out: int = 0
@@ -75,21 +82,45 @@ class RunStats:
     ``first_event_s``, each measured from the start of the run's previous phase) and
     ``round_trips``, the backend calls made from opening until the first event was
     processed. Filled by the driver (see ``LocalRunner``)."""
+    before: dict[str, int] = field(default_factory=dict)
+    """The counters as the checkpoint a resumed run started from had them (empty on a fresh
+    run)."""
+    stopped: bool = False
+    """The run ended on a requested stop (a signal, ``request_stop()``), at a checkpoint,
+    before the end of its input."""
+
+    def this_run(self, counter: str) -> int:
+        """A counter (``"events_in"``, ``"checkpoints"``, ...) minus its value at the resume.
+
+        >>> stats = RunStats(events_in=1_500, before={"events_in": 1_000})
+        >>> stats.this_run("events_in")
+        500
+        """
+        return int(getattr(self, counter)) - self.before.get(counter, 0)
 
     @property
     def events_per_s(self) -> float:
-        return self.events_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """This run's events in per second of this run."""
+        return self.this_run("events_in") / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def summary(self) -> str:
+        """One line of this run's counts (a resumed run's totals are in the tag at the end).
+
+        >>> RunStats(events_in=1_500, checkpoints=3, elapsed_s=0.5, resumed=True,
+        ...          before={"events_in": 1_000, "checkpoints": 2}).summary()
+        '500 events in, 0 out, 0 dead letters, 0 late (0 dropped), 1 checkpoints, watermark -, 0.50s (1,000 events/s) [resumed after 1,000 events]'
+        """  # noqa: E501
         wm = "-" if self.watermark == MIN_TIME else ("end" if self.watermark == MAX_TIME
                                                      else str(self.watermark))
+        n = {c: self.this_run(c) for c in _COUNTERS}
         return (
-            f"{self.events_in:,} events in, {self.events_out:,} out, "
-            f"{self.dead_letters:,} dead letters, {self.late_events:,} late "
-            f"({self.late_dropped:,} dropped), "
-            f"{self.checkpoints:,} checkpoints, watermark {wm}, "
+            f"{n['events_in']:,} events in, {n['events_out']:,} out, "
+            f"{n['dead_letters']:,} dead letters, {n['late_events']:,} late "
+            f"({n['late_dropped']:,} dropped), "
+            f"{n['checkpoints']:,} checkpoints, watermark {wm}, "
             f"{self.elapsed_s:.2f}s ({self.events_per_s:,.0f} events/s)"
-            + (" [resumed]" if self.resumed else "")
+            + (f" [resumed after {self.before.get('events_in', 0):,} events]"
+               if self.resumed else "")
         )
 
 
@@ -543,10 +574,16 @@ class Executor:
                 count = self.counts.setdefault(node.name, [0, 0])
                 count[0] += len(buffer)
                 count[1] += len(buffer)
-                sink.write(buffer)
+                try:
+                    sink.write(buffer)
+                except OSError as exc:
+                    raise io_error(f"writing sink {node.name!r} ({sink!r})", exc) from exc
                 buffer.clear()
         if self._dead_sink is not None and self._dead_buffer:
-            self._dead_sink.write(self._dead_buffer)
+            try:
+                self._dead_sink.write(self._dead_buffer)
+            except OSError as exc:
+                raise io_error(f"writing dead letters ({self._dead_sink!r})", exc) from exc
             self._dead_buffer.clear()
 
     def push_records(

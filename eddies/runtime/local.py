@@ -36,6 +36,7 @@ from eddies.operators.sinks import Sink
 from eddies.operators.sinks import jsonl as jsonl_sink
 from eddies.operators.sources import SourceReader
 from eddies.runtime.executor import Executor, RunResult, RunStats, SourceWatermarks
+from eddies.runtime.failures import io_error
 from eddies.runtime.graph import Job, Node
 from eddies.runtime.keyed import META_CF
 from eddies.runtime.observe import Observer
@@ -46,9 +47,18 @@ from eddies.state.keys import encode_key
 from eddies.state.ttl import TtlConfig
 from eddies.state.values import pack, unpack
 
-__all__ = ["LocalRunner", "RunResult", "RunStats", "run_local"]
+__all__ = ["LocalRunner", "RunResult", "RunStats", "run_local", "runs_started"]
 
 log = logging.getLogger("eddies.runner")
+
+_runs_started = 0
+
+
+def runs_started() -> int:
+    """How many runs this process has started (``LocalRunner.run``, ``run_local``): the CLI
+    compares it before and after importing a job's module, to tell a module that runs its job
+    at import time."""
+    return _runs_started
 
 _GC_YOUNG = 100_000
 """The cyclic GC's young-generation threshold while a run is in progress (Python's default
@@ -71,7 +81,10 @@ class _Partition:
 
 class LocalRunner(Executor):
     """Runs a Job in-process over its file (or iterable) sources. Prefer :func:`run_local`;
-    the CLI uses this class for progress."""
+    the CLI uses this class for progress and for stopping on a signal."""
+
+    stop_requested: bool = False
+    """Set by :meth:`request_stop`; the run loop reads it between rounds."""
 
     def __init__(
         self,
@@ -128,6 +141,12 @@ class LocalRunner(Executor):
             backend.close()  # else a RocksDB dir stays locked until garbage collection
             raise
 
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop after the current round: it then writes a final checkpoint,
+        closes everything and returns with ``stats.stopped`` set. Safe to call from a signal
+        handler or another thread; a later run on the same state resumes from there."""
+        self.stop_requested = True
+
     # -- checkpoints ---------------------------------------------------------------------------
     def _all_sinks(self) -> list[tuple[str, Sink]]:
         """Every sink with the name its position is checkpointed under."""
@@ -159,7 +178,12 @@ class LocalRunner(Executor):
         for part in self.partitions:
             batch.put(META_CF, part.meta_key, pack(part.reader.position))
             batch.put(META_CF, part.wm_key, pack(part.wm.watermark))
-        sinks = {name: sink.position() for name, sink in self._all_sinks()}
+        sinks = {}
+        for name, sink in self._all_sinks():
+            try:
+                sinks[name] = sink.position()  # flushes the sink's buffer
+            except OSError as exc:
+                raise io_error(f"writing sink {name!r} ({sink!r})", exc) from exc
         stats = self.stats
         stats.checkpoints += 1
         meta = {
@@ -209,6 +233,8 @@ class LocalRunner(Executor):
 
     def run(self) -> RunResult:
         """Run to the end of (bounded) input; returns the result."""
+        global _runs_started
+        _runs_started += 1
         started = _time.perf_counter()
         stats = self.stats
         gc_threshold = gc.get_threshold()
@@ -228,7 +254,10 @@ class LocalRunner(Executor):
             meta = self._restore(stored)
             positions = (meta or {}).get("sinks", {})
             for name, sink in self._all_sinks():
-                sink.open(positions.get(name) if meta is not None else None)
+                try:
+                    sink.open(positions.get(name) if meta is not None else None)
+                except OSError as exc:
+                    raise io_error(f"opening sink {name!r} ({sink!r})", exc) from exc
             if meta is not None:
                 stats.resumed = True
                 counts = meta["stats"]
@@ -237,6 +266,11 @@ class LocalRunner(Executor):
                 # Checkpoints written before late_dropped was kept have five counts.
                 self.late_dropped_before = stats.late_dropped = (
                     counts[5] if len(counts) > 5 else 0)
+                stats.before = {"events_in": stats.events_in, "events_out": stats.events_out,
+                                "dead_letters": stats.dead_letters,
+                                "late_events": stats.late_events,
+                                "checkpoints": stats.checkpoints,
+                                "late_dropped": stats.late_dropped}
             restore_s += _time.perf_counter() - t
             stats.startup = {"open_s": self._open_s, "restore_s": restore_s,
                              "preload_s": preload_s}
@@ -275,6 +309,9 @@ class LocalRunner(Executor):
                     self.observer.after_batch()
                 if done:
                     break
+                if self.stop_requested:
+                    stats.stopped = True
+                    break  # the final checkpoint below
                 if since_checkpoint >= self.checkpoint_interval or (
                     since_checkpoint and self.cache_full()
                 ):
@@ -288,9 +325,12 @@ class LocalRunner(Executor):
             stats.bytes_read = self._bytes_read()
             if self.on_progress is not None:
                 self.on_progress(stats)
-        finally:
+        except BaseException:
             gc.set_threshold(*gc_threshold)
-            self.close()
+            self.close(failed=True)  # the first error is the one to report
+            raise
+        gc.set_threshold(*gc_threshold)
+        self.close()
         return RunResult(stats, self.dead, dict(self._all_sinks()))
 
     def _bytes_read(self) -> int:
@@ -303,15 +343,35 @@ class LocalRunner(Executor):
                 total += pos
         return total
 
-    def close(self) -> None:
-        if self.observer is not None:
-            self.observer.close()  # before the backend: waiting queries get 503
+    def close(self, failed: bool = False) -> None:
+        """Close the inspector, sinks, sources and backend, each even if another one fails.
+
+        The first failure is raised once all are closed; with ``failed`` (cleaning up after
+        an error, which is the one to report) failures are logged at debug level instead: a
+        full disk fails the write and then the close's flush again.
+        """
+        first: BaseException | None = None
+        steps: list[tuple[str, Callable[[], None]]] = []
+        observer = self.observer
+        if observer is not None:
             self.observer = None
-        for _, sink in self._all_sinks():
-            sink.close()
-        for part in self.partitions:
-            part.reader.close()
-        self.backend.close()
+            steps.append(("the inspector", observer.close))  # before the backend: 503s
+        steps.extend((f"sink {name!r} ({sink!r})", sink.close) for name, sink in self._all_sinks())
+        steps.extend((f"source {part.node.name!r}", part.reader.close)
+                     for part in self.partitions)
+        steps.append(("the state backend", self.backend.close))
+        for what, close in steps:
+            try:
+                close()
+            except Exception as exc:
+                if failed or first is not None:
+                    log.debug("closing %s after an earlier error failed too: %r", what, exc)
+                    continue
+                first = io_error(f"closing {what}", exc) if isinstance(exc, OSError) else exc
+                if first is not exc:
+                    first.__cause__ = exc
+        if first is not None:
+            raise first
 
 
 def run_local(
