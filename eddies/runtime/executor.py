@@ -199,7 +199,10 @@ class Executor:
         """Events windows dropped as too late before this run resumed (from the checkpoint);
         the window functions count this run's."""
         self.counts: dict[str, list[int]] = {}
-        """Events [in, out] per source and sink node, counted per batch (for metrics)."""
+        """Events [in, out] per source, keyed operator and sink node (for metrics)."""
+        self.on_event_time: dict[str, list[float]] = {}
+        """Per keyed operator, [seconds in on_event, events timed]: whole batches where the
+        keyed batch path runs, one event in 64 otherwise (for metrics)."""
         self.dead: list[dict[str, Any]] = []
         self._dead_sink = dead_sink
         self._dead_buffer: list[dict[str, Any]] = []
@@ -325,6 +328,8 @@ class Executor:
 
     def _push_process(self, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
         op = self.operators.get(n)
+        op_count = self.counts.setdefault(n.name, [0, 0])
+        op_time = self.on_event_time.setdefault(n.name, [0.0, 0])
         if op is None:
             by_tag: dict[OutputTag, list[Callable[[Any, Any], None]]] = {}
             for c, _ in self.children[n]:
@@ -346,17 +351,24 @@ class Executor:
                 cache_entries=self.cache_entries,
             )
             self.operators[n] = op
-            self.timer_emit[n] = emit
+
+            def timer_emit(value: Any, ts: Any) -> None:
+                op_count[1] += 1
+                emit(value, ts)
+
+            self.timer_emit[n] = timer_emit
         name = n.name
         stats = self.stats
         if port == 1:  # the broadcast side of a connected stream
 
             def push_broadcast(value: Any, ts: Any) -> None:
+                op_count[0] += 1
                 out: list[Any] = []
                 try:
                     op.process_broadcast(value, ts, out)
                 except Exception as exc:
                     raise self._user_error(name, None, value, ts, exc) from exc
+                op_count[1] += len(out)
                 for result in out:
                     emit(result, ts)
 
@@ -392,7 +404,10 @@ class Executor:
                 raise exc
             raise self._user_error(name, key, value, ts, exc) from exc
 
+        perf = _time.perf_counter
+
         def push_keyed(value: Any, ts: Any) -> None:
+            op_count[0] += 1
             try:
                 key = keyget(value)
             except _RECORD_ERRORS as exc:
@@ -425,7 +440,13 @@ class Executor:
                 store.timestamp = ts
                 ctx.key = key
                 ctx.timestamp = ts
-                result = on_event(value, ctx)
+                if op_count[0] & 63:
+                    result = on_event(value, ctx)
+                else:  # one event in 64 is timed (see on_event_time)
+                    started = perf()
+                    result = on_event(value, ctx)
+                    op_time[0] += perf() - started
+                    op_time[1] += 1
                 if result is not None:
                     t = type(result)
                     if t is list or t is tuple or t is GeneratorType:
@@ -436,6 +457,7 @@ class Executor:
                 failed(exc, value, key, ts)
                 return
             if out:
+                op_count[1] += len(out)
                 for result in out:
                     emit(result, ts)
                 out.clear()
@@ -457,9 +479,11 @@ class Executor:
                     self._cur_index = lo + j
                     push_keyed(values[j], stamps[j])
                 return
+            op_count[0] += count
             watermark = op.watermark
             if stamps and min(stamps) <= watermark:
                 stats.late_events += sum(map(watermark.__ge__, stamps))
+            started = perf()
             start = 0
             while start < count:
                 j = start
@@ -480,14 +504,17 @@ class Executor:
                                 append(result)
                             if out:
                                 self._cur_index = lo + j  # what follows may dead-letter
+                                op_count[1] += len(out)
                                 for item in out:
                                     emit(item, ts)
                                 out.clear()
-                    return
+                    break
                 except Exception as exc:
                     self._cur_index = lo + j
                     failed(exc, values[j], keys[j], stamps[j])
                 start = j + 1
+            op_time[0] += perf() - started
+            op_time[1] += count
 
         self.batch_pushes[(n, port)] = push_keyed_batch
         return push_keyed

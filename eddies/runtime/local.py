@@ -39,7 +39,7 @@ from eddies.runtime.executor import Executor, RunResult, RunStats, SourceWaterma
 from eddies.runtime.failures import io_error
 from eddies.runtime.graph import Job, Node
 from eddies.runtime.keyed import META_CF
-from eddies.runtime.observe import Observer
+from eddies.runtime.observe import Observer, listen_inspector
 from eddies.runtime.watermarks import BoundedOutOfOrderness, PartitionWatermark
 from eddies.state import open_backend
 from eddies.state.backend import Batch, StateBackend
@@ -106,7 +106,7 @@ class LocalRunner(Executor):
     ) -> None:
         self._t0 = _time.perf_counter()
         self.observer: Observer | None = None
-        self._observe = (metrics_port, bind, token)
+        self._inspector = None
         if not isinstance(job, Job):
             raise ConfigError(f"run_local takes an eddies.Job, got {job!r}")
         if checkpoint_interval <= 0 or batch_size <= 0:
@@ -125,7 +125,14 @@ class LocalRunner(Executor):
             )
         self._job_key = encode_key(("job", job.name))
         self.partitions: list[_Partition] = []
-        backend = open_backend(state, durability=durability)
+        # The inspector's address is checked and its port taken before any file exists.
+        self._inspector = listen_inspector(metrics_port, bind, token)
+        try:
+            backend = open_backend(state, durability=durability)
+        except BaseException:
+            if self._inspector is not None:
+                self._inspector.stop()
+            raise
         self._open_s = _time.perf_counter() - self._t0
         self._round_trips0 = backend.round_trips
         try:
@@ -139,6 +146,8 @@ class LocalRunner(Executor):
                         self.partitions.append(_Partition(reader, n, index, now))
         except BaseException:
             backend.close()  # else a RocksDB dir stays locked until garbage collection
+            if self._inspector is not None:
+                self._inspector.stop()
             raise
 
     def request_stop(self) -> None:
@@ -276,9 +285,8 @@ class LocalRunner(Executor):
                              "preload_s": preload_s}
             ready = _time.perf_counter()
 
-            port, bind, token = self._observe
-            if port is not None:
-                self.observer = Observer(self, self.backend, port=port, host=bind, token=token)
+            if self._inspector is not None:
+                self.observer = Observer(self, self.backend, server=self._inspector)
 
             def first_event() -> None:
                 now = _time.perf_counter()
@@ -356,6 +364,8 @@ class LocalRunner(Executor):
         if observer is not None:
             self.observer = None
             steps.append(("the inspector", observer.close))  # before the backend: 503s
+        elif self._inspector is not None:  # the run ended before it served
+            steps.append(("the inspector", self._inspector.stop))
         steps.extend((f"sink {name!r} ({sink!r})", sink.close) for name, sink in self._all_sinks())
         steps.extend((f"source {part.node.name!r}", part.reader.close)
                      for part in self.partitions)

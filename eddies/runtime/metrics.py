@@ -30,6 +30,11 @@ names are counters)::
                                               # eddies_checkpoint_bytes_total{job}
     m.cache(hits, misses)                     # eddies_cache_hits_total / _misses_total{job},
                                               # eddies_cache_hit_ratio{job} (over the run)
+    m.state_cache("seen", hits, misses)       # eddies_state_cache_hits_total / _misses_total
+                                              # {job,state} (increments)
+    m.on_event_latency("Fraud", s, events=n)  # eddies_on_event_seconds{job,operator}:
+                                              # histogram of on_event time per event, one
+                                              # observation per batch (s: the batch's mean)
     m.startup_phase("restore", seconds)       # eddies_startup_phase_seconds{job,phase}
     m.backend_round_trips(n, phase="startup") # eddies_backend_round_trips_total{job,phase}
     m.render() -> bytes                       # text exposition; m.content_type for the header
@@ -73,6 +78,8 @@ _MAX_TIME = 2**63 - 1  # end of input (eddies.runtime.watermarks.MAX_TIME)
 _PHASE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 _CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_ON_EVENT_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 1e-2,
+                     0.1, 1)
 
 
 class _WithoutCreated:
@@ -161,6 +168,18 @@ class Metrics:
         ratio = Gauge("eddies_cache_hit_ratio", "State cache hits / lookups since start",
                       ["job"], registry=r).labels(job)
         ratio.set_function(self._hit_ratio)
+        by_state = ["job", "state"]
+        self._state_hits = Counter("eddies_state_cache_hits", "State cache hits of a state",
+                                   by_state, registry=r)
+        self._state_misses = Counter("eddies_state_cache_misses",
+                                     "State cache misses of a state (reads the cache could "
+                                     "not answer)", by_state, registry=r)
+        self._on_event = Histogram("eddies_on_event_seconds",
+                                   "on_event time per event, one observation per batch (the "
+                                   "batch's mean)", by_op, registry=r,
+                                   buckets=_ON_EVENT_BUCKETS)
+        self._busy = Counter("eddies_on_event_busy_seconds",
+                             "Time spent in on_event (measured per batch)", by_op, registry=r)
         self._phases = Gauge("eddies_startup_phase_seconds", "Duration of a startup phase",
                              ["job", "phase"], registry=r)
         self._round_trips = Counter("eddies_backend_round_trips",
@@ -189,6 +208,12 @@ class Metrics:
     def late_dropped(self, n: int) -> None:
         """Count ``n`` more late events dropped by windows without a late tag."""
         self._late_dropped.inc(n)
+
+    def on_event_latency(self, operator: str, seconds: float, events: int = 1) -> None:
+        """Record ``operator``'s mean ``on_event`` time per event over a batch of ``events``:
+        one histogram observation, and ``seconds * events`` more busy time."""
+        self._on_event.labels(self.job, operator).observe(seconds)
+        self._busy.labels(self.job, operator).inc(seconds * events)
 
     # -- time ----------------------------------------------------------------------------------
     def watermark(self, ms: int) -> None:
@@ -238,6 +263,11 @@ class Metrics:
             self._misses += misses
         self._cache_hits.inc(hits)
         self._cache_misses.inc(misses)
+
+    def state_cache(self, state: str, hits: int, misses: int) -> None:
+        """Count ``hits`` and ``misses`` more lookups in ``state``'s cache (increments)."""
+        self._state_hits.labels(self.job, state).inc(hits)
+        self._state_misses.labels(self.job, state).inc(misses)
 
     def _hit_ratio(self) -> float:
         with self._lock:

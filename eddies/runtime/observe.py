@@ -3,8 +3,25 @@
 Both drivers (the local runner and the Kafka worker) create one :class:`Observer` when asked
 for a metrics port, call :meth:`Observer.after_batch` between micro-batches (which also
 answers waiting state queries on the runner thread) and :meth:`Observer.after_checkpoint`
-after each checkpoint. Everything reported is computed at batch or checkpoint granularity:
-nothing is added to the per-event path.
+after each checkpoint. Everything reported is computed at batch or checkpoint granularity
+from counters the executor keeps per batch (``Executor.counts``, ``Executor.on_event_time``).
+
+What the per-operator and per-state numbers mean:
+
+- ``eddies_events_in_total`` / ``eddies_events_out_total`` ``{operator}``: records into and
+  out of each source, keyed operator (outputs of ``on_event`` and ``on_timer``) and sink.
+- ``eddies_on_event_seconds{operator}``: ``on_event`` time per event, one observation per
+  batch (the batch's mean, handing outputs on to the next operator included; events that
+  do not come straight from a source batch are timed one in 64).
+- ``eddies_state_cache_misses_total{state}``: reads the state's cache could not answer.
+  ``eddies_state_cache_hits_total{state}`` is the operator's events less those misses
+  (exact for a state read once per event, which is the common case: counting every read
+  would cost the hot path more than the rest of these metrics together).
+- ``eddies_state_entries`` / ``eddies_state_bytes`` ``{state}``: RocksDB's estimates (exact
+  on the memory backend), after each checkpoint.
+
+A runner that must fail before creating anything on a bad inspector address calls
+:func:`listen_inspector` first and hands its server to the Observer later.
 """
 
 from __future__ import annotations
@@ -18,9 +35,23 @@ from eddies.runtime.http import InspectorServer
 from eddies.runtime.metrics import Metrics
 from eddies.state.backend import StateBackend
 
-__all__ = ["Observer"]
+__all__ = ["Observer", "listen_inspector"]
 
 log = logging.getLogger("eddies.metrics")
+
+
+def listen_inspector(
+    port: int | None, host: str = "127.0.0.1", token: str | None = None
+) -> InspectorServer | None:
+    """The inspector's server, bound to its port but not serving yet (None without a port).
+
+    Raises ConfigError for an address beyond loopback without a token, or a port that cannot
+    be had: a runner calls it before creating any file, then passes it to
+    ``Observer(server=...)``, which serves it. Call ``stop()`` on it if the run never starts.
+    """
+    if port is None:
+        return None
+    return InspectorServer(host=host, port=port, token=token).listen()
 
 
 class Observer:
@@ -35,25 +66,41 @@ class Observer:
         host: str = "127.0.0.1",
         token: str | None = None,
         owner: Callable[[tuple[Any, ...]], str | None] | None = None,
+        server: InspectorServer | None = None,
     ) -> None:
         self.executor = executor
         self.backend = backend
         self.metrics = Metrics(executor.job.name)
         self._last: dict[str, int] = {}
         self._last_counts: dict[str, list[int]] = {}
+        self._last_times: dict[str, list[float]] = {}
+        self._last_misses: dict[str, int] = {}
+        self._last_handled: dict[str, int] = {}
         self._expired = 0
         self._sweeps = 0
-        self._hits = 0
-        self._misses = 0
         self.server: InspectorServer | None = None
-        if port is not None:
-            self.server = InspectorServer(self.metrics, backend, host=host, port=port,
-                                          token=token, owner=owner).start()
+        if server is None and port is not None:
+            server = InspectorServer(host=host, port=port, token=token)
+        if server is not None:
+            server.metrics = self.metrics
+            server.backend = backend
+            if owner is not None:
+                server.owner = owner
+            server.states = self.state_names
+            server.checkpoints = self._checkpoints
+            self.server = server.start()
             log.info("metrics and state inspector on %s", self.server.url)
 
     @property
     def url(self) -> str | None:
         return None if self.server is None else self.server.url
+
+    def state_names(self) -> list[str]:
+        """The states the job's operators declare (known before their first checkpoint)."""
+        return [name for op in self.executor.operators.values() for name in op.handles]
+
+    def _checkpoints(self) -> int:
+        return self.executor.stats.checkpoints
 
     def _delta(self, name: str, value: int) -> int:
         before = self._last.get(name, 0)
@@ -88,6 +135,12 @@ class Observer:
         m.late_events(self._delta("late", stats.late_events))
         m.late_dropped(self._delta("late_dropped", stats.late_dropped))
         m.watermark(stats.watermark)
+        for name, (seconds, timed) in getattr(self.executor, "on_event_time", {}).items():
+            last_t = self._last_times.setdefault(name, [0.0, 0])
+            events = int(timed - last_t[1])
+            if events > 0:
+                m.on_event_latency(name, (seconds - last_t[0]) / events, events)
+            last_t[0], last_t[1] = seconds, timed
         if self.server is not None:
             self.server.queue.drain()
 
@@ -95,17 +148,28 @@ class Observer:
         """Checkpoint, TTL, cache and state-size metrics."""
         m = self.metrics
         m.checkpoint(duration_s, size_bytes)
-        expired = sweeps = hits = misses = 0
+        expired = sweeps = 0
         for op in self.executor.operators.values():
             expired += op.backend.expired_deleted
             sweeps += op.backend.sweeps
-            for handle in op.handles.values():
-                hits += getattr(handle, "hits", 0)
-                misses += getattr(handle, "misses", 0)
         m.ttl_expired(max(0, expired - self._expired))
         m.sweeps(max(0, sweeps - self._sweeps))
-        m.cache(max(0, hits - self._hits), max(0, misses - self._misses))
-        self._expired, self._sweeps, self._hits, self._misses = expired, sweeps, hits, misses
+        self._expired, self._sweeps = expired, sweeps
+        counts = getattr(self.executor, "counts", {})
+        hits = misses = 0
+        for op in self.executor.operators.values():
+            handled = counts.get(op.name, (0, 0))[0]
+            events = max(0, handled - self._last_handled.get(op.name, 0))
+            self._last_handled[op.name] = handled
+            for name, handle in op.handles.items():
+                total = getattr(handle, "misses", 0)
+                new_misses = max(0, total - self._last_misses.get(name, 0))
+                self._last_misses[name] = total
+                new_hits = max(0, events - new_misses)  # the events that did not miss
+                m.state_cache(name, new_hits, new_misses)
+                hits += new_hits
+                misses += new_misses
+        m.cache(hits, misses)
         m.backend_round_trips(self._delta("round_trips", self.backend.round_trips))
         for op in self.executor.operators.values():
             for name in op.handles:

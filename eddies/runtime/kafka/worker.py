@@ -61,7 +61,7 @@ from eddies.runtime.kafka.changelog import (
 from eddies.runtime.kafka.plan import Plan, describe, plan_job
 from eddies.runtime.kafka.topics import create_topics, topic_partitions
 from eddies.runtime.keyed import META_CF
-from eddies.runtime.observe import Observer
+from eddies.runtime.observe import Observer, listen_inspector
 from eddies.runtime.watermarks import MIN_TIME, BoundedOutOfOrderness, PartitionWatermark
 from eddies.state.backend import Batch, Op
 from eddies.state.keys import encode_key
@@ -142,6 +142,8 @@ class KafkaWorker:
         bind: str = "127.0.0.1",
         token: str | None = None,
     ) -> None:
+        # The inspector's address is checked and its port taken before any file exists.
+        self._inspector = listen_inspector(metrics_port, bind, token)
         self.plan: Plan = plan_job(job)
         self.job = self.plan.job
         self.bootstrap = broker.removeprefix("kafka://")
@@ -441,9 +443,9 @@ class KafkaWorker:
         trips = self.backend.round_trips
         self.executor.open_operators()
         self._reload_timers()
-        if self.metrics_port is not None:
-            self.observer = Observer(self.executor, self.backend, port=self.metrics_port,
-                                     host=self.bind, token=self.token, owner=self._owner)
+        if self._inspector is not None:
+            self.observer = Observer(self.executor, self.backend, server=self._inspector,
+                                     owner=self._owner)
             self.observer.startup({"restore": time.monotonic() - opened},
                                   self.backend.round_trips - trips)
         self._started.set()
