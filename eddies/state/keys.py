@@ -4,21 +4,43 @@ Byte order of encodings equals the order of the tuples, so range reads over stat
 reads over bytes. Each element is self-delimiting, so ``("a:b",)`` and ``("a", "b")`` never
 collide and no string can forge a key boundary::
 
-    element        bytes
-    None           00                    (00 FF inside a nested tuple)
-    bytes          01 <data, 00 -> 00 FF> 00
-    str            02 <utf-8, 00 -> 00 FF> 00
-    nested tuple   05 <elements> 00
-    int 0          14
-    int, n bytes   14+n <big-endian>      (1 <= n <= 8; negatives: 14-n <one's complement>)
-    big int        1D <len> <big-endian>  (negatives: 0B <len ^ FF> <one's complement>)
-    float          21 <IEEE-754 double BE; sign bit flipped, or all bits if negative>
-    False / True   26 / 27
+    element          bytes
+    None             00                    (00 FF inside a nested tuple)
+    bytes            01 <data, 00 -> 00 FF> 00
+    str              02 <utf-8, 00 -> 00 FF> 00
+    nested tuple     05 <elements> 00
+    -inf             0A
+    int < -2**64     0B <len ^ FF> <one's complement, big-endian>
+    int < 0          14-n <one's complement of n bytes, big-endian>     (1 <= n <= 8)
+    int 0            14
+    int > 0          14+n <n bytes, big-endian>                        (1 <= n <= 8)
+    int >= 2**64     1D <len> <big-endian>                             (len <= 255)
+    +inf             1E
+    other float x    <int of floor(x)> FE <x as a double, ordered>
 
-A bare value is the 1-tuple of itself: ``encode_key("a") == encode_key(("a",))``.
-Across types the order follows the type byte (None < bytes < str < tuple < int < float < bool);
-ints and floats are therefore not interleaved. ``-0.0`` is stored as ``0.0`` (they are equal
-keys in Python) and NaN is refused.
+Numbers follow Python: int, bool and float are one kind, and numbers equal in Python are one
+encoding. A number whose value is integral is stored as that int (``1``, ``1.0`` and ``True``
+are ``15 01``; ``0``, ``-0.0`` and ``False`` are ``14``; ``1e30`` is the exact int of that
+double). A finite float that is not integral is the int encoding of its floor, the marker
+``FE`` and the IEEE-754 double of ``x`` itself, big-endian with the sign bit flipped (positive)
+or every bit flipped (negative), so that its bytes sort as ``x``::
+
+    161.7  =  15 a1 | fe | c0 64 36 66 66 66 66 66
+              floor   marker  161.7 as an ordered double
+
+All numbers with one floor share its int bytes: the integral one is those bytes alone and
+sorts first, the others follow it in the order of ``x``; the next floor's bytes are above them
+all, so ints and floats interleave by value (``161 < 161.7 < 162``). ``FE`` is above every type
+byte (at most 1E) and the nested-tuple terminator (00, nested None 00 FF) that may follow a
+number, so it is never read as the next element, and ``(161, "x") < (161.7,)`` as in Python.
+The double is ``x`` itself rather than ``x - floor(x)``, which is rounded for negatives
+(``-1e-300 - (-1)`` is ``1.0`` in doubles). Decoding gives an int for integral values (``True``
+and ``1.0`` come back as ``1``) and a float otherwise. NaN is refused (it is not equal to
+itself).
+
+Across kinds the order follows the type byte: None < bytes < str < tuple < number. Inside a
+kind it is Python's (str by code point, bytes and tuples lexicographically, a tuple before
+its extensions). A bare value is the 1-tuple of itself: ``encode_key("a") == encode_key(("a",))``.
 
 >>> encode_key(("user", 7)).hex(" ")
 '02 75 73 65 72 00 15 07'
@@ -28,6 +50,12 @@ keys in Python) and NaN is refused.
 True
 >>> encode_key(("a:b",)) != encode_key(("a", "b"))
 True
+>>> encode_key(1) == encode_key(1.0) == encode_key(True), decode_key(encode_key(1.0))
+(True, (1,))
+>>> encode_key(161.7).hex(" ")
+'15 a1 fe c0 64 36 66 66 66 66 66'
+>>> sorted([730.5, 730, 161.7], key=encode_key)
+[161.7, 730, 730.5]
 """
 
 from __future__ import annotations
@@ -56,18 +84,21 @@ Key = tuple[Any, ...]
 
 KEY_LAYOUT_VERSION = 2
 """Version of the stored key layout drawn above. A RocksDB state dir records the version it
-was written with (its ``EDDIES`` marker); a dir of another version is refused, never misread."""
+was written with (its ``EDDIES`` marker), and so does every checkpoint marker of a Kafka
+changelog; state of another version is refused, never misread. Version 1 gave floats (21) and
+bools (26, 27) type bytes of their own, so ``1``, ``1.0`` and ``True`` were three keys."""
 
 _NULL = 0x00
 _BYTES = 0x01
 _STR = 0x02
 _NESTED = 0x05
+_NEG_INF = 0x0A
 _NEG_BIG = 0x0B
 _INT_ZERO = 0x14
 _POS_BIG = 0x1D
-_DOUBLE = 0x21
-_FALSE = 0x26
-_TRUE = 0x27
+_POS_INF = 0x1E
+_FRACTION = 0xFE  # after an int: the number is that floor plus a fraction, an ordered double
+_INF = math.inf
 
 _pack_double = struct.Struct(">d").pack
 _unpack_double = struct.Struct(">d").unpack
@@ -143,6 +174,20 @@ def _unordered_double(raw: bytes) -> bytes:
     return raw.translate(_INVERT)
 
 
+def _encode_float(value: float, out: list[bytes]) -> None:
+    if value.is_integer():  # 1.0 is the key 1; -0.0 is 0; 1e30 its exact int
+        _encode_int(int(value), out)
+    elif value == _INF:
+        out.append(b"\x1e")
+    elif value == -_INF:
+        out.append(b"\x0a")
+    elif value != value:
+        raise KeyEncodingError("NaN cannot be a key element: it is not equal to itself")
+    else:
+        _encode_int(math.floor(value), out)
+        out.append(b"\xfe" + _ordered_double(value))
+
+
 def _encode_str(value: str) -> bytes:
     try:
         raw = value.encode("utf-8")
@@ -160,16 +205,14 @@ def _encode_into(value: Any, out: list[bytes], nested: bool) -> None:
         out.append(_encode_str(value))
     elif t is int:
         _encode_int(value, out)
-    elif t is bool:
-        out.append(b"\x27" if value else b"\x26")
+    elif t is float:
+        _encode_float(value, out)
+    elif t is bool:  # a number, as in a dict: True is the key 1
+        out.append(b"\x15\x01" if value else b"\x14")
     elif value is None:
         out.append(b"\x00\xff" if nested else b"\x00")
     elif t is bytes or t is bytearray or t is memoryview:
         out.append(b"\x01" + bytes(value).replace(b"\x00", b"\x00\xff") + b"\x00")
-    elif t is float:
-        if math.isnan(value):
-            raise KeyEncodingError("NaN cannot be a key element: it is not equal to itself")
-        out.append(b"\x21" + _ordered_double(value + 0.0))  # + 0.0 folds -0.0 into 0.0
     elif t is tuple:
         out.append(b"\x05")
         for item in value:
@@ -178,14 +221,12 @@ def _encode_into(value: Any, out: list[bytes], nested: bool) -> None:
     # Subclasses (IntEnum, str-mixin Enum, numpy.float64, namedtuple) encode as their base
     # value, so they equal the plain value as keys, as they do in Python. str(x) would give
     # "Color.RED" for a str-mixin Enum member, hence the unbound base-class calls.
-    elif isinstance(value, bool):
-        out.append(b"\x27" if value else b"\x26")
     elif isinstance(value, int):
         _encode_int(int.__int__(value), out)
     elif isinstance(value, str):
         out.append(_encode_str(str.__str__(value)))
     elif isinstance(value, float):
-        _encode_into(float.__float__(value), out, nested)
+        _encode_float(float.__float__(value), out)
     elif isinstance(value, tuple):
         _encode_into(tuple(value), out, nested)
     else:
@@ -199,7 +240,7 @@ def encode_key(key: Any) -> bytes:
     """Encode a key (a tuple, or a bare value meaning its 1-tuple) to order-preserving bytes.
 
     >>> encode_key(("a", None, 1.5)).hex(" ")
-    '02 61 00 00 21 bf f8 00 00 00 00 00 00'
+    '02 61 00 00 15 01 fe bf f8 00 00 00 00 00 00'
     """
     t = type(key)
     if t is str:  # fast path for the most common key shape
@@ -231,11 +272,18 @@ def encode_element(key: Any) -> bytes:
 
 
 def prefix_upper_bound(prefix: bytes) -> bytes:
-    """The smallest byte string above every encoding that starts with ``prefix``.
+    """The upper bound (exclusive) of the keys that extend the key encoded as ``prefix``.
 
-    Valid encodings never contain an element starting with FF, so ``prefix + FF`` works.
+    ``prefix`` ends where an element ends; what follows it in an extension is another element
+    (type byte at most 1E), a nested None (00 FF) or a nested-tuple terminator, all below FE.
+    FE itself continues the last element: ``1.5`` is ``1``'s bytes, FE and a double, and is
+    not an extension of the key ``1``.
+
+    >>> lower = encode_key(1)
+    >>> [lower <= encode_key(k) < prefix_upper_bound(lower) for k in [(1, "a"), 1.5, 2]]
+    [True, False, False]
     """
-    return prefix + b"\xff"
+    return prefix + b"\xfe"
 
 
 def _find_terminator(data: bytes, pos: int) -> int:
@@ -252,6 +300,14 @@ def _take(data: bytes, start: int, n: int) -> bytes:
     if start + n > len(data):
         raise IndexError(f"{n} bytes needed at offset {start}, the key ends first")
     return data[start : start + n]
+
+
+def _decode_fraction(data: bytes, pos: int, floor: int) -> float:
+    """The float whose FE marker is at ``pos``, after the int ``floor``; checked against it."""
+    value: float = _unpack_double(_unordered_double(_take(data, pos + 1, 8)))[0]
+    if not math.isfinite(value) or value.is_integer() or math.floor(value) != floor:
+        raise ValueError(f"float {value!r} at offset {pos + 1} does not have the floor {floor}")
+    return value
 
 
 def _decode_one(data: bytes, pos: int, nested: bool) -> tuple[Any, int]:
@@ -272,25 +328,28 @@ def _decode_one(data: bytes, pos: int, nested: bool) -> tuple[Any, int]:
                 return tuple(items), pos + 1
             item, pos = _decode_one(data, pos, True)
             items.append(item)
-    if _INT_ZERO - 8 <= code <= _INT_ZERO + 8:
-        n = code - _INT_ZERO
-        if n >= 0:
-            return int.from_bytes(_take(data, pos + 1, n), "big"), pos + 1 + n
-        n = -n
-        return int.from_bytes(_take(data, pos + 1, n), "big") - _SIZE_LIMITS[n], pos + 1 + n
-    if code == _POS_BIG:
-        n = data[pos + 1]
-        return int.from_bytes(_take(data, pos + 2, n), "big"), pos + 2 + n
-    if code == _NEG_BIG:
-        n = data[pos + 1] ^ 0xFF
-        value = int.from_bytes(_take(data, pos + 2, n), "big") - ((1 << (8 * n)) - 1)
-        return value, pos + 2 + n
-    if code == _DOUBLE:
-        return _unpack_double(_unordered_double(_take(data, pos + 1, 8)))[0], pos + 9
-    if code == _FALSE:
-        return False, pos + 1
-    if code == _TRUE:
-        return True, pos + 1
+    if _NEG_BIG <= code <= _POS_BIG:
+        if code == _POS_BIG:
+            n = data[pos + 1]
+            value, end = int.from_bytes(_take(data, pos + 2, n), "big"), pos + 2 + n
+        elif code == _NEG_BIG:
+            n = data[pos + 1] ^ 0xFF
+            value = int.from_bytes(_take(data, pos + 2, n), "big") - ((1 << (8 * n)) - 1)
+            end = pos + 2 + n
+        elif code >= _INT_ZERO:
+            n = code - _INT_ZERO
+            value, end = int.from_bytes(_take(data, pos + 1, n), "big"), pos + 1 + n
+        else:
+            n = _INT_ZERO - code
+            value = int.from_bytes(_take(data, pos + 1, n), "big") - _SIZE_LIMITS[n]
+            end = pos + 1 + n
+        if end < len(data) and data[end] == _FRACTION:
+            return _decode_fraction(data, end, value), end + 9
+        return value, end
+    if code == _POS_INF:
+        return _INF, pos + 1
+    if code == _NEG_INF:
+        return -_INF, pos + 1
     raise KeyEncodingError(f"unknown type byte 0x{code:02x} at offset {pos} in key {data.hex()}")
 
 

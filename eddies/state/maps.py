@@ -53,7 +53,7 @@ def range_bounds(
     """Byte bounds ``[lower, upper)`` of a range over structured keys.
 
     >>> range_bounds(prefix="user")
-    (b'\\x02user\\x00', b'\\x02user\\x00\\xff')
+    (b'\\x02user\\x00', b'\\x02user\\x00\\xfe')
     """
     if start is not None and start_after is not None:
         raise ConfigError("give start= (inclusive) or start_after= (exclusive), not both")
@@ -139,19 +139,21 @@ class _Map:
         return list(order.irange(lower, upper, inclusive=(True, False), reverse=reverse))
 
 
-def _cacheable(key: Any) -> bool:
-    """Whether ``key``'s encoding may be cached by equality: only str and int elements, as
-    1 == 1.0 == True are equal keys to a dict but three different encodings."""
+_PLAIN = frozenset({str, int})
+"""Key element types that come back from decoding as they went in."""
+_NUMBERS = frozenset({str, int, float, bool})
+"""Key element types whose encoding may be cached by equality: numbers equal in Python are
+one encoding (1, 1.0 and True), so an equal key finds the right bytes. Other types that
+equal an int (Decimal, numpy ints) must not find them: the codec refuses those."""
+
+
+def _all_of(types: frozenset[type], key: Any) -> bool:
     t = type(key)
-    if t is str or t is int:
+    if t in types:
         return True
     if t is not tuple:
         return False
-    for item in key:
-        ti = type(item)
-        if ti is not str and ti is not int:
-            return False
-    return True
+    return all(type(item) in types for item in key)
 
 
 class MapHandle(Handle):
@@ -225,10 +227,14 @@ class MapHandle(Handle):
             hit = encs.get(key)
         except TypeError:  # unhashable: the codec says what is wrong with it
             hit = None
-        if hit is not None and (hit[0] is key or _cacheable(key)):
+        if hit is not None and (hit[0] is key or _all_of(_NUMBERS, key)):
             return hit[1], hit[2]
-        enc, public = encode_key(key), public_key(as_tuple(key))
-        if _cacheable(key):
+        enc = encode_key(key)
+        # The key as decoding gives it back (1.0 and True as 1), so that a map reads the same
+        # keys from its cache as after a reload.
+        public = (public_key(as_tuple(key)) if _all_of(_PLAIN, key)
+                  else public_key(decode_key(enc)))
+        if _all_of(_NUMBERS, key):
             if len(encs) >= _ENC_CACHE:
                 encs.clear()
             encs[key] = (key, enc, public)

@@ -34,8 +34,6 @@ from eddies.state.values import NEVER, pack
 __all__ = ["DEFAULT_CACHE_ENTRIES", "KeyedStateStore", "check_value", "describe_key"]
 
 _SCALARS = frozenset({str, float, bool, type(None), bytes})
-_INT_MIN = -(2**63)
-_INT_MAX = 2**64 - 1
 MAX_KEY_GROUPS = 32768
 """Key groups fit in 15 bits, so a stored key never starts with FF (see ``ttl.py``)."""
 DEFAULT_CACHE_ENTRIES = 200_000
@@ -66,13 +64,8 @@ def check_value(value: Any, where: str | Callable[[], str]) -> None:
                     "(no lone surrogates), or bytes"
                 ) from exc
         return
-    if t is int:
-        if _INT_MIN <= value <= _INT_MAX:
-            return
-        raise StateSerializationError(
-            f"{_text(where)}: cannot serialize int {value}: msgpack holds -2**63..2**64-1; "
-            "store it as a str"
-        )
+    if t is int:  # any size: beyond 64 bits as a msgpack extension (see values.py)
+        return
     try:
         pack(value)
     except (TypeError, ValueError, OverflowError) as exc:

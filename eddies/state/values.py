@@ -11,10 +11,21 @@
 Every value carries the stamp, so TTL can be switched on or off for existing state without a
 migration.
 
+The payload is plain msgpack, plus one extension type for the ints msgpack cannot hold (below
+-2**63 or above 2**64-1), so that every Python int is stored exactly, never as a float::
+
+    ext type 1, big int:  msgpack ext header (type 01) | the int, two's complement, big-endian,
+                          in the fewest bytes that hold its sign (at least 9)
+
+    2**64   = c7 09 01 | 01 00 00 00 00 00 00 00 00      (ext 8: c7 <len> <type>)
+    -2**127 = d8 01    | 80 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00   (fixext 16)
+
 >>> encode_value(5, NEVER).hex(" ")
 'ff ff ff ff ff ff ff ff 05'
 >>> decode_value(encode_value({"n": 1}, 1_000))
 ({'n': 1}, 1000)
+>>> decode_value(encode_value({"id": 10**29}))
+({'id': 100000000000000000000000000000}, 18446744073709551615)
 """
 
 from __future__ import annotations
@@ -24,7 +35,16 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["NEVER", "decode_value", "encode_value", "pack", "unpack", "read_stamp", "stamp"]
+__all__ = [
+    "BIG_INT_EXT",
+    "NEVER",
+    "decode_value",
+    "encode_value",
+    "pack",
+    "read_stamp",
+    "stamp",
+    "unpack",
+]
 
 NEVER = 2**64 - 1
 """The expiry stamp of a value that never expires."""
@@ -34,8 +54,27 @@ stamp = _stamp.pack
 _read_stamp = _stamp.unpack_from
 NEVER_STAMP = stamp(NEVER)
 
-pack = msgpack.Packer(use_bin_type=True).pack
-"""msgpack encoder used for every state value (tuples come back as lists)."""
+BIG_INT_EXT = 1
+"""msgpack extension type code of an int beyond msgpack's 64-bit range."""
+
+
+def _big_int(value: Any) -> msgpack.ExtType:
+    """msgpack's ``default`` hook: called only for what msgpack cannot pack itself."""
+    if isinstance(value, int):  # an int out of msgpack's range (bools and small ints pack)
+        value = int(value)
+        n = (value if value >= 0 else ~value).bit_length() // 8 + 1  # room for the sign bit
+        return msgpack.ExtType(BIG_INT_EXT, value.to_bytes(n, "big", signed=True))
+    raise TypeError(f"can not serialize {type(value).__name__!r} object")
+
+
+def _ext(code: int, data: bytes) -> Any:
+    if code == BIG_INT_EXT:
+        return int.from_bytes(data, "big", signed=True)
+    return msgpack.ExtType(code, data)
+
+
+pack = msgpack.Packer(use_bin_type=True, default=_big_int).pack
+"""msgpack encoder used for every state value (tuples come back as lists; ints of any size)."""
 
 
 def _hashable(item: Any) -> Any:
@@ -54,12 +93,15 @@ def unpack(data: bytes) -> Any:
 
     >>> unpack(pack({(1, "a"): 2}))
     {(1, 'a'): 2}
+    >>> unpack(pack([2**64, -(2**63) - 1]))
+    [18446744073709551616, -9223372036854775809]
     """
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext)
     except TypeError:  # unhashable list as a map key: the slow path, only for such payloads
         return msgpack.unpackb(
-            data, raw=False, strict_map_key=False, object_pairs_hook=_dict_with_tuple_keys
+            data, raw=False, strict_map_key=False, object_pairs_hook=_dict_with_tuple_keys,
+            ext_hook=_ext,
         )
 
 

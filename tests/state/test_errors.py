@@ -36,8 +36,6 @@ BAD_VALUES = [
     pytest.param(object(), "object", id="object"),
     pytest.param({1, 2}, "set", id="set"),
     pytest.param([1, {"when": datetime.date(2024, 1, 1)}], "list", id="nested-date"),
-    pytest.param(2**64, "int", id="int-too-big"),
-    pytest.param([-(2**63) - 1], "list", id="nested-int-too-small"),
     pytest.param("\ud800", "str", id="lone-surrogate"),
 ]
 

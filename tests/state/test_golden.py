@@ -67,24 +67,41 @@ KEY_GOLDEN = [
     # big ints: 1D <len> <bytes>; negatives 0B <len ^ FF> <one's complement>
     (2**64, "1d 09 01 00 00 00 00 00 00 00 00"),
     (-(2**64), "0b f6 fe ff ff ff ff ff ff ff ff"),
-    # floats: 21, IEEE-754 BE with the sign bit flipped (positive) or every bit (negative)
-    (1.5, "21 bf f8 00 00 00 00 00 00"),
-    (-1.5, "21 40 07 ff ff ff ff ff ff"),
-    (0.0, "21 80 00 00 00 00 00 00 00"),
-    (-0.0, "21 80 00 00 00 00 00 00 00"),
-    (float("inf"), "21 ff f0 00 00 00 00 00 00"),
-    (float("-inf"), "21 00 0f ff ff ff ff ff ff"),
-    # bools
-    (False, "26"),
-    (True, "27"),
+    # integral floats and bools are the int of their value
+    (0.0, "14"),
+    (-0.0, "14"),
+    (False, "14"),
+    (1.0, "15 01"),
+    (True, "15 01"),
+    (730.0, "16 02 da"),
+    (-256.0, "12 fe ff"),
+    (2.0**64, "1d 09 01 00 00 00 00 00 00 00 00"),
+    (-(2.0**64), "0b f6 fe ff ff ff ff ff ff ff ff"),
+    # 1e30 is the double 1000000000000000019884624838656 = 0x0c9f2c9cd04675 * 2**48
+    (1e30, "1d 0d 0c 9f 2c 9c d0 46 75 00 00 00 00 00 00"),
+    # infinities: below and above every int
+    (float("-inf"), "0a"),
+    (float("inf"), "1e"),
+    # other floats: int of the floor | FE | IEEE-754 BE double of the value itself, sign bit
+    # flipped (positive) or every bit flipped (negative)
+    (1.5, "15 01 fe bf f8 00 00 00 00 00 00"),  # 1.5 = 3f f8 ..
+    (-1.5, "13 fd fe 40 07 ff ff ff ff ff ff"),  # floor -2 = 13 fd; -1.5 = bf f8 ..
+    (0.5, "14 fe bf e0 00 00 00 00 00 00"),  # floor 0 = 14
+    (-0.5, "13 fe fe 40 1f ff ff ff ff ff ff"),  # floor -1 = 13 fe, then the marker
+    (0.1, "14 fe bf b9 99 99 99 99 99 9a"),
+    (161.7, "15 a1 fe c0 64 36 66 66 66 66 66"),  # 161.7 = 40 64 36 66 66 66 66 66
+    (730.5, "16 02 da fe c0 86 d4 00 00 00 00 00"),  # 730.5 = 40 86 d4 00 ..
+    (5e-324, "14 fe 80 00 00 00 00 00 00 01"),  # the smallest subnormal
+    (-5e-324, "13 fe fe 7f ff ff ff ff ff ff fe"),
     # tuples: elements concatenated; nested tuples 05 .. 00 with None as 00 FF inside
     (("user", 7), "02 75 73 65 72 00 15 07"),
     ((), ""),
-    (("a", None, 1.5), "02 61 00 00 21 bf f8 00 00 00 00 00 00"),
+    (("a", None, 1.5), "02 61 00 00 15 01 fe bf f8 00 00 00 00 00 00"),
     ((("a", None), 1), "05 02 61 00 00 ff 00 15 01"),
     (((),), "05 00"),
     ((((None,),),), "05 05 00 ff 00 00"),
-    ((b"\x00", ("x", True)), "01 00 ff 00 05 02 78 00 27 00"),
+    ((b"\x00", ("x", True)), "01 00 ff 00 05 02 78 00 15 01 00"),
+    (((0.5, None), -0.5), "05 14 fe bf e0 00 00 00 00 00 00 00 ff 00 13 fe fe 40 1f ff ff ff ff ff ff"),
 ]
 
 
@@ -93,10 +110,40 @@ def test_key_encoding(key, golden) -> None:
     assert encode_key(key).hex(" ") == h(golden).hex(" ")
 
 
+def _decoded_form(value):
+    """What decoding gives back: an int for an integral number, a float otherwise."""
+    if type(value) is tuple:
+        return tuple(_decoded_form(v) for v in value)
+    if type(value) is bool or (type(value) is float and value.is_integer()):
+        return int(value)
+    return value
+
+
+def _types(value):
+    return tuple(map(_types, value)) if type(value) is tuple else type(value)
+
+
 @pytest.mark.parametrize(("key", "golden"), KEY_GOLDEN, ids=[repr(k) for k, _ in KEY_GOLDEN])
 def test_key_decoding(key, golden) -> None:
     decoded = decode_key(h(golden))
-    assert decoded == (key if type(key) is tuple else (key,))
+    expected = _decoded_form(key if type(key) is tuple else (key,))
+    assert decoded == expected
+    assert _types(decoded) == _types(expected), "ints for integral numbers, floats otherwise"
+
+
+def test_numbers_equal_in_python_are_one_key() -> None:
+    assert encode_key(1) == encode_key(1.0) == encode_key(True) == h("15 01")
+    assert encode_key(0) == encode_key(0.0) == encode_key(-0.0) == encode_key(False) == h("14")
+    assert encode_key(("a", 2**64)) == encode_key(("a", 2.0**64))
+    assert encode_key(((1, True),)) == encode_key(((1.0, 1),)) == h("05 15 01 15 01 00")
+
+
+def test_numbers_interleave_by_value() -> None:
+    scores = [730, 161.7, 730.5, -1, -0.5, float("inf"), 2**70, -(2**70), float("-inf"), True]
+    by_bytes = sorted(scores, key=encode_key)
+    assert by_bytes == [float("-inf"), -(2**70), -1, -0.5, True, 161.7, 730, 730.5, 2**70,
+                        float("inf")]
+    assert by_bytes == sorted(scores)
 
 
 def test_bare_value_is_its_one_tuple() -> None:
@@ -151,6 +198,32 @@ def test_value_wire_format() -> None:
     assert encode_value([1, None, True], 0).hex(" ") == "00 00 00 00 00 00 00 00 93 01 c0 c3"
     assert encode_value(b"\x00", 1).hex(" ") == "01 00 00 00 00 00 00 00 c4 01 00"
     assert decode_value(h("f8 2a 00 00 00 00 00 00 a2 68 69")) == ("hi", 11_000)
+
+
+BIG_INT_GOLDEN = [
+    # msgpack's own ints up to its range: uint 64 (cf), int 64 (d3)
+    (2**64 - 1, "cf ff ff ff ff ff ff ff ff"),
+    (-(2**63), "d3 80 00 00 00 00 00 00 00"),
+    # beyond it, ext type 01: two's complement big-endian in the fewest bytes with the sign
+    (2**64, "c7 09 01 01 00 00 00 00 00 00 00 00"),  # ext 8: c7 <len 9> <type 1>
+    (-(2**63) - 1, "c7 09 01 ff 7f ff ff ff ff ff ff ff"),
+    (10**29, "c7 0d 01 01 43 1e 0f ae 6d 72 17 ca a0 00 00 00"),  # 0x1431e0fae6d7217caa0000000
+    (-(2**127), "d8 01 80" + " 00" * 15),  # 16 bytes: fixext 16, d8 <type 1>
+    (2**127, "c7 11 01 00 80" + " 00" * 15),  # 17 bytes: the sign needs a 00 in front
+]
+
+
+@pytest.mark.parametrize(("value", "golden"), BIG_INT_GOLDEN, ids=[str(v) for v, _ in BIG_INT_GOLDEN])
+def test_big_int_values_are_stored_exactly(value: int, golden: str) -> None:
+    data = encode_value(value)
+    assert data[8:].hex(" ") == h(golden).hex(" ")
+    assert decode_value(data) == (value, NEVER)
+    assert type(decode_value(data)[0]) is int
+
+
+def test_big_ints_nested_in_values_round_trip() -> None:
+    value = {"id": 10**29, "ids": [-(2**100), 2**64, 1], (2**65, "k"): None}
+    assert decode_value(encode_value(value, 5)) == (value, 5)
 
 
 # -- stored key layout ---------------------------------------------------------------------------
