@@ -40,6 +40,7 @@ from eddies.state.keys import (
     decode_prefixed,
     encode_element,
     encode_key,
+    prefix_upper_bound,
 )
 from eddies.state.maps import range_bounds
 from eddies.state.values import NEVER, decode_value
@@ -171,7 +172,8 @@ def _bounds(key: Any, prefix: Any, start: Any, start_after: Any,
     if prefix is not None:
         p = encode_element(as_tuple(prefix))[:-1]  # the nested tuple, still open
         lower = max(lower, p)
-        upper = p + b"\xff" if upper is None else min(upper, p + b"\xff")
+        pu = prefix_upper_bound(p)  # not p + FF: 1.5 continues 1's bytes with FE
+        upper = pu if upper is None else min(upper, pu)
     return b"", lower, upper
 
 
