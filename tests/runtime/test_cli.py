@@ -156,9 +156,53 @@ def test_user_error_exits_non_zero_with_operator_key_and_record(project: Path) -
     proc = eddies(project, "run", "countjob.py:job")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    error = proc.stderr.strip().splitlines()[-1]
+    error, *where = proc.stderr.strip().splitlines()
     assert error.startswith("error: operator 'Count' on key 'u5' failed for record")
     assert "'boom': True" in error and "ValueError: boom requested" in error
+    # Then where, in the user's own code only: the file and line of on_event.
+    line = JOB.splitlines().index('            raise ValueError("boom requested")') + 1
+    assert where == [
+        "  in user code (most recent call last):",
+        f'    File "{project / "countjob.py"}", line {line}, in on_event',
+        '      raise ValueError("boom requested")',
+        "  (--debug prints the whole traceback)",
+    ]
+
+
+def test_debug_prints_the_whole_traceback(project: Path) -> None:
+    with (project / "events.jsonl").open("a") as f:
+        f.write(json.dumps({"user": "u5", "ts": 99_999, "boom": True}) + "\n")
+    proc = eddies(project, "run", "countjob.py:job", "--debug")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("error: operator 'Count' on key 'u5' failed for record")
+    trace = "\n".join(lines[1:])
+    assert "Traceback (most recent call last):" in trace
+    assert "eddies/runtime/executor.py" in trace  # the framework's frames too
+    assert 'countjob.py", line' in trace and "ValueError: boom requested" in trace
+    assert "eddies.errors.UserFunctionError: operator 'Count'" in trace
+    assert "--debug prints" not in trace
+
+
+RUNS_AT_IMPORT = JOB.replace("job = build()", "job = build()\nresult = ed.run_local(job)")
+GUARDED = JOB.replace("job = build()", 'job = build()\nif __name__ == "__main__":\n'
+                                       "    ed.run_local(job)")
+
+
+def test_a_module_that_runs_its_job_at_import_is_warned_about(project: Path) -> None:
+    (project / "runsjob.py").write_text(RUNS_AT_IMPORT)
+    proc = eddies(project, "run", "runsjob.py:job")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == (
+        "warning: importing runsjob.py already ran a job (1 run, e.g. a module-level "
+        "run_local(...)); put that call under 'if __name__ == \"__main__\":' so the job "
+        "runs once")
+    assert len(lines) == 2 and summary(proc)["events_in"] == f"{N + N_BAD:,}"
+    (project / "guarded.py").write_text(GUARDED)
+    quiet = eddies(project, "run", "guarded.py:job")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning" not in quiet.stderr and len(quiet.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("target, message", [
