@@ -715,10 +715,11 @@ class Executor:
 
     def cache_full(self) -> bool:
         """True when a state cache holds over twice its ``cache_entries``: checkpoint early,
-        after which its clean entries can be dropped (dirty ones cannot)."""
+        after which its clean entries can be dropped (dirty ones cannot). Likewise for the
+        timers buffered beyond the in-memory window."""
         for op in self.operators.values():
             store = op.store
-            if store.cached_entries() > 2 * store.cache_entries:
+            if store.cached_entries() > 2 * store.cache_entries or op.timers.buffer_full():
                 return True
         return False
 

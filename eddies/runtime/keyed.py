@@ -28,7 +28,7 @@ from eddies.state.store import KeyedStateStore
 from eddies.state.ttl import MIN_TIME, TtlConfig
 from eddies.state.values import pack, unpack
 
-__all__ = ["EventTimeHook", "KeyedOperator", "META_CF", "emit_into"]
+__all__ = ["BatchCut", "EventTimeHook", "KeyedOperator", "META_CF", "emit_into"]
 
 META_CF = "__meta__"
 
@@ -57,7 +57,11 @@ class _KeyTimers:
 
     def register_event_time(self, timestamp: int) -> None:
         """Fire ``on_timer`` for this key once the watermark reaches ``timestamp``."""
-        self._op.timers.register(EVENT, int(timestamp), self._op.store.key)
+        op = self._op
+        time = int(timestamp)
+        op.timers.register(EVENT, time, op.store.key)
+        if time <= op.horizon:  # due within the records being pushed: cut the batch
+            op.cut.due = True
 
     def register_processing_time(self, timestamp: int) -> None:
         """Fire ``on_timer`` for this key once processing time reaches ``timestamp``."""
@@ -73,7 +77,7 @@ class _KeyTimers:
         return self._op.processing_time()
 
     def current_watermark(self) -> int:
-        return self._op.watermark
+        return self._op.ctx.watermark
 
 
 class EventTimeHook(Protocol):
@@ -85,6 +89,18 @@ class EventTimeHook(Protocol):
 
     def fire_next(self, time: int, out: list[Any]) -> None:
         """Do the work due at ``time`` (== ``next_time()``), outputs to ``out``."""
+
+
+class BatchCut:
+    """Raised flag: event-time work was registered at a time the records being pushed take
+    the watermark to, so the executor must stop after the current record and advance time
+    before the next (see :attr:`KeyedOperator.horizon`). One is shared by an executor's
+    operators, so a record whose outputs reach several of them needs one check."""
+
+    __slots__ = ("due",)
+
+    def __init__(self) -> None:
+        self.due = False
 
 
 class KeyedOperator:
@@ -123,10 +139,18 @@ class KeyedOperator:
             handle = self.store.bind(descriptor)
             self.handles[descriptor.name] = handle
             setattr(function, attr, handle)
-        self.timers = Timers(name, self.store.prefix)
+        # The nearest timers in memory, as many as the state cache keeps keys; the rest are
+        # in the store and read in ranges as time advances (see timers.py).
+        self.timers = Timers(name, self.store.prefix, limit=self.store.cache_entries)
+        self.timers.on_key = self._timer_key_read
         self.side: dict[OutputTag, list[Any]] = {}
         self.ctx = Context(_KeyTimers(self), side_output or self._collect_side)
         self.watermark = MIN_TIME
+        self.horizon = MIN_TIME
+        """The highest watermark the records being pushed now bring this operator to, with
+        nothing due at or below it when they started (the executor sets it per run of
+        records). Event-time work registered at or below it sets ``cut.due``."""
+        self.cut = BatchCut()
         self._meta_key = encode_key(("watermark", name))
         self.is_broadcast = isinstance(function, KeyedBroadcastProcessFunction)
         # An internal function (the window operator) may take part in the runtime: keep an
@@ -141,6 +165,13 @@ class KeyedOperator:
 
     def processing_time(self) -> int:
         return self._clock()
+
+    def _timer_key_read(self, key: Any, prefix: bytes) -> None:
+        # A timer read from the store keeps the key group it is stored under when the runtime
+        # pins groups (Kafka: the input partition), as the keys loaded at restore do.
+        store = self.store
+        if store.key_group is not None:
+            store._prefixes.setdefault(key, prefix)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -225,6 +256,26 @@ class KeyedOperator:
             emit_into(out, self._on_timer(time, ctx))
         finally:
             ctx.time_domain = "event"
+
+    def next_event_time(self) -> int | None:
+        """The earliest event time with work due (a timer or the hook's), or None."""
+        at = self.timers.event.peek_time()
+        if self._hook is not None:
+            hook_at = self._hook.next_time()
+            if hook_at is not None and (at is None or hook_at < at):
+                return hook_at
+        return at
+
+    def note_event_time(self, time: int) -> None:
+        """Event-time work was just registered at ``time`` outside the timers (a window's
+        end): cut the batch if the records being pushed reach it (see ``horizon``)."""
+        if time <= self.horizon:
+            self.cut.due = True
+
+    def follow(self, watermark: int) -> None:
+        """Move event time to ``watermark`` with nothing due at or below it, for the record
+        about to be handled: what it reads, TTL expiry included, is as of that watermark."""
+        self.watermark = self.ctx.watermark = self.backend.watermark = watermark
 
     def set_watermark(self, watermark: int) -> None:
         if watermark > self.watermark:

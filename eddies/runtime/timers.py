@@ -1,7 +1,7 @@
 """Per-key event-time and processing-time timers, deduplicated, ordered, and checkpointed.
 
-Timers live in memory per time domain as a heap of distinct times, each with a dict of the
-keys due then (which deduplicates); changes are written with the checkpoint batch to the column family ``__timers__.<operator>``::
+Timers are stored in the column family ``__timers__.<operator>``, and memory holds a bounded
+window of the nearest ones per time domain::
 
     +---------------------+---------+----------------------------+------------------------+
     | key group (2 B, BE) | domain  | time + 2**63 (8 B, BE)     | user key element       |
@@ -13,13 +13,23 @@ Leading with the key group keeps one partition's timers one contiguous range (th
 moves between Kafka workers); within it, timers sort by domain and time. Startup loads them
 with one range scan.
 
+The window: a :class:`TimerHeap` holds every live timer with a time below its ``horizon``
+(a heap of distinct times, each with a dict of the keys due then, which deduplicates), at
+most ``limit`` of them (the operator's ``cache_entries``; one time's timers are never split,
+so a single time due for more keys than that is held whole). A registration at or beyond the
+horizon goes to a pending-write buffer only, and a deletion there to a tombstone; both are
+written with the next checkpoint, atomically with state. When the heap runs out below the
+horizon and time reaches it, the next range is read from the store, per key group, merged
+with the buffer, and the horizon moves forward; when registrations below the horizon fill
+the heap past ``limit``, the latest times go back out and the horizon moves down.
+
 The same column family holds window marks, domain ``w``: ``key group | w | time + 2**63 |
 tag``, value empty. The window operator fires its windows without a timer per key; a mark
 records that the windows identified by ``tag`` (an encoded ``(start, end)``), ending at
 ``time``, have fired for the keys of that key group, so a restore (or the next owner of the
 partition) knows they are waiting for their lateness to pass rather than for their watermark.
-Functions that keep such an index of their own rebuild it in :meth:`Timers.load`, through
-``Timers.loaders``.
+Marks (one per key group and window) stay in memory. Functions that keep such an index of
+their own rebuild it in :meth:`Timers.load`, through ``Timers.loaders``.
 """
 
 from __future__ import annotations
@@ -40,7 +50,10 @@ __all__ = ["TimerHeap", "Timers", "WINDOW", "stored_mark_key", "stored_timer_key
 
 _be = struct.Struct(">Q")
 _domain_and_time = itemgetter(slice(2, 11))
+_first = itemgetter(0)
 _OFFSET = 2**63
+_NO_HORIZON = 2**63
+"""The horizon of a heap that holds every live timer (above any int64 time)."""
 EVENT = b"e"
 PROCESSING = b"p"
 WINDOW = b"w"
@@ -49,6 +62,10 @@ WINDOW = b"w"
 def _user_key(stored_key: bytes) -> Any:
     """The user key (its state_key form) of a stored timer key (the element at offset 11)."""
     return decode_user_key(stored_key, 11)[0]
+
+
+def _time_of(stored_key: bytes) -> int:
+    return _be.unpack_from(stored_key, 3)[0] - _OFFSET
 
 
 def stored_timer_key(prefix: bytes, domain: bytes, time: int) -> bytes:
@@ -75,24 +92,47 @@ class TimerHeap:
     and a due bucket is sorted once, when it starts firing. Timers loaded from the backend
     keep their user key undecoded (None) until they fire.
 
+    Once attached to a backend (:meth:`Timers.load`), memory holds the live timers below
+    ``horizon`` only, at most ``limit`` of them (see the module docstring); ``len()`` counts
+    them, :meth:`next_time` and :meth:`pop_due` read on from the store as time advances.
+
     The event-time heap also holds the window marks (``marks``, stored keys), so that they
     go wherever its timers go: replacing the heap forgets both.
     """
 
-    __slots__ = ("times", "buckets", "added", "removed", "marks", "_count", "_drain_time",
-                 "_drain", "_drain_at")
+    __slots__ = ("times", "buckets", "added", "removed", "marks", "far", "fired", "horizon",
+                 "limit", "on_key", "_count", "_far_count", "_drain_time", "_drain", "_drain_at",
+                 "_source", "_ranges", "_spill_at", "_fired_groups", "_fired_upto")
 
     def __init__(self) -> None:
         self.times: list[int] = []  # heap; a time stays until its bucket is empty
         self.buckets: dict[int, dict[bytes, Key | None]] = {}
-        self.added: set[bytes] = set()  # stored keys since the last collect
-        self.removed: set[bytes] = set()
+        self.added: set[bytes] = set()  # stored keys in memory since the last collect
+        self.removed: set[bytes] = set()  # deleted since the last collect (tombstones)
         self.marks: set[bytes] = set()
+        self.far: dict[int, set[bytes]] = {}
+        """The pending-write buffer: registrations at or beyond the horizon since the last
+        collect, by time (not in the heap)."""
+        self.fired: set[bytes] = set()  # fired since the last collect
+        self.horizon = _NO_HORIZON
+        """Every live timer below this time is in memory; none at or beyond it is."""
+        self.limit: int | None = None
+        self.on_key: Callable[[Key, bytes], None] | None = None
+        """Called as ``on_key(key, stored-key prefix)`` for a timer read from the store,
+        when its key is decoded (as it fires)."""
         self._count = 0
+        self._far_count = 0
         # The bucket being fired: its stored keys sorted, and the index of the next to fire.
         self._drain_time: int | None = None
         self._drain: list[bytes] = []
         self._drain_at = 0
+        self._source: tuple[StateBackend, str, bytes] | None = None
+        self._ranges: list[tuple[bytes | None, bytes | None]] = []
+        self._spill_at = _NO_HORIZON  # spill when more timers than this are in memory
+        # Fired timers beyond ``limit`` between collects are deleted by key-group range:
+        # every timer up to the latest fired time is gone once time has passed it.
+        self._fired_groups: set[bytes] = set()
+        self._fired_upto = -_OFFSET
 
     @staticmethod
     def _key(bucket: dict[bytes, Key | None], stored: bytes) -> Key:
@@ -103,14 +143,20 @@ class TimerHeap:
 
     @property
     def heap(self) -> list[tuple[int, bytes, Key]]:
-        """Live timers as ``(time, stored-key prefix of the user key, key)``, unordered."""
+        """Timers in memory as ``(time, stored-key prefix of the user key, key)``, unordered."""
         return [(t, k[:2] + k[11:], self._key(bucket, k)) for t, bucket in self.buckets.items()
                 for k in bucket]
 
     @property
     def live(self) -> set[tuple[int, Key]]:
-        """Live timers as ``(time, key)``."""
+        """Timers in memory as ``(time, key)`` (all of them unless the window is bounded:
+        :meth:`Timers.pending` lists every one)."""
         return {(t, self._key(bucket, k)) for t, bucket in self.buckets.items() for k in bucket}
+
+    @property
+    def buffered(self) -> int:
+        """Registrations in the pending-write buffer (beyond the horizon, not yet written)."""
+        return self._far_count
 
     def bucket(self, time: int) -> dict[bytes, Key | None]:
         """The bucket of ``time``, created if missing (for bulk loading, not while firing)."""
@@ -121,6 +167,15 @@ class TimerHeap:
         return bucket
 
     def add(self, time: int, key: Key | None, stored: bytes, persist: bool = True) -> None:
+        if time >= self.horizon:  # beyond the window: to the pending-write buffer only
+            far = self.far.get(time)
+            if far is None:
+                far = self.far[time] = set()
+            if stored not in far:
+                far.add(stored)
+                self._far_count += 1
+            self.removed.discard(stored)
+            return
         bucket = self.buckets.get(time)
         if bucket is None:
             bucket = self.buckets[time] = {}
@@ -135,8 +190,21 @@ class TimerHeap:
             self.added.add(stored)
             if self.removed:
                 self.removed.discard(stored)
+            if self.fired:
+                self.fired.discard(stored)
+        if self._count > self._spill_at:
+            self._spill()
 
     def remove(self, time: int, stored: bytes) -> None:
+        if time >= self.horizon:  # maybe stored, maybe buffered: a tombstone either way
+            far = self.far.get(time)
+            if far is not None and stored in far:
+                far.remove(stored)
+                self._far_count -= 1
+                if not far:
+                    del self.far[time]
+            self.removed.add(stored)
+            return
         bucket = self.buckets.get(time)
         if bucket is not None and stored in bucket:
             del bucket[stored]  # an emptied bucket goes when pop_due reaches it
@@ -144,12 +212,21 @@ class TimerHeap:
             self.added.discard(stored)
             self.removed.add(stored)
 
-    def peek_time(self) -> int | None:
+    def next_time(self) -> int | None:
+        """The time of the earliest live timer, or None (exact: reads the next range from
+        the store when the window is empty and timers lie beyond it)."""
         times = self.times
         buckets = self.buckets
-        while times and not buckets.get(times[0]):
-            self._drop_time()
-        return times[0] if times else None
+        while True:
+            while times and not buckets.get(times[0]):
+                self._drop_time()
+            if times:
+                return times[0]
+            if self.horizon == _NO_HORIZON:
+                return None
+            self._load_next()
+
+    peek_time = next_time
 
     def _drop_time(self) -> None:
         time = heapq.heappop(self.times)
@@ -161,7 +238,12 @@ class TimerHeap:
         """Remove and return the earliest timer with time <= ``until``, or None."""
         times = self.times
         buckets = self.buckets
-        while times:
+        while True:
+            if not times:
+                if self.horizon > until:  # nothing due below the horizon, none beyond it
+                    return None
+                self._load_next()
+                continue
             time = times[0]
             if time > until:
                 return None
@@ -173,6 +255,8 @@ class TimerHeap:
                 self._drain_time = time
                 self._drain = sorted(bucket)
                 self._drain_at = 0
+                if time > self._fired_upto:
+                    self._fired_upto = time
             drain = self._drain
             while self._drain_at < len(drain):
                 stored = drain[self._drain_at]
@@ -181,27 +265,205 @@ class TimerHeap:
                     key = bucket.pop(stored)
                     if key is None:
                         key = _user_key(stored)
+                        if self.on_key is not None:
+                            self.on_key(key, stored[:2] + stored[11:])
                     self._count -= 1
                     self.added.discard(stored)
-                    self.removed.add(stored)
+                    fired = self.fired
+                    fired.add(stored)
+                    if len(fired) > self._spill_at:
+                        self._fired_groups.update(s[:2] for s in fired)
+                        fired.clear()
                     return time, key
             self._drain_time = None  # every remaining entry was stale
             if not bucket:
                 self._drop_time()
-        return None
 
     def __len__(self) -> int:
         return self._count
 
+    # -- the window ----------------------------------------------------------------------------
+    def attach(
+        self, backend: StateBackend, cf: str, domain: bytes, limit: int | None,
+        lower: bytes | None, upper: bytes | None,
+    ) -> None:
+        """Make the store's ``[lower, upper)`` key-group range part of this heap's timers
+        (the caller loads that range's nearest timers), with at most ``limit`` in memory."""
+        self._source = (backend, cf, domain)
+        self._ranges.append((lower, upper))
+        if limit is not None:
+            self.limit = limit
+            self._spill_at = max(limit, self._spill_at if self._spill_at < _NO_HORIZON else 0)
+
+    def _spill(self) -> None:
+        """Move the latest times out of memory (to the buffer if not written yet), keeping
+        about half of ``limit``, and lower the horizon to the first time moved out."""
+        limit = self.limit
+        if limit is None or self._source is None:
+            self._spill_at = _NO_HORIZON
+            return
+        buckets = self.buckets
+        target = limit // 2
+        keep = 0
+        cut = None
+        for t in sorted(buckets):
+            n = len(buckets[t])
+            if keep and keep + n > target and (self._drain_time is None or t > self._drain_time):
+                cut = t
+                break
+            keep += n
+        self._spill_at = max(limit, 2 * keep)  # one time over the limit: held whole
+        if cut is None:
+            return
+        added = self.added
+        far = self.far
+        for t in [t for t in buckets if t >= cut]:
+            bucket = buckets.pop(t)
+            if added:
+                moved = [s for s in bucket if s in added]
+                if moved:
+                    added.difference_update(moved)
+                    run = far.setdefault(t, set())
+                    before = len(run)
+                    run.update(moved)
+                    self._far_count += len(run) - before
+        self.times[:] = sorted(buckets)  # a sorted list is a heap
+        self._count = keep
+        self.horizon = cut
+
+    def _groups(self) -> list[bytes]:
+        """The key groups with anything stored in this heap's ranges (one seek each)."""
+        backend, cf, _ = self._source  # type: ignore[misc]
+        groups = []
+        for lower, upper in self._ranges:
+            cursor = lower or b""
+            while True:
+                first = backend.keys(cf, cursor, upper, 1)
+                if not first:
+                    break
+                group = first[0][:2]
+                groups.append(group)
+                following = int.from_bytes(group, "big") + 1
+                if following > 0xFFFF:
+                    break
+                cursor = following.to_bytes(2, "big")
+        return groups
+
+    def _load_next(self) -> None:
+        """Read the next range of the store (from the horizon on, about ``limit / 2`` timers,
+        per key group) and of the buffer into memory, and move the horizon past it."""
+        backend, cf, domain = self._source  # type: ignore[misc]
+        start = self.horizon
+        groups = self._groups()
+        per_group = max(1, (self.limit or sys.maxsize) // (2 * max(1, len(groups))))
+        low = _be.pack(start + _OFFSET)
+        after = bytes([domain[0] + 1])
+        cover = _NO_HORIZON
+        reads = []
+        for group in groups:
+            lower = group + domain + low
+            keys = backend.keys(cf, lower, group + after, per_group)
+            if len(keys) == per_group:
+                last = _time_of(keys[-1])
+                if _time_of(keys[0]) == last:  # one time fills the read: take all of it
+                    last += 1
+                    keys = backend.keys(cf, lower, group + domain + _be.pack(last + _OFFSET),
+                                        sys.maxsize)
+                cover = min(cover, last)
+            reads.append(keys)
+        # Every live timer below ``cover`` is now at hand: stored (less tombstones) or buffered.
+        removed = self.removed
+        for keys in reads:
+            for head, run in groupby(keys, _domain_and_time):
+                time = _be.unpack_from(head, 1)[0] - _OFFSET
+                if time >= cover:
+                    break
+                bucket = self.bucket(time)
+                before = len(bucket)
+                if removed:
+                    bucket.update(zip([s for s in run if s not in removed], repeat(None)))
+                else:
+                    bucket.update(zip(run, repeat(None)))
+                self._count += len(bucket) - before
+        far = self.far
+        for time in sorted(t for t in far if t < cover):
+            bucket = self.bucket(time)
+            run = far.pop(time)
+            self._far_count -= len(run)
+            for stored in run:
+                if stored not in bucket:
+                    bucket[stored] = None
+                    self._count += 1
+                self.added.add(stored)  # still to be written
+        self.horizon = cover
+        if self._count > self._spill_at:
+            self._spill()
+
+    def stored_beyond(self) -> list[bytes]:
+        """Stored keys of the timers stored at or beyond the horizon (less tombstones): a
+        full read of this heap's ranges, for inspection."""
+        if self._source is None or self.horizon == _NO_HORIZON:
+            return []
+        backend, cf, domain = self._source
+        d = domain[0]
+        horizon = self.horizon
+        out = []
+        for lower, upper in self._ranges:
+            for stored in map(_first, backend.iterate(cf, lower, upper)):
+                if stored[2] == d and _time_of(stored) >= horizon and stored not in self.removed:
+                    out.append(stored)
+        return out
+
+    def collect(self, batch: Batch, cf: str, domain: bytes) -> None:
+        """Write this heap's changes since the last collect into ``batch``."""
+        fired = self.fired
+        groups = self._fired_groups
+        if groups:
+            # Every timer up to the latest fired time is gone, but those registered since
+            # (in ``added`` or the buffer, written after this): delete by range.
+            groups.update(s[:2] for s in fired)
+            upper = _be.pack(self._fired_upto + 1 + _OFFSET)
+            for group in sorted(groups):
+                batch.delete_range(cf, group + domain, group + domain + upper)
+            groups.clear()
+        elif fired:
+            batch.delete_many(cf, list(fired))
+        fired.clear()
+        self._fired_upto = -_OFFSET
+        # Disjoint sets (add and remove each discard from the other): order is free.
+        added = self.added
+        if added:
+            batch.put_many(cf, list(added), [b""] * len(added))
+            added.clear()
+        if self.far:
+            far = [s for run in self.far.values() for s in run]
+            batch.put_many(cf, far, [b""] * len(far))
+            self.far.clear()
+            self._far_count = 0
+        if self.removed:
+            batch.delete_many(cf, list(self.removed))
+            self.removed.clear()
+
 
 class Timers:
-    """Both timer domains of one operator, with their persistence."""
+    """Both timer domains of one operator, with their persistence.
 
-    def __init__(self, operator: str, prefix_of: Callable[[Key], bytes]) -> None:
+    ``limit`` bounds the timers each domain keeps in memory once :meth:`load` has attached
+    the store (None: all of them)."""
+
+    def __init__(
+        self, operator: str, prefix_of: Callable[[Key], bytes], limit: int | None = None
+    ) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"operator {operator!r}: the timer limit must be at least 1, "
+                             f"got {limit}")
         self.cf = timers_cf(operator)
         self.event = TimerHeap()
         self.processing = TimerHeap()
+        self.limit = limit
         self._prefix_of = prefix_of
+        self.on_key: Callable[[Key, bytes], None] | None = None
+        """Given to both heaps at :meth:`load` (see ``TimerHeap.on_key``)."""
         self.loaders: list[Callable[[StateBackend, bytes | None, bytes | None], Any]] = []
         """Called as ``loader(backend, lower, upper)`` at the end of every :meth:`load`, after
         the timers and marks of that key-group range are in (the window operator's index)."""
@@ -242,51 +504,72 @@ class Timers:
         return [(m[:2], _be.unpack_from(m, 3)[0] - _OFFSET, m[11:]) for m in self.event.marks
                 if (lower is None or m >= lower) and (upper is None or m < upper)]
 
+    def in_memory(self) -> int:
+        """Timers held in memory, both domains (the heaps and the pending-write buffers)."""
+        return (len(self.event) + len(self.processing) + self.event.buffered
+                + self.processing.buffered)
+
+    def buffer_full(self) -> bool:
+        """True when a pending-write buffer holds over twice ``limit`` timers: checkpoint
+        early (the buffer empties into the checkpoint)."""
+        limit = self.limit
+        return limit is not None and (self.event.buffered > 2 * limit
+                                      or self.processing.buffered > 2 * limit)
+
     def collect(self, batch: Batch) -> None:
-        """Write added and deleted timers into ``batch``."""
-        cf = self.cf
-        for heap in (self.event, self.processing):
-            # Disjoint sets (add and remove each discard from the other): order is free.
-            added = heap.added
-            if added:
-                batch.put_many(cf, list(added), [b""] * len(added))
-                added.clear()
-            if heap.removed:
-                batch.delete_many(cf, list(heap.removed))
-                heap.removed.clear()
+        """Write added, fired and deleted timers (and marks) into ``batch``."""
+        self.event.collect(batch, self.cf, EVENT)
+        self.processing.collect(batch, self.cf, PROCESSING)
 
     def load(
         self, backend: StateBackend, lower: bytes | None = None, upper: bytes | None = None
     ) -> int:
-        """Load persisted timers (optionally one key-group range) with one scan; returns count.
-
-        User keys stay undecoded until their timer fires."""
-        before = len(self.event) + len(self.processing)
-        event = EVENT[0]
+        """Load persisted timers (optionally one key-group range) with one scan, the nearest
+        ``limit`` per domain into memory and every mark; returns how many timers the range
+        holds. User keys stay undecoded until their timer fires."""
+        heaps = {EVENT[0]: self.event, PROCESSING[0]: self.processing}
+        for domain, heap in ((EVENT, self.event), (PROCESSING, self.processing)):
+            heap.attach(backend, self.cf, domain, self.limit, lower, upper)
+            heap.on_key = self.on_key
         window = WINDOW[0]
         marks = self.event.marks
         unpack_time = _be.unpack_from
-        # Keys only (the values are empty), in one read. They come in (key group, domain,
-        # time) order, so each run of one domain and time is one bucket, filled in C.
-        stored_keys = backend.keys(self.cf, lower, upper, sys.maxsize)
+        count = 0
+        # Keys in (key group, domain, time) order, streamed: each run of one domain and time
+        # is one bucket, filled in C; beyond a heap's horizon only counted.
+        stored_keys = map(_first, backend.iterate(self.cf, lower, upper))
         for head, run in groupby(stored_keys, _domain_and_time):
             domain = head[0]
             if domain == window:
                 marks.update(run)
                 continue
-            heap = self.event if domain == event else self.processing
-            heap.bucket(unpack_time(head, 1)[0] - _OFFSET).update(zip(run, repeat(None)))
-        for heap in (self.event, self.processing):
-            heap._count = sum(len(b) for b in heap.buckets.values())
+            heap = heaps[domain]
+            time = unpack_time(head, 1)[0] - _OFFSET
+            if time >= heap.horizon:
+                count += sum(1 for _ in run)
+                continue
+            bucket = heap.bucket(time)
+            before = len(bucket)
+            bucket.update(zip(run, repeat(None)))
+            added = len(bucket) - before
+            count += added
+            heap._count += added  # noqa: SLF001 (the heap's own loader)
+            if heap._count > heap._spill_at:  # noqa: SLF001
+                heap._spill()  # noqa: SLF001
         for loader in self.loaders:
             loader(backend, lower, upper)
-        return len(self.event) + len(self.processing) - before
+        return count
 
     def pending(self, key: Key | None = None) -> Iterator[tuple[str, int, Any]]:
-        """Live timers as (domain, time, key), sorted; only ``key``'s if given."""
+        """Live timers as (domain, time, key), sorted; only ``key``'s if given. Reads the
+        timers beyond the in-memory window from the store."""
         out = []
         for domain, heap in (("event", self.event), ("processing", self.processing)):
-            for time, k in heap.live:
+            live = set(heap.live)
+            for time, run in heap.far.items():
+                live.update((time, _user_key(s)) for s in run)
+            live.update((_time_of(s), _user_key(s)) for s in heap.stored_beyond())
+            for time, k in live:
                 if key is None or k == key:
                     out.append((domain, time, k))
         return iter(sorted(out, key=lambda t: (t[0], t[1], repr(t[2]))))
