@@ -6,26 +6,58 @@ A dir can be open in one place at a time: a second open gets :class:`StateDirLoc
 
 ``read_only=True`` opens a read-only snapshot view instead, which takes no lock: it works while
 a running job holds the dir, and sees what that job had written when the view was opened
-(memtables are rebuilt from its WAL), nothing written after. Writes to it raise
-:class:`BackendError`. ``eddies state ls/get`` open dirs this way.
+(memtables are rebuilt from its WAL), nothing written after. It creates or changes no file in
+the dir (it also works on a read-only filesystem): RocksDB is opened on a private directory of
+links to the dir's files, so what rocksdict and RocksDB write on open (``rocksdict-config.json``,
+``LOG``) lands there. Writes to a view raise :class:`BackendError`. ``eddies state ls/get/verify``
+open dirs this way.
+
+Integrity. Every read path checks RocksDB's status: checksums are verified on every read and
+the DB is opened with ``paranoid_checks``. A failed read raises
+:class:`~eddies.errors.StateCorruptionError` (a checksum mismatch, a truncated or missing file)
+or :class:`~eddies.errors.StateIOError` (disk full, out of descriptors, permission), naming the
+dir, the state and the operation; a range read never ends early as if the data ended there.
+After such an error the backend writes nothing more (close() does not flush), so the dir keeps
+what the last checkpoint left.
+
+A dir is created only when it does not exist or is empty, together with the marker file
+``EDDIES`` (JSON: ``{"eddies_state": 1, "key_layout": 2, "closed_cleanly": ...}``), written
+atomically. Any other dir is opened only if its marker has this eddies' key layout and its
+RocksDB files are all there (``CURRENT``, the ``MANIFEST`` it names, the WAL when the last
+run did not close cleanly); otherwise the open is refused with what is missing and how to
+recover, and nothing in the dir is created, changed or deleted. ``closed_cleanly`` is false
+while a backend has the dir open for writing: a WAL missing then would silently take the
+state back to an older checkpoint, so that is refused too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
+import shutil
+import tempfile
+import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
-from itertools import groupby, islice, starmap
+from collections.abc import Iterator
+from itertools import count, groupby, islice, starmap
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
 import rocksdict
 
-from eddies.errors import BackendError, StateDirLockedError
+from eddies.errors import (
+    BackendError,
+    StateCorruptionError,
+    StateDirLockedError,
+    StateIOError,
+)
 from eddies.state.backend import DELETE, DELETE_MANY, PUT, PUT_MANY, Batch, StateBackend
+from eddies.state.keys import KEY_LAYOUT_VERSION
 
-__all__ = ["RocksDbStateBackend"]
+__all__ = ["MARKER", "MARKER_FORMAT", "RocksDbStateBackend", "read_marker"]
 
 _kind_and_cf = itemgetter(0, 1)
 _key_and_value = itemgetter(2, 3)
@@ -38,6 +70,23 @@ with versions of the same keys; a small one keeps each insert's skiplist search 
 cache (a 64 MB memtable made inserts about 2x slower in the 1M-event benchmark, and 8 MB made
 jobs 1 and 3 about 6% slower than 2 MB; 1 MB was no faster)."""
 
+MARKER = "EDDIES"
+"""The marker file that makes a dir an eddies state dir (JSON, see the module docstring)."""
+
+MARKER_FORMAT = 1
+"""The marker's own format (its ``eddies_state`` field)."""
+
+_STEPS = 8
+"""Entries a forward range read takes one by one before it hands over to rocksdict's items():
+short scans (a key's map entries) are cheapest on a raw iterator, long ones in Rust."""
+
+# Names RocksDB, rocksdict and eddies put in a state dir.
+_STATE_FILE = re.compile(
+    r"(CURRENT|IDENTITY|LOCK|LOG(\..*)?|MANIFEST-\d+|OPTIONS-\d+(\.dbtmp)?|\d+\.(sst|log|blob|dbtmp)"
+    r"|rocksdict-config\.json|EDDIES(\.tmp)?)"
+)
+_MANIFEST = re.compile(r"MANIFEST-\d+")
+
 
 def _cf_options() -> rocksdict.Options:
     opts = rocksdict.Options(raw_mode=True)
@@ -48,12 +97,215 @@ def _cf_options() -> rocksdict.Options:
     return opts
 
 
-def _options() -> rocksdict.Options:
+def _options(create: bool) -> rocksdict.Options:
     opts = _cf_options()
-    opts.create_if_missing(True)
+    opts.create_if_missing(create)  # only a new or empty dir: never a fresh start over old files
     opts.create_missing_column_families(True)
+    opts.set_paranoid_checks(True)
     opts.increase_parallelism(max(2, os.cpu_count() or 2))
     return opts
+
+
+def _read_options(upper: bytes | None = None) -> rocksdict.ReadOptions:
+    ro = rocksdict.ReadOptions()
+    ro.set_verify_checksums(True)  # RocksDB's default, made explicit: no read skips it
+    if upper is not None:
+        ro.set_iterate_upper_bound(upper)
+    return ro
+
+
+# -- the marker and the checks before an open ----------------------------------------------------
+def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The parsed ``EDDIES`` marker of state dir ``path``, or None if it has none.
+
+    >>> import tempfile
+    >>> path = tempfile.mkdtemp()
+    >>> read_marker(path) is None
+    True
+    >>> RocksDbStateBackend(path).close()
+    >>> marker = read_marker(path)
+    >>> marker["eddies_state"], marker["key_layout"], marker["closed_cleanly"]
+    (1, 2, True)
+    """
+    file = Path(path) / MARKER
+    try:
+        text = file.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _os_error(Path(path), "reading the marker file EDDIES", exc) from exc
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("eddies_state"), int):
+            raise ValueError("not an object with an int eddies_state")
+    except ValueError as exc:
+        raise StateCorruptionError(
+            f"{file} is not a valid eddies marker ({exc}): the state dir is damaged. Nothing "
+            "was changed; restore the dir from a copy, or rebuild the state by running the job "
+            "again on a new dir"
+        ) from exc
+    return data
+
+
+def _write_marker(path: Path, data: dict[str, Any]) -> None:
+    """Replace the marker atomically: a temp file, fsync, rename, fsync of the dir."""
+    tmp = path / (MARKER + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(data, sort_keys=True).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path / MARKER)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _os_error(path, "writing the marker file EDDIES", exc) from exc
+
+
+def _os_error(path: Path, op: str, exc: OSError) -> StateIOError:
+    return StateIOError(
+        f"RocksDB state dir {path}: {op} failed: {exc}. {_io_hint(str(exc), path)}"
+    )
+
+
+def _io_hint(text: str, path: Path) -> str:
+    low = text.lower()
+    if "no space" in low or "quota" in low:
+        fix = f"free space on the disk that holds {path}"
+    elif "too many open files" in low:
+        fix = "raise the open-file limit (ulimit -n) or lower what else the process holds open"
+    elif "permission" in low or "read-only file system" in low or "not permitted" in low:
+        fix = f"give the job's user write access to {path}"
+    else:
+        fix = "fix the cause"
+    return (f"The last checkpoint is intact: {fix}, then run the job again on the same dir "
+            "and it resumes from that checkpoint.")
+
+
+def _recovery(path: Path) -> str:
+    return (f"Nothing in {path} was changed. Restore the dir from a copy, or rebuild the state "
+            "by running the job again on a new, empty dir (state='rocksdb:NEWDIR'); `eddies "
+            f"state verify {path}` checks every table file.")
+
+
+def _current_manifest(path: Path) -> str:
+    """The MANIFEST file name CURRENT names, checked to exist."""
+    try:
+        text = (path / "CURRENT").read_text(errors="replace")
+    except OSError as exc:
+        raise _os_error(path, "reading CURRENT", exc) from exc
+    name = text.strip()
+    if not text.endswith("\n") or not _MANIFEST.fullmatch(name):
+        raise StateCorruptionError(
+            f"RocksDB state dir {path}: CURRENT is damaged (it holds {text[:40]!r}, not the "
+            f"name of a MANIFEST file). {_recovery(path)}"
+        )
+    if not (path / name).is_file():
+        raise StateCorruptionError(
+            f"RocksDB state dir {path}: {name}, the MANIFEST that CURRENT names (the list of "
+            "table files that make up the state), is missing, so the state cannot be read and "
+            f"would be lost if opened. {_recovery(path)}"
+        )
+    return name
+
+
+def _check_dir(path: Path, read_only: bool) -> bool:
+    """Whether ``path`` is a new state dir (missing or empty); raises if it cannot be opened."""
+    try:
+        names = sorted(os.listdir(path))
+    except FileNotFoundError:
+        if read_only:
+            raise BackendError(
+                f"{path} is not a RocksDB state dir (it does not exist); give the dir a job "
+                "ran with state='rocksdb:DIR'"
+            ) from None
+        return True
+    except NotADirectoryError:
+        raise BackendError(
+            f"cannot use {path} as a RocksDB state dir: it is a file, not a directory"
+        ) from None
+    except OSError as exc:
+        raise _os_error(path, "listing the dir", exc) from exc
+    marker = read_marker(path) if MARKER in names else None
+    others = [n for n in names if n not in (MARKER, MARKER + ".tmp")]
+    if not others and (marker is None or marker.get("key_layout") == KEY_LAYOUT_VERSION):
+        if read_only:
+            raise BackendError(
+                f"{path} is not a RocksDB state dir (no CURRENT file: it is empty); give the "
+                "dir a job ran with state='rocksdb:DIR'"
+            )
+        return True  # empty, or a creation stopped before RocksDB wrote anything
+    ours = [n for n in others if _STATE_FILE.fullmatch(n)]
+    if marker is None:
+        if not ours:
+            what = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise BackendError(
+                f"{path} is not a RocksDB state dir (no CURRENT file) and not empty (it holds "
+                f"{what}); give a new or empty dir for state='rocksdb:DIR', or the dir a job "
+                "ran with"
+            )
+        if "CURRENT" in names:
+            raise StateCorruptionError(
+                f"{path} holds RocksDB state without the eddies marker file EDDIES: it was "
+                "written by an older eddies (key layout 1) or by another program, and this "
+                f"eddies stores keys in layout {KEY_LAYOUT_VERSION}, so it cannot read it. "
+                "Rebuild the state: run the job again on a new, empty dir "
+                f"(state='rocksdb:NEWDIR'). Nothing in {path} was changed."
+            )
+        raise StateCorruptionError(
+            f"{path} holds RocksDB files ({', '.join(ours[:5])}) but neither CURRENT nor the "
+            f"eddies marker file EDDIES: it is not a complete state dir. {_recovery(path)}"
+        )
+    layout = marker.get("key_layout")
+    if layout != KEY_LAYOUT_VERSION:
+        raise StateCorruptionError(
+            f"{path} holds state written with key layout {layout!r} (its EDDIES marker says "
+            f"so), and this eddies stores keys in layout {KEY_LAYOUT_VERSION}: the state must be "
+            "rebuilt. Run the job again on a new, empty dir (state='rocksdb:NEWDIR'). Nothing "
+            f"in {path} was changed."
+        )
+    if "CURRENT" not in names:
+        manifests = [n for n in names if _MANIFEST.fullmatch(n)]
+        hint = (f" If {manifests[0]} is the only MANIFEST and the dir is otherwise intact, "
+                f"`printf '{manifests[0]}\\n' > {path / 'CURRENT'}` restores it."
+                if len(manifests) == 1 else "")
+        raise StateCorruptionError(
+            f"RocksDB state dir {path} has no CURRENT file (the pointer to its MANIFEST, the "
+            "list of table files that make up the state), so the state cannot be read, and "
+            f"opening it would start from empty state.{hint} {_recovery(path)}"
+        )
+    _current_manifest(path)
+    if marker.get("closed_cleanly") is False and not any(n.endswith(".log") for n in names):
+        raise StateCorruptionError(
+            f"RocksDB state dir {path}: the write-ahead log (a NNNNNN.log file) is missing, "
+            "and the last run on this dir did not close cleanly, so the newest checkpoints "
+            "lived only in that log; opening without it would silently go back to an older "
+            f"checkpoint. Put the .log file back if you have it. {_recovery(path)}"
+        )
+    return False
+
+
+def _shadow_dir(path: Path) -> Path:
+    """A private dir of links to ``path``'s RocksDB files, for a read-only open that writes
+    nothing into ``path``; CURRENT is copied, so the MANIFEST it names is in the listing."""
+    real = path.resolve()
+    manifest = _current_manifest(real)
+    shadow = Path(tempfile.mkdtemp(prefix="eddies-view-"))
+    try:
+        (shadow / "CURRENT").write_text(manifest + "\n")
+        for name in os.listdir(real):
+            if name == "CURRENT" or name == "LOCK" or name.startswith(("LOG", MARKER)) or (
+                name == "rocksdict-config.json"
+            ):
+                continue
+            os.symlink(real / name, shadow / name)
+    except BaseException:
+        shutil.rmtree(shadow, ignore_errors=True)
+        raise
+    return shadow
 
 
 class RocksDbStateBackend(StateBackend):
@@ -77,94 +329,168 @@ class RocksDbStateBackend(StateBackend):
         self.path = Path(path)
         self.durability = durability
         self.read_only = read_only
-        if read_only:
-            if not (self.path / "CURRENT").exists():
-                raise BackendError(
-                    f"{self.path} is not a RocksDB state dir (no CURRENT file); give the dir "
-                    "a job ran with state='rocksdb:DIR'"
-                )
-        else:
+        self._closed = True  # until the DB is open: close() has nothing to do
+        self._failure: BackendError | None = None
+        self._shadow: Path | None = None
+        new = _check_dir(self.path, read_only)
+        if new:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise BackendError(
                     f"cannot use {self.path} as a RocksDB state dir: {exc}"
                 ) from exc
-        existing: list[str] = []
-        if (self.path / "CURRENT").exists():
-            try:
-                existing = rocksdict.Rdict.list_cf(str(self.path))
-            except Exception as exc:
-                raise BackendError(f"cannot read RocksDB dir {self.path}: {exc}") from exc
-        try:
-            self._db = rocksdict.Rdict(
-                str(self.path),
-                options=_options(),
-                column_families={
-                    n: _cf_options() for n in existing if n != "default"
-                },
-                access_type=(
-                    rocksdict.AccessType.read_only() if read_only
-                    else rocksdict.AccessType.read_write()
-                ),
-            )
-        except Exception as exc:
-            if read_only:
-                raise BackendError(
-                    f"cannot open RocksDB dir {self.path} read-only: {exc} (if a job is "
-                    "compacting it right now, try again)"
-                ) from exc
-            if "lock" in str(exc).lower():
-                raise StateDirLockedError(
-                    f"RocksDB state dir {self.path} is in use by another process or backend "
-                    "(a running job?). Stop it first, or read it without a lock: "
-                    "RocksDbStateBackend(path, read_only=True), as `eddies state ls` does."
-                ) from exc
-            raise BackendError(f"cannot open RocksDB dir {self.path}: {exc}") from exc
+            _write_marker(self.path, self._marker(closed_cleanly=False))
+        self._db = self._open(new)
+        self._closed = False
         self._cfs: dict[str, rocksdict.Rdict] = {}
         self._handles: dict[str, rocksdict.ColumnFamily] = {}
-        for name in existing:
+        read_opts = _read_options()
+        self._db.set_read_options(read_opts)
+        for name in self._existing:
             if name != "default":
-                self._cfs[name] = self._db.get_column_family(name)
+                table = self._cfs[name] = self._db.get_column_family(name)
+                table.set_read_options(read_opts)
                 self._handles[name] = self._db.get_column_family_handle(name)
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = durability
         self._sync_opts = rocksdict.WriteOptions()
         self._sync_opts.sync = True
-        self._closed = False
+        if not read_only and not new and read_marker(self.path) != self._marker(False):
+            _write_marker(self.path, self._marker(closed_cleanly=False))
 
+    @staticmethod
+    def _marker(closed_cleanly: bool) -> dict[str, Any]:
+        return {"eddies_state": MARKER_FORMAT, "key_layout": KEY_LAYOUT_VERSION,
+                "closed_cleanly": closed_cleanly}
+
+    def _open(self, new: bool) -> rocksdict.Rdict:
+        if self.read_only:
+            # A job holding the dir may replace its MANIFEST or compact table files away
+            # between the listing and the open: a fresh listing is the fix.
+            for attempt in range(3):
+                self._shadow = _shadow_dir(self.path)
+                weakref.finalize(self, shutil.rmtree, self._shadow, True)
+                try:
+                    return self._open_at(self._shadow, new)
+                except BackendError as exc:
+                    shutil.rmtree(self._shadow, ignore_errors=True)
+                    if attempt == 2 or not isinstance(exc.__cause__, Exception) or (
+                        "no such file" not in str(exc.__cause__).lower()
+                    ):
+                        raise
+            raise AssertionError("unreachable")
+        return self._open_at(self.path, new)
+
+    def _open_at(self, where: Path, new: bool) -> rocksdict.Rdict:
+        self._existing: list[str] = []
+        try:
+            if not new:
+                self._existing = rocksdict.Rdict.list_cf(str(where))
+            return rocksdict.Rdict(
+                str(where),
+                options=_options(create=new),
+                column_families={n: _cf_options() for n in self._existing if n != "default"},
+                access_type=(
+                    rocksdict.AccessType.read_only() if self.read_only
+                    else rocksdict.AccessType.read_write()
+                ),
+            )
+        except Exception as exc:
+            text = str(exc)
+            if not self.read_only and "lock" in text.lower():
+                raise StateDirLockedError(
+                    f"RocksDB state dir {self.path} is in use by another process or backend "
+                    "(a running job?). Stop it first, or read it without a lock: "
+                    "RocksDbStateBackend(path, read_only=True), as `eddies state ls` does."
+                ) from exc
+            error = self._error(exc, None, "open" + (" (read-only)" if self.read_only else ""))
+            if self.read_only and type(error) is BackendError:
+                error = BackendError(f"{error} (if a job is compacting it right now, try again)")
+            raise error from exc
+
+    # -- errors --------------------------------------------------------------------------------
+    def _error(self, exc: Exception, cf: str | None, op: str) -> BackendError:
+        """The eddies error for a RocksDB error ``exc`` during ``op`` on state ``cf``."""
+        text = str(exc)
+        low = text.lower()
+        where = f"RocksDB state dir {self.path}" + ("" if cf is None else f", state {cf!r}")
+        if (low.startswith(("corruption", "incomplete")) or "checksum" in low
+                or "no such file" in low or "size mismatch" in low):
+            error: BackendError = StateCorruptionError(
+                f"{where}: {op} failed: the stored state is damaged or incomplete ({text}). It "
+                "was not read as empty, and nothing was written after the damage was found. "
+                + _recovery(self.path)
+            )
+        elif low.startswith("io error") or "too many open files" in low or "no space" in low:
+            error = StateIOError(f"{where}: {op} failed: {text}. {_io_hint(text, self.path)}")
+        else:
+            error = BackendError(f"{where}: {op} failed: {text}")
+        if not isinstance(exc, BackendError):
+            self._failure = error
+        return error
+
+    def _raise_failed(self) -> None:
+        failure = cast(BackendError, self._failure)
+        raise type(failure)(
+            f"RocksDB state dir {self.path} had failed before this write, which was refused so "
+            f"that nothing is written over the last checkpoint; the first failure was: {failure}"
+        )
+
+    # -- reads ---------------------------------------------------------------------------------
     def _cf(self, cf: str) -> rocksdict.Rdict | None:
         return self._cfs.get(cf)
 
     def _create(self, cf: str) -> rocksdict.ColumnFamily:
         handle = self._handles.get(cf)
         if handle is None:
-            self._cfs[cf] = self._db.create_column_family(cf, _cf_options())
+            try:
+                self._cfs[cf] = self._db.create_column_family(cf, _cf_options())
+            except Exception as exc:
+                raise self._error(exc, cf, "creating the column family") from exc
             handle = self._handles[cf] = self._db.get_column_family_handle(cf)
         return handle
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         self.round_trips += 1
         table = self._cfs.get(cf)
-        return None if table is None else table.get(key)
+        if table is None:
+            return None
+        try:
+            return table.get(key)
+        except Exception as exc:
+            table = None  # the traceback keeps this frame: it must not keep the DB open
+            raise self._error(exc, cf, "point read") from exc
 
     def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
         self.round_trips += 1
         table = self._cfs.get(cf)
         if table is None:
             return [None] * len(keys)
-        return cast("list[bytes | None]", table.get(cast("list[Any]", keys)))
+        try:  # rocksdict raises on the first failed key rather than returning errors in the list
+            return cast("list[bytes | None]", table.get(cast("list[Any]", keys)))
+        except Exception as exc:
+            table = None
+            raise self._error(exc, cf, "multi-key read") from exc
 
     def keys(self, cf: str, lower: bytes | None, upper: bytes | None, limit: int) -> list[bytes]:
         self.round_trips += 1
         table = self._cfs.get(cf)
         if table is None:
             return []
-        ro = rocksdict.ReadOptions()
-        if upper is not None:
-            ro.set_iterate_upper_bound(upper)
-        keys = cast("Iterable[bytes]", table.keys(from_key=lower, read_opt=ro))
-        return list(islice(keys, limit))
+        ro = _read_options(upper)
+        probe = None
+        try:
+            keys = list(islice(table.keys(from_key=lower, read_opt=ro), limit))
+            if len(keys) < limit:  # ended: at the range's end, or at an error keys() hides
+                probe = table.iter(ro)
+                probe.seek(keys[-1] + b"\x00" if keys else lower or b"")
+                if not probe.valid():
+                    probe.status()
+            return keys
+        except Exception as exc:
+            table = probe = None
+            raise self._error(exc, cf, "key range read") from exc
 
     def iterate(
         self,
@@ -177,36 +503,105 @@ class RocksDbStateBackend(StateBackend):
         table = self._cfs.get(cf)
         if table is None:
             return iter(())
-        return self._scan(table, lower, upper, reverse)
+        return self._scan(cf, table, lower, upper, reverse)
 
-    @staticmethod
     def _scan(
-        table: rocksdict.Rdict, lower: bytes | None, upper: bytes | None, reverse: bool
+        self,
+        cf: str,
+        table: rocksdict.Rdict | None,
+        lower: bytes | None,
+        upper: bytes | None,
+        reverse: bool,
     ) -> Iterator[tuple[bytes, bytes]]:
         # Only the upper bound goes into ReadOptions: rocksdict's set_iterate_lower_bound
         # stores its argument as the *upper* bound (seen in 0.3.29), which silently widens
         # every range read. The lower bound is a seek going forward and a check going back.
-        ro = rocksdict.ReadOptions()
-        if upper is not None:
-            ro.set_iterate_upper_bound(upper)
-        if not reverse:  # items() steps in Rust: half the cost of valid/key/value/next
-            yield from table.items(from_key=lower, read_opt=ro)
-            return
-        it = table.iter(ro)
-        it.seek_to_last()
-        while it.valid():
-            key = it.key()
-            if lower is not None and key < lower:
+        #
+        # rocksdict's items() stops quietly when RocksDB fails (a checksum mismatch ends it
+        # as if the data ended there), so a scan through items() ends with a probe: one seek
+        # just past the last key, whose status says whether the range ended or the read failed.
+        ro = _read_options(upper)
+        it = cast(rocksdict.Rdict, table).iter(ro)
+        probe = None
+        try:
+            if reverse:
+                it.seek_to_last()
+                while it.valid():
+                    key = it.key()
+                    if lower is not None and key < lower:
+                        return
+                    yield key, it.value()
+                    it.prev()
+                it.status()
                 return
-            yield key, it.value()
-            it.prev()
+            if lower is None:
+                it.seek_to_first()
+            else:
+                it.seek(lower)
+            for _ in range(_STEPS):
+                if not it.valid():
+                    it.status()
+                    return
+                yield it.key(), it.value()
+                it.next()
+            if not it.valid():
+                it.status()
+                return
+            start = it.key()
+            it = None
+            kv = None
+            for kv in cast(rocksdict.Rdict, table).items(from_key=start, read_opt=ro):
+                yield kv  # items() steps in Rust: half the cost of valid/key/value/next
+            probe = cast(rocksdict.Rdict, table).iter(ro)
+            probe.seek(start if kv is None else kv[0] + b"\x00")
+            if not probe.valid():
+                probe.status()
+        except Exception as exc:
+            it = probe = table = None  # the traceback keeps this frame: not the DB
+            raise self._error(exc, cf, "range read") from exc
 
+    def verify(self) -> dict[str, int]:
+        """Read every entry of every column family with checksums verified (every data
+        block of every table file, and the WAL, which the open replays); returns the entries
+        per column family. Raises StateCorruptionError or StateIOError on a failure.
+
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp()
+        >>> with RocksDbStateBackend(path) as db:
+        ...     batch = Batch(); batch.put("s", b"k", b"v"); db.write(batch)
+        ...     db.verify()
+        {'default': 0, 's': 1}
+        """
+        counts: dict[str, int] = {}
+        tables = [("default", self._db), *sorted(self._cfs.items())]
+        for name, table in tables:
+            ro = _read_options()
+            ro.fill_cache(False)
+            ro.set_readahead_size(2 << 20)
+            probe = None
+            try:
+                # (n, key) of the last key, counted in C: no Python step per entry.
+                last = deque(zip(count(1), table.keys(read_opt=ro)), maxlen=1)
+                probe = table.iter(ro)
+                probe.seek(last[0][1] + b"\x00" if last else b"")
+                if not probe.valid():
+                    probe.status()
+            except Exception as exc:
+                probe = table = None
+                raise self._error(exc, None if name == "default" else name,
+                                  "checksum verification") from exc
+            counts[name] = last[0][0] if last else 0
+        return counts
+
+    # -- writes --------------------------------------------------------------------------------
     def _apply(self, batch: Batch, sync: bool) -> None:
         if self.read_only:
             raise BackendError(
                 f"RocksDB dir {self.path} is open read-only (a snapshot view); open it without "
                 "read_only=True to write"
             )
+        if self._failure is not None:
+            self._raise_failed()
         wb = rocksdict.WriteBatch(raw_mode=True)
         # Runs of ops of one kind on one column family go to the batch through C-level
         # loops (starmap) with that family as the batch's default, in key order: memtable
@@ -232,7 +627,12 @@ class RocksDbStateBackend(StateBackend):
             else:  # delete_range ignores the default family (rocksdict 0.3): name it
                 for _, _, lower, upper in run:
                     wb.delete_range(lower, cast(bytes, upper), handle)
-        self._db.write(wb, self._sync_opts if sync else self._write_opts)
+        handle = None
+        try:
+            self._db.write(wb, self._sync_opts if sync else self._write_opts)
+        except Exception as exc:
+            wb = None  # it names column families, which keep the DB open
+            raise self._error(exc, None, "checkpoint write") from exc
 
     def estimate(self, cf: str) -> tuple[int, int]:
         """RocksDB's cheap estimates of ``cf``'s entries and bytes (SST data plus memtables),
@@ -249,17 +649,39 @@ class RocksDbStateBackend(StateBackend):
         return sorted(self._cfs)
 
     def close(self) -> None:
+        """Flush the WAL and memtables and release the dir; after a failure, release it
+        without writing anything (no flush, no compaction)."""
         if self._closed:
             return
         self._closed = True
-        if not self.read_only:  # a read-only view has nothing to flush
-            self._db.flush_wal(True)
-            self._db.flush()
+        error: BackendError | None = None
+        clean = not self.read_only and self._failure is None
+        if clean:
+            try:
+                self._db.flush_wal(True)
+                self._db.flush()
+                for table in self._cfs.values():
+                    table.flush()  # Rdict.flush() covers only the default column family
+            except Exception as exc:
+                error = self._error(exc, None, "flush at close")
+                error.__cause__ = exc
+                clean = False
+        if not self.read_only and not clean:
+            # rocksdict's close() flushes: stopping background work first makes that flush
+            # (and any compaction) a no-op, so a failed backend writes nothing more.
+            with contextlib.suppress(Exception):
+                self._db.cancel_all_background(True)
         for table in self._cfs.values():
-            if not self.read_only:
-                table.flush()  # Rdict.flush() covers only the default column family
-            table.close()
+            with contextlib.suppress(Exception):
+                table.close()
         self._cfs.clear()
         self._handles.clear()
-        self._db.close()
+        with contextlib.suppress(Exception):
+            self._db.close()
         del self._db
+        if self._shadow is not None:
+            shutil.rmtree(self._shadow, ignore_errors=True)
+        if clean:
+            _write_marker(self.path, self._marker(closed_cleanly=True))
+        if error is not None:
+            raise error
