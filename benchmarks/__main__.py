@@ -3,7 +3,8 @@
 Every timed run is a process of its own (``benchmarks/one.py``), interleaved per round
 (plain, memory, RocksDB), so no run inherits another's heap or caches, and the plain loop
 sees the same machine load as eddies. Results are compared by digest of their normalized
-form. ``--restart`` and ``--memory`` add the startup and bounded-memory measurements,
+form. ``--restart``, ``--memory`` and ``--timers-memory`` add the startup and
+bounded-memory measurements (without and with a pending timer per key),
 ``--examples`` the example jobs' events/s against their plain twins
 (``benchmarks/examples.py``). See README "Performance".
 """
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true",
                         help="peak RSS of 10M distinct keys through job 1 on RocksDB")
     parser.add_argument("--memory-keys", type=int, default=10_000_000)
+    parser.add_argument("--timers-memory", action="store_true",
+                        help="peak RSS of 10M distinct keys, each with a pending event-time "
+                             "timer, on RocksDB")
+    parser.add_argument("--timers-memory-keys", type=int, default=10_000_000)
     parser.add_argument("--examples", action="store_true",
                         help="events/s of the example jobs and their plain-Python twins on "
                              "--examples-n generated events, --runs runs each")
@@ -139,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and m["stored_keys"] == args.memory_keys
         print(f"memory: {m['keys']:,} distinct keys on RocksDB, peak RSS "
               f"{m['peak_rss_mib']:,.0f} MiB ({m['events_per_s']:,.0f} events/s)", flush=True)
+    if args.timers_memory:
+        m = report["timers_memory"] = _child(
+            "benchmarks.timers_memory", "--keys", str(args.timers_memory_keys),
+            "--state", str(workdir / "state-timers-memory"))
+        ok = ok and m["timers_fired"] == args.timers_memory_keys
+        print(f"timers memory: {m['keys']:,} keys with a pending timer each on RocksDB, peak "
+              f"RSS {m['peak_rss_mib']:,.0f} MiB, at most {m['timers_in_memory_max']:,} "
+              f"timers in memory ({m['events_per_s']:,.0f} events/s)", flush=True)
     if args.examples:
         from benchmarks import examples
 
