@@ -20,6 +20,8 @@ cache), and an entry past its ``expires_at`` shows until a sweep or a rewrite de
 
 Text given by users for keys and bounds (CLI options, HTTP query parameters) goes through
 :func:`parse_key_text`: JSON when it parses as JSON (``["user", 7]``), else the bare string.
+So ``null`` is the key ``(None,)``, a key like any other: an option that is not given is
+:data:`UNSET`, never None.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, Final
 
 from eddies.errors import ConfigError, StateError
 from eddies.state.backend import StateBackend
@@ -47,6 +50,7 @@ from eddies.state.values import NEVER, decode_value
 
 __all__ = [
     "MAX_LIMIT",
+    "UNSET",
     "Entry",
     "Page",
     "get_entry",
@@ -60,6 +64,17 @@ __all__ = [
 
 MAX_LIMIT = 10_000
 """The largest page a query returns; ask for more with the cursor."""
+
+
+class _Unset(Enum):
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+"""A key or bound that was not given (no filter), as opposed to None, the key ``(None,)``."""
 
 
 @dataclass
@@ -151,25 +166,31 @@ def _decode_cursor(cursor: str, tag: bytes) -> bytes:
     return raw[4:]
 
 
+def _given(value: Any) -> Any:
+    """A map-key bound for range_bounds, where None means not given: a given None is the
+    key (None,)."""
+    return None if value is UNSET else as_tuple(value)
+
+
 def _bounds(key: Any, prefix: Any, start: Any, start_after: Any,
             end: Any) -> tuple[bytes, bytes, bytes | None]:
     """(user key element or b"", lower, upper) of a query over sort keys."""
-    if key is not None:
+    if key is not UNSET:
         element = encode_element(as_tuple(key))
-        lo, hi = range_bounds(prefix, start, start_after, end)
+        lo, hi = range_bounds(_given(prefix), _given(start), _given(start_after), _given(end))
         # Map keys never start with FF, so element + FF closes this user key's range.
         return element, element + (lo or b""), element + (hi if hi is not None else b"\xff")
-    if start is not None and start_after is not None:
+    if start is not UNSET and start_after is not UNSET:
         raise ConfigError("give start= (inclusive) or start_after= (exclusive), not both")
     lower, upper = b"", None
-    if start is not None:
+    if start is not UNSET:
         lower = encode_element(as_tuple(start))
-    elif start_after is not None:
+    elif start_after is not UNSET:
         # Above the key itself and its map entries, below its extensions ("a",) < ("a", 1).
         lower = encode_element(as_tuple(start_after)) + b"\xff"
-    if end is not None:
+    if end is not UNSET:
         upper = encode_element(as_tuple(end))
-    if prefix is not None:
+    if prefix is not UNSET:
         p = encode_element(as_tuple(prefix))[:-1]  # the nested tuple, still open
         lower = max(lower, p)
         pu = prefix_upper_bound(p)  # not p + FF: 1.5 continues 1's bytes with FE
@@ -181,16 +202,18 @@ def query_state(
     backend: StateBackend,
     state: str,
     *,
-    key: Any = None,
-    prefix: Any = None,
-    start: Any = None,
-    start_after: Any = None,
-    end: Any = None,
+    key: Any = UNSET,
+    prefix: Any = UNSET,
+    start: Any = UNSET,
+    start_after: Any = UNSET,
+    end: Any = UNSET,
     reverse: bool = False,
     limit: int = 100,
     cursor: str | None = None,
 ) -> Page:
     """One page of ``state``'s entries, ordered by (user key, map key).
+
+    A key or bound left :data:`UNSET` does not filter; None is the key ``(None,)``.
 
     Raises :class:`~eddies.errors.StateError` for an unknown state,
     :class:`~eddies.errors.KeyEncodingError` (a StateError) for a key or bound the key codec
@@ -254,8 +277,13 @@ def query_state(
     return Page(entries, _encode_cursor(tag, last_sort) if more else None)
 
 
-def get_entry(backend: StateBackend, state: str, key: Any, map_key: Any = None) -> Entry | None:
+def get_entry(
+    backend: StateBackend, state: str, key: Any, map_key: Any = UNSET
+) -> Entry | None:
     """The one entry of ``key`` (and ``map_key``, for MapState and ListState), or None.
+
+    None as ``key`` or ``map_key`` is the key ``(None,)``; leave ``map_key`` UNSET for a
+    ValueState, ReducingState or ListState key's own entry.
 
     >>> from eddies.state import InMemoryStateBackend, KeyedStateStore, MapState
     >>> store = KeyedStateStore(InMemoryStateBackend())
@@ -264,11 +292,11 @@ def get_entry(backend: StateBackend, state: str, key: Any, map_key: Any = None) 
     >>> get_entry(store.backend, "m", ("user", 7), ("d", 1)).value
     'x'
     """
-    if map_key is None:
+    if map_key is UNSET:
         page = query_state(backend, state, key=key, limit=1)
         found = page.entries[0] if page.entries else None
         return found if found is not None and found.map_key is None else None
-    want = encode_key(map_key)
+    want = encode_key(as_tuple(map_key))
     # A start bound also takes the keys after it: check that the first is the one asked for.
     page = query_state(backend, state, key=key, start=map_key, limit=1)
     found = page.entries[0] if page.entries else None

@@ -185,10 +185,12 @@ def _io_hint(text: str, path: Path) -> str:
             "and it resumes from that checkpoint.")
 
 
-def _recovery(path: Path) -> str:
-    return (f"Nothing in {path} was changed. Restore the dir from a copy, or rebuild the state "
-            "by running the job again on a new, empty dir (state='rocksdb:NEWDIR'); `eddies "
-            f"state verify {path}` checks every table file.")
+def _recovery(path: Path, opened: bool = False) -> str:
+    done = (f"It was not read as empty state, and no table file in {path} was changed or "
+            "deleted." if opened else f"Nothing in {path} was changed.")
+    return (f"{done} Restore the dir from a copy, or rebuild the state by running the job "
+            "again on a new, empty dir (state='rocksdb:NEWDIR'); `eddies state verify "
+            f"{path}` checks every table file.")
 
 
 def _current_manifest(path: Path) -> str:
@@ -412,15 +414,16 @@ class RocksDbStateBackend(StateBackend):
     # -- errors --------------------------------------------------------------------------------
     def _error(self, exc: Exception, cf: str | None, op: str) -> BackendError:
         """The eddies error for a RocksDB error ``exc`` during ``op`` on state ``cf``."""
-        text = str(exc)
+        text = " ".join(str(exc).split())  # RocksDB's messages may span lines: one line
+        if self._shadow is not None:  # a read-only view: name the dir, not its private links
+            text = text.replace(str(self._shadow), str(self.path))
         low = text.lower()
         where = f"RocksDB state dir {self.path}" + ("" if cf is None else f", state {cf!r}")
         if (low.startswith(("corruption", "incomplete")) or "checksum" in low
                 or "no such file" in low or "size mismatch" in low):
             error: BackendError = StateCorruptionError(
-                f"{where}: {op} failed: the stored state is damaged or incomplete ({text}). It "
-                "was not read as empty, and nothing was written after the damage was found. "
-                + _recovery(self.path)
+                f"{where}: {op} failed: the stored state is damaged or incomplete ({text}). "
+                + _recovery(self.path, opened=True)
             )
         elif low.startswith("io error") or "too many open files" in low or "no space" in low:
             error = StateIOError(f"{where}: {op} failed: {text}. {_io_hint(text, self.path)}")
