@@ -491,7 +491,7 @@ class InspectorServer:
         declared = self.states
 
         def run() -> dict[str, Any]:
-            if owner is not None and key is not None:
+            if owner is not None and "key" in options:  # key=null is the key (None,)
                 where = owner(as_tuple(key))
                 if where is not None:
                     raise _Misdirected(
