@@ -38,11 +38,12 @@ import heapq
 import struct
 import sys
 from bisect import insort
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import groupby, repeat
 from operator import itemgetter
 from typing import Any
 
+from eddies.errors import ConfigError
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.keys import Key, decode_user_key
 
@@ -92,17 +93,20 @@ class TimerHeap:
     and a due bucket is sorted once, when it starts firing. Timers loaded from the backend
     keep their user key undecoded (None) until they fire.
 
-    Once attached to a backend (:meth:`Timers.load`), memory holds the live timers below
-    ``horizon`` only, at most ``limit`` of them (see the module docstring); ``len()`` counts
-    them, :meth:`next_time` and :meth:`pop_due` read on from the store as time advances.
+    Once attached to a backend (:meth:`Timers.load`), memory holds only the live timers
+    before the horizon, a position in firing order: ``(horizon, horizon_key)``, a time and a
+    stored key at that time (``b""``: the whole time is beyond). At most ``limit`` of them;
+    ``len()`` counts them, and :meth:`next_time` and :meth:`pop_due` read on from the store
+    as time advances (see the module docstring).
 
     The event-time heap also holds the window marks (``marks``, stored keys), so that they
     go wherever its timers go: replacing the heap forgets both.
     """
 
     __slots__ = ("times", "buckets", "added", "removed", "marks", "far", "fired", "horizon",
-                 "limit", "on_key", "_count", "_far_count", "_drain_time", "_drain", "_drain_at",
-                 "_source", "_ranges", "_spill_at", "_fired_groups", "_fired_upto")
+                 "horizon_key", "limit", "on_key", "_count", "_far_count", "_drain_time",
+                 "_drain", "_drain_at", "_source", "_ranges", "_spill_at", "_fired_groups",
+                 "_fired_upto")
 
     def __init__(self) -> None:
         self.times: list[int] = []  # heap; a time stays until its bucket is empty
@@ -115,7 +119,8 @@ class TimerHeap:
         collect, by time (not in the heap)."""
         self.fired: set[bytes] = set()  # fired since the last collect
         self.horizon = _NO_HORIZON
-        """Every live timer below this time is in memory; none at or beyond it is."""
+        """Every live timer before ``(horizon, horizon_key)`` is in memory; none after."""
+        self.horizon_key = b""
         self.limit: int | None = None
         self.on_key: Callable[[Key, bytes], None] | None = None
         """Called as ``on_key(key, stored-key prefix)`` for a timer read from the store,
@@ -167,7 +172,9 @@ class TimerHeap:
         return bucket
 
     def add(self, time: int, key: Key | None, stored: bytes, persist: bool = True) -> None:
-        if time >= self.horizon:  # beyond the window: to the pending-write buffer only
+        horizon = self.horizon
+        if time >= horizon and (time > horizon or stored >= self.horizon_key):
+            # Beyond the window: to the pending-write buffer only.
             far = self.far.get(time)
             if far is None:
                 far = self.far[time] = set()
@@ -190,13 +197,13 @@ class TimerHeap:
             self.added.add(stored)
             if self.removed:
                 self.removed.discard(stored)
-            if self.fired:
-                self.fired.discard(stored)
         if self._count > self._spill_at:
             self._spill()
 
     def remove(self, time: int, stored: bytes) -> None:
-        if time >= self.horizon:  # maybe stored, maybe buffered: a tombstone either way
+        horizon = self.horizon
+        if time >= horizon and (time > horizon or stored >= self.horizon_key):
+            # Buffered, stored, or both: a tombstone either way.
             far = self.far.get(time)
             if far is not None and stored in far:
                 far.remove(stored)
@@ -213,8 +220,8 @@ class TimerHeap:
             self.removed.add(stored)
 
     def next_time(self) -> int | None:
-        """The time of the earliest live timer, or None (exact: reads the next range from
-        the store when the window is empty and timers lie beyond it)."""
+        """The time of the earliest live timer, or None. Exact with a bounded window: when
+        memory holds none, the next range is read from the store first."""
         times = self.times
         buckets = self.buckets
         while True:
@@ -240,7 +247,7 @@ class TimerHeap:
         buckets = self.buckets
         while True:
             if not times:
-                if self.horizon > until:  # nothing due below the horizon, none beyond it
+                if self.horizon > until:  # none due before the horizon, none beyond it
                     return None
                 self._load_next()
                 continue
@@ -255,8 +262,6 @@ class TimerHeap:
                 self._drain_time = time
                 self._drain = sorted(bucket)
                 self._drain_at = 0
-                if time > self._fired_upto:
-                    self._fired_upto = time
             drain = self._drain
             while self._drain_at < len(drain):
                 stored = drain[self._drain_at]
@@ -269,6 +274,8 @@ class TimerHeap:
                             self.on_key(key, stored[:2] + stored[11:])
                     self._count -= 1
                     self.added.discard(stored)
+                    if time > self._fired_upto:
+                        self._fired_upto = time
                     fired = self.fired
                     fired.add(stored)
                     if len(fired) > self._spill_at:
@@ -290,46 +297,66 @@ class TimerHeap:
         """Make the store's ``[lower, upper)`` key-group range part of this heap's timers
         (the caller loads that range's nearest timers), with at most ``limit`` in memory."""
         self._source = (backend, cf, domain)
-        self._ranges.append((lower, upper))
+        if (lower, upper) not in self._ranges:
+            self._ranges.append((lower, upper))
         if limit is not None:
-            self.limit = limit
-            self._spill_at = max(limit, self._spill_at if self._spill_at < _NO_HORIZON else 0)
+            self.limit = self._spill_at = limit
+
+    def beyond(self, time: int, stored: bytes) -> bool:
+        """Whether the timer ``(time, stored)`` lies at or beyond the horizon."""
+        return time > self.horizon or (time == self.horizon and stored >= self.horizon_key)
+
+    def _move_out(self, time: int, bucket: dict[bytes, Key | None], keys: Iterable[bytes]) -> None:
+        """Take ``keys`` out of ``bucket``; those not written yet go to the buffer."""
+        added = self.added
+        far = None
+        for stored in keys:
+            del bucket[stored]
+            if stored in added:
+                added.discard(stored)
+                if far is None:
+                    far = self.far.setdefault(time, set())
+                if stored not in far:
+                    far.add(stored)
+                    self._far_count += 1
 
     def _spill(self) -> None:
-        """Move the latest times out of memory (to the buffer if not written yet), keeping
-        about half of ``limit``, and lower the horizon to the first time moved out."""
+        """Move the last timers in firing order out of memory (to the buffer if not written
+        yet), keeping half of ``limit``, and move the horizon back to the first moved out."""
         limit = self.limit
         if limit is None or self._source is None:
             self._spill_at = _NO_HORIZON
             return
         buckets = self.buckets
-        target = limit // 2
+        target = max(1, limit // 2)
         keep = 0
-        cut = None
+        cut_time = None
+        cut_key = b""
         for t in sorted(buckets):
-            n = len(buckets[t])
-            if keep and keep + n > target and (self._drain_time is None or t > self._drain_time):
-                cut = t
+            bucket = buckets[t]
+            if keep + len(bucket) > target:
+                cut_time = t
+                ordered = sorted(bucket)
+                if target > keep:
+                    cut_key = ordered[target - keep]
+                    self._move_out(t, bucket, ordered[target - keep:])
+                else:
+                    self._move_out(t, bucket, ordered)
                 break
-            keep += n
-        self._spill_at = max(limit, 2 * keep)  # one time over the limit: held whole
-        if cut is None:
+            keep += len(bucket)
+        if cut_time is None:
             return
-        added = self.added
-        far = self.far
-        for t in [t for t in buckets if t >= cut]:
-            bucket = buckets.pop(t)
-            if added:
-                moved = [s for s in bucket if s in added]
-                if moved:
-                    added.difference_update(moved)
-                    run = far.setdefault(t, set())
-                    before = len(run)
-                    run.update(moved)
-                    self._far_count += len(run) - before
+        for t in [t for t in buckets if t > cut_time]:
+            bucket = buckets[t]
+            self._move_out(t, bucket, list(bucket))
+        for t in [t for t in buckets if not buckets[t]]:
+            del buckets[t]
+            if t == self._drain_time:
+                self._drain_time = None
         self.times[:] = sorted(buckets)  # a sorted list is a heap
-        self._count = keep
-        self.horizon = cut
+        self._count = sum(map(len, buckets.values()))
+        self.horizon = cut_time
+        self.horizon_key = cut_key
 
     def _groups(self) -> list[bytes]:
         """The key groups with anything stored in this heap's ranges (one seek each)."""
@@ -350,52 +377,67 @@ class TimerHeap:
         return groups
 
     def _load_next(self) -> None:
-        """Read the next range of the store (from the horizon on, about ``limit / 2`` timers,
-        per key group) and of the buffer into memory, and move the horizon past it."""
+        """Read the next timers in firing order into memory, half of ``limit`` or so (per key
+        group from the store, less tombstones, and from the buffer), and move the horizon
+        past them."""
         backend, cf, domain = self._source  # type: ignore[misc]
-        start = self.horizon
+        horizon, horizon_key = self.horizon, self.horizon_key
         groups = self._groups()
         per_group = max(1, (self.limit or sys.maxsize) // (2 * max(1, len(groups))))
-        low = _be.pack(start + _OFFSET)
-        after = bytes([domain[0] + 1])
-        cover = _NO_HORIZON
+        at = _be.pack(horizon + _OFFSET)
+        after = _be.pack(horizon + 1 + _OFFSET)
+        end = bytes([domain[0] + 1])
+        cover = (_NO_HORIZON, b"")
         reads = []
         for group in groups:
-            lower = group + domain + low
-            keys = backend.keys(cf, lower, group + after, per_group)
+            if not horizon_key or group > horizon_key[:2]:
+                lower = group + domain + at
+            elif group == horizon_key[:2]:
+                lower = horizon_key
+            else:  # its timers at the horizon's time come before the horizon: in memory
+                lower = group + domain + after
+            keys = backend.keys(cf, lower, group + end, per_group)
             if len(keys) == per_group:
-                last = _time_of(keys[-1])
-                if _time_of(keys[0]) == last:  # one time fills the read: take all of it
-                    last += 1
-                    keys = backend.keys(cf, lower, group + domain + _be.pack(last + _OFFSET),
-                                        sys.maxsize)
-                cover = min(cover, last)
+                last = keys[-1]
+                cover = min(cover, (_time_of(last), last + b"\0"))
             reads.append(keys)
-        # Every live timer below ``cover`` is now at hand: stored (less tombstones) or buffered.
+        # Every live timer before ``cover`` is now at hand: stored (less tombstones) or buffered.
+        cover_time, cover_key = cover
         removed = self.removed
         for keys in reads:
-            for head, run in groupby(keys, _domain_and_time):
+            for head, group_run in groupby(keys, _domain_and_time):
                 time = _be.unpack_from(head, 1)[0] - _OFFSET
-                if time >= cover:
+                if time > cover_time:
                     break
+                run: Iterable[bytes] = group_run
+                if time == cover_time:
+                    run = [s for s in run if s < cover_key]
+                if removed:
+                    run = [s for s in run if s not in removed]
                 bucket = self.bucket(time)
                 before = len(bucket)
-                if removed:
-                    bucket.update(zip([s for s in run if s not in removed], repeat(None)))
-                else:
-                    bucket.update(zip(run, repeat(None)))
+                bucket.update(zip(run, repeat(None)))
                 self._count += len(bucket) - before
         far = self.far
-        for time in sorted(t for t in far if t < cover):
+        for time in sorted(t for t in far if t <= cover_time):
+            pending = far[time]
+            moved = pending if time < cover_time else {s for s in pending if s < cover_key}
+            if not moved:
+                continue
             bucket = self.bucket(time)
-            run = far.pop(time)
-            self._far_count -= len(run)
-            for stored in run:
+            for stored in moved:
                 if stored not in bucket:
                     bucket[stored] = None
                     self._count += 1
-                self.added.add(stored)  # still to be written
-        self.horizon = cover
+            self.added.update(moved)  # still to be written
+            self._far_count -= len(moved)
+            if moved is pending:
+                del far[time]
+            else:
+                pending -= moved
+                if not pending:
+                    del far[time]
+        self.horizon, self.horizon_key = cover
         if self._count > self._spill_at:
             self._spill()
 
@@ -406,11 +448,11 @@ class TimerHeap:
             return []
         backend, cf, domain = self._source
         d = domain[0]
-        horizon = self.horizon
         out = []
         for lower, upper in self._ranges:
             for stored in map(_first, backend.iterate(cf, lower, upper)):
-                if stored[2] == d and _time_of(stored) >= horizon and stored not in self.removed:
+                if (stored[2] == d and self.beyond(_time_of(stored), stored)
+                        and stored not in self.removed):
                     out.append(stored)
         return out
 
@@ -430,7 +472,8 @@ class TimerHeap:
             batch.delete_many(cf, list(fired))
         fired.clear()
         self._fired_upto = -_OFFSET
-        # Disjoint sets (add and remove each discard from the other): order is free.
+        # Writes after the deletions of fired timers: a timer registered again after it
+        # fired stays. ``added`` and the buffer are disjoint from ``removed``.
         added = self.added
         if added:
             batch.put_many(cf, list(added), [b""] * len(added))
@@ -455,8 +498,8 @@ class Timers:
         self, operator: str, prefix_of: Callable[[Key], bytes], limit: int | None = None
     ) -> None:
         if limit is not None and limit < 1:
-            raise ValueError(f"operator {operator!r}: the timer limit must be at least 1, "
-                             f"got {limit}")
+            raise ConfigError(f"operator {operator!r}: the timer limit must be at least 1, "
+                              f"got {limit}")
         self.cf = timers_cf(operator)
         self.event = TimerHeap()
         self.processing = TimerHeap()
@@ -546,16 +589,21 @@ class Timers:
             heap = heaps[domain]
             time = unpack_time(head, 1)[0] - _OFFSET
             if time >= heap.horizon:
-                count += sum(1 for _ in run)
-                continue
+                if time > heap.horizon or not heap.horizon_key:
+                    count += sum(1 for _ in run)
+                    continue
+                run = list(run)
+                count += len(run)
+                run = [s for s in run if s < heap.horizon_key]
+                count -= len(run)
             bucket = heap.bucket(time)
             before = len(bucket)
             bucket.update(zip(run, repeat(None)))
             added = len(bucket) - before
             count += added
-            heap._count += added  # noqa: SLF001 (the heap's own loader)
-            if heap._count > heap._spill_at:  # noqa: SLF001
-                heap._spill()  # noqa: SLF001
+            heap._count += added
+            if heap._count > heap._spill_at:
+                heap._spill()
         for loader in self.loaders:
             loader(backend, lower, upper)
         return count

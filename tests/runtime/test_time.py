@@ -7,6 +7,7 @@ Input is generated from fixed seeds, out of order, with some records late.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -177,9 +178,9 @@ class TimerFn(ed.KeyedProcessFunction):
         yield ("timer", ctx.key, timestamp, ctx.time_domain, wm)
 
 
-def timer_input(seed: int, domain: str) -> list[dict[str, Any]]:
+def timer_input(seed: int, domain: str, n: int = 1_500, keys: int = 8) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    events = generate(seed, 1_500, keys=8, step=100, disorder=1_500)
+    events = generate(seed, n, keys=keys, step=100, disorder=1_500)
     registered: dict[str, list[int]] = defaultdict(list)
     for i, e in enumerate(events):
         e["pt"] = 10_000 + i * 100  # processing time when the record is read
@@ -281,6 +282,172 @@ def test_end_of_input_fires_every_event_timer_in_time_order() -> None:
     assert times == sorted(times)  # one watermark step to +inf fires them in time order
     assert all(wm == t for _, t, wm in got)  # each sees the watermark at its own time
     assert result.stats.watermark == MAX_TIME
+
+
+# -- the bounded window of timers in memory ------------------------------------------------------
+WINDOW = 12  # cache_entries, and so the timers each domain keeps in memory
+
+
+class WindowProbe(TimerFn):
+    """TimerFn that checks, at every call, the timers its operator holds in memory."""
+
+    def __init__(self, domain: str) -> None:
+        super().__init__(domain)
+        self.op: Any = None
+        self.most = 0  # the most timers in memory seen in one domain
+        self.windowed = False  # whether timers were ever left out of memory
+
+    def probe(self) -> None:
+        for heap in (self.op.timers.event, self.op.timers.processing):
+            self.most = max(self.most, len(heap))
+            self.windowed = self.windowed or heap.horizon < 2**63
+
+    def on_event(self, event, ctx):
+        self.probe()
+        yield from super().on_event(event, ctx)
+        self.probe()
+
+    def on_timer(self, timestamp, ctx):
+        self.probe()
+        yield from super().on_timer(timestamp, ctx)
+
+
+def windowed_run(events: list[dict[str, Any]], domain: str, state: str,
+                 **options: Any) -> tuple[list[tuple], WindowProbe]:
+    clock = Clock()
+    job = ed.Job("timers")
+    out = ed.sinks.collect()
+    fn = WindowProbe(domain)
+    (job.source(ed.sources.iterable(iterable_with_clock(events, clock)), timestamp="ts",
+                watermarks=ed.BoundedOutOfOrderness(1_000))
+        .key_by("key").process(fn).sink(out))
+    runner = LocalRunner(job, state, batch_size=1, clock=clock, cache_entries=WINDOW, **options)
+    fn.op = next(iter(runner.operators.values()))
+    result = runner.run()
+    return [tuple(o) for o in result.collected(out)], fn
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+@pytest.mark.parametrize("domain", ["event", "processing"])
+def test_timers_beyond_the_window_stay_in_the_store_and_fire_as_the_reference(
+    domain: str, backend: str, tmp_path
+) -> None:
+    # 300 keys, each with timers pending: far more than the WINDOW timers memory may hold.
+    events = timer_input(17, domain, n=4_000, keys=300)
+    state = "memory" if backend == "memory" else f"rocksdb:{tmp_path / 'db'}"
+    got, fn = windowed_run(events, domain, state, checkpoint_interval=150)
+    assert fn.windowed
+    assert fn.most <= WINDOW
+    expected = timer_reference(events, domain, ooo=1_000)
+    assert by_key(got) == by_key(expected)
+    # Across keys too: the same events and timer times, interleaved the same way.
+    assert [o[:3:2] for o in got] == [o[:3:2] for o in expected]
+    assert sum(o[0] == "timer" for o in got) > 1_000
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_run_stopped_with_timers_beyond_the_window_resumes_exactly(tmp_path) -> None:
+    events = timer_input(23, "event", n=3_000, keys=250)
+    expected = timer_reference(events, "event", ooo=1_000)
+    state = f"rocksdb:{tmp_path / 'db'}"
+    whole = tmp_path / "out.jsonl"
+
+    def job(fn: WindowProbe) -> ed.Job:
+        j = ed.Job("timers")
+        (j.source(ed.sources.iterable(events), timestamp="ts",
+                  watermarks=ed.BoundedOutOfOrderness(1_000))
+            .key_by("key").process(fn).sink(ed.sinks.jsonl(whole)))
+        return j
+
+    def stop(stats: Any) -> None:
+        if stats.checkpoints >= 9:
+            raise Stop
+
+    first = WindowProbe("event")
+    runner = LocalRunner(job(first), state, batch_size=1, cache_entries=WINDOW,
+                         checkpoint_interval=170, on_progress=stop)
+    first.op = next(iter(runner.operators.values()))
+    with pytest.raises(Stop):
+        runner.run()
+    assert first.windowed  # stopped with timers in the store only
+    second = WindowProbe("event")
+    runner = LocalRunner(job(second), state, batch_size=1, cache_entries=WINDOW,
+                         checkpoint_interval=170)
+    second.op = next(iter(runner.operators.values()))
+    assert runner.run().stats.resumed
+    assert max(first.most, second.most) <= WINDOW
+    got = [tuple(json.loads(line)) for line in whole.read_text().splitlines()]
+    assert by_key(got) == by_key(expected)  # the file sink was cut back to the checkpoint
+    assert [o[:3:2] for o in got] == [o[:3:2] for o in expected]
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_window_unit_order_dedup_delete_next_time_and_restore(backend: str, tmp_path) -> None:
+    """Timers, the window and the store driven directly: registrations below and beyond the
+    horizon, duplicates, deletions of timers in memory, buffered and stored only, checkpoints
+    in between, and a reload, against a set of (time, key)."""
+    from eddies.runtime.timers import EVENT, Timers
+    from eddies.state import Batch, InMemoryStateBackend, KeyedStateStore, RocksDbStateBackend
+    from eddies.state.keys import state_key
+
+    db = InMemoryStateBackend() if backend == "memory" else RocksDbStateBackend(tmp_path)
+    prefix = KeyedStateStore(InMemoryStateBackend()).prefix
+    rng = random.Random(5)
+    timers = Timers("op", prefix, limit=10)
+    timers.load(db)
+    model: set[tuple[int, Any]] = set()
+
+    def order(timer: tuple[int, Any]) -> tuple[int, bytes]:
+        return timer[0], prefix(timer[1])
+
+    now = 0
+    windowed = False
+    for step in range(3_000):
+        key = state_key(f"k{rng.randrange(60)}")
+        roll = rng.random()
+        if roll < 0.55:
+            t = now + rng.randrange(-5, 400)
+            timers.register(EVENT, t, key)
+            model.add((t, key))
+        elif roll < 0.75 and model:
+            t, key = rng.choice(sorted(model, key=repr))
+            timers.delete(EVENT, t, key)
+            model.discard((t, key))
+        elif roll < 0.9:
+            now += rng.randrange(0, 30)
+            fired = []
+            while (due := timers.event.pop_due(now)) is not None:
+                fired.append(due)
+            # In time order, and within one time in stored-key order (key group first).
+            due_model = sorted(((t, k) for t, k in model if t <= now), key=order)
+            assert fired == due_model
+            model.difference_update(due_model)
+        else:
+            batch = Batch()
+            timers.collect(batch)
+            db.write(batch)
+        assert len(timers.event) <= 10
+        windowed = windowed or timers.event.horizon < 2**63
+        nearest = min((t for t, _ in model), default=None)
+        assert timers.event.next_time() == nearest
+        if step % 500 == 0:  # memory, the buffer and the store (less tombstones)
+            assert sorted((t, k) for _, t, k in timers.pending()) == sorted(model)
+    assert windowed
+    batch = Batch()
+    timers.collect(batch)
+    db.write(batch)
+    again = Timers("op", prefix, limit=10)
+    assert again.load(db) == len(model)
+    assert sorted((t, k) for _, t, k in again.pending()) == sorted(model)
+    rest = []
+    while (due := again.event.pop_due(2**62)) is not None:
+        rest.append(due)
+        assert len(again.event) <= 10
+    assert rest == sorted(model, key=order)
+    db.close()
 
 
 # -- TTL -----------------------------------------------------------------------------------------
