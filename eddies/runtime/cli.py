@@ -98,13 +98,6 @@ class _Progress:
             self._last = now
             click.echo(f"progress: {stats.summary()}", err=True)
 
-    def note(self, message: str) -> None:
-        """A line on stderr, above the progress bar if there is one."""
-        if self._bar is not None:
-            self._bar.console.print(message, markup=False, highlight=False)
-        else:
-            click.echo(message, err=True)
-
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
@@ -113,15 +106,19 @@ class _Progress:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _say(line: str) -> None:
+    """A line on stderr from a signal handler: one unbuffered write, so it cannot re-enter a
+    buffered write the handler interrupted."""
+    os.write(2, (line + "\n").encode())
+
+
 class StopOnSignal:
     """While entered, the first SIGINT or SIGTERM asks the runner to stop after its current
     round (with a final checkpoint) and says so on stderr; a second one exits at once with
     128 + the signal number, leaving the state as of the last checkpoint."""
 
-    def __init__(self, note: Callable[[str], None], what: str = "round") -> None:
+    def __init__(self) -> None:
         self.signum: int | None = None
-        self.note = note
-        self._what = what
         self._stop: Callable[[], None] | None = None
         self._previous: dict[int, Any] = {}
 
@@ -147,15 +144,14 @@ class StopOnSignal:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.signum is not None:
-            os.write(2, f"error: second signal ({name}): exiting at once, without a final "
-                        "checkpoint; the last checkpoint is intact and a new run resumes from "
-                        "it\n".encode())
+            _say(f"error: second signal ({name}): exiting at once, without a final "
+                 "checkpoint; the last checkpoint is intact and a new run resumes from it")
             os._exit(128 + signum)
         self.signum = signum
         if self._stop is not None:
             self._stop()
-        self.note(f"{name}: stopping after the current {self._what}, with a final checkpoint "
-                   f"({name} again to exit at once)")
+        _say(f"{name}: stopping after the current round, with a final checkpoint ({name} "
+             "again to exit at once)")
 
 
 def load_target(target: str) -> Job:
@@ -219,12 +215,11 @@ def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | N
     do; the last checkpoint is intact); 130 (SIGINT) or 143 (SIGTERM) when stopped by a
     signal before the end of the input, as shells report a job ended by that signal.
     """
-    stop = StopOnSignal(lambda message: click.echo(message, err=True))
+    stop = StopOnSignal()
     try:
         with stop:
             job = load_target(target)
             with _Progress(quiet, progress_every) as progress:
-                stop.note = progress.note
                 runner = LocalRunner(job, state, checkpoint_interval=checkpoint_interval,
                                      dead_letters=dead_letters, durability=durable,
                                      on_progress=progress, metrics_port=metrics_port,

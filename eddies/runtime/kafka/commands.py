@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
 
-from eddies.errors import EddiesError
 from eddies.runtime.options import inspector_options
 
 __all__ = ["produce", "produce_file", "worker"]
@@ -33,15 +35,30 @@ __all__ = ["produce", "produce_file", "worker"]
               help="Consumer group session timeout in seconds (how fast a dead worker is "
                    "noticed).")
 @inspector_options
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--progress-every", default=5.0, show_default=True, type=float,
+              help="Seconds between progress lines on stderr (0: none).")
+@click.option("--log-level", default="INFO", show_default=True,
+              help="Level of eddies' own log lines; faust and aiokafka log warnings only, "
+                   "except at DEBUG (which also prints an error's whole traceback).")
 def worker(target: str, broker: str, state_dir: str, group: str | None,
            checkpoint_interval: int, checkpoint_ms: int, session_timeout: float,
-           metrics_port: int | None, bind: str, token: str | None, log_level: str) -> None:
-    """Run TARGET (file.py:job or module:job) as a Kafka worker; start more to scale out."""
-    from eddies.runtime.loader import load_job
+           metrics_port: int | None, bind: str, token: str | None, progress_every: float,
+           log_level: str) -> None:
+    """Run TARGET (file.py:job or module:job) as a Kafka worker; start more to scale out.
 
-    logging.basicConfig(level=log_level.upper(),
+    SIGTERM or Ctrl-C (SIGINT) stops the worker after its current round: a final checkpoint,
+    its offsets committed, then it leaves the group so the others take its partitions at
+    once; it exits 0 with one line. A second signal exits at once (130 or 143), from the last
+    checkpoint. An error exits 1 with one error: line.
+    """
+    from eddies.runtime.cli import load_target, report_error
+
+    level = log_level.upper()
+    logging.basicConfig(level="DEBUG" if level == "DEBUG" else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("eddies").setLevel(level)
+    if level != "DEBUG":  # faust's services log under the module that subclasses them
+        logging.getLogger("eddies.runtime.kafka.worker").setLevel("WARNING")
     try:
         from eddies.runtime.kafka.worker import KafkaWorker
     except ImportError as exc:
@@ -49,13 +66,33 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
                    f"({exc})", err=True)
         sys.exit(1)
     try:
-        job = load_job(target)
-        KafkaWorker(job, broker, state_dir, group=group, checkpoint_interval=checkpoint_interval,
-                    checkpoint_ms=checkpoint_ms, session_timeout=session_timeout,
-                    metrics_port=metrics_port, bind=bind, token=token).run()
-    except EddiesError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        job = load_target(target)
+        kw = KafkaWorker(job, broker, state_dir, group=group,
+                         checkpoint_interval=checkpoint_interval, checkpoint_ms=checkpoint_ms,
+                         session_timeout=session_timeout, metrics_port=metrics_port, bind=bind,
+                         token=token, on_progress=_ProgressLines(progress_every))
+        kw.run()
+    except Exception as exc:
+        report_error(exc, debug=level == "DEBUG")
+        return
+    if kw.stopped_by is not None:
+        click.echo(f"{job.name}: stopped by {signal.Signals(kw.stopped_by).name} at a final "
+                   "checkpoint (offsets committed, left the group): "
+                   f"{kw.executor.stats.summary()}", err=True)
+
+
+class _ProgressLines:
+    """A ``progress:`` line on stderr every ``every`` seconds (plain text, never escapes)."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last = time.monotonic()
+
+    def __call__(self, stats: Any) -> None:
+        now = time.monotonic()
+        if self.every > 0 and now - self._last >= self.every:
+            self._last = now
+            click.echo(f"progress: {stats.summary()}", err=True)
 
 
 async def produce_file(bootstrap: str, path: Path, topic: str, key: str | None,

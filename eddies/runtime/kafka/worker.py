@@ -20,6 +20,12 @@ On assignment a partition is restored from local RocksDB when its last local che
 equals the last marker in the changelog, else by wiping its key group locally and replaying
 the changelog up to the last marker; the input is then sought to the marker's offset. Each
 restore is appended to ``<state-dir>/restores.jsonl`` (partition, source, records, seconds).
+
+Stopping: the first SIGTERM or SIGINT ends the data task after its round with a final
+checkpoint whose offsets are committed, then faust stops the worker, which leaves the group
+(the partitions move at once, not after the session timeout); a second signal exits at once
+(code 128 + signal), from the last checkpoint. faust's own SIGINT/SIGTERM handlers are
+replaced once the data task runs.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -46,7 +53,8 @@ from mode.utils.objects import cached_property
 from eddies.errors import ConfigError, EddiesError, KeyEncodingError
 from eddies.operators.kafka import KafkaSink, decode
 from eddies.operators.sources import DeadLetter
-from eddies.runtime.executor import _RECORD_ERRORS, Executor
+from eddies.runtime.executor import _RECORD_ERRORS, Executor, RunStats
+from eddies.runtime.failures import error_lines
 from eddies.runtime.graph import Job, Node
 from eddies.runtime.kafka.changelog import (
     MARKER_KEY,
@@ -141,7 +149,17 @@ class KafkaWorker:
         metrics_port: int | None = None,
         bind: str = "127.0.0.1",
         token: str | None = None,
+        on_progress: Callable[[RunStats], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_progress(stats)`` is called after every round; ``on_note(line)`` gets the
+        lines meant for the operator (a stop, a fatal error), default stderr."""
+        self.on_progress = on_progress
+        self.on_note = on_note or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.stopped_by: int | None = None
+        """The signal that stopped the worker (it then took a final checkpoint), if any."""
+        self._faust_worker: faust.Worker | None = None
+        self._run_started = time.monotonic()
         # The inspector's address is checked and its port taken before any file exists.
         self._inspector = listen_inspector(metrics_port, bind, token)
         self.plan: Plan = plan_job(job)
@@ -244,9 +262,18 @@ class KafkaWorker:
         """Create topics, then run the faust worker until SIGTERM/SIGINT."""
         asyncio.run(self.prepare_topics())
         log.info("eddies worker for job %s: %s", self.job.name, describe(self.plan))
-        worker = faust.Worker(self.app, loglevel="WARNING", redirect_stdouts=False, quiet=True)
+        # Logging stays as the command set it (faust would reset the root level), and no
+        # terminal spinner: its cursor codes end up in log files.
+        worker = faust.Worker(self.app, loglevel="WARNING", redirect_stdouts=False, quiet=True,
+                              override_logging=False)
+        worker.spinner = None
+        self._faust_worker = worker
+        self._run_started = time.monotonic()
         try:
             worker.execute_from_commandline()
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                raise
         finally:
             self.backend.close()
 
@@ -422,8 +449,14 @@ class KafkaWorker:
     async def _main(self) -> None:
         try:
             await self._serve()
-        except Exception:
-            log.exception("eddies worker failed; state is safe at the last checkpoint")
+        except Exception as exc:
+            log.debug("eddies worker failed", exc_info=True)
+            lines = error_lines(exc, debug=log.isEnabledFor(logging.DEBUG))
+            if lines is None:  # a bug: the whole traceback
+                log.exception("eddies worker failed; state is safe at the last checkpoint")
+            else:
+                for line in lines:
+                    self.on_note(line)
             os._exit(1)
 
     async def _serve(self) -> None:
@@ -438,7 +471,11 @@ class KafkaWorker:
         await self._restore_consumer.start()
         self._broadcast = await self._start_broadcast()
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._request_stop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # In place of faust's, and outside the event loop: a handler of the loop would
+            # wait for the round to yield, so a second signal could not end a stuck round.
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, self._on_signal)
         opened = time.monotonic()
         trips = self.backend.round_trips
         self.executor.open_operators()
@@ -452,6 +489,7 @@ class KafkaWorker:
         try:
             while not self._stop:
                 await self._round()
+                self._progress()
             async with self._lock:
                 if self.ready:
                     await self.checkpoint()
@@ -459,18 +497,39 @@ class KafkaWorker:
             await self._produce_outputs()
             await asyncio.gather(*self._inflight)
             if self._commit_task is not None:
-                await self._commit_task
+                await self._commit_task  # the final checkpoint's offsets are committed
             await self.producer.stop()
             await self._restore_consumer.stop()
             if self._broadcast is not None:
                 await self._broadcast.stop()
-            loop.remove_signal_handler(signal.SIGTERM)
             if self.observer is not None:
                 self.observer.close()
-            os.kill(os.getpid(), signal.SIGINT)  # let faust leave the group and stop
+            # faust stops the app, whose consumer leaves the group. Not awaited here: the
+            # app cancels its own tasks (this one) while stopping.
+            if self._faust_worker is not None:
+                asyncio.ensure_future(self._faust_worker.stop())
 
-    def _request_stop(self) -> None:
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.executor.stats.elapsed_s = time.monotonic() - self._run_started
+            self.on_progress(self.executor.stats)
+
+    def request_stop(self) -> None:
+        """End the data task after its round, with a final checkpoint, then stop the worker."""
         self._stop = True
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Runs between any two bytecodes of the main thread: one unbuffered write each.
+        name = signal.Signals(signum).name
+        if self.stopped_by is not None:
+            os.write(2, f"error: second signal ({name}): exiting at once, without a final "
+                        "checkpoint; the last checkpoint is intact and the partitions resume "
+                        "from it\n".encode())
+            os._exit(128 + signum)
+        self.stopped_by = signum
+        self.request_stop()
+        os.write(2, f"{name}: stopping after the current round: final checkpoint, commit, "
+                    f"leaving the group ({name} again to exit at once)\n".encode())
 
     async def _start_broadcast(self) -> AIOKafkaConsumer | None:
         if not self.plan.broadcast_topics:
