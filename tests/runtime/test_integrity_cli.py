@@ -203,14 +203,18 @@ def cli(*args: str) -> Any:
 
 
 def _inspect_everything(state: Path) -> None:
+    """ls, get and verify on ``state``, each leaving its file listing as it was."""
+    before = listing(state)
     assert cli("ls", str(state)).exit_code == 0
     page = cli("ls", str(state), "--state", "visits", "--key", "u00007", "--json")
     assert page.exit_code == 0, page.output
     assert len(json.loads(page.stdout)["entries"]) >= FIRST
     got = cli("get", str(state), "--state", "visits", "--key", "u00007", "--map-key", "1")
     assert got.exit_code == 0 and "'pad'" in got.output
+    assert listing(state) == before
     verified = cli("verify", str(state))
     assert verified.exit_code == 0, verified.output
+    assert listing(state) == before
 
 
 def test_state_commands_change_no_file_while_a_job_holds_the_dir(
@@ -227,9 +231,7 @@ def test_state_commands_change_no_file_while_a_job_holds_the_dir(
         text=True)
     try:
         assert job.stdout is not None and job.stdout.readline().strip() == "holding"
-        before = listing(project / "state")
         _inspect_everything(project / "state")
-        assert listing(project / "state") == before
     finally:
         assert job.stdin is not None
         job.stdin.write("\n")
@@ -245,9 +247,7 @@ def test_state_commands_change_no_file_in_a_read_only_dir(
     shutil.copytree(bases["scan"] / "state", state)
     subprocess.run(["chmod", "-R", "a-w", str(state)], check=True)
     try:
-        before = listing(state)
-        _inspect_everything(state)
-        assert listing(state) == before  # as root chmod stops nothing: the listing proves it
+        _inspect_everything(state)  # as root chmod stops nothing: the listings prove it
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(state)], check=True)
 
