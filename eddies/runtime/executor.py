@@ -38,6 +38,9 @@ from eddies.state.ttl import TtlConfig
 __all__ = ["Executor", "RunResult", "RunStats", "SourceWatermarks"]
 
 _DEAD_LETTER_KEEP = 100_000
+_DEAD_LETTER_KEEP_BYTES = 16 * 2**20
+"""Dead letters kept in memory (``result.dead_letters``, and the sink's buffer between two
+writes) are bounded by their raw text and reason, as well as by count."""
 _TS_LIMIT = 2**62
 """Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64."""
 _TIMER: Any = object()  # stands for "no record: a timer fired" in error messages
@@ -126,7 +129,11 @@ class RunStats:
 
 @dataclass
 class RunResult:
-    """What ``run_local`` returns: stats, collected outputs and dead letters."""
+    """What ``run_local`` returns: stats, collected outputs and dead letters.
+
+    ``dead_letters`` holds the run's first dead letters, up to 100,000 of them and 16 MiB of
+    raw text and reasons; ``stats.dead_letters`` counts them all, and the dead-letter output
+    (``run_local(..., dead_letters=PATH)``) receives every one."""
 
     stats: RunStats
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
@@ -204,8 +211,13 @@ class Executor:
         """Per keyed operator, [seconds in on_event, events timed]: whole batches where the
         keyed batch path runs, one event in 64 otherwise (for metrics)."""
         self.dead: list[dict[str, Any]] = []
+        """The first dead letters, up to 100,000 and 16 MiB of raw text and reasons; the
+        sink gets every one and ``stats.dead_letters`` counts every one."""
+        self.dead_bytes = 0
+        self._dead_full = False
         self._dead_sink = dead_sink
         self._dead_buffer: list[dict[str, Any]] = []
+        self._dead_buffer_bytes = 0
         self._cur_source: str | None = None
         self._cur_locate: Locate | None = None
         self._cur_index = 0
@@ -549,10 +561,24 @@ class Executor:
     def _dead_letter(self, letter: DeadLetter) -> None:
         self.stats.dead_letters += 1
         record = letter.to_dict()
-        if len(self.dead) < _DEAD_LETTER_KEEP:
-            self.dead.append(record)
+        size = len(letter.raw) + len(letter.reason)
+        if not self._dead_full:
+            if (len(self.dead) < _DEAD_LETTER_KEEP
+                    and self.dead_bytes + size <= _DEAD_LETTER_KEEP_BYTES):
+                self.dead.append(record)
+                self.dead_bytes += size
+            else:  # keep a prefix: once full, later (even small) letters are counted only
+                self._dead_full = True
         if self._dead_sink is not None:
-            self._dead_buffer.append(record)
+            buffer = self._dead_buffer
+            if not buffer:  # written by flush_sinks since
+                self._dead_buffer_bytes = 0
+            buffer.append(record)
+            self._dead_buffer_bytes += size
+            if self._dead_buffer_bytes > _DEAD_LETTER_KEEP_BYTES:
+                # Spill before the end of the batch: the sink gets every letter, memory
+                # holds a bounded part (outputs are written too, keeping their order).
+                self.flush_sinks()
 
     # -- time ----------------------------------------------------------------------------------
     def advance_time(self, by_source: SourceWatermarks, now: int | None = None) -> None:
