@@ -1,0 +1,122 @@
+"""``eddies worker`` stopped by SIGTERM: a final checkpoint with its offsets committed, one
+line, plain output without a terminal; a second signal exits at once, even from a stuck
+round."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from .conftest import produce, read_topic, wait_until
+from .test_worker import TARGET, env, last_per_key, make_events, reference
+
+pytestmark = pytest.mark.kafka
+
+# No checkpoint falls due while the worker runs: only the stop's final one can hold its work.
+NO_CHECKPOINTS = ("--checkpoint-interval", "100000000", "--checkpoint-ms", "100000000")
+
+STUCK_JOB = '''
+import time
+from pathlib import Path
+
+import eddies as ed
+from examples.kafka_totals import Totals
+
+STALL = Path(__file__).parent / "stall"
+
+
+class Stuck(Totals):
+    def on_event(self, event, ctx):
+        while STALL.exists():  # a round that never ends until the test says so
+            (STALL.parent / "stalled").touch()
+            time.sleep(0.05)
+        return super().on_event(event, ctx)
+
+
+job = ed.Job("stuck")
+(job.source(ed.sources.kafka("stuck-in", key="account"), timestamp="ts",
+            watermarks=ed.BoundedOutOfOrderness(5_000, idle_timeout=10_000))
+    .key_by("account").process(Stuck()).sink(ed.sinks.kafka("stuck-out", key="account")))
+'''
+
+
+def log_lines(log: Path) -> list[str]:
+    return log.read_text(errors="replace").splitlines()
+
+
+def events_in(line: str) -> int:
+    match = re.search(r": ([\d,]+) events in", line)
+    assert match, line
+    return int(match[1].replace(",", ""))
+
+
+def test_sigterm_takes_a_final_checkpoint_commits_and_resumes_exactly(
+    kafka_broker, workers, tmp_path
+) -> None:
+    first = make_events(tmp_path / "e1.jsonl", 40_000, 500, seed=11)
+    second = make_events(tmp_path / "e2.jsonl", 40_000, 500, seed=12, t0=500_000)
+    produce(kafka_broker, first, "stop-in", "account", partitions=6)
+    w = workers(TARGET, kafka_broker, "w", env("stop"), *NO_CHECKPOINTS,
+                "--progress-every", "0.5")
+    wait_until(lambda: any(re.match(r"progress: [1-9]", line) for line in log_lines(w.log)),
+               120, "a progress line with events")
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(10) == 0  # a requested stop is a worker's normal end
+    w.stop()
+    text = w.log.read_text(errors="replace")
+    lines = text.splitlines()
+    assert "\x1b[" not in text  # no terminal codes in a log file
+    assert "Traceback" not in text and "-INT-" not in text
+    assert ("SIGTERM: stopping after the current round: final checkpoint, commit, leaving the "
+            "group (SIGTERM again to exit at once)") in lines
+    last = lines[-1]
+    assert last.startswith("stop: stopped by SIGTERM at a final checkpoint (offsets committed, "
+                           "left the group): "), last
+    processed = events_in(last)
+    assert processed > 0
+    # Every output of the stopped worker is out (outputs go before the checkpoint's markers).
+    assert len(read_topic(kafka_broker, "stop-out")) == processed
+
+    produce(kafka_broker, second, "stop-in", "account")
+    again = workers(TARGET, kafka_broker, "w", env("stop"))
+    expected = reference(first, second)
+    wait_until(lambda: last_per_key(kafka_broker, "stop-out") == expected, 120,
+               "totals after the restart to equal the local runner's")
+    assert again.stop() == 0
+    # The restart took the final checkpoint: state from local RocksDB at the markers, input
+    # from their offsets, so no event was processed twice (one output per event).
+    after = again.restores()[-6:]
+    assert {r["source"] for r in after} == {"local"}
+    assert all(r["marker_offset"] is not None for r in after)
+    assert len(read_topic(kafka_broker, "stop-out")) == 80_000
+
+
+def test_a_second_signal_exits_at_once_from_a_stuck_round(kafka_broker, workers, tmp_path):
+    events = make_events(tmp_path / "e.jsonl", 20_000, 300, seed=13)
+    produce(kafka_broker, events, "stuck-in", "account", partitions=6)
+    job = tmp_path / "stuckjob.py"
+    job.write_text(STUCK_JOB)
+    (tmp_path / "stall").touch()
+    w = workers(f"{job}:job", kafka_broker, "w", {})
+    wait_until(lambda: (tmp_path / "stalled").exists(), 120, "the stuck round")
+    w.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: any(line.startswith("SIGTERM: stopping") for line in log_lines(w.log)),
+               10, "the first signal's note")
+    w.proc.send_signal(signal.SIGTERM)  # the round never ends: only this can stop the worker
+    assert w.proc.wait(10) == 128 + signal.SIGTERM
+    w.stop()
+    lines = log_lines(w.log)
+    assert lines[-1] == ("error: second signal (SIGTERM): exiting at once, without a final "
+                         "checkpoint; the last checkpoint is intact and the partitions resume "
+                         "from it")
+    assert not any("stopped by" in line for line in lines)
+
+    (tmp_path / "stall").unlink()
+    again = workers(f"{job}:job", kafka_broker, "w", {})
+    expected = reference(events)
+    wait_until(lambda: last_per_key(kafka_broker, "stuck-out") == expected, 120,
+               "totals after the restart to equal the local runner's")
+    assert again.stop() == 0
