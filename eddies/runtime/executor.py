@@ -111,7 +111,7 @@ class RunStats:
 
         >>> RunStats(events_in=1_500, checkpoints=3, elapsed_s=0.5, resumed=True,
         ...          before={"events_in": 1_000, "checkpoints": 2}).summary()
-        '500 events in, 0 out, 0 dead letters, 0 late (0 dropped), 1 checkpoints, watermark -, 0.50s (1,000 events/s) [resumed after 1,000 events]'
+        '500 events in, 0 out, 0 dead letters, 0 late (0 dropped), 1 checkpoints, watermark -, 0.50s (1,000 events/s) [resumed] after 1,000 events'
         """  # noqa: E501
         wm = "-" if self.watermark == MIN_TIME else ("end" if self.watermark == MAX_TIME
                                                      else str(self.watermark))
@@ -122,7 +122,7 @@ class RunStats:
             f"({n['late_dropped']:,} dropped), "
             f"{n['checkpoints']:,} checkpoints, watermark {wm}, "
             f"{self.elapsed_s:.2f}s ({self.events_per_s:,.0f} events/s)"
-            + (f" [resumed after {self.before.get('events_in', 0):,} events]"
+            + (f" [resumed] after {self.before.get('events_in', 0):,} events"
                if self.resumed else "")
         )
 

@@ -44,7 +44,7 @@ SUMMARY = re.compile(
     r"^cli-counts: (?P<events_in>[\d,]+) events in, (?P<out>[\d,]+) out, "
     r"(?P<dead>[\d,]+) dead letters, (?P<late>[\d,]+) late.*, (?P<checkpoints>[\d,]+) "
     r"checkpoints, watermark (?P<wm>\S+), [\d.]+s \((?P<rate>[\d,]+) events/s\)"
-    r"(?P<resumed> \[resumed after (?P<before>[\d,]+) events\])?$")
+    r"(?P<resumed> \[resumed\] after (?P<before>[\d,]+) events)?$")
 
 
 @pytest.fixture

@@ -121,7 +121,7 @@ def resume_and_check(project: Path, state: str, out: Path, expected: list[dict])
     again = eddies_run(project, "iojob.py:job", "--state", state, "--checkpoint-interval",
                        "10000")
     assert again.returncode == 0, again.stderr
-    assert re.search(r"\[resumed after [\d,]+ events\]$", again.stderr.strip()), again.stderr
+    assert re.search(r"\[resumed\] after [\d,]+ events$", again.stderr.strip()), again.stderr
     assert [json.loads(line) for line in out.read_text().splitlines()] == expected
 
 

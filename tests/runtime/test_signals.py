@@ -145,7 +145,7 @@ def test_a_signal_stops_at_a_final_checkpoint_and_the_resume_is_exact(
     assert resumed.returncode == 0, resumed.stderr
     summary = resumed.stderr.strip().splitlines()[-1]
     # The dir held the stop's checkpoint: the resume starts exactly there and reads the rest.
-    assert summary.endswith(f"[resumed after {stopped_at:,} events]"), summary
+    assert summary.endswith(f"[resumed] after {stopped_at:,} events"), summary
     assert events_in(summary) == N - stopped_at
     assert read_out(project) == expected
 
@@ -176,5 +176,5 @@ def test_a_second_signal_exits_at_once(project: Path, expected: list[dict]) -> N
     summary = resumed.stderr.strip().splitlines()[-1]
     # From the last interval's checkpoint before the stall (150,000 is a multiple of 20,000
     # rounded down to a checkpoint at 140,000).
-    assert summary.endswith("[resumed after 140,000 events]"), summary
+    assert summary.endswith("[resumed] after 140,000 events"), summary
     assert read_out(project) == expected
