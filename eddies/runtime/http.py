@@ -501,8 +501,12 @@ class InspectorServer:
                         where or None,
                     )
             body: dict[str, Any]
-            if (declared is not None and state in declared()
-                    and state not in list_states(backend)):
+            stored = list_states(backend)
+            if declared is not None and state not in stored:
+                known = sorted({*stored, *declared()} - {""})
+                if state not in known:
+                    raise StateError(f"no state named {state!r}; states here: "
+                                     f"{', '.join(known) or 'none'}")
                 body = {"entries": [], "cursor": None}  # declared, nothing checkpointed yet
             else:
                 page = query_state(backend, state, **options)
