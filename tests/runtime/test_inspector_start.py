@@ -261,3 +261,16 @@ def test_metrics_per_user_operator(tmp_path: Path, backend: str) -> None:
         assert entries == users
     else:
         assert entries is not None and entries > 0  # RocksDB's estimate
+
+
+def test_kafka_worker_refuses_a_public_bind_before_any_file_exists(tmp_path: Path) -> None:
+    pytest.importorskip("faust")
+    from eddies.runtime.kafka.worker import KafkaWorker
+
+    job = ed.Job("kafka-visits")
+    (job.source(ed.sources.kafka("visits", value_format="json"), timestamp="ts")
+        .key_by("user").process(Visits()).sink(ed.sinks.kafka("counts")))
+    with pytest.raises(ConfigError, match=r"without a token; pass token="):
+        KafkaWorker(job, "kafka://127.0.0.1:9", tmp_path / "worker", metrics_port=free_port(),
+                    bind="0.0.0.0")
+    assert not (tmp_path / "worker").exists()

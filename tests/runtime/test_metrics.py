@@ -165,3 +165,26 @@ def test_thread_safe_counts(m: Metrics) -> None:
         t.join()
     assert m.value("eddies_events_in_total", operator="op") == 8_000
     assert m.value("eddies_cache_hit_ratio") == 0.5
+
+
+def test_state_cache_per_state(m: Metrics) -> None:
+    m.state_cache("seen", 90, 10)
+    m.state_cache("seen", 5, 0)
+    m.state_cache("totals", 0, 3)
+    s = samples(m)
+    assert s['eddies_state_cache_hits_total{job="fraud",state="seen"}'] == 95
+    assert s['eddies_state_cache_misses_total{job="fraud",state="seen"}'] == 10
+    assert s['eddies_state_cache_misses_total{job="fraud",state="totals"}'] == 3
+
+
+def test_on_event_latency_is_a_histogram_per_operator(m: Metrics) -> None:
+    m.on_event_latency("Fraud", 2e-6, events=1_000)  # one batch: 2 µs per event on average
+    m.on_event_latency("Fraud", 40e-6, events=500)
+    m.on_event_latency("Dedup", 1e-6, events=10)
+    s = samples(m)
+    assert s['eddies_on_event_seconds_count{job="fraud",operator="Fraud"}'] == 2
+    assert s['eddies_on_event_seconds_bucket{job="fraud",le="2.5e-06",operator="Fraud"}'] == 1
+    assert s['eddies_on_event_seconds_bucket{job="fraud",le="5e-05",operator="Fraud"}'] == 2
+    assert math.isclose(s['eddies_on_event_busy_seconds_total{job="fraud",operator="Fraud"}'],
+                        2e-6 * 1_000 + 40e-6 * 500)
+    assert s['eddies_on_event_seconds_count{job="fraud",operator="Dedup"}'] == 1
