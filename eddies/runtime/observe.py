@@ -122,7 +122,11 @@ class Observer:
         counts = getattr(self.executor, "counts", None)
         if counts:
             for name, (n_in, n_out) in counts.items():
-                last = self._last_counts.setdefault(name, [0, 0])
+                last = self._last_counts.get(name)
+                if last is None:  # every operator's series shows from the start, at 0
+                    last = self._last_counts[name] = [0, 0]
+                    m.events_in(name, 0)
+                    m.events_out(name, 0)
                 if n_in > last[0]:
                     m.events_in(name, n_in - last[0])
                 if n_out > last[1]:
