@@ -17,8 +17,9 @@ What the per-operator and per-state numbers mean:
   ``eddies_state_cache_hits_total{state}`` is the operator's events less those misses
   (exact for a state read once per event, which is the common case: counting every read
   would cost the hot path more than the rest of these metrics together).
-- ``eddies_state_entries`` / ``eddies_state_bytes`` ``{state}``: RocksDB's estimates (exact
-  on the memory backend), after each checkpoint.
+- ``eddies_state_entries`` / ``eddies_state_bytes`` ``{state}``: RocksDB's estimates, after
+  each checkpoint; on the memory backend the exact count, and bytes estimated from its first
+  1,000 entries.
 
 A runner that must fail before creating anything on a bad inspector address calls
 :func:`listen_inspector` first and hands its server to the Observer later.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from eddies.runtime.executor import Executor
@@ -38,6 +40,8 @@ from eddies.state.backend import StateBackend
 __all__ = ["Observer", "listen_inspector"]
 
 log = logging.getLogger("eddies.metrics")
+
+_SIZE_SAMPLE = 1_000
 
 
 def listen_inspector(
@@ -187,12 +191,15 @@ class Observer:
 
 
 def _state_size(backend: StateBackend, cf: str) -> tuple[int, int]:
-    """(entries, bytes) of a column family: RocksDB's estimates, or exact for memory."""
+    """(entries, bytes) of a column family: RocksDB's estimates; elsewhere the exact count
+    and the bytes of its first 1,000 entries scaled to it (a checkpoint never scans a whole
+    state for a gauge)."""
     estimate = getattr(backend, "estimate", None)
     if estimate is not None:
         return estimate(cf)
-    entries = size = 0
-    for key, value in backend.iterate(cf):
-        entries += 1
+    entries = backend.count(cf)
+    sampled = size = 0
+    for key, value in islice(backend.iterate(cf), _SIZE_SAMPLE):
+        sampled += 1
         size += len(key) + len(value)
-    return entries, size
+    return entries, (size * entries // sampled if sampled else 0)
