@@ -190,10 +190,156 @@ def test_prefix_range_is_element_prefix(pair: tuple[tuple, tuple], extend: bool)
     assert inside == (t[: len(p)] == p)
 
 
+# -- numbers follow Python -----------------------------------------------------------------------
+#
+# The documented total order of key elements (keys.py): None < bytes < str < tuple < number;
+# inside a kind Python's order, numbers (int, float, bool) by value. ``rank`` is that order
+# written as Python values; it must agree with the bytes everywhere and with Python's ``<``
+# wherever Python defines it.
+
+numbers = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-300, max_value=300),
+    st.integers(min_value=-(2**200), max_value=2**200),  # beyond 64 bits
+    st.floats(allow_nan=False),  # inf, huge, subnormal
+    st.integers(min_value=-(2**70), max_value=2**70).map(float),  # integral floats
+    st.integers(min_value=-3_000, max_value=3_000).map(lambda n: n / 4),  # near the ints
+    st.sampled_from([0.5, -0.5, 1.5, -1.5, 1e30, -1e30, 2.0**64, 5e-324, -5e-324, 0.1, -0.0,
+                     1 - 2**-53, -1 + 2**-53, 2.0**52 + 0.5, -(2.0**52) - 0.5]),
+)
+any_scalars = st.one_of(
+    numbers,
+    numbers,
+    st.none(),
+    st.text(alphabet="ab\x00\xff", max_size=3),
+    st.binary(max_size=3),
+)
+any_elements = st.recursive(any_scalars, lambda inner: st.lists(inner, max_size=3).map(tuple),
+                            max_leaves=6)
+any_keys = st.lists(any_elements, max_size=4).map(tuple)
+
+
+def rank(value: Any) -> Any:
+    """A key element's place in the documented total order, as a comparable Python value."""
+    t = type(value)
+    if value is None:
+        return (0,)
+    if t is bytes:
+        return (1, value)
+    if t is str:
+        return (2, value)
+    if t is tuple:
+        return (3, tuple(rank(v) for v in value))
+    return (4, value)  # int, float and bool compare exactly with each other in Python
+
+
+def equal_variant(value: Any, flip: Any) -> Any:
+    """A value equal to ``value`` in Python, of another type where there is one."""
+    t = type(value)
+    if t is tuple:
+        return tuple(equal_variant(v, flip) for v in value)
+    if t is bool:
+        return int(value) if flip.draw(st.booleans()) else float(value)
+    if t is int:
+        if value in (0, 1) and flip.draw(st.booleans()):
+            return bool(value)
+        as_float = float(value) if abs(value) < 2**1000 else None
+        return as_float if as_float == value else value
+    if t is float:
+        if value == 0:
+            return flip.draw(st.sampled_from([0, -0.0, False]))
+        return int(value) if value.is_integer() else value
+    return value
+
+
+@st.composite
+def related_pair(draw: Any) -> tuple[tuple, tuple]:
+    """Two keys that often share a prefix, are equal, or differ by a close number."""
+    a = draw(any_keys)
+    how = draw(st.sampled_from(["any", "extend", "variant", "last", "prefix"]))
+    if how == "any":
+        b = draw(any_keys)
+    elif how == "extend":
+        b = a + draw(any_keys)
+    elif how == "variant":
+        b = equal_variant(a, draw(st.data()))
+    elif how == "last":
+        b = a[:-1] + (draw(numbers),)
+    else:
+        b = a[: draw(st.integers(0, len(a)))]
+    return (a, b) if draw(st.booleans()) else (b, a)
+
+
+def python_cmp(a: Any, b: Any) -> int | None:
+    try:
+        return cmp(a, b)
+    except TypeError:  # Python does not order these (str against int, None against None)
+        return None
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(related_pair())
+def test_byte_order_is_the_documented_total_order(pair: tuple[tuple, tuple]) -> None:
+    a, b = pair
+    model = cmp(tuple(map(rank, a)), tuple(map(rank, b)))
+    assert cmp(encode_key(a), encode_key(b)) == model
+    if model == 0:
+        assert encode_key(a) == encode_key(b), "equal keys are one encoding"
+    py = python_cmp(a, b)
+    if py is not None:
+        assert py == model, "the documented order is Python's where Python has one"
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(any_keys, st.data())
+def test_numbers_equal_in_python_encode_identically(key: tuple, data: Any) -> None:
+    variant = equal_variant(key, data)
+    assert variant == key
+    assert encode_key(variant) == encode_key(key)
+    assert encode_element(variant) == encode_element(key)
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(any_keys)
+def test_round_trip_gives_ints_for_integral_numbers(key: tuple) -> None:
+    decoded = decode_key(encode_key(key))
+    assert decoded == key
+    assert same(decoded, decoded_form(key))
+
+
+@CODEC
+@given(related_pair(), any_keys, any_keys)
+def test_stored_key_order_with_suffixes(pair: tuple[tuple, tuple], s: tuple, t: tuple) -> None:
+    """<user key element><map key or list index> sorts as the pair (user key, suffix): a
+    float's FE marker never meets a nested-tuple terminator or the suffix's type byte."""
+    a, b = pair
+    left = encode_element(a) + encode_key(s)
+    right = encode_element(b) + encode_key(t)
+    model = cmp((rank(a), tuple(map(rank, s))), (rank(b), tuple(map(rank, t))))
+    assert cmp(left, right) == model
+    decoded, end = decode_prefixed(left, 0)
+    assert decoded == a and decode_key(left[end:]) == s
+
+
+@CODEC
+@given(related_pair())
+def test_ranges_with_numbers(pair: tuple[tuple, tuple]) -> None:
+    """prefix keeps the extensions of p (1.5 does not extend 1); start_after is strictly
+    above, whatever the types of equal numbers."""
+    p, t = pair
+    lower, upper = range_bounds(prefix=p if p else None)
+    enc = encode_key(t)
+    if p:
+        assert (lower <= enc < upper) == (t[: len(p)] == p)
+    after, _ = range_bounds(start_after=p)
+    assert (enc >= after) == (tuple(map(rank, t)) > tuple(map(rank, p)))
+
+
 # -- primitives against a model ------------------------------------------------------------------
 
 TTL = 100
-USER_KEY_LIST = ["a", ("a", "b"), ("a:b",), 7, None, ("a", ("b",))]
+# 7 and 7.0, 1 and True are equal keys, as in the dict model: one entry each on every backend.
+USER_KEY_LIST = ["a", ("a", "b"), ("a:b",), 7, None, ("a", ("b",)), 7.0, True, 1]
 USER_KEYS = st.sampled_from(USER_KEY_LIST)
 VALUES = st.one_of(
     st.integers(-5, 5), st.text(max_size=3), st.none(), st.lists(st.integers(-2, 2), max_size=3)
@@ -201,6 +347,9 @@ VALUES = st.one_of(
 MAP_KEYS = st.one_of(
     st.sampled_from(["a", "b", "c"]),
     st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 3)),
+    # numbers equal in Python are one map key, and all of them sort by value
+    st.tuples(st.sampled_from(["a", "b"]),
+              st.sampled_from([1.0, True, False, 0.5, -0.5, 2.5, 3.0, float("inf")])),
 )
 LAGS = st.integers(-150, 150)  # write timestamps relative to the watermark; some are late
 
