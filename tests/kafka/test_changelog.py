@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 import eddies as ed
-from eddies.errors import ConfigError
+from eddies.errors import ConfigError, StateCorruptionError
 from eddies.runtime.kafka.changelog import (
     Marker,
     MarkerLog,
@@ -25,8 +25,9 @@ from eddies.state.keys import encode_key
 def test_marker_golden_bytes():
     data = encode_marker(Marker(token=7, offset=100, watermark=5, seq=1, dedup={"t:0": 9}))
     assert data.hex(" ") == (
-        "85 a5 74 6f 6b 65 6e 07 a6 6f 66 66 73 65 74 64 a9 77 61 74 65 72 6d 61 72 6b 05 "
-        "a3 73 65 71 01 a5 64 65 64 75 70 81 a3 74 3a 30 09"
+        "86 a5 74 6f 6b 65 6e 07 a6 6f 66 66 73 65 74 64 a9 77 61 74 65 72 6d 61 72 6b 05 "
+        "a3 73 65 71 01 a5 64 65 64 75 70 81 a3 74 3a 30 09 "
+        "aa 6b 65 79 5f 6c 61 79 6f 75 74 02"  # "key_layout": 2
     )
     assert decode_marker(data) == Marker(7, 100, 5, 1, {"t:0": 9})
     assert token_header(0x0102030405060708) == ("eddies.cp", bytes.fromhex("0102030405060708"))
@@ -130,4 +131,23 @@ def test_plan_reads_broadcast_sources_outside_the_group_and_refuses_files():
 
 def test_marker_values_are_plain_msgpack():
     assert msgpack.unpackb(encode_marker(Marker(1, 2, 3, 4))) == {
-        "token": 1, "offset": 2, "watermark": 3, "seq": 4, "dedup": {}}
+        "token": 1, "offset": 2, "watermark": 3, "seq": 4, "dedup": {}, "key_layout": 2}
+
+
+@pytest.mark.parametrize(("layout", "says"), [(None, "has no key layout"),
+                                               (1, "says key layout 1"),
+                                               (3, "says key layout 3")])
+def test_a_marker_of_another_key_layout_stops_the_restore(layout, says):
+    """Deltas of another key layout would be misread: restore stops with what to do."""
+    fields = {"token": 5, "offset": 2, "watermark": 3, "seq": 4, "dedup": {}}
+    if layout is not None:
+        fields["key_layout"] = layout
+    log = MarkerLog("topic 'j-__checkpoint__-changelog' partition 3")
+    log.add(encode_marker(Marker(1, 1, 0, 1)))
+    with pytest.raises(StateCorruptionError) as err:
+        log.add(msgpack.packb(fields))
+    message = str(err.value)
+    assert message.startswith("topic 'j-__checkpoint__-changelog' partition 3: checkpoint "
+                              "marker (token 5) " + says)
+    assert "layout 2" in message and "delete the job's changelog topics" in message
+    assert log.committed == {1}, "nothing of the refused marker is taken"

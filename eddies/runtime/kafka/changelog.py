@@ -18,8 +18,13 @@ state topics::
             key     b"checkpoint"
             value   msgpack {"token": int, "offset": next input offset,
                              "watermark": int, "seq": int,
-                             "dedup": {upstream "topic:partition": highest offset seen}}
+                             "dedup": {upstream "topic:partition": highest offset seen},
+                             "key_layout": the stored-key layout of the deltas (2)}
             headers eddies.cp = token
+
+The stored keys in deltas are in the key layout of ``eddies.state.keys``; every marker says
+which (``key_layout``), and restore refuses a changelog whose markers have none (written before
+layout 2) or another: replaying it would misread its keys, never fail loudly.
 
 Group offsets are committed only after the marker, so they never run ahead of state; restore
 seeks the input to the marker's offset, which may be ahead of the group's commit.
@@ -35,8 +40,9 @@ from typing import Any
 
 import msgpack
 
+from eddies.errors import StateCorruptionError
 from eddies.state.backend import DELETE, DELETE_RANGE, PUT, Batch
-from eddies.state.keys import decode_element
+from eddies.state.keys import KEY_LAYOUT_VERSION, decode_element
 
 __all__ = [
     "Delta",
@@ -72,21 +78,38 @@ class Marker:
     seq: int
     dedup: dict[str, int] = field(default_factory=dict)
     """For a repartition topic: the highest upstream offset seen per upstream partition."""
+    key_layout: int = KEY_LAYOUT_VERSION
+    """The stored-key layout (``eddies.state.keys.KEY_LAYOUT_VERSION``) of the deltas."""
 
 
 def encode_marker(marker: Marker) -> bytes:
     """
     >>> decode_marker(encode_marker(Marker(7, 100, 5, 1)))
-    Marker(token=7, offset=100, watermark=5, seq=1, dedup={})
+    Marker(token=7, offset=100, watermark=5, seq=1, dedup={}, key_layout=2)
     """
     return msgpack.packb({"token": marker.token, "offset": marker.offset,
                           "watermark": marker.watermark, "seq": marker.seq,
-                          "dedup": marker.dedup})
+                          "dedup": marker.dedup, "key_layout": marker.key_layout})
 
 
-def decode_marker(data: bytes) -> Marker:
+def decode_marker(data: bytes, where: str = "a checkpoint topic") -> Marker:
+    """The marker in ``data``; raises StateCorruptionError (naming ``where``) unless its deltas
+    are in this eddies' key layout."""
     d = msgpack.unpackb(data, raw=False)
-    return Marker(d["token"], d["offset"], d["watermark"], d["seq"], d.get("dedup") or {})
+    layout = d.get("key_layout")
+    if layout != KEY_LAYOUT_VERSION:
+        written = ("has no key layout: it was written by an eddies older than key layout 2"
+                   if layout is None else f"says key layout {layout!r}")
+        raise StateCorruptionError(
+            f"{where}: checkpoint marker (token {d.get('token')}) {written}, "
+            f"and this eddies stores keys in layout {KEY_LAYOUT_VERSION}, so restoring it "
+            "would misread the stored keys. Rebuild the state: delete the job's changelog "
+            "topics (<job>-*-changelog, the checkpoint topic included) and the workers' "
+            "state dirs, then reprocess the input from the start, or run the eddies version "
+            "that wrote them."
+        )
+    return Marker(d["token"], d["offset"], d["watermark"], d["seq"], d.get("dedup") or {},
+                  layout)
 
 
 def token_header(token: int) -> tuple[str, bytes]:
@@ -147,14 +170,18 @@ def split_by_partition(batch: Batch, skip: set[str]) -> list[Delta]:
 
 
 class MarkerLog:
-    """The markers of one partition, read in order: which tokens are committed, and the last."""
+    """The markers of one partition, read in order: which tokens are committed, and the last.
 
-    def __init__(self) -> None:
+    ``where`` names the checkpoint topic and partition in errors.
+    """
+
+    def __init__(self, where: str = "a checkpoint topic") -> None:
         self.committed: set[int] = set()
         self.last: Marker | None = None
+        self.where = where
 
     def add(self, value: bytes) -> None:
-        marker = decode_marker(value)
+        marker = decode_marker(value, self.where)
         self.committed.add(marker.token)
         self.last = marker
 

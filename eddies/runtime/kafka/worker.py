@@ -60,8 +60,10 @@ from eddies.runtime.kafka.changelog import (
     MARKER_KEY,
     OP_HEADER,
     RANGE,
+    Marker,
     MarkerLog,
     apply_deltas,
+    encode_marker,
     new_token,
     split_by_partition,
     token_header,
@@ -360,7 +362,7 @@ class KafkaWorker:
         self.marks[(topic, p)] = PartitionWatermark(self._strategy(topic), now)
         if topic != self.plan.stateful_topic:
             return  # stateless stage: faust already positioned it at the committed offset
-        markers = MarkerLog()
+        markers = MarkerLog(f"topic {self.plan.checkpoint_topic!r} partition {p}")
         for _, value, _ in await self._read_all(self.plan.checkpoint_topic, p):
             if value is not None:
                 markers.add(value)
@@ -751,11 +753,9 @@ class KafkaWorker:
                 if topic != self.plan.stateful_topic:
                     continue
                 mark = self.marks.get((topic, p))
-                value = msgpack.packb({
-                    "token": token, "offset": self.next_offset.get((topic, p), 0),
-                    "watermark": mark.watermark if mark else MIN_TIME, "seq": self.seq,
-                    "dedup": self.dedup.get(p, {}),
-                })
+                value = encode_marker(Marker(  # carries the key layout of the deltas
+                    token, self.next_offset.get((topic, p), 0),
+                    mark.watermark if mark else MIN_TIME, self.seq, self.dedup.get(p, {})))
                 markers.append((MARKER_KEY, value, None, [header], p))
                 batch.put(META_CF, encode_key(("kafka-checkpoint", p)), msgpack.packb(token))
             marker_acks = await self._send(self.plan.checkpoint_topic, markers, explicit=True)
