@@ -11,6 +11,7 @@ import pytest
 
 import eddies as ed
 from eddies.errors import UserFunctionError
+from eddies.runtime.failures import error_lines
 
 N = 5_000
 POISON = 3_217  # the id the buggy job chokes on
@@ -159,3 +160,38 @@ def test_open_exception_names_the_operator() -> None:
     with pytest.raises(UserFunctionError, match=r"operator 'BadOpen' failed in open\(\): "
                        r"OSError: model file missing"):
         ed.run_local(job)
+
+
+def test_error_lines_show_the_users_frames_not_the_runtimes() -> None:
+    class BadTimer(ed.KeyedProcessFunction):
+        def on_event(self, event, ctx):
+            ctx.timers.register_event_time(ctx.timestamp + 10)
+
+        def on_timer(self, timestamp, ctx):
+            return self.lookup(ctx.key)
+
+        def lookup(self, key):
+            return {}[key]  # the failing line
+
+    job = ed.Job("bad-timer")
+    (job.source(ed.sources.iterable([{"k": "alpha", "ts": 5}]), timestamp="ts")
+        .key_by("k").process(BadTimer()).sink(ed.sinks.collect()))
+    with pytest.raises(UserFunctionError) as info:
+        ed.run_local(job)
+    lines = error_lines(info.value)
+    assert lines is not None
+    assert lines[0] == f"error: {info.value}"
+    source = Path(__file__).read_text().splitlines()
+    failing = source.index("            return {}[key]  # the failing line") + 1
+    calling = source.index("            return self.lookup(ctx.key)") + 1
+    where = [line for line in lines[1:] if line.strip(" ^~")]  # without 3.11's carets
+    assert where == [
+        "  in user code (most recent call last):",
+        f'    File "{__file__}", line {calling}, in on_timer',
+        "      return self.lookup(ctx.key)",
+        f'    File "{__file__}", line {failing}, in lookup',
+        "      return {}[key]  # the failing line",
+        "  (--debug prints the whole traceback)",
+    ]
+    full = "\n".join(error_lines(info.value, debug=True) or [])
+    assert "Traceback (most recent call last):" in full and "eddies/runtime/" in full
