@@ -275,6 +275,7 @@ class WindowFunction(KeyedProcessFunction):
             return None
         handle = self.windows
         state = WindowState(op.store, handle.descriptor, self, op.ctx, op.timers)
+        state.note_due = op.note_event_time
         op.store.handles[handle.name] = state
         op.handles[handle.name] = state
         op.timers.loaders.append(state.load)
@@ -362,6 +363,10 @@ _UNLOADED: Any = object()  # an accumulator in the backend only (trimmed from me
 _FIRE, _CLEAN = 0, 1  # what is due at a time: fire (or re-fire) a window; drop it
 
 
+def _ignore(time: int) -> None:
+    pass
+
+
 class _Slot:
     """One window (``start``, ``end``) across keys: accumulators by user key (tuple), and the
     packed accumulators written since the last checkpoint."""
@@ -421,6 +426,9 @@ class WindowState(Handle):
         self._hot_end: int | None = None  # the window the last tumbling event went to
         self._hot: _Slot | None = None
         self._unloaded = 0
+        # Told the time of every window end or cleanup added to _due, so that a batch of
+        # records stops where the watermark reaches it (KeyedOperator.note_event_time).
+        self.note_due: Callable[[int], None] = _ignore
 
     # -- events --------------------------------------------------------------------------------
     def on_tumbling_event(self, event: Any, ctx: Context) -> Iterable[Any] | None:
@@ -534,8 +542,10 @@ class WindowState(Handle):
             # and only then; nothing is left to fire at the window's end.
             slot.fired = True
             heapq.heappush(self._due, (end - 1 + self.lateness, _CLEAN, start, end))
+            self.note_due(end - 1 + self.lateness)
         else:
             heapq.heappush(self._due, (end - 1, _FIRE, start, end))
+            self.note_due(end - 1)
         return slot
 
     def _refire(self, slot: _Slot, key: Key) -> None:
@@ -544,6 +554,7 @@ class WindowState(Handle):
         run before the operator's watermark has moved to the restored one)."""
         if not slot.refire:
             heapq.heappush(self._due, (slot.end - 1, _FIRE, slot.start, slot.end))
+            self.note_due(slot.end - 1)
         slot.refire[key] = None
 
     def _load(self, slot: _Slot, key: Key) -> Any:

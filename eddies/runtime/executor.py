@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import time as _time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
+from operator import itemgetter, le
 from types import GeneratorType
 from typing import Any
 
@@ -28,8 +30,8 @@ from eddies.operators.sinks import CollectSink, Sink
 from eddies.operators.sources import DeadLetter
 from eddies.runtime.failures import io_error
 from eddies.runtime.graph import Job, Node
-from eddies.runtime.keyed import KeyedOperator
-from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, merge_watermarks
+from eddies.runtime.keyed import BatchCut, KeyedOperator
+from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, PartitionWatermark, merge_watermarks
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
 from eddies.state.keys import state_key
@@ -223,6 +225,10 @@ class Executor:
         self._cur_index = 0
         # Called once with the time the first record has gone through the operators.
         self.on_first_event: Callable[[], None] | None = None
+        # Event time between records (see _push_timed): the operators each source feeds,
+        # and the flag their registrations of due work raise.
+        self._downstream: dict[Node, list[tuple[Node, KeyedOperator]]] = {}
+        self._cut = BatchCut()
         self._compile()
 
     # -- compile -----------------------------------------------------------------------------
@@ -256,7 +262,7 @@ class Executor:
             raise ConfigError(f"job {job.name!r} has no sink; end a stream with .sink(...)")
         pushes: dict[tuple[Node, int], Callable[[Any, Any], None]] = {}
         self.pushes = pushes
-        self.batch_pushes: dict[tuple[Node, int], Callable[[list[Any], list[int], int], None]] = {}
+        self.batch_pushes: dict[tuple[Node, int], Callable[..., int]] = {}
         for n in reversed(nodes):
             main = [pushes[(c, i)] for c, i in children[n] if c.kind != "side_output"]
             emit = _fan_out(main)
@@ -268,7 +274,7 @@ class Executor:
         }
         # A source whose only consumer is key_by -> process takes batches straight into the
         # keyed operator (push_keyed_batch in _push_process).
-        self.source_batches: dict[Node, Callable[[list[Any], list[int], int], None]] = {}
+        self.source_batches: dict[Node, Callable[..., int]] = {}
         for n in nodes:
             if n.kind != "source" or len(children[n]) != 1:
                 continue
@@ -474,12 +480,21 @@ class Executor:
                     emit(result, ts)
                 out.clear()
 
-        def push_keyed_batch(values: list[Any], stamps: list[int], lo: int) -> None:
+        def push_keyed_batch(values: list[Any], stamps: list[int], lo: int,
+                             watermarks: list[int] | None = None) -> int:
             """push_keyed over a batch whose timestamps are checked ints: the keys are read
             in one C-level pass, and when all are ASCII str (no validation needed, see
-            push_keyed) the loop does nothing per event but bind the key and call on_event.
-            ``lo`` is the batch's first index in the source's read, for dead letters."""
+            push_keyed) the loop does nothing per event but bind the key and the watermark
+            and call on_event. ``lo`` is the batch's first index in the source's read, for
+            dead letters. ``watermarks``: the operator's watermark for each record (default:
+            its watermark now, for all); the TTL clock follows it. Stops after a record
+            that registers event-time work the batch reaches (``op.cut``); returns how many
+            records were handled."""
             count = len(values)
+            if not count:
+                return 0
+            wms = watermarks if watermarks is not None else [op.watermark] * count
+            cut = op.cut
             keys: list[Any] | None
             try:
                 keys = list(map(keyget, values))
@@ -487,15 +502,17 @@ class Executor:
                 keys = None
             if (keys is None or store._groups_pinned or set(map(type, keys)) != {str}
                     or not all(map(str.isascii, keys))):
+                follow = op.follow
                 for j in range(count):
                     self._cur_index = lo + j
+                    follow(wms[j])
                     push_keyed(values[j], stamps[j])
-                return
-            op_count[0] += count
-            watermark = op.watermark
-            if stamps and min(stamps) <= watermark:
-                stats.late_events += sum(map(watermark.__ge__, stamps))
+                    if cut.due:
+                        return j + 1
+                return count
+            clock = op.backend  # the TTL layer: its clock is the watermark
             started = perf()
+            handled = count
             start = 0
             while start < count:
                 j = start
@@ -507,6 +524,7 @@ class Executor:
                         store.timestamp = ts
                         ctx.key = key
                         ctx.timestamp = ts
+                        ctx.watermark = clock.watermark = wms[j]
                         result = on_event(values[j], ctx)
                         if result is not None:
                             t = type(result)
@@ -520,13 +538,24 @@ class Executor:
                                 for item in out:
                                     emit(item, ts)
                                 out.clear()
+                        if cut.due:
+                            handled = j + 1
+                            break
                     break
                 except Exception as exc:
                     self._cur_index = lo + j
                     failed(exc, values[j], keys[j], stamps[j])
+                    if cut.due:
+                        handled = j + 1
+                        break
                 start = j + 1
+            op.watermark = wms[handled - 1]
+            if min(stamps) <= wms[handled - 1]:
+                stats.late_events += sum(map(le, stamps[:handled], wms[:handled]))
+            op_count[0] += handled
             op_time[0] += perf() - started
-            op_time[1] += count
+            op_time[1] += handled
+            return handled
 
         self.batch_pushes[(n, port)] = push_keyed_batch
         return push_keyed
@@ -585,34 +614,48 @@ class Executor:
         """Propagate source watermarks through the graph in topological order, firing due
         event-time and processing-time timers; a source missing from ``by_source`` counts as
         finished (+infinity)."""
-        now = self.clock() if now is None else now
-        wm = self.wm
-        idle = self.idle
+        self._advance(by_source, self.clock() if now is None else now)
+
+    def _watermarks(self, by_source: SourceWatermarks) -> tuple[dict[Node, int], dict[Node, bool]]:
+        """Each node's watermark and idleness were ``by_source`` propagated (nothing moves)."""
+        wm: dict[Node, int] = {}
+        idle: dict[Node, bool] = {}
+        current = self.wm
         for n in self.job.nodes:
             if n.kind == "source":
                 merged = merge_watermarks(by_source.get(n, [(MAX_TIME, False)]))
             else:
                 merged = merge_watermarks((wm[p], idle[p]) for p in n.inputs)
             idle[n] = merged is None
-            if merged is not None and merged > wm[n]:
-                wm[n] = merged
+            old = current[n]
+            wm[n] = merged if merged is not None and merged > old else old
+        return wm, idle
+
+    def _advance(self, by_source: SourceWatermarks, now: int | None) -> None:
+        """advance_time; ``now`` None moves event time only (between records of a batch)."""
+        wm, idle = self._watermarks(by_source)
+        self.wm.update(wm)
+        self.idle.update(idle)
+        for n in self.job.nodes:  # topological: timer outputs reach operators not yet moved
             op = self.operators.get(n)
-            if op is not None:
-                out: list[Any] = []
-                try:
-                    if merged is not None:
-                        op.advance_watermark(wm[n], out, self.timer_emit[n])
+            if op is None:
+                continue
+            out: list[Any] = []
+            try:
+                if not idle[n]:
+                    op.advance_watermark(wm[n], out, self.timer_emit[n])
+                if now is not None:
                     # Wall-clock timers fire while event time is idle too: that is when
                     # timeouts matter most.
                     op.advance_processing_time(now, out, self.timer_emit[n])
-                except EddiesError as exc:
-                    if not isinstance(exc, UserFunctionError):
-                        exc.add_note(f"in operator {n.name!r} on key {op.ctx.key!r}, in "
-                                     f"on_timer at {op.ctx.timestamp}")
-                    raise
-                except Exception as exc:
-                    raise self._user_error(n.name, op.ctx.key, _TIMER,
-                                           op.ctx.timestamp, exc) from exc
+            except EddiesError as exc:
+                if not isinstance(exc, UserFunctionError):
+                    exc.add_note(f"in operator {n.name!r} on key {op.ctx.key!r}, in "
+                                 f"on_timer at {op.ctx.timestamp}")
+                raise
+            except Exception as exc:
+                raise self._user_error(n.name, op.ctx.key, _TIMER,
+                                       op.ctx.timestamp, exc) from exc
         self.stats.late_dropped = self.late_dropped_before + sum(
             getattr(op.function, "late_dropped", 0) for op in self.operators.values()
         )
@@ -640,32 +683,47 @@ class Executor:
             self._dead_buffer.clear()
 
     def push_records(
-        self, node: Node, values: list[Any], locate: Locate | None = None, now: int = 0
+        self, node: Node, values: list[Any], locate: Locate | None = None, now: int = 0,
+        *, mark: PartitionWatermark | None = None, others: SourceWatermarks | None = None,
     ) -> int | None:
         """Push a batch of records of source ``node`` down the graph; returns the highest
         timestamp among them (None if they have none). ``locate(i)`` gives the position and
-        raw text of record ``i`` for dead letters."""
+        raw text of record ``i`` for dead letters.
+
+        With ``mark``, the watermark of the partition the records come from (not moved here:
+        the driver observes the returned timestamp afterwards, as before), event time
+        advances between the records as if after each one, ``others`` holding the
+        ``(watermark, idle)`` of every other partition. Without it, records are judged
+        against the operators' watermarks as they stand, and time moves at
+        :meth:`advance_time` only."""
         count = self.counts.setdefault(node.name, [0, 0])
         count[0] += len(values)
         count[1] += len(values)
         self._cur_source = node.name
         self._cur_locate = locate
+        timing = None
+        if mark is not None and node.params["timestamp"] is not None:
+            ops = self._downstream_ops(node)
+            if ops:
+                timing = _EventTime(node, mark, others or {}, ops)
         try:
             if self.on_first_event is not None and values:
                 # Startup metrics: the first record alone, so its time is known exactly.
                 first, self.on_first_event = self.on_first_event, None
-                head = self._push_range(node, values, 0, 1)
+                head = self._push_range(node, values, 0, 1, timing)
                 first()
-                rest = self._push_range(node, values, 1, len(values))
+                rest = self._push_range(node, values, 1, len(values), timing)
                 if head is None or (rest is not None and rest > head):
                     return rest
                 return head
-            return self._push_range(node, values, 0, len(values))
+            return self._push_range(node, values, 0, len(values), timing)
         finally:
             self._cur_source = None  # records made by timers have no source position
             self._cur_locate = None
 
-    def _push_range(self, node: Node, values: list[Any], lo: int, hi: int) -> int | None:
+    def _push_range(
+        self, node: Node, values: list[Any], lo: int, hi: int, timing: _EventTime | None = None
+    ) -> int | None:
         """push_records for ``values[lo:hi]``."""
         emit = self.source_emits[node]
         tsfn = node.params["timestamp"]
@@ -679,10 +737,11 @@ class Executor:
         field_name = getattr(tsfn, "field", None)
         tsget = itemgetter(field_name) if field_name is not None else tsfn
         batch_push = self.source_batches.get(node)
-        if batch_push is not None and hi > lo:
+        if (batch_push is not None or timing is not None) and hi > lo:
             # Timestamps in one C-level pass; when every one is an int in range, the batch
-            # goes to the keyed operator whole. Anything else takes the per-record path,
-            # which sends each bad record to dead letters with its reason.
+            # goes on whole (to the keyed operator, if that is all the source feeds).
+            # Anything else takes the per-record path, which sends each bad record to dead
+            # letters with its reason.
             chunk = values[lo:hi] if lo or hi != len(values) else values
             try:
                 stamps = list(map(tsget, chunk))
@@ -690,34 +749,176 @@ class Executor:
                 stamps = None
             if (stamps is not None and set(map(type, stamps)) == {int}
                     and min(stamps) >= -_TS_LIMIT and max(stamps) <= _TS_LIMIT):
-                batch_push(chunk, stamps, lo)
+                if timing is not None:
+                    self._push_timed(chunk, stamps, lo, timing, batch_push, emit)
+                else:
+                    batch_push(chunk, stamps, lo)  # type: ignore[misc]
                 return max(stamps)
         max_ts = MIN_TIME
+        # With timing, the valid records between bad ones go on as runs.
+        run: list[Any] = []
+        run_stamps: list[int] = []
+        run_lo = lo
         for i in range(lo, hi):
             value = values[i]
             self._cur_index = i
             try:
                 ts = tsget(value)
             except _RECORD_ERRORS as exc:
-                dead(record_letter(value, f"no timestamp ("
-                                   f"{getattr(tsfn, '__name__', 'timestamp')}): "
-                                   f"{type(exc).__name__}: {exc}", node.name))
-                continue
-            if type(ts) is not int:
-                if type(ts) is float and math.isfinite(ts):
+                reason = (f"no timestamp ({getattr(tsfn, '__name__', 'timestamp')}): "
+                          f"{type(exc).__name__}: {exc}")
+            else:
+                if type(ts) is not int and type(ts) is float and math.isfinite(ts):
                     ts = int(ts)
+                if type(ts) is not int:
+                    reason = f"bad timestamp {ts!r}: expected int ms since epoch"
+                elif not -_TS_LIMIT <= ts <= _TS_LIMIT:
+                    reason = (f"bad timestamp {ts!r}: out of range (more than 2**62 ms from "
+                              "the epoch)")
                 else:
-                    dead(record_letter(value, f"bad timestamp {ts!r}: expected int ms "
-                                       "since epoch", node.name))
+                    if ts > max_ts:
+                        max_ts = ts
+                    if timing is None:
+                        emit(value, ts)
+                    else:
+                        if not run:
+                            run_lo = i
+                        run.append(value)
+                        run_stamps.append(ts)
                     continue
-            if not -_TS_LIMIT <= ts <= _TS_LIMIT:
-                dead(record_letter(value, f"bad timestamp {ts!r}: out of range "
-                                   "(more than 2**62 ms from the epoch)", node.name))
-                continue
-            if ts > max_ts:
-                max_ts = ts
-            emit(value, ts)
+            if run:
+                self._push_timed(run, run_stamps, run_lo, timing, batch_push,  # type: ignore[arg-type]
+                                 emit)
+                run, run_stamps = [], []
+                self._cur_index = i
+            dead(record_letter(value, reason, node.name))
+        if run:
+            self._push_timed(run, run_stamps, run_lo, timing, batch_push, emit)  # type: ignore[arg-type]
         return max_ts if max_ts != MIN_TIME else None
+
+    def _downstream_ops(self, node: Node) -> list[tuple[Node, KeyedOperator]]:
+        """The keyed operators fed by source ``node``, directly or not, in graph order."""
+        ops = self._downstream.get(node)
+        if ops is None:
+            reached = set()
+            stack = [node]
+            while stack:
+                for child, _ in self.children[stack.pop()]:
+                    if child not in reached:
+                        reached.add(child)
+                        stack.append(child)
+            ops = self._downstream[node] = [
+                (n, op) for n, op in ((n, self.operators.get(n)) for n in self.job.nodes)
+                if op is not None and n in reached]
+            for op in self.operators.values():
+                op.cut = self._cut
+        return ops
+
+    def _push_timed(
+        self, values: list[Any], stamps: list[int], lo: int, timing: _EventTime,
+        batch_push: Callable[..., int] | None, emit: Callable[[Any, Any], None],
+    ) -> None:
+        """Push records whose timestamps are checked ints, with event time advanced between
+        them as if after every one (see the module docstring). ``lo``: the index of
+        ``values[0]`` in the source's read, for dead letters.
+
+        The watermark each record is handled under comes from C-level passes. The records
+        go on in runs that end where some operator's watermark would reach its next
+        event-time work (a timer, a window end): there time is advanced, firing that work,
+        and the next run starts. Work registered during a run at a time the run reaches
+        (``KeyedOperator.horizon``) ends the run after the record that registered it."""
+        ys = timing.mark.watermarks_before(stamps, timing.watermark)
+        timing.watermark = ys.pop()  # after the last record
+        n = len(stamps)
+        ops = timing.ops
+        fused = batch_push if len(ops) == 1 else None
+        cut = self._cut
+        i = 0
+        advanced_at = -1
+        while i < n:
+            limit, bounds = self._next_due(timing)
+            k = n if limit is None else bisect_left(ys, limit, i, n)
+            if k == i:
+                if advanced_at != i:
+                    self._advance_between(timing, ys[i])
+                    advanced_at = i
+                    continue
+                k = i + 1  # the advance fired what was due: nothing is left at ys[i]
+            last = ys[k - 1]
+            lists: list[tuple[KeyedOperator, list[int]]] = []
+            for (_, op), bound in zip(ops, bounds, strict=True):
+                # This run takes op's watermark from op.watermark to max(it, min(y, bound)).
+                low = op.watermark
+                high = last if last < bound else bound
+                op.horizon = high if high > low else low
+                if high > low:
+                    span = ys[i:k]
+                    if bound < last or span[0] < low:
+                        span = list(map(max, repeat(low, k - i),
+                                        map(min, span, repeat(bound, k - i))))
+                    lists.append((op, span))
+            cut.due = False
+            try:
+                if fused is not None:
+                    span = lists[0][1] if lists else [ops[0][1].watermark] * (k - i)
+                    chunk = values[i:k] if i or k != n else values
+                    i += fused(chunk, stamps[i:k] if i or k != n else stamps, lo + i, span)
+                else:
+                    i = self._push_run(values, stamps, lo, i, k, lists, emit)
+            finally:
+                for _, op in ops:
+                    op.horizon = MIN_TIME
+
+    def _push_run(
+        self, values: list[Any], stamps: list[int], lo: int, i: int, k: int,
+        lists: list[tuple[KeyedOperator, list[int]]], emit: Callable[[Any, Any], None],
+    ) -> int:
+        """Records ``i..k-1`` one at a time, each operator at the record's watermark; returns
+        the index after the last one pushed (earlier than ``k`` when the run was cut)."""
+        cut = self._cut
+        follows = [(op.follow, span) for op, span in lists]
+        for j in range(i, k):
+            self._cur_index = lo + j
+            for follow, span in follows:
+                follow(span[j - i])
+            emit(values[j], stamps[j])
+            if cut.due:
+                return j + 1
+        return k
+
+    def _next_due(self, timing: _EventTime) -> tuple[int | None, list[int]]:
+        """The lowest watermark of the partition being pushed at which some operator it
+        feeds has event-time work due (None: none), and per operator the highest watermark
+        the partition can bring it to (the others hold it back)."""
+        wm, _ = self._watermarks(timing.with_partition_at(MAX_TIME))
+        limit = None
+        bounds = []
+        for n, op in timing.ops:
+            bound = wm[n]
+            bounds.append(bound)
+            due = op.next_event_time()
+            if due is None:
+                continue
+            # Work at or below the operator's watermark waits for the watermark to move.
+            at = due if due > op.watermark else op.watermark + 1
+            if bound >= at and (limit is None or at < limit):
+                limit = at
+        return limit, bounds
+
+    def _advance_between(self, timing: _EventTime, watermark: int) -> None:
+        """Advance event time to the partition being at ``watermark``, between records."""
+        # As when the driver advances time after a batch: no key group pinned (Kafka), so
+        # timers of every partition fire under their own.
+        pinned = [(op.store, op.store.key_group) for op in self.operators.values()
+                  if op.store.key_group is not None]
+        for store, _ in pinned:
+            store.key_group = None
+        try:
+            self._advance(timing.with_partition_at(watermark), None)
+        finally:
+            for store, group in pinned:
+                store.key_group = group
+
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open_operators(self, meta: dict[bytes, bytes] | None = None) -> None:
@@ -755,3 +956,24 @@ class Executor:
         of entries per checkpoint would fall behind a job writing more TTL entries than that
         between checkpoints, and expired entries would pile up."""
         return sum(op.backend.sweep_all() for op in self.operators.values())
+
+
+class _EventTime:
+    """The partition being pushed: its watermark before the next record, the other
+    partitions' ``(watermark, idle)``, and the keyed operators it feeds."""
+
+    __slots__ = ("node", "mark", "watermark", "others", "ops")
+
+    def __init__(self, node: Node, mark: PartitionWatermark, others: SourceWatermarks,
+                 ops: list[tuple[Node, KeyedOperator]]) -> None:
+        self.node = node
+        self.mark = mark
+        self.watermark = mark.watermark
+        self.others = others
+        self.ops = ops
+
+    def with_partition_at(self, watermark: int) -> SourceWatermarks:
+        """The source watermarks with this partition at ``watermark`` (and not idle)."""
+        by_source = dict(self.others)
+        by_source[self.node] = [*self.others.get(self.node, ()), (watermark, False)]
+        return by_source

@@ -232,7 +232,15 @@ class LocalRunner(Executor):
             for letter in bad:
                 dead(letter)
             n_read += len(values) + len(bad)
-            max_ts = self.push_records(part.node, values, reader.locate, now)
+            # Event time advances between the records as if after every one (executor.py):
+            # the push needs this partition's watermark and every other one's.
+            others: SourceWatermarks = {}
+            for other in self.partitions:
+                if other is not part:
+                    others.setdefault(other.node, []).append(
+                        (other.wm.watermark, other.wm.idle(now)))
+            max_ts = self.push_records(part.node, values, reader.locate, now, mark=part.wm,
+                                       others=others)
             if part.node.params["timestamp"] is not None:
                 part.wm.observe(max_ts, now)
             if reader.done:

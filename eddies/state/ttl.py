@@ -208,10 +208,14 @@ class TtlStateBackend(StateBackend):
 
     # -- clocks ------------------------------------------------------------------------------
     def set_watermark(self, ms: int) -> None:
-        """Move the event-time clock forward (it never goes back)."""
+        """Move the event-time clock forward (it never goes back).
+
+        The runtime also writes ``watermark`` directly, once per record, so that each record
+        reads state as of its own watermark at the cost of one attribute store: that moves
+        the clock alone, and the sweep and this method catch ``event_horizon`` up."""
         if ms > self.watermark:
             self.watermark = ms
-            self._raise_event_horizon()
+        self._raise_event_horizon()
 
     def _raise_event_horizon(self) -> None:
         """Move ``event_horizon`` up to the watermark less the event lag, never down: a
@@ -409,6 +413,7 @@ class TtlStateBackend(StateBackend):
 
     # -- sweeping ------------------------------------------------------------------------------
     def _clocks(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        self._raise_event_horizon()  # the watermark may have been set directly
         now = self.processing_time()
         if now > self._processing_swept:
             self._processing_swept = now  # a wall clock may step back: see index_horizon

@@ -46,28 +46,27 @@ def run(events, assigner, *, agg=None, reduce=None, process=None, lateness=0, la
     return result.collected(out), late_out.items, result
 
 
-def simulate(events, assign, lateness, batch_size, delay):
+def simulate(events, assign, lateness, delay):
     """Which events each window accepts, and which are late, as the runtime decides it.
 
-    The operator's watermark moves at micro-batch boundaries: an event in batch b sees the
-    watermark computed after batch b-1 (max timestamp so far - delay - 1).
+    The operator's watermark moves after every event, whatever the runner's batch size: an
+    event sees the watermark computed after the one before it (max timestamp so far - delay
+    - 1).
     """
     accepted: dict[tuple[str, int, int], list[dict]] = defaultdict(list)
     refires: dict[tuple[str, int, int], int] = defaultdict(int)
     late = []
     wm = -(2**63)
     max_ts = -(2**63)
-    for b in range(0, len(events), batch_size):
-        batch = events[b:b + batch_size]
-        for e in batch:
-            windows = [w for w in assign(e["ts"]) if w.end - 1 + lateness > wm]
-            if not windows:
-                late.append(e)
-            for w in windows:
-                accepted[(e["k"], w.start, w.end)].append(e)
-                if w.end - 1 <= wm:
-                    refires[(e["k"], w.start, w.end)] += 1
-            max_ts = max(max_ts, e["ts"])
+    for e in events:
+        windows = [w for w in assign(e["ts"]) if w.end - 1 + lateness > wm]
+        if not windows:
+            late.append(e)
+        for w in windows:
+            accepted[(e["k"], w.start, w.end)].append(e)
+            if w.end - 1 <= wm:
+                refires[(e["k"], w.start, w.end)] += 1
+        max_ts = max(max_ts, e["ts"])
         wm = max(wm, max_ts - delay - 1)
     return accepted, refires, late
 
@@ -85,7 +84,7 @@ def test_fixed_windows_match_batch_reference(assigner):
     events = gen_events(1, 3_000, 7, disorder=3_000)
     results, late, _ = run(events, assigner, agg=ed.Sum("v"), lateness=500,
                            late=ed.OutputTag("late"))
-    accepted, refires, expected_late = simulate(events, assigner.assign, 500, 50, DELAY)
+    accepted, refires, expected_late = simulate(events, assigner.assign, 500, DELAY)
     expected = {w: sum(e["v"] for e in evs) for w, evs in accepted.items()}
     assert final_values(results) == expected
     # One firing per window that had an on-time event, plus one re-firing per accepted event
@@ -159,7 +158,7 @@ def test_property_fixed_windows(seed, size, slide_div, disorder, lateness, batch
     tag = ed.OutputTag("late")
     results, late, _ = run(events, assigner, agg=ed.Count(), lateness=lateness, late=tag,
                            batch_size=batch, delay=500)
-    accepted, _, expected_late = simulate(events, assigner.assign, lateness, batch, 500)
+    accepted, _, expected_late = simulate(events, assigner.assign, lateness, 500)
     assert final_values(results) == {w: len(v) for w, v in accepted.items()}
     assert late == expected_late
 

@@ -556,8 +556,8 @@ class WatermarkProbe(ed.KeyedProcessFunction):
 
 
 def partitions_reference(parts: list[list[dict]], ooos: list[int]) -> list[tuple[str, int]]:
-    """Round by round: each partition gives one record; then the operator's watermark becomes
-    the min over partitions of (max ts - ooo - 1), +inf for finished ones."""
+    """Round by round, each partition gives one record; after every record the operator's
+    watermark becomes the min over partitions of (max ts - ooo - 1), +inf for finished ones."""
     n = len(parts)
     pos = [0] * n
     pwm = [MIN_TIME] * n
@@ -578,7 +578,7 @@ def partitions_reference(parts: list[list[dict]], ooos: list[int]) -> list[tuple
             else:
                 done[p] = True
                 pwm[p] = MAX_TIME
-        wm = max(wm, min(pwm))
+            wm = max(wm, min(pwm))
     return out
 
 
