@@ -325,16 +325,30 @@ class RocksDbStateBackend(StateBackend):
     takes_put_many = True
 
     def __init__(
-        self, path: str | os.PathLike[str], durability: bool = False, *, read_only: bool = False
+        self,
+        path: str | os.PathLike[str],
+        durability: bool = False,
+        *,
+        read_only: bool = False,
+        recovery: str | None = None,
     ) -> None:
+        """``recovery``, if given, is a better way to recover from damaged state than
+        restoring a copy (a Kafka worker rebuilds its state from the changelog): it is added
+        as a note to every StateCorruptionError."""
         super().__init__()
         self.path = Path(path)
         self.durability = durability
         self.read_only = read_only
+        self.recovery = recovery
         self._closed = True  # until the DB is open: close() has nothing to do
         self._failure: BackendError | None = None
         self._shadow: Path | None = None
-        new = _check_dir(self.path, read_only)
+        try:
+            new = _check_dir(self.path, read_only)
+        except StateCorruptionError as exc:
+            if recovery is not None:
+                exc.add_note(recovery)
+            raise
         if new:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -431,6 +445,8 @@ class RocksDbStateBackend(StateBackend):
             error = BackendError(f"{where}: {op} failed: {text}")
         if not isinstance(exc, BackendError):
             self._failure = error
+        if self.recovery is not None and isinstance(error, StateCorruptionError):
+            error.add_note(self.recovery)
         return error
 
     def _raise_failed(self) -> None:

@@ -181,7 +181,10 @@ class KafkaWorker:
         self.dead_topic = f"{job.name}-dead-letters"
         self.dead_sink = KafkaSink(self.dead_topic, None, "json", "__dead_letters__")
         self.dead_sink.bound = True
-        self.backend = RocksDbStateBackend(self.state_dir / "state")
+        self.backend = RocksDbStateBackend(
+            self.state_dir / "state",
+            recovery=f"for this worker: delete {self.state_dir / 'state'} and start it again; "
+                     "it restores its partitions from the changelog topics")
         self.executor = _WorkerExecutor(self.job, self.backend, dead_sink=self.dead_sink)
         self.kafka_sinks: list[KafkaSink] = []
         for n in self.job.nodes:
