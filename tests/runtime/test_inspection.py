@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from eddies.errors import BackendError, ConfigError, KeyEncodingError, StateError
 from eddies.runtime.inspection import (
     MAX_LIMIT,
+    UNSET,
     Entry,
     get_entry,
     list_states,
@@ -40,6 +41,7 @@ from eddies.state.keys import as_tuple, encode_element, encode_key
 ELEMENTS = st.one_of(st.sampled_from(["a", "ab", "b", "", "a:b"]), st.integers(-2, 300),
                      st.none(), st.booleans())
 KEYS = st.lists(ELEMENTS, min_size=1, max_size=3).map(tuple)
+BOUNDS = st.one_of(KEYS, st.none())  # a bare None is the key (None,), not "no bound"
 
 
 def page_all(backend: StateBackend, state: str, limit: int, **query: Any) -> list[Entry]:
@@ -72,13 +74,13 @@ def user_key_model(data: dict[tuple[Any, ...], dict[Any, Any]], prefix: Any, sta
     rows = []
     for key, entries in data.items():
         ek = encode_element(key)
-        if start is not None and ek < encode_element(as_tuple(start)):
+        if start is not UNSET and ek < encode_element(as_tuple(start)):
             continue
-        if start_after is not None and ek <= encode_element(as_tuple(start_after)):
+        if start_after is not UNSET and ek <= encode_element(as_tuple(start_after)):
             continue
-        if end is not None and ek >= encode_element(as_tuple(end)):
+        if end is not UNSET and ek >= encode_element(as_tuple(end)):
             continue
-        if prefix is not None:
+        if prefix is not UNSET:
             p = as_tuple(prefix)
             if len(key) < len(p) or encode_element(key[: len(p)]) != encode_element(p):
                 continue
@@ -92,8 +94,8 @@ def user_key_model(data: dict[tuple[Any, ...], dict[Any, Any]], prefix: Any, sta
 @given(
     data=st.dictionaries(KEYS, st.dictionaries(KEYS, st.integers(0, 9), min_size=1, max_size=4),
                          min_size=1, max_size=12),
-    bounds=st.fixed_dictionaries({}, optional={"prefix": KEYS, "start": KEYS,
-                                               "start_after": KEYS, "end": KEYS}),
+    bounds=st.fixed_dictionaries({}, optional={"prefix": BOUNDS, "start": BOUNDS,
+                                               "start_after": BOUNDS, "end": BOUNDS}),
     reverse=st.booleans(),
     limit=st.integers(1, 5),
 )
@@ -104,16 +106,17 @@ def test_keyless_ranges_match_tuple_order(data: Any, bounds: dict[str, Any], rev
     store = KeyedStateStore(InMemoryStateBackend(), max_parallelism=4)  # several key groups
     fill(store, data)
     got = page_all(store.backend.inner, "m", limit, reverse=reverse, **bounds)
-    expected = user_key_model(data, bounds.get("prefix"), bounds.get("start"),
-                              bounds.get("start_after"), bounds.get("end"), reverse)
+    expected = user_key_model(data, bounds.get("prefix", UNSET), bounds.get("start", UNSET),
+                              bounds.get("start_after", UNSET), bounds.get("end", UNSET),
+                              reverse)
     assert [(e.key, e.map_key) for e in got] == expected
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     entries=st.dictionaries(KEYS, st.integers(0, 9), min_size=1, max_size=15),
-    bounds=st.fixed_dictionaries({}, optional={"prefix": KEYS, "start": KEYS,
-                                               "start_after": KEYS, "end": KEYS}),
+    bounds=st.fixed_dictionaries({}, optional={"prefix": BOUNDS, "start": BOUNDS,
+                                               "start_after": BOUNDS, "end": BOUNDS}),
     reverse=st.booleans(),
     limit=st.integers(1, 4),
 )
@@ -125,7 +128,9 @@ def test_keyed_ranges_match_mapstate_entries(entries: Any, bounds: dict[str, Any
     data = {("user", 1): entries, ("user", 1, 0): {"other": 1}, ("user",): {"x": 2}}
     m = fill(store, data)
     store.set_key(("user", 1))
-    expected = [(as_tuple(k), v) for k, v in m.entries(reverse=reverse, **bounds)]
+    # MapState.entries reads None as "no bound": give it the tuple None means here.
+    as_map_bounds = {k: as_tuple(v) for k, v in bounds.items()}
+    expected = [(as_tuple(k), v) for k, v in m.entries(reverse=reverse, **as_map_bounds)]
     got = page_all(store.backend.inner, "m", limit, key=("user", 1), reverse=reverse, **bounds)
     assert [(e.map_key, e.value) for e in got] == expected
     assert all(e.key == ("user", 1) for e in got)
@@ -224,6 +229,31 @@ def test_get_entry(backend: StateBackend) -> None:
     assert get_entry(backend, "m", ("user", 4), ("d", 5)) is None  # start= alone would find more
     assert get_entry(backend, "m", ("user", 4)) is None  # map entries need a map key
     assert get_entry(backend, "l", ("user", 4), 1).value == "b"  # type: ignore[union-attr]
+
+
+def test_none_is_the_key_none_not_no_filter() -> None:
+    store = KeyedStateStore(InMemoryStateBackend(), max_parallelism=4)
+    m = store.bind(MapState("m"))
+    v = store.bind(ValueState("v"))
+    for key in ("a", None, ("b", None)):
+        store.set_key(key)
+        v.set(repr(key))
+        m.put(None, "none")
+        m.put("x", "x")
+    store.flush()
+    db = store.backend.inner
+    assert [(e.key, e.value) for e in query_state(db, "v", key=None).entries] == [
+        ((None,), "None")]
+    assert get_entry(db, "v", None).value == "None"
+    assert get_entry(db, "m", "a", None).value == "none"  # the map key (None,)
+    assert get_entry(db, "m", "a", "x").value == "x"
+    assert [e.map_key for e in query_state(db, "m", key="a", start=None, end="x").entries] == [
+        (None,)]
+    assert [e.key for e in query_state(db, "v", prefix=None).entries] == [(None,)]
+    assert len(query_state(db, "v").entries) == 3  # UNSET: no filter
+    assert [e.key for e in query_state(db, "v", start_after=None).entries] == [
+        ("a",), ("b", None)]
+    assert get_entry(db, "v", "missing") is None
 
 
 def test_parse_key_text() -> None:
