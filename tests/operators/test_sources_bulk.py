@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,10 @@ CSV_LINES = ["a,1,2.5", "b,2,3", "c,x,1", "d,3", "e,4,5,6", '"q,u",5,1.0', 'x,"6
              '"bad,1,2', "", "  ", "\t", "f,7,8\r", "g\r,8,9", "é,9,1", "h,10,1\x00", ",,",
              "i,11,inf"]
 JSONL_LINES = ['{"a":1}', '{"a":', "", " ", "[1,2]", '"s"', '{"a":"\\u00e9"}', '{"a":1}\r',
-               "nope", "3"]
+               "nope", "3",
+               # ints beyond 64 bits stay exact ints (orjson alone gives rounded floats)
+               '{"id":100000000000000000000000000001}', "[-9223372036854775809,18446744073709551617]",
+               '{"s":"123456789012345678901234","n":18446744073709551615}', "-12345678901234567891"]
 TYPES = [{}, {"ts": int}, {"ts": int, "amount": float}, {"zz": int}]
 
 
@@ -127,6 +131,98 @@ def test_jsonl_matches_the_line_by_line_reference(tmp_path: Path, lines, batch) 
     where = offsets(data)
     for n, _, offset, raw in records + dead:
         assert (offset, raw) == where[n]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(st.sampled_from(CSV_LINES), max_size=40),
+    clean=st.booleans(),
+    types=st.sampled_from(TYPES[:3]),
+    batch=st.integers(1, 12),
+)
+def test_csv_without_a_header_reads_every_line_as_a_record(tmp_path: Path, lines, clean, types,
+                                                           batch) -> None:
+    """fields= gives the names: the same records as the file with that header row on top,
+    one line earlier, the first line included."""
+    if clean:
+        lines = [line for line in lines if line in ("a,1,2.5", "b,2,3")]
+    body = "\n".join(lines).encode() + b"\n"
+    (tmp_path / "bare.csv").write_bytes(body)
+    (tmp_path / "headed.csv").write_bytes(b"k,ts,amount\n" + body)
+    records, dead = read_all(
+        ed.sources.csv(tmp_path / "bare.csv", fields=["k", "ts", "amount"], types=types), batch)
+    h_records, h_dead = read_all(ed.sources.csv(tmp_path / "headed.csv", types=types), batch)
+    shift = len(b"k,ts,amount\n")
+    assert records == [(n - 1, r, offset - shift, raw) for n, r, offset, raw in h_records]
+    assert dead == [(n - 1, reason.replace("header has", "fields= has"), offset - shift, raw)
+                    for n, reason, offset, raw in h_dead]
+
+
+def test_csv_without_a_header_in_a_job(tmp_path: Path) -> None:
+    path = tmp_path / "payments.csv"
+    path.write_text("alice,1000,12.5\nbob,2000,3\nalice,3000,x\n")
+    job = ed.Job("bare-csv")
+    out = ed.sinks.collect()
+    (job.source(ed.sources.csv(path, fields=["card", "ts", "amount"],
+                               types={"ts": int, "amount": float}), timestamp="ts")
+        .sink(out))
+    result = ed.run_local(job)
+    assert result.collected(out) == [{"card": "alice", "ts": 1000, "amount": 12.5},
+                                     {"card": "bob", "ts": 2000, "amount": 3.0}]
+    assert [(d["position"]["line"], d["reason"].split(":")[0]) for d in result.dead_letters] == [
+        (3, "field 'amount'")]
+
+
+@pytest.mark.parametrize(("fields", "types", "message"), [
+    ([], {}, "non-empty list of str"),
+    ("card,ts", {}, "non-empty list of str"),
+    (["card", 1], {}, "non-empty list of str"),
+    (["card", "ts", "card"], {}, "'card' more than once"),
+    (["card", "ts"], {"amount": float}, "converts 'amount', which fields= does not name"),
+])
+def test_csv_fields_are_checked_when_the_source_is_made(tmp_path: Path, fields, types,
+                                                        message) -> None:
+    with pytest.raises(ed.errors.ConfigError, match=message):
+        ed.sources.csv(tmp_path / "x.csv", fields=fields, types=types)
+
+
+def test_jsonl_big_ints_stay_exact_in_state_and_output(tmp_path: Path) -> None:
+    """An id beyond 64 bits goes through the source, RocksDB state and the output unrounded."""
+    path = tmp_path / "in.jsonl"
+    big = 100000000000000000000000000001
+    path.write_text(f'{{"k":"a","id":{big},"ts":1}}\n{{"k":"a","id":7,"ts":2}}\n'
+                    f'{{"k":{-big},"id":1,"ts":3}}\n')
+
+    class Keep(ed.KeyedProcessFunction):
+        first = ed.ValueState("first")
+
+        def on_event(self, event, ctx):
+            if self.first.get() is None:
+                self.first.set(event["id"])
+            yield {"key": ctx.key, "first": self.first.get()}
+
+    job = ed.Job("big")
+    out = ed.sinks.collect()
+    (job.source(ed.sources.jsonl(path), timestamp="ts").key_by("k").process(Keep()).sink(out))
+    result = ed.run_local(job, f"rocksdb:{tmp_path / 'state'}", checkpoint_interval=1,
+                          batch_size=1)
+    got = result.collected(out)
+    assert got == [{"key": "a", "first": big}, {"key": "a", "first": big},
+                   {"key": -big, "first": 1}]
+    assert type(got[1]["first"]) is int
+
+
+def test_json_ints_beyond_a_double_are_exact_or_dead_letters(tmp_path: Path) -> None:
+    """orjson refuses ints beyond 1e308; they are valid JSON and read exactly, up to the
+    digits Python converts; longer ones go to dead letters, saying why; NaN stays refused."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"n":1}\n{"n":' + "9" * 5000 + '}\n{"n":' + "7" * 400 + '}\n'
+                    '{"n":NaN,"m":' + "1" * 30 + "}\n")
+    reader = ed.sources.jsonl(path).partitions()[0]
+    records, dead = reader.read(10)
+    assert records == [{"n": 1}, {"n": int("7" * 400)}]
+    assert [(d.position["line"], d.reason.split(":")[0]) for d in dead] == [
+        (2, "cannot read a number exactly"), (4, "invalid JSON")]
 
 
 def test_a_resumed_csv_reader_continues_exactly(tmp_path: Path) -> None:
