@@ -7,6 +7,7 @@ checkpoint (which the replay produces again) is never doubled and no torn line i
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -23,8 +24,20 @@ _OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 def to_json_line(value: Any) -> bytes:
-    """One JSON line for ``value``; values JSON cannot hold are written with ``str()``."""
-    return orjson.dumps(value, default=str, option=_OPTS | orjson.OPT_APPEND_NEWLINE)
+    """One JSON line for ``value``; values JSON cannot hold are written with ``str()``.
+
+    Ints beyond 64 bits, which orjson refuses, are written exactly by ``json``:
+
+    >>> to_json_line({"id": 2**70, "n": 1.5})
+    b'{"id":1180591620717411303424,"n":1.5}\\n'
+    """
+    try:
+        return orjson.dumps(value, default=str, option=_OPTS | orjson.OPT_APPEND_NEWLINE)
+    except TypeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+        return text.encode() + b"\n"
 
 
 class Sink(ABC):

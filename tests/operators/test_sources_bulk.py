@@ -212,6 +212,16 @@ def test_jsonl_big_ints_stay_exact_in_state_and_output(tmp_path: Path) -> None:
     assert type(got[1]["first"]) is int
 
 
+def test_jsonl_in_jsonl_out_keeps_big_ints(tmp_path: Path) -> None:
+    line = '{"id":100000000000000000000000000001,"neg":-9223372036854775809,"n":1.5}\n'
+    (tmp_path / "in.jsonl").write_text(line)
+    job = ed.Job("copy")
+    job.source(ed.sources.jsonl(tmp_path / "in.jsonl")).sink(ed.sinks.jsonl(tmp_path / "out.jsonl"))
+    result = ed.run_local(job)
+    assert result.dead_letters == []
+    assert (tmp_path / "out.jsonl").read_text() == line
+
+
 def test_json_ints_beyond_a_double_are_exact_or_dead_letters(tmp_path: Path) -> None:
     """orjson refuses ints beyond 1e308; they are valid JSON and read exactly, up to the
     digits Python converts; longer ones go to dead letters, saying why; NaN stays refused."""
