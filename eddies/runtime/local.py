@@ -145,9 +145,16 @@ class LocalRunner(Executor):
                     for index, reader in enumerate(n.params["source"].partitions()):
                         self.partitions.append(_Partition(reader, n, index, now))
         except BaseException:
-            backend.close()  # else a RocksDB dir stays locked until garbage collection
+            # Else a RocksDB dir stays locked until garbage collection. A close failing too
+            # must not hide the error being raised.
+            steps = [part.reader.close for part in self.partitions] + [backend.close]
             if self._inspector is not None:
-                self._inspector.stop()
+                steps.append(self._inspector.stop)
+            for close in steps:
+                try:
+                    close()
+                except Exception as exc:
+                    log.debug("cleanup after a failed start failed too: %r", exc)
             raise
 
     def request_stop(self) -> None:

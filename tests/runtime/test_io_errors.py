@@ -5,6 +5,7 @@ after the cause is gone resumes exactly."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -16,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+import eddies as ed
+from eddies.state.memory import InMemoryStateBackend
 
 N = 120_000
 KEYS = 100_000
@@ -212,3 +216,28 @@ def test_a_refused_write_and_a_failing_close_give_one_line(project: Path) -> Non
     assert line.startswith("error: permission denied writing sink 'flaky'"), line
     assert "/data/flaky.jsonl" in line and "give this user access" in line
     assert "closing" not in proc.stderr  # the close's own failure went to the debug log
+
+
+class _CloseFails(InMemoryStateBackend):
+    """A backend whose close fails too, as a full disk's flush does."""
+
+    def close(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failing_close_does_not_hide_the_error_that_ended_the_run(tmp_path: Path) -> None:
+    job = ed.Job("missing")
+    (job.source(ed.sources.iterable([{"k": "a"}])).key_by("k")
+        .map(lambda e: 1 // 0).sink(ed.sinks.collect()))
+    with pytest.raises(ed.errors.UserFunctionError, match="ZeroDivisionError"):
+        ed.run_local(job, _CloseFails())
+    # At start too: the source cannot be opened, and cleaning up fails again.
+    job = ed.Job("missing")
+    job.source(ed.sources.jsonl(tmp_path / "nope.jsonl")).sink(ed.sinks.collect())
+    with pytest.raises(ed.errors.ConfigError, match="nope.jsonl"):
+        ed.run_local(job, _CloseFails())
+    # With nothing to hide, the close's own failure is the error, naming what failed.
+    job = ed.Job("fine")
+    job.source(ed.sources.iterable([1])).sink(ed.sinks.collect())
+    with pytest.raises(ed.errors.StateIOError, match="disk full closing the state backend"):
+        ed.run_local(job, _CloseFails())
