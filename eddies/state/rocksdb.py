@@ -353,27 +353,30 @@ class RocksDbStateBackend(StateBackend):
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise BackendError(
-                    f"cannot use {self.path} as a RocksDB state dir: {exc}"
-                ) from exc
+                raise _os_error(self.path, "creating the state dir", exc) from exc
             _write_marker(self.path, self._marker(closed_cleanly=False))
-        self._db = self._open(new)
-        self._closed = False
         self._cfs: dict[str, rocksdict.Rdict] = {}
         self._handles: dict[str, rocksdict.ColumnFamily] = {}
-        read_opts = _read_options()
-        self._db.set_read_options(read_opts)
-        for name in self._existing:
-            if name != "default":
-                table = self._cfs[name] = self._db.get_column_family(name)
-                table.set_read_options(read_opts)
-                self._handles[name] = self._db.get_column_family_handle(name)
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = durability
         self._sync_opts = rocksdict.WriteOptions()
         self._sync_opts.sync = True
-        if not read_only and not new and read_marker(self.path) != self._marker(False):
-            _write_marker(self.path, self._marker(closed_cleanly=False))
+        self._db = self._open(new)
+        self._closed = False
+        try:
+            read_opts = _read_options()
+            self._db.set_read_options(read_opts)
+            for name in self._existing:
+                if name != "default":
+                    table = self._cfs[name] = self._db.get_column_family(name)
+                    table.set_read_options(read_opts)
+                    self._handles[name] = self._db.get_column_family_handle(name)
+            if not read_only and not new and read_marker(self.path) != self._marker(False):
+                _write_marker(self.path, self._marker(closed_cleanly=False))
+        except BaseException as exc:  # release the dir: nothing more is written to it
+            self._failure = exc if isinstance(exc, BackendError) else BackendError(str(exc))
+            self.close()
+            raise
 
     @staticmethod
     def _marker(closed_cleanly: bool) -> dict[str, Any]:

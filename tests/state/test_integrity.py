@@ -408,3 +408,15 @@ def test_a_read_only_view_while_another_process_holds_the_dir(good: Path,
         holder.stdin.flush()
         holder.wait(timeout=60)
     assert holder.returncode == 0
+
+
+def test_a_failed_marker_write_at_open_releases_the_dir(good: Path, tmp_path: Path) -> None:
+    path = tmp_path / "full"
+    shutil.copytree(good, path)
+    refused = StateIOError(f"RocksDB state dir {path}: writing the marker file EDDIES failed: "
+                           "[Errno 28] No space left on device")
+    with (mock.patch("eddies.state.rocksdb._write_marker", side_effect=refused),
+          pytest.raises(StateIOError, match="No space left")):
+        RocksDbStateBackend(path)
+    with RocksDbStateBackend(path) as db:  # not left locked, and nothing was lost
+        assert db.count("visits") == USERS * PER_USER
