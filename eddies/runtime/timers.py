@@ -581,21 +581,21 @@ class Timers:
         # Keys in (key group, domain, time) order, streamed: each run of one domain and time
         # is one bucket, filled in C; beyond a heap's horizon only counted.
         stored_keys = map(_first, backend.iterate(self.cf, lower, upper))
-        for head, run in groupby(stored_keys, _domain_and_time):
+        for head, group_run in groupby(stored_keys, _domain_and_time):
             domain = head[0]
             if domain == window:
-                marks.update(run)
+                marks.update(group_run)
                 continue
             heap = heaps[domain]
             time = unpack_time(head, 1)[0] - _OFFSET
+            run: Iterable[bytes] = group_run
             if time >= heap.horizon:
                 if time > heap.horizon or not heap.horizon_key:
                     count += sum(1 for _ in run)
                     continue
-                run = list(run)
-                count += len(run)
-                run = [s for s in run if s < heap.horizon_key]
-                count -= len(run)
+                every = list(run)
+                run = [s for s in every if s < heap.horizon_key]
+                count += len(every) - len(run)
             bucket = heap.bucket(time)
             before = len(bucket)
             bucket.update(zip(run, repeat(None)))
