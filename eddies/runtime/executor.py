@@ -369,12 +369,7 @@ class Executor:
                 cache_entries=self.cache_entries,
             )
             self.operators[n] = op
-
-            def timer_emit(value: Any, ts: Any) -> None:
-                op_count[1] += 1
-                emit(value, ts)
-
-            self.timer_emit[n] = timer_emit
+            self.timer_emit[n] = emit
         name = n.name
         stats = self.stats
         if port == 1:  # the broadcast side of a connected stream
@@ -656,6 +651,9 @@ class Executor:
             except Exception as exc:
                 raise self._user_error(n.name, op.ctx.key, _TIMER,
                                        op.ctx.timestamp, exc) from exc
+            if op.emitted:  # timer outputs, counted per firing by the operator
+                self.counts[n.name][1] += op.emitted
+                op.emitted = 0
         self.stats.late_dropped = self.late_dropped_before + sum(
             getattr(op.function, "late_dropped", 0) for op in self.operators.values()
         )

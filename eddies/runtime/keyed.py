@@ -159,6 +159,9 @@ class KeyedOperator:
         self._hook: EventTimeHook | None = attach(self) if attach is not None else None
         self._on_event = function.on_event
         self._on_timer = function.on_timer
+        self.emitted = 0
+        """Outputs handed to ``emit`` by timers and event-time work (for metrics; the
+        executor takes and resets it)."""
 
     def _collect_side(self, tag: OutputTag, value: Any) -> None:
         self.side.setdefault(tag, []).append(value)
@@ -322,6 +325,7 @@ class KeyedOperator:
             ctx.timestamp = time
             emit_into(out, on_timer(time, ctx))
             if emit is not None and out:
+                self.emitted += len(out)
                 for value in out:
                     emit(value, time)
                 out.clear()
@@ -358,6 +362,7 @@ class KeyedOperator:
             else:
                 fire_next(time, out)
             if emit is not None and out:
+                self.emitted += len(out)
                 for value in out:
                     emit(value, time)
                 out.clear()
@@ -374,6 +379,7 @@ class KeyedOperator:
                 return
             self._fire(due[0], due[1], "processing", out)
             if emit is not None and out:
+                self.emitted += len(out)
                 for value in out:
                     emit(value, due[0])
                 out.clear()
