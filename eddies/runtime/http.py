@@ -676,8 +676,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "eddies-inspector"
 
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout  # every read and write on the socket
         super().setup()
+        self.connection.settimeout(self.server.request_timeout)  # every read and write
 
     def _authorized(self) -> bool:
         """Check the token, first of all; answers 401 itself when it is wrong."""
