@@ -39,7 +39,7 @@ import struct
 import sys
 from bisect import insort
 from collections.abc import Callable, Iterable, Iterator
-from itertools import groupby, repeat
+from itertools import groupby, islice, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -578,6 +578,7 @@ class Timers:
         marks = self.event.marks
         unpack_time = _be.unpack_from
         count = 0
+        chunk = self.limit or sys.maxsize
         # Keys in (key group, domain, time) order, streamed: each run of one domain and time
         # is one bucket, filled in C; beyond a heap's horizon only counted.
         stored_keys = map(_first, backend.iterate(self.cf, lower, upper))
@@ -588,22 +589,23 @@ class Timers:
                 continue
             heap = heaps[domain]
             time = unpack_time(head, 1)[0] - _OFFSET
-            run: Iterable[bytes] = group_run
-            if time >= heap.horizon:
-                if time > heap.horizon or not heap.horizon_key:
-                    count += sum(1 for _ in run)
-                    continue
-                every = list(run)
-                run = [s for s in every if s < heap.horizon_key]
-                count += len(every) - len(run)
-            bucket = heap.bucket(time)
-            before = len(bucket)
-            bucket.update(zip(run, repeat(None)))
-            added = len(bucket) - before
-            count += added
-            heap._count += added
-            if heap._count > heap._spill_at:
-                heap._spill()
+            # In pieces of at most ``limit`` keys, so that one time due for many keys never
+            # sits in memory whole: the heap spills between pieces.
+            while piece := list(islice(group_run, chunk)):
+                count += len(piece)
+                if time >= heap.horizon:
+                    if time > heap.horizon or not heap.horizon_key:
+                        continue
+                    piece = [s for s in piece if s < heap.horizon_key]
+                    if not piece:
+                        continue
+                bucket = heap.bucket(time)
+                before = len(bucket)
+                bucket.update(zip(piece, repeat(None)))
+                count -= len(piece) - (len(bucket) - before)  # less those already in memory
+                heap._count += len(bucket) - before
+                if heap._count > heap._spill_at:
+                    heap._spill()
         for loader in self.loaders:
             loader(backend, lower, upper)
         return count

@@ -450,6 +450,33 @@ def test_window_unit_order_dedup_delete_next_time_and_restore(backend: str, tmp_
     db.close()
 
 
+def test_one_time_due_for_many_keys_is_loaded_and_fired_in_parts(tmp_path) -> None:
+    """Every key's timer at one time (an end-of-input timer): memory still holds at most
+    ``limit`` of them, from the restore on, and they fire in stored-key order."""
+    from eddies.runtime.timers import EVENT, Timers
+    from eddies.state import Batch, InMemoryStateBackend, KeyedStateStore, RocksDbStateBackend
+    from eddies.state.keys import state_key
+
+    prefix = KeyedStateStore(InMemoryStateBackend()).prefix
+    keys = [state_key(f"user{i}") for i in range(500)]
+    written = Timers("op", prefix)
+    for key in keys:
+        written.register(EVENT, 2**62, key)
+    batch = Batch()
+    written.collect(batch)
+    with RocksDbStateBackend(tmp_path) as db:
+        db.write(batch)
+        loaded = Timers("op", prefix, limit=10)
+        assert loaded.load(db) == 500
+        assert len(loaded.event) <= 10
+        assert loaded.event.next_time() == 2**62
+        fired = []
+        while (due := loaded.event.pop_due(2**62)) is not None:
+            fired.append(due[1])
+            assert len(loaded.event) <= 10
+        assert fired == sorted(keys, key=prefix)
+
+
 # -- TTL -----------------------------------------------------------------------------------------
 TTL_MS = 3_000
 
