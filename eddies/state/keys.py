@@ -10,7 +10,7 @@ collide and no string can forge a key boundary::
     str              02 <utf-8, 00 -> 00 FF> 00
     nested tuple     05 <elements> 00
     -inf             0A
-    int < -2**64     0B <len ^ FF> <one's complement, big-endian>
+    int <= -2**64    0B <len ^ FF> <one's complement, big-endian>      (len <= 255)
     int < 0          14-n <one's complement of n bytes, big-endian>     (1 <= n <= 8)
     int 0            14
     int > 0          14+n <n bytes, big-endian>                        (1 <= n <= 8)
@@ -36,7 +36,8 @@ number, so it is never read as the next element, and ``(161, "x") < (161.7,)`` a
 The double is ``x`` itself rather than ``x - floor(x)``, which is rounded for negatives
 (``-1e-300 - (-1)`` is ``1.0`` in doubles). Decoding gives an int for integral values (``True``
 and ``1.0`` come back as ``1``) and a float otherwise. NaN is refused (it is not equal to
-itself).
+itself). As ``1.5`` starts with the bytes of ``1``, a prefix range ends at ``prefix + FE``,
+not ``prefix + FF`` (:func:`prefix_upper_bound`).
 
 Across kinds the order follows the type byte: None < bytes < str < tuple < number. Inside a
 kind it is Python's (str by code point, bytes and tuples lexicographically, a tuple before
