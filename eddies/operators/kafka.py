@@ -10,13 +10,14 @@ module imports no Kafka client, so jobs that use them still import without the `
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 
 from eddies.errors import ConfigError
 from eddies.operators.sinks import Sink
-from eddies.operators.sources import Source, SourceReader
+from eddies.operators.sources import Source, SourceReader, loads_exact
 
 __all__ = ["KafkaSink", "KafkaSource", "kafka_sink", "kafka_source"]
 
@@ -28,7 +29,7 @@ def decode(value_format: str, data: bytes | None) -> Any:
     if data is None:
         raise ValueError("record has no value (a tombstone)")
     if value_format == "json":
-        return orjson.loads(data)
+        return loads_exact(data)  # ints beyond 64 bits stay exact
     if value_format == "str":
         return data.decode("utf-8")
     return data
@@ -36,7 +37,13 @@ def decode(value_format: str, data: bytes | None) -> Any:
 
 def encode(value_format: str, value: Any) -> bytes:
     if value_format == "json":
-        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:  # an int beyond 64 bits: written exactly by json
+            if "64-bit" not in str(exc):
+                raise
+            return json.dumps(value, default=str, ensure_ascii=False,
+                              separators=(",", ":")).encode()
     if value_format == "str":
         return str(value).encode("utf-8")
     if isinstance(value, bytes | bytearray):

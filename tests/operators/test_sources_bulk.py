@@ -248,3 +248,12 @@ def test_a_resumed_csv_reader_continues_exactly(tmp_path: Path) -> None:
     while not again.done:
         rest.extend(again.read(7)[0])
     assert [r["v"] for r in first + rest] == list(range(50))
+
+
+def test_kafka_json_values_keep_big_ints() -> None:
+    from eddies.operators.kafka import decode, encode
+
+    data = b'{"id":100000000000000000000000000001,"n":[-9223372036854775809,1.5]}'
+    value = decode("json", data)
+    assert value == {"id": 100000000000000000000000000001, "n": [-9223372036854775809, 1.5]}
+    assert encode("json", value) == data
