@@ -7,7 +7,8 @@
 
 Semantics, as in Flink:
 
-- A window fires when the watermark reaches ``end - 1`` (its last millisecond).
+- A window fires when the watermark reaches ``end - 1`` (its last millisecond). The watermark
+  moves after every event, however the runner batches them (see ``runtime/executor.py``).
 - An event for a window that already fired but is within ``allowed_lateness`` re-fires the
   window at once with the updated value (an updated result, same key/start/end).
 - An event is late when every window it belongs to has ``end - 1 + allowed_lateness`` at or

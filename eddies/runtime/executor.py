@@ -4,6 +4,19 @@ Drivers own the inputs and the checkpoint protocol: the local runner reads files
 (``local.py``), the Kafka worker reads assigned partitions (``kafka/worker.py``). Both hand
 batches of records to :meth:`Executor.push_records`, then call :meth:`advance_time` with their
 per-partition watermarks, :meth:`flush_sinks`, and at checkpoints :meth:`checkpoint_ops`.
+
+Event-time results do not depend on the batch size: every one is what advancing the
+watermark after every record would give. A partition's watermark after a record is ``max
+timestamp so far - max_out_of_orderness - 1``; an operator's is the minimum over its inputs,
+idle ones left out. A record is handled under the watermark the records before it left:
+every event-time timer and window end at or below it has fired, in time order, before the
+record; TTL state whose ``expires_at`` is at or below it reads as absent; the record is late
+when its timestamp is at or below it. A timer registered at or below the watermark fires when
+the watermark next moves, as in Flink. Batches stay batches: :meth:`Executor.push_records`
+computes each record's watermark in C-level passes, sets it (and the TTL clock) per record,
+and advances time inside a batch only where a watermark reaches the next timer or window end.
+With several partitions, the order in which a driver interleaves their batches is part of the
+input, as in any engine whose watermark is a minimum over inputs.
 """
 
 from __future__ import annotations

@@ -635,8 +635,13 @@ class KafkaWorker:
             raw = None if record.value is None else record.value.decode("utf-8", "replace")
             return {"topic": topic, "partition": p, "offset": record.offset}, raw
 
+        # Event time advances between the records as if after every one (executor.py): the
+        # push needs this partition's watermark and every other one's.
+        mark = self.marks.get((topic, p))
         try:
-            max_ts = ex.push_records(node, values, locate, now)
+            max_ts = ex.push_records(
+                node, values, locate, now, mark=mark,
+                others=None if mark is None else self._source_watermarks(now, (topic, p)))
         finally:
             ex.cur_src = None
             for op in ex.operators.values():
@@ -663,9 +668,14 @@ class KafkaWorker:
             out.append(record)
         return out
 
-    def _source_watermarks(self, now: int) -> dict[Node, list[tuple[int, bool]]]:
+    def _source_watermarks(
+        self, now: int, skip: tuple[str, int] | None = None
+    ) -> dict[Node, list[tuple[int, bool]]]:
+        """Per source, its partitions' (watermark, idle); ``skip``: all but that one."""
         by_source: dict[Node, list[tuple[int, bool]]] = {}
         for (topic, _p), mark in self.marks.items():
+            if (topic, _p) == skip:
+                continue
             node = self.plan.source_of_topic[topic]
             by_source.setdefault(node, []).append((mark.watermark, mark.idle(now)))
         for node in self.plan.source_of_topic.values():
