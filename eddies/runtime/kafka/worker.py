@@ -52,7 +52,7 @@ from mode.utils.objects import cached_property
 
 from eddies.errors import ConfigError, EddiesError, KeyEncodingError
 from eddies.operators.kafka import KafkaSink, decode
-from eddies.operators.sources import DeadLetter
+from eddies.operators.sources import DeadLetter, loads_exact
 from eddies.runtime.executor import _RECORD_ERRORS, Executor, RunStats
 from eddies.runtime.failures import error_lines
 from eddies.runtime.graph import Job, Node
@@ -606,7 +606,7 @@ class KafkaWorker:
         kept = batch
         try:
             if fmt == "json":
-                values = [orjson.loads(r.value) for r in batch]
+                values = [loads_exact(r.value) for r in batch]  # big ints kept exact
             else:
                 values = [decode(fmt, r.value) for r in batch]
         except (ValueError, TypeError):
