@@ -27,6 +27,7 @@ from eddies.state import (
     ValueState,
     decode_key,
 )
+from eddies.testing import Harness
 
 T0 = 1_000
 
@@ -241,3 +242,23 @@ def test_the_inspector_finds_key_1_when_asked_for_1_0(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     listed = json.loads(result.stdout)
     assert listed["entries"] == [{"key": [1], "map_key": None, "value": 5, "expires_at": None}]
+
+
+class Remind(ed.KeyedProcessFunction):
+    def on_event(self, event: Any, ctx: Any) -> None:
+        ctx.timers.register_event_time(5_000)
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Any:
+        yield (ctx.key, timestamp)
+
+
+def test_a_timer_of_key_1_and_of_key_1_0_is_one_timer_across_a_restore() -> None:
+    h = Harness(Remind())
+    h.event("x", key=1, timestamp=T0)
+    snapshot = h.snapshot()
+    again = Harness(Remind())
+    again.restore(snapshot)
+    again.event("y", key=1.0, timestamp=T0 + 1)
+    again.event("z", key=True, timestamp=T0 + 2)
+    assert again.pending_timers(1.0) == [("event", 5_000)]
+    assert again.watermark(6_000) == [(1, 5_000)], "fired once, for the key as decoded"
