@@ -166,36 +166,44 @@ def test_timers_and_ttl_fire_inside_a_batch_as_per_record() -> None:
 
 
 class _Source:
-    """Drives an Executor as the Kafka worker does: one partition, batches of records, its
-    PartitionWatermark observed after each batch and time advanced after it."""
+    """Drives an Executor as the Kafka worker does (kafka/worker.py ``_push``): one partition,
+    batches of records pushed with the key group pinned to the partition and with the
+    partition's watermark, which is observed after each batch, then time advanced."""
 
-    def __init__(self, events: list[dict[str, Any]]) -> None:
+    def __init__(self, shape: str, events: list[dict[str, Any]]) -> None:
+        self.shape = shape
         self.events = events
 
-    def run(self, batch: int, per_record: bool) -> dict[str, Any]:
-        job, sinks = build("graph", self.events)
+    def run(self, batch: int) -> dict[str, Any]:
+        job, sinks = build(self.shape, self.events)
         ex = Executor(job, open_backend("memory"), clock=lambda: 0)
         ex.open_operators()
         node = job.nodes[0]
         mark = PartitionWatermark(BoundedOutOfOrderness(BOUND), 0)
         for lo in range(0, len(self.events), batch):
-            values = self.events[lo:lo + batch]
-            max_ts = ex.push_records(node, values, None, 0,
-                                     mark=mark if per_record else None, others={})
+            for op in ex.operators.values():
+                op.store.key_group = 3
+            try:
+                max_ts = ex.push_records(node, self.events[lo:lo + batch], None, 0,
+                                         mark=mark, others={})
+            finally:
+                for op in ex.operators.values():
+                    op.store.key_group = None
             mark.observe(max_ts, 0)
             ex.advance_time({node: [(mark.watermark, False)]}, 0)
         ex.advance_time({}, 0)
         ex.flush_sinks()
         return {**{name: sink.items for name, sink in sinks.items()},
-                "late": ex.stats.late_events}
+                "counts": (ex.stats.late_events, ex.stats.late_dropped, ex.stats.dead_letters)}
 
 
+@pytest.mark.parametrize("shape", ["fused", "graph"])
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=inputs(), size=st.integers(2, 2_000))
 def test_executor_entry_point_of_the_workers_is_batch_independent(
-    events: list[dict[str, Any]], size: int
+    shape: str, events: list[dict[str, Any]], size: int
 ) -> None:
     """push_records with the partition's watermark (what kafka/worker.py passes) gives the
     results of feeding one record at a time."""
-    source = _Source(events)
-    assert source.run(size, per_record=True) == source.run(1, per_record=True)
+    source = _Source(shape, events)
+    assert source.run(size) == source.run(1)
