@@ -79,6 +79,7 @@ MARKER_FORMAT = 1
 _STEPS = 8
 """Entries a forward range read takes one by one before it hands over to rocksdict's items():
 short scans (a key's map entries) are cheapest on a raw iterator, long ones in Rust."""
+_STEP_RANGE = range(_STEPS)
 
 # Names RocksDB, rocksdict and eddies put in a state dir.
 _STATE_FILE = re.compile(
@@ -530,7 +531,7 @@ class RocksDbStateBackend(StateBackend):
     def _scan(
         self,
         cf: str,
-        table: rocksdict.Rdict | None,
+        table: Any,
         lower: bytes | None,
         upper: bytes | None,
         reverse: bool,
@@ -540,10 +541,16 @@ class RocksDbStateBackend(StateBackend):
         # every range read. The lower bound is a seek going forward and a check going back.
         #
         # rocksdict's items() stops quietly when RocksDB fails (a checksum mismatch ends it
-        # as if the data ended there), so a scan through items() ends with a probe: one seek
-        # just past the last key, whose status says whether the range ended or the read failed.
-        ro = _read_options(upper)
-        it = cast(rocksdict.Rdict, table).iter(ro)
+        # as if the data ended there). So the first _STEPS entries come from a raw iterator,
+        # whose status() is checked where it stops (short scans, a key's map entries, are
+        # cheapest this way), and longer scans go on through items(), which steps in Rust at
+        # half the cost of valid/key/value/next, and end with a probe: one seek just past the
+        # last key, whose status says whether the range ended or the read failed. Checksums
+        # are verified: RocksDB's ReadOptions default, which tests with flipped bytes pin.
+        ro = rocksdict.ReadOptions()
+        if upper is not None:
+            ro.set_iterate_upper_bound(upper)
+        it = table.iter(ro)
         probe = None
         try:
             if reverse:
@@ -560,26 +567,27 @@ class RocksDbStateBackend(StateBackend):
                 it.seek_to_first()
             else:
                 it.seek(lower)
-            for _ in range(_STEPS):
-                if not it.valid():
+            valid = it.valid
+            for _ in _STEP_RANGE:
+                if not valid():
                     it.status()
                     return
                 yield it.key(), it.value()
                 it.next()
-            if not it.valid():
+            if not valid():
                 it.status()
                 return
             start = it.key()
-            it = None
+            it = valid = None
             kv = None
-            for kv in cast(rocksdict.Rdict, table).items(from_key=start, read_opt=ro):
-                yield kv  # items() steps in Rust: half the cost of valid/key/value/next
-            probe = cast(rocksdict.Rdict, table).iter(ro)
+            for kv in table.items(from_key=start, read_opt=ro):
+                yield kv
+            probe = table.iter(ro)
             probe.seek(start if kv is None else kv[0] + b"\x00")
             if not probe.valid():
                 probe.status()
         except Exception as exc:
-            it = probe = table = None  # the traceback keeps this frame: not the DB
+            it = valid = probe = table = None  # the traceback keeps this frame: not the DB
             raise self._error(exc, cf, "range read") from exc
 
     def verify(self) -> dict[str, int]:
