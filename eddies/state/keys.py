@@ -111,20 +111,44 @@ _SIZE_LIMITS = [(1 << (8 * i)) - 1 for i in range(9)]
 
 def state_key(key: Any) -> Any:
     """The form in which state caches and timers hold ``key``: a 1-tuple of a non-tuple value
-    is that bare value (they encode the same), a namedtuple a plain tuple.
+    is that bare value (they encode the same), a namedtuple a plain tuple, and a bare number as
+    decoding gives it back (``True`` and ``1.0`` as ``1``), so a timer's ``ctx.key`` is the same
+    whether its key stayed in memory or was read back from the backend. The elements of longer
+    tuples are left as given (equal keys all the same: they encode alike): checking them would
+    cost every event a loop.
 
     Bare keys spare the hot path a tuple per event and a pointer per dict probe.
 
     >>> state_key(("a",)), state_key("a"), state_key(("a", 1)), state_key((("a", 1),))
     ('a', 'a', ('a', 1), (('a', 1),))
+    >>> state_key(True), state_key((1.0,)), state_key(2.5)
+    (1, 1, 2.5)
     """
     if type(key) is tuple:
-        if len(key) == 1 and not isinstance(key[0], tuple):
-            return key[0]
+        if len(key) == 1:
+            item = key[0]
+            ti = type(item)
+            if ti is str or ti is int:
+                return item
+            return key if isinstance(item, tuple) else _decoded_number(item)
+        return key
+    t = type(key)
+    if t is str or t is int:
         return key
     if isinstance(key, tuple):  # a namedtuple
         return state_key(tuple(key))
-    return key
+    return _decoded_number(key)
+
+
+def _decoded_number(value: Any) -> Any:
+    """``value`` as decoding gives it back if it is a bool or a float: ints for integral
+    values."""
+    t = type(value)
+    if t is bool:
+        return int(value)
+    if t is float and value.is_integer():
+        return int(value)
+    return value
 
 
 def as_tuple(key: Any) -> Key:
