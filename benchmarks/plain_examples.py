@@ -9,10 +9,10 @@ late events. ``benchmarks/examples.py`` checks that on every run.
 The runtime rules they follow (``eddies/runtime/local.py``, ``executor.py``, ``keyed.py``):
 
 - Input is read in micro-batches of ``batch`` non-blank lines (2,000: ``run_local``'s
-  default); a malformed line counts in its batch. Every event of a batch is handled with the
-  watermark the batch started with. After the batch a source's watermark becomes
-  ``max timestamp so far - max_out_of_orderness - 1`` if that is higher, and only when it
-  rises do event-time timers fire, in time order. At the end of input it is +infinity.
+  default); a malformed line counts in its batch. Results do not depend on the batches:
+  every event is handled with the watermark the events before it left, ``max timestamp so
+  far - max_out_of_orderness - 1``, and only when it rises do event-time timers fire, in time
+  order. At the end of input it is +infinity.
 - A line that is not JSON, a record without a usable timestamp (an int, or a finite float
   taken as int, within 2**62 of the epoch) or without a storable key is a dead letter.
 - An event-time TTL entry written at record time ``t`` reads as absent once the watermark
@@ -157,24 +157,17 @@ def fraud(source: Path, output: Path, batch: int = BATCH) -> Counts:
     events = 0
     name = source.name
     wm = max_ts = MIN_TIME
-    i = 0
     with _open(source) as f, _write(output) as out:
         write = out.write
         for lineno, line in enumerate(f, 1):
-            if i == batch:  # the previous `batch` lines were a micro-batch: the watermark moves
-                i = 0
-                if max_ts - FRAUD_DELAY - 1 > wm:
-                    wm = max_ts - FRAUD_DELAY - 1
             try:
                 event = loads(line)
             except ValueError:
                 if line.strip(BLANK):
                     events += 1
-                    i += 1
                     dead.append([name, lineno])
                 continue
             events += 1
-            i += 1
             try:
                 ts = event["ts"]
             except RECORD_ERRORS:
@@ -185,8 +178,11 @@ def fraud(source: Path, output: Path, batch: int = BATCH) -> Counts:
                 if ts is None:
                     dead.append([name, lineno])
                     continue
+            watermark = wm  # this event's; the next one sees the watermark it moves
             if ts > max_ts:
                 max_ts = ts
+                if ts - FRAUD_DELAY - 1 > wm:
+                    wm = ts - FRAUD_DELAY - 1
             try:
                 card = event["card"]
             except RECORD_ERRORS:
@@ -200,16 +196,17 @@ def fraud(source: Path, output: Path, batch: int = BATCH) -> Counts:
             if payments is None:
                 payments = recent[card] = deque()
             payments.append(ts + HOUR_MS)
-            while payments and payments[0] <= wm:
+            while payments and payments[0] <= watermark:
                 payments.popleft()
             s = small_at.get(card)
             if s is not None:
-                if s + WINDOW_MS <= wm:  # expired
+                if s + WINDOW_MS <= watermark:  # expired
                     del small_at[card]
                 elif amount > LARGE and 0 <= ts - s <= WINDOW_MS:
                     write(dumps({"card": card, "alert": True, "small_at": s, "large_at": ts,
                                  "amount": amount,
-                                 "recent_payments": sum(1 for e in payments if e > wm)}))
+                                 "recent_payments": sum(1 for e in payments
+                                                        if e > watermark)}))
                     write("\n")
                     del small_at[card]
             if amount < SMALL:
@@ -232,12 +229,14 @@ def page_views(source: Path, views_out: Path, sessions_out: Path, late_out: Path
     events = dropped = 0
     name = source.name
     wm = max_ts = MIN_TIME
-    i = 0
+    due = MAX_TIME  # at or below the next watermark anything fires or closes at
     with (_open(source) as f, _write(views_out) as vout, _write(sessions_out) as sout,
           _write(late_out) as lout):
         vwrite, swrite, lwrite = vout.write, sout.write, lout.write
 
-        def advance(wm: int) -> None:
+        def advance(wm: int) -> int:
+            """Fire and close what the watermark reached; returns the next due time."""
+            due = MAX_TIME
             for (page, start), w in list(windows.items()):
                 last = start + MINUTE_MS - 1
                 if last <= wm and not w[1]:
@@ -246,6 +245,8 @@ def page_views(source: Path, views_out: Path, sessions_out: Path, late_out: Path
                                   "value": w[0]}) + "\n")
                 if last + LATENESS_MS <= wm:
                     del windows[(page, start)]
+                else:
+                    due = min(due, last if not w[1] else last + LATENESS_MS)
             for user in [u for u, ws in sessions.items() if ws[0][1] - 1 <= wm]:
                 ws = sessions[user]
                 while ws and ws[0][1] - 1 <= wm:  # by start is by end: sessions are disjoint
@@ -258,23 +259,23 @@ def page_views(source: Path, views_out: Path, sessions_out: Path, late_out: Path
                                   "value": summary}) + "\n")
                 if not ws:
                     del sessions[user]
+            for ws in sessions.values():
+                due = min(due, ws[0][1] - 1)
+            return due
 
         for lineno, line in enumerate(f, 1):
-            if i == batch:
-                i = 0
-                if max_ts - VIEWS_DELAY - 1 > wm:
-                    wm = max_ts - VIEWS_DELAY - 1
-                    advance(wm)
+            if max_ts - VIEWS_DELAY - 1 > wm:  # the watermark the events so far left
+                wm = max_ts - VIEWS_DELAY - 1
+                if wm >= due:
+                    due = advance(wm)
             try:
                 event = loads(line)
             except ValueError:
                 if line.strip(BLANK):
                     events += 1
-                    i += 1
                     dead.append([name, lineno])
                 continue
             events += 1
-            i += 1
             try:
                 ts = event["ts"]
             except RECORD_ERRORS:
@@ -300,6 +301,7 @@ def page_views(source: Path, views_out: Path, sessions_out: Path, late_out: Path
                     w = windows.get((page, start))
                     if w is None:
                         w = windows[(page, start)] = [0, last <= wm]
+                        due = min(due, last + LATENESS_MS if last <= wm else last)
                     w[0] += 1
                     if last <= wm:  # fired already: an update within the lateness
                         vwrite(dumps({"key": page, "start": start, "end": start + MINUTE_MS,
@@ -334,6 +336,7 @@ def page_views(source: Path, views_out: Path, sessions_out: Path, late_out: Path
             while at < len(ws) and ws[at][0] < lo:
                 at += 1
             ws.insert(at, [lo, hi, clicks])
+            due = min(due, hi - 1)
         advance(MAX_TIME)
     return {"events": events, "dead_letters": dead, "late_dropped": dropped}
 
