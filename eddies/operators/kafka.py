@@ -35,15 +35,24 @@ def decode(value_format: str, data: bytes | None) -> Any:
     return data
 
 
+def dumps_exact(value: Any, option: int = 0) -> bytes:
+    """``orjson.dumps(value, default=str, option=option)``, except that ints beyond 64 bits,
+    which orjson refuses, are written exactly (by ``json``).
+
+    >>> dumps_exact({"id": 2**70})
+    b'{"id":1180591620717411303424}'
+    """
+    try:
+        return orjson.dumps(value, default=str, option=option)
+    except TypeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def encode(value_format: str, value: Any) -> bytes:
     if value_format == "json":
-        try:
-            return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError as exc:  # an int beyond 64 bits: written exactly by json
-            if "64-bit" not in str(exc):
-                raise
-            return json.dumps(value, default=str, ensure_ascii=False,
-                              separators=(",", ":")).encode()
+        return dumps_exact(value, orjson.OPT_NON_STR_KEYS)
     if value_format == "str":
         return str(value).encode("utf-8")
     if isinstance(value, bytes | bytearray):

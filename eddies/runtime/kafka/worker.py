@@ -51,7 +51,7 @@ from mode import Service
 from mode.utils.objects import cached_property
 
 from eddies.errors import ConfigError, EddiesError, KeyEncodingError
-from eddies.operators.kafka import KafkaSink, decode
+from eddies.operators.kafka import KafkaSink, decode, dumps_exact
 from eddies.operators.sources import DeadLetter, loads_exact
 from eddies.runtime.executor import _RECORD_ERRORS, Executor, RunStats
 from eddies.runtime.failures import error_lines
@@ -696,7 +696,7 @@ class KafkaWorker:
             out = []
             for encoded, value, ts, src, off in items:
                 headers = [] if src is None else [(_SRC, src.encode()), (_OFF, str(off).encode())]
-                out.append((encoded, orjson.dumps(value, default=str), ts, headers,
+                out.append((encoded, dumps_exact(value), ts, headers,
                             zlib.crc32(encoded) % self.partitions))
             items.clear()
             sends.extend(await self._send(topic, out, explicit=True))
