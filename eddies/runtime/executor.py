@@ -865,7 +865,7 @@ class Executor:
                 high = last if last < bound else bound
                 op.horizon = high if high > low else low
                 if high > low:
-                    span = ys[i:k]
+                    span = ys if i == 0 and k == n else ys[i:k]
                     if bound < last or span[0] < low:
                         span = list(map(max, repeat(low, k - i),
                                         map(min, span, repeat(bound, k - i))))
