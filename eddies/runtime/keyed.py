@@ -306,6 +306,7 @@ class KeyedOperator:
         set_clock = self.backend.set_watermark
         current = self.watermark
         last = None
+        emitted = 0  # a local while timers fire (see self.emitted)
         while True:
             due = pop_due(watermark)
             if due is None:
@@ -325,10 +326,11 @@ class KeyedOperator:
             ctx.timestamp = time
             emit_into(out, on_timer(time, ctx))
             if emit is not None and out:
-                self.emitted += len(out)
+                emitted += len(out)
                 for value in out:
                     emit(value, time)
                 out.clear()
+        self.emitted += emitted
         self.set_watermark(watermark)
 
     def _advance_with_hook(
