@@ -26,7 +26,7 @@ import time as _time
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from operator import itemgetter, le
 from types import GeneratorType
 from typing import Any
@@ -559,8 +559,8 @@ class Executor:
                         break
                 start = j + 1
             op.watermark = wms[handled - 1]
-            if min(stamps) <= wms[handled - 1]:
-                stats.late_events += sum(map(le, stamps[:handled], wms[:handled]))
+            if min(stamps) <= wms[handled - 1]:  # map stops at handled
+                stats.late_events += sum(map(le, islice(stamps, handled), wms))
             op_count[0] += handled
             op_count[1] += emitted
             op_time[0] += perf() - started
