@@ -476,7 +476,7 @@ class RocksDbStateBackend(StateBackend):
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         self.round_trips += 1
-        table = self._cfs.get(cf)
+        table: Any = self._cfs.get(cf)
         if table is None:
             return None
         try:
@@ -487,7 +487,7 @@ class RocksDbStateBackend(StateBackend):
 
     def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
         self.round_trips += 1
-        table = self._cfs.get(cf)
+        table: Any = self._cfs.get(cf)
         if table is None:
             return [None] * len(keys)
         try:  # rocksdict raises on the first failed key rather than returning errors in the list
@@ -498,13 +498,13 @@ class RocksDbStateBackend(StateBackend):
 
     def keys(self, cf: str, lower: bytes | None, upper: bytes | None, limit: int) -> list[bytes]:
         self.round_trips += 1
-        table = self._cfs.get(cf)
+        table: Any = self._cfs.get(cf)
         if table is None:
             return []
         ro = _read_options(upper)
         probe = None
         try:
-            keys = list(islice(table.keys(from_key=lower, read_opt=ro), limit))
+            keys: list[bytes] = list(islice(table.keys(from_key=lower, read_opt=ro), limit))
             if len(keys) < limit:  # ended: at the range's end, or at an error keys() hides
                 probe = table.iter(ro)
                 probe.seek(keys[-1] + b"\x00" if keys else lower or b"")
@@ -603,10 +603,10 @@ class RocksDbStateBackend(StateBackend):
         {'default': 0, 's': 1}
         """
         counts: dict[str, int] = {}
-        tables = [("default", self._db), *sorted(self._cfs.items())]
+        tables: list[tuple[str, Any]] = [("default", self._db), *sorted(self._cfs.items())]
         for name, table in tables:
             ro = _read_options()
-            ro.fill_cache(False)
+            ro.fill_cache(False)  # type: ignore[call-arg]  # the stub lacks the argument
             ro.set_readahead_size(2 << 20)
             probe = None
             try:
@@ -632,7 +632,8 @@ class RocksDbStateBackend(StateBackend):
             )
         if self._failure is not None:
             self._raise_failed()
-        wb = rocksdict.WriteBatch(raw_mode=True)
+        wb: Any = rocksdict.WriteBatch(raw_mode=True)
+        handle: Any = None
         # Runs of ops of one kind on one column family go to the batch through C-level
         # loops (starmap) with that family as the batch's default, in key order: memtable
         # inserts in order reuse the skiplist position of the one before (about half the
