@@ -293,3 +293,49 @@ def test_key_null_is_the_key_none(bases: dict[str, Path], tmp_path: Path) -> Non
     assert json.loads(got.stdout)["key"] == [None] and json.loads(got.stdout)["value"] == 1
     listed = cli("ls", str(tmp_path / "nulls"), "--state", "total", "--key", "null", "--json")
     assert [(e["key"], e["value"]) for e in json.loads(listed.stdout)["entries"]] == [([None], 1)]
+
+
+# -- refused I/O ---------------------------------------------------------------------------------
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Any:
+    if os.geteuid() != 0:
+        pytest.skip("a small tmpfs for a full disk needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed (no CAP_SYS_ADMIN?): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_ends_with_one_line_and_resumes_exactly(
+    bases: dict[str, Path], tmp_path: Path, small_tmpfs: Path
+) -> None:
+    project = tmp_path / "full"
+    project.mkdir()
+    (project / "job.py").write_text(JOB)
+    (project / "events.jsonl").write_text(events(0, FIRST + 2))
+    state = small_tmpfs / "state"
+    cmd = [sys.executable, "-m", "eddies.runtime.cli", "run", "job.py:scan", "--quiet",
+           "--state", f"rocksdb:{state}", "--checkpoint-interval", "3000"]
+    full = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    assert full.returncode == 1, full.stderr
+    lines = full.stderr.splitlines()
+    assert len([x for x in lines if x.startswith("error:")]) == 1, full.stderr
+    assert "Traceback" not in full.stderr
+    assert re.search(rf"^error: RocksDB state dir {state}: checkpoint write failed: IO error: "
+                     r"No space left on device.* The last checkpoint is intact: free space on "
+                     r"the disk that holds", full.stderr), full.stderr
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+    resumed = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[resumed" in resumed.stderr
+    got = (project / "scan.jsonl").read_text()
+    reference = subprocess.run([*cmd[:-4], "--state", "memory"], cwd=project,
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    assert got == (project / "scan.jsonl").read_text()  # the resumed run's output is exact
