@@ -1,5 +1,5 @@
-"""The ``eddies`` command: ``eddies run module:job``, and ``eddies state ls/get`` to inspect
-the state a job left in (or is writing to) a RocksDB dir.
+"""The ``eddies`` command: ``eddies run module:job``, and ``eddies state ls/get/verify`` to
+inspect and check the state a job left in (or is writing to) a RocksDB dir.
 
 Errors print as one ``error:`` line (what, where, what to do), then where it happened (the
 user's own frames for an exception in user code); ``--debug`` adds the whole traceback. The
