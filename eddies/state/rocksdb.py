@@ -372,8 +372,10 @@ class RocksDbStateBackend(StateBackend):
                     table = self._cfs[name] = self._db.get_column_family(name)
                     table.set_read_options(read_opts)
                     self._handles[name] = self._db.get_column_family_handle(name)
-            if not read_only and not new and read_marker(self.path) != self._marker(False):
-                _write_marker(self.path, self._marker(closed_cleanly=False))
+            if not read_only and not new:
+                marker = read_marker(self.path) or {}
+                if marker.get("closed_cleanly") is not False:
+                    _write_marker(self.path, {**marker, "closed_cleanly": False})
         except BaseException as exc:  # release the dir: nothing more is written to it
             self._failure = exc if isinstance(exc, BackendError) else BackendError(str(exc))
             self.close()
@@ -381,6 +383,8 @@ class RocksDbStateBackend(StateBackend):
 
     @staticmethod
     def _marker(closed_cleanly: bool) -> dict[str, Any]:
+        """A new dir's marker. Fields other eddies versions add (a job identity, say) are
+        kept when this one rewrites closed_cleanly."""
         return {"eddies_state": MARKER_FORMAT, "key_layout": KEY_LAYOUT_VERSION,
                 "closed_cleanly": closed_cleanly}
 
@@ -713,6 +717,7 @@ class RocksDbStateBackend(StateBackend):
         if self._shadow is not None:
             shutil.rmtree(self._shadow, ignore_errors=True)
         if clean:
-            _write_marker(self.path, self._marker(closed_cleanly=True))
+            _write_marker(self.path, {**(read_marker(self.path) or self._marker(True)),
+                                      "closed_cleanly": True})
         if error is not None:
             raise error

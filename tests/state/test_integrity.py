@@ -420,3 +420,14 @@ def test_a_failed_marker_write_at_open_releases_the_dir(good: Path, tmp_path: Pa
         RocksDbStateBackend(path)
     with RocksDbStateBackend(path) as db:  # not left locked, and nothing was lost
         assert db.count("visits") == USERS * PER_USER
+
+
+def test_the_marker_keeps_fields_it_does_not_know(good: Path, tmp_path: Path) -> None:
+    path = tmp_path / "later"
+    shutil.copytree(good, path)
+    marker = json.loads((path / MARKER).read_text())
+    (path / MARKER).write_text(json.dumps({**marker, "job": {"name": "visits"}}))
+    db = RocksDbStateBackend(path)
+    assert read_marker(path) == {**marker, "job": {"name": "visits"}, "closed_cleanly": False}
+    db.close()
+    assert read_marker(path) == {**marker, "job": {"name": "visits"}, "closed_cleanly": True}
