@@ -10,6 +10,7 @@ OS error) are classified by their text, so they read the same way.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import resource
 import traceback
@@ -89,6 +90,12 @@ def io_error(where: str, exc: OSError) -> StateIOError:
     return StateIOError(f"{what} {where}: {exc}; {_RESUME.format(fix=fix)}")
 
 
+def _in_package(filename: str) -> bool:
+    """Whether ``filename`` lies inside the eddies package dir, compared by path components:
+    a sibling such as ``eddies_jobs/`` or ``eddies_contrib/`` is the user's, not eddies'."""
+    return str(Path(filename).resolve()).startswith(_PACKAGE + os.sep)
+
+
 def user_frames(exc: BaseException) -> list[str]:
     """The frames of the traceback behind ``exc`` (its cause, for a UserFunctionError) that
     lie outside the eddies package, formatted as Python prints them (file, line, code).
@@ -100,7 +107,7 @@ def user_frames(exc: BaseException) -> list[str]:
     if cause is None or cause.__traceback__ is None:
         return []
     frames = [f for f in traceback.extract_tb(cause.__traceback__)
-              if not str(Path(f.filename).resolve()).startswith(_PACKAGE)]
+              if not _in_package(f.filename)]
     return [line for entry in traceback.format_list(frames)
             for line in entry.rstrip("\n").split("\n")]
 
