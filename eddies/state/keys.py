@@ -421,17 +421,25 @@ def decode_user_key(data: bytes, pos: int) -> tuple[Any, int]:
 
     The common key, one str without NUL bytes (``05 02 <utf-8> 00 00``), is decoded directly
     (sweeps, timer loads and window restores decode one per entry): its first NUL ends the
-    str, and a second one right after it ends the tuple. Anything else (an escaped NUL,
-    ``00 FF``; a tuple of more than the str) takes the general decode.
+    str, and a second one right after it ends the tuple unless an FF follows (``00 FF`` is a
+    None inside the tuple, as in ``("a", None)``). Anything else (an escaped NUL; a tuple of
+    more than the str) takes the general decode.
 
     >>> decode_user_key(b"\\x00\\x07" + encode_element("alice"), 2)
     ('alice', 11)
     >>> decode_user_key(encode_element(("a", 1)) + b"rest", 0)
     (('a', 1), 7)
+    >>> decode_user_key(encode_element(("a", None)) + encode_key(7), 0)
+    (('a', None), 7)
     """
     if data[pos:pos + 2] == b"\x05\x02":
         end = data.find(b"\x00", pos + 2)
-        if end > 0 and data[end + 1:end + 2] == b"\x00":
-            return data[pos + 2:end].decode("utf-8"), end + 2
+        if (end > 0 and data[end + 1:end + 2] == b"\x00"
+                and data[end + 2:end + 3] != b"\xff"):
+            try:
+                return data[pos + 2:end].decode("utf-8"), end + 2
+            except UnicodeDecodeError as exc:
+                raise KeyEncodingError(
+                    f"malformed key bytes {bytes(data).hex()}: {exc}") from exc
     key, end = decode_prefixed(data, pos)
     return state_key(key), end

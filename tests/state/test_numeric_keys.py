@@ -262,3 +262,27 @@ def test_a_timer_of_key_1_and_of_key_1_0_is_one_timer_across_a_restore() -> None
     again.event("z", key=True, timestamp=T0 + 2)
     assert again.pending_timers(1.0) == [("event", 5_000)]
     assert again.watermark(6_000) == [(1, 5_000)], "fired once, for the key as decoded"
+
+
+class CountThenReport(ed.KeyedProcessFunction):
+    n = ed.ValueState("n", default=0)
+
+    def on_event(self, event: Any, ctx: Any) -> None:
+        self.n.set(self.n.get() + 1)
+        ctx.timers.register_event_time(5_000)
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Any:
+        yield (ctx.key, self.n.get())
+
+
+@pytest.mark.parametrize("key", [("a", None), ("a", None, 1), ("", None, "b")])
+def test_timers_of_a_str_then_none_key_fire_for_that_key_after_a_restore(
+        key: tuple, tmp_path: Path) -> None:
+    """A timer loaded from the backend decodes its key in full: ``("a", None)`` fires as
+    itself, with its state, not as ``"a"``."""
+    h = Harness(CountThenReport(), state=f"rocksdb:{tmp_path / 'db'}")
+    h.event("x", key=key, timestamp=T0)
+    snapshot = h.snapshot()
+    again = Harness(CountThenReport())
+    again.restore(snapshot)
+    assert again.watermark(6_000) == [(key, 1)]

@@ -105,9 +105,14 @@ def test_stored_key_layout_round_trips(user_key: tuple, map_key: tuple) -> None:
     assert same(decode_key(data[end:]), decoded_form(map_key))
 
 
+# Keys that start with a str, the shape decode_user_key's fast path looks at: a str alone,
+# or followed by more elements (None right after the str is the case ``00 00 FF`` tells apart).
+str_first = st.builds(lambda text, rest: (text, *rest), st.text(max_size=8),
+                      st.lists(st.one_of(st.none(), elements), max_size=3))
+
+
 @CODEC
-@given(st.one_of(keys, st.text(max_size=8).map(lambda s: (s,))), keys,
-       st.binary(min_size=2, max_size=2))
+@given(st.one_of(keys, str_first), keys, st.binary(min_size=2, max_size=2))
 def test_decode_user_key_is_the_general_decode(user_key: tuple, suffix: tuple,
                                                group: bytes) -> None:
     """The fast str path of decode_user_key agrees with the general decode, with and without
@@ -117,6 +122,13 @@ def test_decode_user_key_is_the_general_decode(user_key: tuple, suffix: tuple,
         key, end = decode_user_key(data, 2)
         assert same(key, state_key(decoded_form(user_key)))
         assert data[end:] == tail
+
+
+def test_decode_user_key_reads_a_none_after_a_str() -> None:
+    """``("a", None)`` is ``05 02 61 00 | 00 FF | 00``: the NUL after the str's end starts the
+    None, it does not end the tuple."""
+    data = b"\x00\x01" + encode_element(("a", None)) + encode_key(7)
+    assert decode_user_key(data, 2) == (("a", None), 9)
 
 
 def test_decode_user_key_rejects_an_unterminated_str() -> None:
