@@ -50,7 +50,10 @@ def _fmt_lag(wm: int) -> str:
 
 
 class _Progress:
-    """A rich progress bar on a TTY; plain periodic log lines otherwise (or with --quiet)."""
+    """A rich progress bar on a TTY; plain periodic log lines otherwise (or with --quiet).
+
+    Both count this run only, as the final summary does (a resumed run's counters carry the
+    previous runs' too)."""
 
     def __init__(self, quiet: bool, every: float = 5.0) -> None:
         self.tty = sys.stderr.isatty() and not quiet
@@ -90,7 +93,8 @@ class _Progress:
             info = (
                 f"{stats.this_run('events_in'):,} events  {stats.events_per_s:,.0f}/s  "
                 f"wm {_fmt_wm(stats.watermark)}{_fmt_lag(stats.watermark)}  "
-                f"late {stats.late_events:,}  dead {stats.dead_letters:,}"
+                f"late {stats.this_run('late_events'):,}  "
+                f"dead {stats.this_run('dead_letters'):,}"
             )
             self._bar.update(self._task, total=stats.bytes_total, completed=stats.bytes_read,
                              info=info)

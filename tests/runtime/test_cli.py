@@ -222,3 +222,22 @@ def test_bad_state_spec(project: Path) -> None:
     proc = eddies(project, "run", "countjob.py:job", "--state", "postgres://x")
     assert proc.returncode == 1
     assert "unknown state backend" in proc.stderr
+
+
+def test_the_progress_bar_counts_this_run_only_after_a_resume() -> None:
+    from eddies.runtime.cli import _Progress
+    from eddies.runtime.executor import RunStats
+
+    # A resumed run: the counters carry the previous runs' (``before``), as the checkpoint has
+    # them; the bar shows this run's, as the final summary does.
+    stats = RunStats(events_in=1_500, late_events=40, dead_letters=7, resumed=True,
+                     elapsed_s=1.0, bytes_read=10, bytes_total=10,
+                     before={"events_in": 1_000, "late_events": 30, "dead_letters": 5})
+    progress = _Progress(quiet=False)
+    progress.tty = True  # the bar, as on a terminal
+    with progress:
+        progress(stats)
+        info = progress._bar.tasks[0].fields["info"]
+    assert info.startswith("500 events  500/s  ")
+    assert info.endswith("  late 10  dead 2")
+    assert "500 events in, 0 out, 2 dead letters, 10 late" in stats.summary()
