@@ -10,13 +10,12 @@ module imports no Kafka client, so jobs that use them still import without the `
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
 
 from eddies.errors import ConfigError
-from eddies.operators.sinks import Sink
+from eddies.operators.sinks import Sink, dumps_exact
 from eddies.operators.sources import Source, SourceReader, loads_exact
 
 __all__ = ["KafkaSink", "KafkaSource", "kafka_sink", "kafka_source"]
@@ -33,21 +32,6 @@ def decode(value_format: str, data: bytes | None) -> Any:
     if value_format == "str":
         return data.decode("utf-8")
     return data
-
-
-def dumps_exact(value: Any, option: int = 0) -> bytes:
-    """``orjson.dumps(value, default=str, option=option)``, except that ints beyond 64 bits,
-    which orjson refuses, are written exactly (by ``json``).
-
-    >>> dumps_exact({"id": 2**70})
-    b'{"id":1180591620717411303424}'
-    """
-    try:
-        return orjson.dumps(value, default=str, option=option)
-    except TypeError as exc:
-        if "64-bit" not in str(exc):
-            raise
-        return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def encode(value_format: str, value: Any) -> bytes:

@@ -7,7 +7,6 @@ checkpoint (which the replay produces again) is never doubled and no torn line i
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -26,18 +25,43 @@ _OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 def to_json_line(value: Any) -> bytes:
     """One JSON line for ``value``; values JSON cannot hold are written with ``str()``.
 
-    Ints beyond 64 bits, which orjson refuses, are written exactly by ``json``:
+    Ints beyond 64 bits, which orjson refuses, are written exactly, and everything else as
+    orjson writes it (NaN as null, datetimes in ISO form):
 
-    >>> to_json_line({"id": 2**70, "n": 1.5})
-    b'{"id":1180591620717411303424,"n":1.5}\\n'
+    >>> to_json_line({"id": 2**70, "n": 1.5, "x": float("nan")})
+    b'{"id":1180591620717411303424,"n":1.5,"x":null}\\n'
+    """
+    return dumps_exact(value, _OPTS | orjson.OPT_APPEND_NEWLINE)
+
+
+def dumps_exact(value: Any, option: int = 0) -> bytes:
+    """``orjson.dumps(value, default=str, option=option)``, except that ints beyond 64 bits,
+    which orjson refuses, are written exactly: they go in as pre-serialized fragments, so the
+    rest of the value is written by orjson's rules all the same.
+
+    >>> dumps_exact({"id": -2**70, "tags": [2**64]})
+    b'{"id":-1180591620717411303424,"tags":[18446744073709551616]}'
     """
     try:
-        return orjson.dumps(value, default=str, option=_OPTS | orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(value, default=str, option=option)
     except TypeError as exc:
         if "64-bit" not in str(exc):
             raise
-        text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
-        return text.encode() + b"\n"
+    return orjson.dumps(_big_ints_as_fragments(value), default=str, option=option)
+
+
+def _big_ints_as_fragments(value: Any) -> Any:
+    """``value`` with every int outside orjson's range, in dicts, lists and tuples, replaced by
+    its digits as an ``orjson.Fragment`` (an int dict key by its str, as JSON keys are)."""
+    t = type(value)
+    if t is int:
+        return value if -(1 << 63) <= value < (1 << 64) else orjson.Fragment(str(value))
+    if t is dict:
+        return {(str(k) if type(k) is int else k): _big_ints_as_fragments(v)
+                for k, v in value.items()}
+    if t is list or t is tuple:
+        return [_big_ints_as_fragments(v) for v in value]
+    return value
 
 
 class Sink(ABC):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv as _csv
 import json
+import math
 import os
 import re
 from abc import ABC, abstractmethod
@@ -246,8 +247,10 @@ def loads_exact(raw: bytes) -> Any:
     """Parse one JSON document as ``orjson.loads`` does, except that ints beyond 64 bits stay
     exact ints (orjson would round them to floats).
 
-    Raises ``orjson.JSONDecodeError`` for invalid JSON, and ``ValueError`` for an int of more
-    digits than Python converts (``sys.get_int_max_str_digits()``).
+    Raises ``orjson.JSONDecodeError`` for what orjson refuses (invalid JSON, a float beyond a
+    double's range, a lone surrogate), whatever else the text holds, and ``ValueError`` for an
+    int of more digits than Python converts (``sys.get_int_max_str_digits()``) or one nested
+    too deep to re-read exactly.
 
     >>> loads_exact(b'{"id": 100000000000000000000000000001, "n": 1.5}')
     {'id': 100000000000000000000000000001, 'n': 1.5}
@@ -257,13 +260,27 @@ def loads_exact(raw: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         if not _may_hold_a_long_int(raw):
             raise
-        try:  # orjson also refuses ints beyond a double's range (1e309), which are valid JSON
-            return json.loads(raw, parse_constant=_not_json)
-        except (json.JSONDecodeError, _NotJson, UnicodeDecodeError):
+        # orjson also refuses ints beyond a double's range (a 310-digit int), which are valid
+        # JSON; anything else it refuses stays refused.
+        try:
+            value = json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)
+            _check_text(value)
+        except (json.JSONDecodeError, _NotJson, UnicodeError, RecursionError):
             raise exc from None  # invalid after all: orjson's message
+        # (a ValueError of an int too long to convert goes on: never rounded, never dropped)
+        return value
     if _may_hold_a_long_int(raw):
-        return json.loads(raw)
+        return reparse_exact(raw)
     return value
+
+
+def reparse_exact(raw: bytes) -> Any:
+    """``json.loads`` of text orjson has read (so valid JSON): its ints come back exact.
+    Nesting deeper than ``json`` reads (about 1,000 levels) is a ``ValueError``."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deep to read its long ints exactly") from None
 
 
 class _NotJson(ValueError):
@@ -272,6 +289,29 @@ class _NotJson(ValueError):
 
 def _not_json(name: str) -> Any:
     raise _NotJson(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"{text} is beyond a double's range")
+    return value
+
+
+def _check_text(value: Any) -> None:
+    """Refuse strings that are not valid UTF-8 (a lone surrogate from a ``\\ud800`` escape),
+    as orjson does."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        t = type(item)
+        if t is str:
+            item.encode("utf-8")  # UnicodeEncodeError is a ValueError
+        elif t is dict:
+            stack.extend(item)
+            stack.extend(item.values())
+        elif t is list:
+            stack.extend(item)
 
 
 class _JsonlReader(_LineReader):
@@ -283,7 +323,7 @@ class _JsonlReader(_LineReader):
                 if _may_hold_a_long_int(data):  # rare: then find the lines
                     for i, raw in enumerate(lines):
                         if _may_hold_a_long_int(raw):
-                            out[i] = json.loads(raw)
+                            out[i] = reparse_exact(raw)
             except ValueError:  # orjson.JSONDecodeError is one
                 pass  # some line is bad: the line-by-line pass says which
             else:

@@ -235,6 +235,38 @@ def test_json_ints_beyond_a_double_are_exact_or_dead_letters(tmp_path: Path) -> 
         (2, "cannot read a number exactly"), (4, "invalid JSON")]
 
 
+def test_a_long_digit_run_does_not_change_what_is_refused(tmp_path: Path) -> None:
+    """A 20-digit run elsewhere in a line (which makes the reader re-parse it for exact ints)
+    never turns a line orjson refuses into a record: a float beyond a double's range or a lone
+    surrogate stays a dead letter, and nesting too deep to re-read is one, never a crash."""
+    digits = '"card":"12345678901234567890"'
+    deep = "[" * 1_010 + '"12345678901234567890"' + "]" * 1_010
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join([
+        '{"v":1e400,' + digits + "}", '{"v":"\\ud800",' + digits + "}", '{"v":' + deep + "}",
+        '{"v":1,' + digits + "}"]) + "\n")
+    reader = ed.sources.jsonl(path).partitions()[0]
+    records, dead = reader.read(10)
+    assert records == [{"v": 1, "card": "12345678901234567890"}]
+    assert [(d.position["line"], d.reason.split(":")[0]) for d in dead] == [
+        (1, "invalid JSON"), (2, "invalid JSON"), (3, "cannot read a number exactly")]
+
+
+def test_a_record_with_a_big_int_keeps_orjsons_rules_for_the_rest() -> None:
+    """Writing an int beyond 64 bits exactly does not change how the rest of the record is
+    written: NaN is null and datetimes are ISO, as in any other record."""
+    import datetime
+
+    from eddies.operators.sinks import to_json_line
+
+    record = {"id": 2**70, "x": float("nan"), "at": datetime.datetime(2024, 1, 2, 3, 4),
+              "ids": [2**64, -(2**63) - 1, 5], "by_id": {2**70: True}}
+    assert to_json_line(record) == (
+        b'{"id":1180591620717411303424,"x":null,"at":"2024-01-02T03:04:00",'
+        b'"ids":[18446744073709551616,-9223372036854775809,5],'
+        b'"by_id":{"1180591620717411303424":true}}\n')
+
+
 def test_a_resumed_csv_reader_continues_exactly(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text("k,v\n" + "".join(f"k{i},{i}\n" for i in range(50)))
