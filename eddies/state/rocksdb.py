@@ -21,8 +21,9 @@ After such an error the backend writes nothing more (close() does not flush), so
 what the last checkpoint left.
 
 A dir is created only when it does not exist or is empty, together with the marker file
-``EDDIES`` (JSON: ``{"eddies_state": 1, "key_layout": 2, "closed_cleanly": ...}``), written
-atomically. Any other dir is opened only if its marker has this eddies' key layout and its
+``EDDIES`` (JSON: ``{"eddies_state": 1, "key_layout": 2, "closed_cleanly": ..., "opened":
+...}``), written atomically; ``opened`` turns true once RocksDB has written its files, so a dir
+left with only its marker is new only if RocksDB never opened there. Any other dir is opened only if its marker has this eddies' key layout and its
 RocksDB files are all there (``CURRENT``, the ``MANIFEST`` it names, the WAL when the last
 run did not close cleanly); otherwise the open is refused with what is missing and how to
 recover, and nothing in the dir is created, changed or deleted. ``closed_cleanly`` is false
@@ -234,7 +235,11 @@ def _check_dir(path: Path, read_only: bool) -> bool:
         raise _os_error(path, "listing the dir", exc) from exc
     marker = read_marker(path) if MARKER in names else None
     others = [n for n in names if n not in (MARKER, MARKER + ".tmp")]
-    if not others and (marker is None or marker.get("key_layout") == KEY_LAYOUT_VERSION):
+    # A marker alone is a new dir unless RocksDB once opened there (``opened``, or a clean
+    # close): then its files are gone, and opening would start from empty state.
+    if not others and (marker is None or (
+            marker.get("key_layout") == KEY_LAYOUT_VERSION and not marker.get("opened")
+            and marker.get("closed_cleanly") is not True)):
         if read_only:
             raise BackendError(
                 f"{path} is not a RocksDB state dir (no CURRENT file: it is empty); give the "
@@ -372,10 +377,13 @@ class RocksDbStateBackend(StateBackend):
                     table = self._cfs[name] = self._db.get_column_family(name)
                     table.set_read_options(read_opts)
                     self._handles[name] = self._db.get_column_family_handle(name)
-            if not read_only and not new:
+            if new:  # RocksDB's files exist from here on: a marker alone is no new dir
+                _write_marker(self.path, {**self._marker(False), "opened": True})
+            elif not read_only:
                 marker = read_marker(self.path) or {}
-                if marker.get("closed_cleanly") is not False:
-                    _write_marker(self.path, {**marker, "closed_cleanly": False})
+                if marker.get("closed_cleanly") is not False or not marker.get("opened"):
+                    _write_marker(self.path, {**marker, "closed_cleanly": False,
+                                              "opened": True})
         except BaseException as exc:  # release the dir: nothing more is written to it
             self._failure = exc if isinstance(exc, BackendError) else BackendError(str(exc))
             self.close()

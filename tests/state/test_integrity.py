@@ -288,14 +288,32 @@ def test_new_and_empty_dirs_are_created_with_the_marker(tmp_path: Path) -> None:
         RocksDbStateBackend(path).close()
         assert (path / "CURRENT").is_file()
         assert (path / MARKER).read_bytes() == (
-            b'{"closed_cleanly": true, "eddies_state": 1, "key_layout": %d}\n'
+            b'{"closed_cleanly": true, "eddies_state": 1, "key_layout": %d, "opened": true}\n'
             % KEY_LAYOUT_VERSION)
     # A creation stopped after the marker and before RocksDB wrote anything is still new.
     only_marker = tmp_path / "marker-only"
     only_marker.mkdir()
-    shutil.copy(tmp_path / "empty" / MARKER, only_marker / MARKER)
+    (only_marker / MARKER).write_bytes(
+        b'{"closed_cleanly": false, "eddies_state": 1, "key_layout": %d}\n' % KEY_LAYOUT_VERSION)
     RocksDbStateBackend(only_marker).close()
     assert (only_marker / "CURRENT").is_file()
+
+
+def test_a_marker_left_alone_by_a_dir_that_held_state_is_refused(tmp_path: Path) -> None:
+    """Every RocksDB file gone, the marker left: RocksDB had opened there, so this is lost
+    state, not a new dir; the open is refused and the marker is left as it was."""
+    with RocksDbStateBackend(tmp_path) as db:
+        batch = Batch()
+        batch.put("s", b"k", b"v")
+        db.write(batch)
+    for name in os.listdir(tmp_path):
+        if name != MARKER:
+            os.remove(tmp_path / name)
+    before = listing(tmp_path)
+    for _ in range(2):
+        with pytest.raises(StateCorruptionError, match="no CURRENT file"):
+            RocksDbStateBackend(tmp_path)
+        assert listing(tmp_path) == before
 
 
 _CRASH = """
