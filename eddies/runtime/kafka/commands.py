@@ -47,8 +47,8 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
     """Run TARGET (file.py:job or module:job) as a Kafka worker; start more to scale out.
 
     SIGTERM or Ctrl-C (SIGINT) stops the worker after its current round: a final checkpoint,
-    its offsets committed, then it leaves the group so the others take its partitions at
-    once; it exits 0 with one line. A second signal exits at once (130 or 143), from the last
+    its offsets committed (when it holds restored partitions; the line says which), then it
+    leaves the group so the others take its partitions at once; it exits 0 with one line. A second signal exits at once (130 or 143), from the last
     checkpoint. An error exits 1 with one error: line.
     """
     from eddies.runtime.cli import load_target, report_error
@@ -76,8 +76,11 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
         report_error(exc, debug=level == "DEBUG")
         return
     if kw.stopped_by is not None:
-        click.echo(f"{job.name}: stopped by {signal.Signals(kw.stopped_by).name} at a final "
-                   "checkpoint (offsets committed, left the group): "
+        how = ("at a final checkpoint (offsets committed, left the group)" if kw.final_checkpoint
+               else "holding no restored partition, so with no final checkpoint (nothing to "
+                    "checkpoint; its partitions resume from their last checkpoint; left the "
+                    "group)")
+        click.echo(f"{job.name}: stopped by {signal.Signals(kw.stopped_by).name} {how}: "
                    f"{kw.executor.stats.summary()}", err=True)
 
 

@@ -22,7 +22,8 @@ the changelog up to the last marker; the input is then sought to the marker's of
 restore is appended to ``<state-dir>/restores.jsonl`` (partition, source, records, seconds).
 
 Stopping: the first SIGTERM or SIGINT ends the data task after its round with a final
-checkpoint whose offsets are committed, then faust stops the worker, which leaves the group
+checkpoint whose offsets are committed (if it holds restored partitions: else there is nothing
+of its own to checkpoint), then faust stops the worker, which leaves the group
 (the partitions move at once, not after the session timeout); a second signal exits at once
 (code 128 + signal), from the last checkpoint. faust's own SIGINT/SIGTERM handlers are
 replaced once the data task runs.
@@ -160,7 +161,12 @@ class KafkaWorker:
         self.on_progress = on_progress
         self.on_note = on_note or (lambda line: print(line, file=sys.stderr, flush=True))
         self.stopped_by: int | None = None
-        """The signal that stopped the worker (it then took a final checkpoint), if any."""
+        """The signal that stopped the worker, if any."""
+        self.final_checkpoint = False
+        """Whether the worker, stopping, took a final checkpoint and its offsets were
+        committed. Not when it held no restored partition then (a rebalance in progress, or
+        more workers than partitions): there was nothing of its own to checkpoint, and its
+        partitions resume from their last checkpoint."""
         self._faust_worker: faust.Worker | None = None
         self._run_started = time.monotonic()
         # The inspector's address is checked and its port taken before any file exists.
@@ -294,10 +300,10 @@ class KafkaWorker:
             self.owned -= gone
             return
         async with self._lock:
-            if gone & self.ready:
-                await self.checkpoint()
-                if self._commit_task is not None:
-                    await self._commit_task  # the next owner starts at these offsets
+            # Reloading the timers clears the state caches: checkpoint first, and the next
+            # owner of a revoked partition starts at this checkpoint's offsets.
+            if await self._checkpoint_before_clearing() and self._commit_task is not None:
+                await self._commit_task
             self.ready -= gone
             self.owned -= gone
             for tp in gone:
@@ -319,11 +325,10 @@ class KafkaWorker:
         if not self._assignment_done or not self.owned - self.ready:
             return
         async with self._lock:
-            if self.ready:
-                # Restoring clears the state caches: what partitions kept from before the
-                # rebalance changed since the last checkpoint is written first. (With the
-                # eager protocol their revocation checkpointed already; this holds for any.)
-                await self.checkpoint()
+            # Restoring clears the state caches: what partitions kept from before the
+            # rebalance changed since the last checkpoint is written first. (With the eager
+            # protocol their revocation checkpointed already; this holds for any.)
+            await self._checkpoint_before_clearing()
             for tp in sorted(self.owned - self.ready):
                 await self._restore_partition(*tp)
                 self.ready.add(tp)
@@ -335,6 +340,21 @@ class KafkaWorker:
             # that the previous owner did not fire already.
             now = self.executor.clock()
             self.executor.advance_time(self._source_watermarks(now), now)
+
+    async def _checkpoint_before_clearing(self) -> bool:
+        """Checkpoint if the state caches hold anything not written yet, since a rebalance is
+        about to clear them; returns whether it did.
+
+        That is whenever partitions are ready (their keyed state and timers), and also when
+        none is but broadcast records came in since the last checkpoint: BroadcastState
+        changes whether the worker holds partitions or not (between a revocation and the
+        next assignment, or on a worker with no partition), and a checkpoint is where it is
+        written (locally only: every worker rebuilds it from the topic when it starts).
+        """
+        if not self.ready and not self._since_checkpoint:
+            return False
+        await self.checkpoint()
+        return True
 
     @property
     def _consumer(self) -> Any:
@@ -492,6 +512,7 @@ class KafkaWorker:
             self.observer.startup({"restore": time.monotonic() - opened},
                                   self.backend.round_trips - trips)
         self._started.set()
+        final = False
         try:
             while not self._stop:
                 await self._round()
@@ -499,11 +520,13 @@ class KafkaWorker:
             async with self._lock:
                 if self.ready:
                     await self.checkpoint()
+                    final = True
         finally:
             await self._produce_outputs()
             await asyncio.gather(*self._inflight)
             if self._commit_task is not None:
                 await self._commit_task  # the final checkpoint's offsets are committed
+            self.final_checkpoint = final
             await self.producer.stop()
             await self._restore_consumer.stop()
             if self._broadcast is not None:
