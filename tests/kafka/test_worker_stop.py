@@ -120,3 +120,51 @@ def test_a_second_signal_exits_at_once_from_a_stuck_round(kafka_broker, workers,
     wait_until(lambda: last_per_key(kafka_broker, "stuck-out") == expected, 120,
                "totals after the restart to equal the local runner's")
     assert again.stop() == 0
+
+
+def last_assigned(w) -> str | None:
+    """The partitions the worker's last ``assigned`` log line lists (None before any)."""
+    found = [line.split(": assigned ", 1)[1] for line in log_lines(w.log)
+             if ": assigned " in line]
+    return found[-1] if found else None
+
+
+def test_a_worker_holding_no_partition_says_its_stop_took_no_checkpoint(
+    kafka_broker, workers, tmp_path
+) -> None:
+    events = make_events(tmp_path / "e.jsonl", 2_000, 50, seed=14)
+    produce(kafka_broker, events, "idle-in", "account", partitions=1)
+    a = workers(TARGET, kafka_broker, "a", env("idle"))
+    wait_until(lambda: a.restores(), 120, "the first worker to restore the partition")
+    b = workers(TARGET, kafka_broker, "b", env("idle"))
+    # One partition, two workers: after the rebalance one of them holds nothing.
+    held = "[('idle-in', 0)]"
+    wait_until(lambda: last_assigned(b) is not None
+               and {last_assigned(a), last_assigned(b)} == {held, "[]"}, 120,
+               "the rebalance to leave one worker without a partition")
+    idle, busy = (a, b) if last_assigned(a) == "[]" else (b, a)
+
+    def settled() -> bool:  # the busy worker restored the partition of each assignment
+        held_lines = [line for line in log_lines(busy.log) if line.endswith(f"assigned {held}")]
+        return len(busy.restores()) == len(held_lines)
+
+    wait_until(settled, 120, "the busy worker to restore its partition")
+    restores = len(busy.restores())
+    idle.proc.send_signal(signal.SIGTERM)
+    assert idle.proc.wait(30) == 0
+    idle.stop()
+    last = log_lines(idle.log)[-1]
+    assert last.startswith("idle: stopped by SIGTERM holding no restored partition, so with "
+                           "no final checkpoint (nothing to checkpoint; its partitions resume "
+                           "from their last checkpoint; left the group): "), last
+    assert "final checkpoint (offsets committed" not in idle.log.read_text(errors="replace")
+
+    # The other worker, holding the partition again after the rebalance, takes one.
+    wait_until(lambda: len(busy.restores()) > restores, 120, "the rebalance after the stop")
+    busy.proc.send_signal(signal.SIGTERM)
+    assert busy.proc.wait(30) == 0
+    busy.stop()
+    last = log_lines(busy.log)[-1]
+    assert last.startswith("idle: stopped by SIGTERM at a final checkpoint (offsets committed, "
+                           "left the group): "), last
+    assert len(read_topic(kafka_broker, "idle-out")) == 2_000  # each event once, none lost
