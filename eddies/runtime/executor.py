@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import time as _time
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice, repeat
@@ -43,7 +42,7 @@ from eddies.operators.sinks import CollectSink, Sink
 from eddies.operators.sources import DeadLetter
 from eddies.runtime.failures import io_error
 from eddies.runtime.graph import Job, Node
-from eddies.runtime.keyed import BatchCut, KeyedOperator
+from eddies.runtime.keyed import NEVER_DUE, BatchCut, KeyedOperator
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, PartitionWatermark, merge_watermarks
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
@@ -275,7 +274,7 @@ class Executor:
             raise ConfigError(f"job {job.name!r} has no sink; end a stream with .sink(...)")
         pushes: dict[tuple[Node, int], Callable[[Any, Any], None]] = {}
         self.pushes = pushes
-        self.batch_pushes: dict[tuple[Node, int], Callable[..., int]] = {}
+        self.batch_pushes: dict[tuple[Node, int], Callable[..., None]] = {}
         for n in reversed(nodes):
             main = [pushes[(c, i)] for c, i in children[n] if c.kind != "side_output"]
             emit = _fan_out(main)
@@ -287,7 +286,7 @@ class Executor:
         }
         # A source whose only consumer is key_by -> process takes batches straight into the
         # keyed operator (push_keyed_batch in _push_process).
-        self.source_batches: dict[Node, Callable[..., int]] = {}
+        self.source_batches: dict[Node, Callable[..., None]] = {}
         for n in nodes:
             if n.kind != "source" or len(children[n]) != 1:
                 continue
@@ -488,21 +487,40 @@ class Executor:
                     emit(result, ts)
                 out.clear()
 
+        due_at = op.due_watermark
+
+        def respan(j: int, wms: list[int]) -> list[int]:
+            """``wms`` raised from ``j`` on to the operator's watermark: an advance took it
+            beyond them (another input's watermark moved it)."""
+            current = op.watermark
+            if current > op.horizon:
+                op.horizon = current
+            return wms[:j] + list(map(max, repeat(current, len(wms) - j),
+                                      islice(wms, j, None)))
+
         def push_keyed_batch(values: list[Any], stamps: list[int], lo: int,
-                             watermarks: list[int] | None = None) -> int:
+                             watermarks: list[int] | None = None,
+                             advance: Callable[[int], int] | None = None) -> None:
             """push_keyed over a batch whose timestamps are checked ints: the keys are read
             in one C-level pass, and when all are ASCII str (no validation needed, see
             push_keyed) the loop does nothing per event but bind the key and the watermark
             and call on_event. ``lo`` is the batch's first index in the source's read, for
             dead letters. ``watermarks``: the operator's watermark for each record (default:
-            its watermark now, for all); the TTL clock follows it. Stops after a record
-            that registers event-time work the batch reaches (``op.cut``); returns how many
-            records were handled."""
+            its watermark now, for all); the TTL clock follows it.
+
+            ``advance(j)``, given when event time moves inside the batch (see
+            Executor._push_timed), advances event time to record ``j``'s watermark and
+            returns the operator's next due watermark (``due_watermark``): it is called
+            before each record whose watermark reaches the operator's next event-time work,
+            with the operator at the previous record's watermark. Work registered at a
+            watermark the batch reaches raises ``op.cut``, and the next due watermark is
+            read again."""
             count = len(values)
             if not count:
-                return 0
+                return
             wms = watermarks if watermarks is not None else [op.watermark] * count
             cut = op.cut
+            due = due_at() if advance is not None else NEVER_DUE
             keys: list[Any] | None
             try:
                 keys = list(map(keyget, values))
@@ -512,28 +530,43 @@ class Executor:
                     or not all(map(str.isascii, keys))):
                 follow = op.follow
                 for j in range(count):
+                    if wms[j] >= due:
+                        due = advance(j)  # type: ignore[misc]
+                        if op.watermark > wms[j]:
+                            wms = respan(j, wms)
                     self._cur_index = lo + j
                     follow(wms[j])
                     push_keyed(values[j], stamps[j])
                     if cut.due:
-                        return j + 1
-                return count
+                        cut.due = False
+                        due = due_at()
+                return
             clock = op.backend  # the TTL layer: its clock is the watermark
             started = perf()
-            handled = count
             emitted = 0  # outputs, a local until the batch ends (cheaper than the cell)
             start = 0
+            timers = False  # advancing: an error is a timer's, not the record's
             while start < count:
                 j = start
                 try:
                     for j in range(start, count):
+                        watermark = wms[j]
+                        if watermark >= due:
+                            if j:
+                                op.watermark = wms[j - 1]
+                            timers = True
+                            due = advance(j)  # type: ignore[misc]
+                            timers = False
+                            if op.watermark > watermark:
+                                wms = respan(j, wms)
+                                watermark = wms[j]
                         key = keys[j]
                         ts = stamps[j]
                         store.key = key
                         store.timestamp = ts
                         ctx.key = key
                         ctx.timestamp = ts
-                        ctx.watermark = clock.watermark = wms[j]
+                        ctx.watermark = clock.watermark = watermark
                         result = on_event(values[j], ctx)
                         if result is not None:
                             t = type(result)
@@ -548,24 +581,27 @@ class Executor:
                                     emit(item, ts)
                                 out.clear()
                         if cut.due:
-                            handled = j + 1
-                            break
+                            cut.due = False
+                            op.watermark = watermark
+                            due = due_at()
                     break
                 except Exception as exc:
+                    if timers:
+                        raise
                     self._cur_index = lo + j
                     failed(exc, values[j], keys[j], stamps[j])
                     if cut.due:
-                        handled = j + 1
-                        break
-                start = j + 1
-            op.watermark = wms[handled - 1]
-            if min(stamps) <= wms[handled - 1]:  # map stops at handled
-                stats.late_events += sum(map(le, islice(stamps, handled), wms))
-            op_count[0] += handled
+                        cut.due = False
+                        op.watermark = wms[j]
+                        due = due_at()
+                    start = j + 1
+            op.watermark = wms[count - 1]
+            if min(stamps) <= wms[count - 1]:
+                stats.late_events += sum(map(le, stamps, wms))
+            op_count[0] += count
             op_count[1] += emitted
             op_time[0] += perf() - started
-            op_time[1] += handled
-            return handled
+            op_time[1] += count
 
         self.batch_pushes[(n, port)] = push_keyed_batch
         return push_keyed
@@ -648,27 +684,45 @@ class Executor:
         self.idle.update(idle)
         for n in self.job.nodes:  # topological: timer outputs reach operators not yet moved
             op = self.operators.get(n)
-            if op is None:
-                continue
-            out: list[Any] = []
-            try:
-                if not idle[n]:
-                    op.advance_watermark(wm[n], out, self.timer_emit[n])
-                if now is not None:
-                    # Wall-clock timers fire while event time is idle too: that is when
-                    # timeouts matter most.
-                    op.advance_processing_time(now, out, self.timer_emit[n])
-            except EddiesError as exc:
-                if not isinstance(exc, UserFunctionError):
-                    exc.add_note(f"in operator {n.name!r} on key {op.ctx.key!r}, in "
-                                 f"on_timer at {op.ctx.timestamp}")
+            if op is not None:
+                self._advance_op(n, op, None if idle[n] else wm[n], now)
+        self._note_time(wm)
+
+    def _advance_op(self, n: Node, op: KeyedOperator, watermark: int | None,
+                    now: int | None) -> None:
+        """Move ``op`` to ``watermark`` (None: idle) and processing time to ``now`` (None:
+        not), firing its due timers; a failure names the operator, key and timer."""
+        out: list[Any] = []
+        emit = self.timer_emit[n]
+        try:
+            if watermark is not None:
+                op.advance_watermark(watermark, out, emit)
+            if now is not None:
+                # Wall-clock timers fire while event time is idle too: that is when
+                # timeouts matter most.
+                op.advance_processing_time(now, out, emit)
+        except Exception as exc:
+            error = self._timer_error(n, op, exc)
+            if error is exc:
                 raise
-            except Exception as exc:
-                raise self._user_error(n.name, op.ctx.key, _TIMER,
-                                       op.ctx.timestamp, exc) from exc
-            if op.emitted:  # timer outputs, counted per firing by the operator
-                self.counts[n.name][1] += op.emitted
-                op.emitted = 0
+            raise error from exc
+        if op.emitted:  # timer outputs, counted per firing by the operator
+            self.counts[n.name][1] += op.emitted
+            op.emitted = 0
+
+    def _timer_error(self, n: Node, op: KeyedOperator, exc: Exception) -> Exception:
+        """What to raise for ``exc`` out of ``op``'s timers: an EddiesError as it is, with
+        a note naming the operator, key and timer (a UserFunctionError already names
+        them); anything else as a UserFunctionError."""
+        if isinstance(exc, EddiesError):
+            if not isinstance(exc, UserFunctionError):
+                exc.add_note(f"in operator {n.name!r} on key {op.ctx.key!r}, in "
+                             f"on_timer at {op.ctx.timestamp}")
+            return exc
+        return self._user_error(n.name, op.ctx.key, _TIMER, op.ctx.timestamp, exc)
+
+    def _note_time(self, wm: dict[Node, int]) -> None:
+        """The stats that follow event time: windows' dropped events, the sinks' watermark."""
         self.stats.late_dropped = self.late_dropped_before + sum(
             getattr(op.function, "late_dropped", 0) for op in self.operators.values()
         )
@@ -726,10 +780,12 @@ class Executor:
                 head = self._push_range(node, values, 0, 1, timing)
                 first()
                 rest = self._push_range(node, values, 1, len(values), timing)
-                if head is None or (rest is not None and rest > head):
-                    return rest
-                return head
-            return self._push_range(node, values, 0, len(values), timing)
+                top = rest if head is None or (rest is not None and rest > head) else head
+            else:
+                top = self._push_range(node, values, 0, len(values), timing)
+            if timing is not None and timing.settle is not None:
+                self._settle(timing)
+            return top
         finally:
             self._cur_source = None  # records made by timers have no source position
             self._cur_locate = None
@@ -829,109 +885,182 @@ class Executor:
 
     def _push_timed(
         self, values: list[Any], stamps: list[int], lo: int, timing: _EventTime,
-        batch_push: Callable[..., int] | None, emit: Callable[[Any, Any], None],
+        batch_push: Callable[..., None] | None, emit: Callable[[Any, Any], None],
     ) -> None:
         """Push records whose timestamps are checked ints, with event time advanced between
         them as if after every one (see the module docstring). ``lo``: the index of
         ``values[0]`` in the source's read, for dead letters.
 
-        The watermark each record is handled under comes from C-level passes. The records
-        go on in runs that end where some operator's watermark would reach its next
-        event-time work (a timer, a window end): there time is advanced, firing that work,
-        and the next run starts. Work registered during a run at a time the run reaches
-        (``KeyedOperator.horizon``) ends the run after the record that registered it."""
+        The watermark each record is handled under comes from C-level passes: per
+        operator, ``max(its watermark, min(partition watermark, bound))``, where the bound
+        (the other inputs hold it back) is fixed for the whole push. Before a record whose
+        watermark reaches some operator's next event-time work (a timer, a window end),
+        time is advanced, firing that work (:meth:`_advance_to`). Work registered during
+        the push at a time it reaches (``KeyedOperator.horizon``) raises the cut flag after
+        the record that registered it, and the next due time is read again."""
         ys = timing.mark.watermarks_before(stamps, timing.watermark)
         timing.watermark = ys.pop()  # after the last record
-        n = len(stamps)
+        if timing.bounds is None:
+            wm, _ = self._watermarks(timing.with_partition_at(MAX_TIME))
+            timing.bounds = [wm[n] for n, _ in timing.ops]
         ops = timing.ops
-        fused = batch_push if len(ops) == 1 else None
-        cut = self._cut
-        i = 0
-        advanced_at = -1
-        while i < n:
-            limit, bounds = self._next_due(timing)
-            k = n if limit is None else bisect_left(ys, limit, i, n)
-            if k == i:
-                if advanced_at != i:
-                    self._advance_between(timing, ys[i])
-                    advanced_at = i
-                    continue
-                k = i + 1  # the advance fired what was due: nothing is left at ys[i]
-            last = ys[k - 1]
-            lists: list[tuple[KeyedOperator, list[int]]] = []
-            for (_, op), bound in zip(ops, bounds, strict=True):
-                # This run takes op's watermark from op.watermark to max(it, min(y, bound)).
-                low = op.watermark
-                high = last if last < bound else bound
-                op.horizon = high if high > low else low
-                if high > low:
-                    span = ys if i == 0 and k == n else ys[i:k]
-                    if bound < last or span[0] < low:
-                        span = list(map(max, repeat(low, k - i),
-                                        map(min, span, repeat(bound, k - i))))
-                    lists.append((op, span))
-            cut.due = False
-            try:
-                if fused is not None:
-                    span = lists[0][1] if lists else [ops[0][1].watermark] * (k - i)
-                    chunk = values[i:k] if i or k != n else values
-                    i += fused(chunk, stamps[i:k] if i or k != n else stamps, lo + i, span)
-                else:
-                    i = self._push_run(values, stamps, lo, i, k, lists, emit)
-            finally:
-                for _, op in ops:
-                    op.horizon = MIN_TIME
+        last = ys[-1]
+        for (_, op), bound in zip(ops, timing.bounds, strict=True):
+            high = last if last < bound else bound
+            current = op.watermark
+            op.horizon = high if high > current else current
+        try:
+            if batch_push is not None and len(ops) == 1:
+                node, op = ops[0]
+                bound = timing.bounds[0]
+                wm = self.wm
+                timer_emit = self.timer_emit[node]
+                out: list[Any] = []
+
+                due_at = op.due_watermark
+
+                def advance(j: int) -> int:
+                    # _advance_to for the one operator, inlined (it runs before nearly every
+                    # record when each record's watermark reaches a timer); returns the
+                    # operator's next due watermark.
+                    watermark = ys[j]
+                    if not timing.advanced or timing.pinned:
+                        self._advance_to(timing, watermark)
+                        return due_at()
+                    timing.settle = watermark
+                    target = watermark if watermark < bound else bound
+                    if target <= wm[node]:
+                        return due_at()
+                    wm[node] = target
+                    if target <= op.watermark:
+                        return due_at()
+                    source = self._cur_source
+                    self._cur_source = None  # records made by timers have none
+                    try:
+                        op.advance_watermark(target, out, timer_emit)
+                    except Exception as exc:
+                        out.clear()
+                        error = self._timer_error(node, op, exc)
+                        if error is exc:
+                            raise
+                        raise error from exc
+                    finally:
+                        self._cur_source = source
+                    if op.emitted:
+                        self.counts[node.name][1] += op.emitted
+                        op.emitted = 0
+                    return due_at()
+
+                batch_push(values, stamps, lo, _span(ys, op.watermark, bound), advance)
+            else:
+                self._push_run(values, stamps, lo, ys, timing, emit)
+        finally:
+            for _, op in ops:
+                op.horizon = MIN_TIME
 
     def _push_run(
-        self, values: list[Any], stamps: list[int], lo: int, i: int, k: int,
-        lists: list[tuple[KeyedOperator, list[int]]], emit: Callable[[Any, Any], None],
-    ) -> int:
-        """Records ``i..k-1`` one at a time, each operator at the record's watermark; returns
-        the index after the last one pushed (earlier than ``k`` when the run was cut)."""
+        self, values: list[Any], stamps: list[int], lo: int, ys: list[int],
+        timing: _EventTime, emit: Callable[[Any, Any], None],
+    ) -> None:
+        """_push_timed one record at a time down the graph, each operator following the
+        record's watermark (``ys``: the partition's before each record)."""
         cut = self._cut
-        follows = [(op.follow, span) for op, span in lists]
-        for j in range(i, k):
+        ops = timing.ops
+        bounds = timing.bounds
+        assert bounds is not None
+        n = len(ys)
+        # The operators whose watermark the records move, each with its watermark per record.
+        spans = [_span(ys, op.watermark, bound) if op.horizon > op.watermark else None
+                 for (_, op), bound in zip(ops, bounds, strict=True)]
+        follows = [(op.follow, span) for (_, op), span in zip(ops, spans, strict=True)
+                   if span is not None]
+        limit = self._next_due(timing)
+        for j in range(n):
+            if ys[j] >= limit:
+                self._advance_to(timing, ys[j])
+                for i, (_, op) in enumerate(ops):
+                    span = spans[i]
+                    current = op.watermark
+                    if span is not None and current > span[j]:
+                        # Another input's watermark took the operator beyond the planned
+                        # ones: it follows from where it is.
+                        spans[i] = span[:j] + list(map(max, repeat(current, n - j),
+                                                       islice(span, j, None)))
+                        if current > op.horizon:
+                            op.horizon = current
+                        follows = [(o.follow, s) for (_, o), s in zip(ops, spans, strict=True)
+                                   if s is not None]
+                limit = self._next_due(timing)
             self._cur_index = lo + j
             for follow, span in follows:
-                follow(span[j - i])
+                follow(span[j])
             emit(values[j], stamps[j])
             if cut.due:
-                return j + 1
-        return k
+                cut.due = False
+                limit = self._next_due(timing)
 
-    def _next_due(self, timing: _EventTime) -> tuple[int | None, list[int]]:
+    def _next_due(self, timing: _EventTime) -> int:
         """The lowest watermark of the partition being pushed at which some operator it
-        feeds has event-time work due (None: none), and per operator the highest watermark
-        the partition can bring it to (the others hold it back)."""
-        wm, _ = self._watermarks(timing.with_partition_at(MAX_TIME))
-        limit = None
-        bounds = []
-        for n, op in timing.ops:
-            bound = wm[n]
-            bounds.append(bound)
+        feeds has event-time work due (NEVER_DUE: none)."""
+        limit = NEVER_DUE
+        for (_, op), bound in zip(timing.ops, timing.bounds, strict=True):  # type: ignore[arg-type]
             due = op.next_event_time()
             if due is None:
                 continue
             # Work at or below the operator's watermark waits for the watermark to move.
-            at = due if due > op.watermark else op.watermark + 1
-            if bound >= at and (limit is None or at < limit):
+            current = op.watermark
+            at = due if due > current else current + 1
+            if at <= bound and at < limit:
                 limit = at
-        return limit, bounds
+        return limit
 
-    def _advance_between(self, timing: _EventTime, watermark: int) -> None:
-        """Advance event time to the partition being at ``watermark``, between records."""
+    def _advance_to(self, timing: _EventTime, watermark: int) -> None:
+        """Advance event time to the partition being at ``watermark``, between records.
+
+        The first time in a push, through the whole graph (:meth:`_advance`). After that,
+        only the operators the partition feeds can move: each one's watermark is then
+        ``max(its last one, min(watermark, its bound))`` (a min over inputs of maxes and
+        mins with the same partition watermark in them keeps that form), so they are moved
+        directly, in graph order; :meth:`_settle` brings the other nodes' watermarks up at
+        the end of the push."""
         # As when the driver advances time after a batch: no key group pinned (Kafka), so
-        # timers of every partition fire under their own.
-        pinned = [(op.store, op.store.key_group) for op in self.operators.values()
-                  if op.store.key_group is not None]
+        # timers of every partition fire under their own, and records made by timers have
+        # no source position.
+        pinned = timing.pinned
+        if pinned is None:
+            pinned = timing.pinned = [(op.store, op.store.key_group)
+                                      for op in self.operators.values()
+                                      if op.store.key_group is not None]
         for store, _ in pinned:
             store.key_group = None
+        source = self._cur_source
+        self._cur_source = None
         try:
-            self._advance(timing.with_partition_at(watermark), None)
+            if not timing.advanced:
+                self._advance(timing.with_partition_at(watermark), None)
+                timing.advanced = True
+                return
+            timing.settle = watermark
+            wm = self.wm
+            for (n, op), bound in zip(timing.ops, timing.bounds, strict=True):  # type: ignore[arg-type]
+                target = watermark if watermark < bound else bound
+                if target > wm[n]:
+                    wm[n] = target
+                    if target > op.watermark:
+                        self._advance_op(n, op, target, None)
         finally:
+            self._cur_source = source
             for store, group in pinned:
                 store.key_group = group
 
+    def _settle(self, timing: _EventTime) -> None:
+        """After a push that advanced operators directly: every node's watermark as the
+        whole-graph advance to the last watermark would have left it."""
+        assert timing.settle is not None
+        wm, idle = self._watermarks(timing.with_partition_at(timing.settle))
+        self.wm.update(wm)
+        self.idle.update(idle)
+        self._note_time(wm)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open_operators(self, meta: dict[bytes, bytes] | None = None) -> None:
@@ -973,9 +1102,11 @@ class Executor:
 
 class _EventTime:
     """The partition being pushed: its watermark before the next record, the other
-    partitions' ``(watermark, idle)``, and the keyed operators it feeds."""
+    partitions' ``(watermark, idle)``, the keyed operators it feeds, and what one push
+    computes once (see Executor._push_timed and Executor._advance_to)."""
 
-    __slots__ = ("node", "mark", "watermark", "others", "ops")
+    __slots__ = ("node", "mark", "watermark", "others", "ops", "bounds", "pinned", "advanced",
+                 "settle")
 
     def __init__(self, node: Node, mark: PartitionWatermark, others: SourceWatermarks,
                  ops: list[tuple[Node, KeyedOperator]]) -> None:
@@ -984,9 +1115,31 @@ class _EventTime:
         self.watermark = mark.watermark
         self.others = others
         self.ops = ops
+        self.bounds: list[int] | None = None
+        """Per operator, the highest watermark the partition can bring it to (the other
+        inputs hold it back): fixed for the push, as ``others`` is."""
+        self.pinned: list[tuple[Any, int]] | None = None
+        """The stores with a key group pinned, and the group (fixed for the push)."""
+        self.advanced = False
+        """Time was advanced through the whole graph once in this push."""
+        self.settle: int | None = None
+        """The last watermark operators were moved to directly (see Executor._settle)."""
 
     def with_partition_at(self, watermark: int) -> SourceWatermarks:
         """The source watermarks with this partition at ``watermark`` (and not idle)."""
         by_source = dict(self.others)
         by_source[self.node] = [*self.others.get(self.node, ()), (watermark, False)]
         return by_source
+
+
+def _span(ys: list[int], low: int, bound: int) -> list[int]:
+    """An operator's watermark for each record: ``max(low, min(y, bound))`` per ``ys``
+    (nondecreasing); ``ys`` itself when no value changes.
+
+    >>> _span([5, 7, 9, 12], 6, 10)
+    [6, 7, 9, 10]
+    """
+    n = len(ys)
+    if not n or (ys[0] >= low and ys[-1] <= bound):
+        return ys
+    return list(map(max, repeat(low, n), map(min, ys, repeat(bound, n))))

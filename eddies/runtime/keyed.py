@@ -28,9 +28,11 @@ from eddies.state.store import KeyedStateStore
 from eddies.state.ttl import MIN_TIME, TtlConfig
 from eddies.state.values import pack, unpack
 
-__all__ = ["BatchCut", "EventTimeHook", "KeyedOperator", "META_CF", "emit_into"]
+__all__ = ["BatchCut", "EventTimeHook", "KeyedOperator", "META_CF", "NEVER_DUE", "emit_into"]
 
 META_CF = "__meta__"
+NEVER_DUE = 2**63
+"""Above every watermark (see :meth:`KeyedOperator.due_watermark`)."""
 
 
 def emit_into(out: list[Any], result: Any) -> None:
@@ -269,6 +271,24 @@ class KeyedOperator:
                 return hook_at
         return at
 
+    def due_watermark(self) -> int:
+        """The lowest watermark at which event-time work is due: the time of the earliest
+        (:meth:`next_event_time`), or the watermark plus one when that is at or below the
+        watermark (such work waits for the watermark to move); ``NEVER_DUE`` when none."""
+        if self._hook is None:
+            heap = self.timers.event
+            times = heap.times
+            if times and heap.buckets.get(times[0]):  # next_time's answer, without the call
+                at: int | None = times[0]
+            else:
+                at = heap.next_time()
+        else:
+            at = self.next_event_time()
+        if at is None:
+            return NEVER_DUE
+        current = self.watermark
+        return at if at > current else current + 1
+
     def note_event_time(self, time: int) -> None:
         """Event-time work was just registered at ``time`` outside the timers (a window's
         end): cut the batch if the records being pushed reach it (see ``horizon``)."""
@@ -330,8 +350,11 @@ class KeyedOperator:
                 for value in out:
                     emit(value, time)
                 out.clear()
-        self.emitted += emitted
-        self.set_watermark(watermark)
+        if emitted:
+            self.emitted += emitted
+        # set_watermark, inlined: this runs between records of a batch (see the executor).
+        self.watermark = ctx.watermark = watermark
+        set_clock(watermark)
 
     def _advance_with_hook(
         self, watermark: int, out: list[Any], emit: Callable[[Any, int], None] | None
