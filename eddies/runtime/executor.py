@@ -274,7 +274,7 @@ class Executor:
             raise ConfigError(f"job {job.name!r} has no sink; end a stream with .sink(...)")
         pushes: dict[tuple[Node, int], Callable[[Any, Any], None]] = {}
         self.pushes = pushes
-        self.batch_pushes: dict[tuple[Node, int], Callable[..., None]] = {}
+        self.batch_pushes: dict[tuple[Node, int], Callable[..., int]] = {}
         for n in reversed(nodes):
             main = [pushes[(c, i)] for c, i in children[n] if c.kind != "side_output"]
             emit = _fan_out(main)
@@ -286,7 +286,7 @@ class Executor:
         }
         # A source whose only consumer is key_by -> process takes batches straight into the
         # keyed operator (push_keyed_batch in _push_process).
-        self.source_batches: dict[Node, Callable[..., None]] = {}
+        self.source_batches: dict[Node, Callable[..., int]] = {}
         for n in nodes:
             if n.kind != "source" or len(children[n]) != 1:
                 continue
@@ -413,6 +413,7 @@ class Executor:
         validate_key = op.validate_key
         extend = out.extend
         append = out.append
+        timer_out: list[Any] = []  # timers' outputs, passed on as each one fires
 
         def failed(exc: Exception, value: Any, key: Any, ts: Any) -> None:
             """What an exception while handling ``value`` leads to: a record the state cannot
@@ -500,7 +501,8 @@ class Executor:
 
         def push_keyed_batch(values: list[Any], stamps: list[int], lo: int,
                              watermarks: list[int] | None = None,
-                             advance: Callable[[int], int] | None = None) -> None:
+                             advance: Callable[[int], int] | None = None,
+                             timing: _EventTime | None = None) -> int:
             """push_keyed over a batch whose timestamps are checked ints: the keys are read
             in one C-level pass, and when all are ASCII str (no validation needed, see
             push_keyed) the loop does nothing per event but bind the key and the watermark
@@ -514,10 +516,14 @@ class Executor:
             before each record whose watermark reaches the operator's next event-time work,
             with the operator at the previous record's watermark. Work registered at a
             watermark the batch reaches raises ``op.cut``, and the next due watermark is
-            read again."""
+            read again. Once ``timing`` says time went through the whole graph in this push
+            (and no key group is pinned), this operator, the only one the source feeds, is
+            advanced here directly (see Executor._advance_to); returns the last record
+            index that was done for (-1: none)."""
             count = len(values)
+            direct_at = -1
             if not count:
-                return
+                return direct_at
             wms = watermarks if watermarks is not None else [op.watermark] * count
             cut = op.cut
             due = due_at() if advance is not None else NEVER_DUE
@@ -540,12 +546,14 @@ class Executor:
                     if cut.due:
                         cut.due = False
                         due = due_at()
-                return
+                return direct_at
             clock = op.backend  # the TTL layer: its clock is the watermark
             started = perf()
             emitted = 0  # outputs, a local until the batch ends (cheaper than the cell)
             start = 0
-            timers = False  # advancing: an error is a timer's, not the record's
+            direct = False  # advance this operator here (see the docstring)
+            timers = 0  # advancing (1: directly, 2: through advance()): an error is a timer's
+            source = self._cur_source
             while start < count:
                 j = start
                 try:
@@ -554,12 +562,25 @@ class Executor:
                         if watermark >= due:
                             if j:
                                 op.watermark = wms[j - 1]
-                            timers = True
-                            due = advance(j)  # type: ignore[misc]
-                            timers = False
-                            if op.watermark > watermark:
-                                wms = respan(j, wms)
-                                watermark = wms[j]
+                            if direct:
+                                # Executor._advance_to for this operator alone: the
+                                # record's watermark is where the partition's takes it.
+                                timers = 1
+                                self._cur_source = None  # records made by timers have none
+                                op.advance_watermark(watermark, timer_out, emit)
+                                self._cur_source = source
+                                direct_at = j
+                                timers = 0
+                                due = due_at()
+                            else:
+                                timers = 2
+                                due = advance(j)  # type: ignore[misc]
+                                timers = 0
+                                direct = (timing is not None and timing.advanced
+                                          and not timing.pinned)
+                                if op.watermark > watermark:
+                                    wms = respan(j, wms)
+                                    watermark = wms[j]
                         key = keys[j]
                         ts = stamps[j]
                         store.key = key
@@ -586,6 +607,12 @@ class Executor:
                             due = due_at()
                     break
                 except Exception as exc:
+                    if timers == 1:
+                        timer_out.clear()
+                        error = self._timer_error(n, op, exc)
+                        if error is exc:
+                            raise
+                        raise error from exc
                     if timers:
                         raise
                     self._cur_index = lo + j
@@ -595,6 +622,9 @@ class Executor:
                         op.watermark = wms[j]
                         due = due_at()
                     start = j + 1
+            if op.emitted:  # timer outputs, counted per firing by the operator
+                op_count[1] += op.emitted
+                op.emitted = 0
             op.watermark = wms[count - 1]
             if min(stamps) <= wms[count - 1]:
                 stats.late_events += sum(map(le, stamps, wms))
@@ -602,6 +632,7 @@ class Executor:
             op_count[1] += emitted
             op_time[0] += perf() - started
             op_time[1] += count
+            return direct_at
 
         self.batch_pushes[(n, port)] = push_keyed_batch
         return push_keyed
@@ -885,7 +916,7 @@ class Executor:
 
     def _push_timed(
         self, values: list[Any], stamps: list[int], lo: int, timing: _EventTime,
-        batch_push: Callable[..., None] | None, emit: Callable[[Any, Any], None],
+        batch_push: Callable[..., int] | None, emit: Callable[[Any, Any], None],
     ) -> None:
         """Push records whose timestamps are checked ints, with event time advanced between
         them as if after every one (see the module docstring). ``lo``: the index of
@@ -911,47 +942,18 @@ class Executor:
             op.horizon = high if high > current else current
         try:
             if batch_push is not None and len(ops) == 1:
-                node, op = ops[0]
-                bound = timing.bounds[0]
-                wm = self.wm
-                timer_emit = self.timer_emit[node]
-                out: list[Any] = []
-
+                op = ops[0][1]
                 due_at = op.due_watermark
 
                 def advance(j: int) -> int:
-                    # _advance_to for the one operator, inlined (it runs before nearly every
-                    # record when each record's watermark reaches a timer); returns the
-                    # operator's next due watermark.
-                    watermark = ys[j]
-                    if not timing.advanced or timing.pinned:
-                        self._advance_to(timing, watermark)
-                        return due_at()
-                    timing.settle = watermark
-                    target = watermark if watermark < bound else bound
-                    if target <= wm[node]:
-                        return due_at()
-                    wm[node] = target
-                    if target <= op.watermark:
-                        return due_at()
-                    source = self._cur_source
-                    self._cur_source = None  # records made by timers have none
-                    try:
-                        op.advance_watermark(target, out, timer_emit)
-                    except Exception as exc:
-                        out.clear()
-                        error = self._timer_error(node, op, exc)
-                        if error is exc:
-                            raise
-                        raise error from exc
-                    finally:
-                        self._cur_source = source
-                    if op.emitted:
-                        self.counts[node.name][1] += op.emitted
-                        op.emitted = 0
+                    self._advance_to(timing, ys[j])
                     return due_at()
 
-                batch_push(values, stamps, lo, _span(ys, op.watermark, bound), advance)
+                direct_at = batch_push(values, stamps, lo,
+                                       _span(ys, op.watermark, timing.bounds[0]), advance,
+                                       timing)
+                if direct_at >= 0:
+                    timing.settle = ys[direct_at]
             else:
                 self._push_run(values, stamps, lo, ys, timing, emit)
         finally:

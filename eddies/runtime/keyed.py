@@ -344,7 +344,13 @@ class KeyedOperator:
             store.timestamp = time
             ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key
             ctx.timestamp = time
-            emit_into(out, on_timer(time, ctx))
+            result = on_timer(time, ctx)
+            if result is not None:  # emit_into, inlined
+                t = type(result)
+                if t is list or t is tuple or t is GeneratorType:
+                    out.extend(result)
+                else:
+                    out.append(result)
             if emit is not None and out:
                 emitted += len(out)
                 for value in out:
