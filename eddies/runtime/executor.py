@@ -58,6 +58,7 @@ writes) are bounded by their raw text and reason, as well as by count."""
 _TS_LIMIT = 2**62
 """Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64."""
 _TIMER: Any = object()  # stands for "no record: a timer fired" in error messages
+_NO_TIMESTAMP: Any = object()  # stands for "the record's timestamp is being read"
 # What extracting a key or a timestamp from a malformed record raises (rather than a bug).
 _RECORD_ERRORS = (KeyError, TypeError, IndexError, AttributeError, ValueError)
 
@@ -399,6 +400,8 @@ class Executor:
 
             return push_broadcast
         keyfn = self._key_of(n)
+        key_where = (f"key_by {n.inputs[0].name!r} (key function "
+                     f"{getattr(keyfn, '__name__', 'key')!r}, feeding operator {name!r})")
         # A field name reads through operator.itemgetter (C, same errors as record[name]);
         # keyfn itself stays for the messages.
         field_name = getattr(keyfn, "field", None)
@@ -441,6 +444,8 @@ class Executor:
                                          f"({getattr(keyfn, '__name__', 'key')}): "
                                          f"{type(exc).__name__}: {exc}", name))
                 return
+            except Exception as exc:  # a bug in the key function: the job stops
+                raise self._user_error(name, None, value, ts, exc, where=key_where) from exc
             if ts is not None and ts <= op.watermark:
                 stats.late_events += 1
             if type(key) is str and key.isascii() and not store._groups_pinned:
@@ -530,7 +535,7 @@ class Executor:
             keys: list[Any] | None
             try:
                 keys = list(map(keyget, values))
-            except _RECORD_ERRORS:
+            except Exception:  # push_keyed tells a bad record from a bug, record by record
                 keys = None
             if (keys is None or store._groups_pinned or set(map(type, keys)) != {str}
                     or not all(map(str.isascii, keys))):
@@ -640,12 +645,19 @@ class Executor:
     def pushes_for_side(self, side_node: Node) -> Callable[[Any, Any], None]:
         return _fan_out([self.pushes[(c, i)] for c, i in self.children[side_node]])
 
-    def _user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception) -> Exception:
+    def _user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception, *,
+                    where: str | None = None) -> Exception:
+        """The UserFunctionError for ``exc`` raised by user code of operator ``op`` (or of
+        what ``where`` names) on ``key`` for record ``value`` (``_TIMER``: in on_timer at
+        ``ts``; ``ts`` ``_NO_TIMESTAMP``: the record has none yet). An EddiesError other
+        than a UserFunctionError is returned as it is."""
         if isinstance(exc, EddiesError) and not isinstance(exc, UserFunctionError):
             return exc
-        where = f"operator {op!r}" + (f" on key {key!r}" if key is not None else "")
+        if where is None:
+            where = f"operator {op!r}" + (f" on key {key!r}" if key is not None else "")
         what = (f"in on_timer at {ts}" if value is _TIMER
-                else f"for record {_describe(value)} (timestamp {ts})")
+                else f"for record {_describe(value)}"
+                + ("" if ts is _NO_TIMESTAMP else f" (timestamp {ts})"))
         return UserFunctionError(
             f"{where} failed {what}: "
             f"{type(exc).__name__}: {exc}. The last checkpoint is intact: fix the job and run "
@@ -845,7 +857,7 @@ class Executor:
             chunk = values[lo:hi] if lo or hi != len(values) else values
             try:
                 stamps = list(map(tsget, chunk))
-            except _RECORD_ERRORS:
+            except Exception:  # the loop below tells bad records from a bug, one by one
                 stamps = None
             if (stamps is not None and set(map(type, stamps)) == {int}
                     and min(stamps) >= -_TS_LIMIT and max(stamps) <= _TS_LIMIT):
@@ -867,6 +879,15 @@ class Executor:
             except _RECORD_ERRORS as exc:
                 reason = (f"no timestamp ({getattr(tsfn, '__name__', 'timestamp')}): "
                           f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug in the timestamp function: the job stops
+                if run:  # after the records before it, as record at a time
+                    self._push_timed(run, run_stamps, run_lo, timing, batch_push,  # type: ignore[arg-type]
+                                     emit)
+                    self._cur_index = i
+                raise self._user_error(
+                    node.name, None, value, _NO_TIMESTAMP, exc,
+                    where=(f"source {node.name!r} (timestamp function "
+                           f"{getattr(tsfn, '__name__', 'timestamp')!r})")) from exc
             else:
                 if type(ts) is not int and type(ts) is float and math.isfinite(ts):
                     ts = int(ts)

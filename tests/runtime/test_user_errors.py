@@ -195,3 +195,69 @@ def test_error_lines_show_the_users_frames_not_the_runtimes() -> None:
     ]
     full = "\n".join(error_lines(info.value, debug=True) or [])
     assert "Traceback (most recent call last):" in full and "eddies/runtime/" in full
+
+
+class _Echo(ed.KeyedProcessFunction):
+    def on_event(self, event, ctx):
+        yield ctx.key
+
+
+def _divide_key(event):
+    return event["k"] + str(1 // event["d"])  # the key function's failing line
+
+
+def _divide_ts(event):
+    return event["ts"] // event["d"]  # the timestamp function's failing line
+
+
+@pytest.mark.parametrize("shape", ["fused", "mapped"])
+@pytest.mark.parametrize("bug", ["key", "timestamp"])
+def test_key_and_timestamp_function_bugs_fail_the_job_naming_the_function(
+    bug: str, shape: str
+) -> None:
+    """A key_by or timestamp= function raising anything but a bad record's errors (those, as
+    the records without a key or with a bad timestamp here, go to dead letters) stops the
+    job with one ``error:`` line naming the function, where it runs and the record, then
+    the user's frame."""
+    events = [{"k": "a", "ts": 10, "d": 1}, {"ts": 20, "d": 1},  # no key: a dead letter
+              {"k": "b", "ts": "late", "d": 1},  # a bad timestamp: a dead letter
+              {"k": "c", "ts": 30, "d": 0}, {"k": "d", "ts": 40, "d": 1}]
+    if bug == "key":
+        events[2]["ts"] = 25
+    job = ed.Job("buggy-fn")
+    stream = job.source(ed.sources.iterable(events, name="events"),
+                        timestamp=_divide_ts if bug == "timestamp" else "ts")
+    if shape == "mapped":  # not the source's batch path into the keyed operator
+        stream = stream.map(lambda e: e, name="same")
+    (stream.key_by(_divide_key if bug == "key" else "k", name="by-k")
+        .process(_Echo(), name="keyed").sink(ed.sinks.collect()))
+    with pytest.raises(UserFunctionError) as info:
+        ed.run_local(job, batch_size=100)
+    message = str(info.value)
+    if bug == "key":
+        assert message.startswith("key_by 'by-k' (key function '_divide_key', feeding "
+                                  "operator 'keyed') failed for record ")
+    else:
+        assert message.startswith("source 'events' (timestamp function '_divide_ts') "
+                                  "failed for record ")
+    assert "{'k': 'c', 'ts': 30, 'd': 0}" in message
+    assert "ZeroDivisionError: integer division or modulo by zero" in message
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    lines = error_lines(info.value)
+    assert lines is not None
+    assert lines[0] == f"error: {info.value}"
+    assert sum(line.startswith("error:") for line in lines) == 1
+    failing = ("return event[\"k\"] + str(1 // event[\"d\"])  # the key function's failing line"
+               if bug == "key" else
+               "return event[\"ts\"] // event[\"d\"]  # the timestamp function's failing line")
+    where = [line.strip() for line in lines[1:] if line.strip(" ^~")]
+    assert where[0] == "in user code (most recent call last):"
+    assert where[-3:] == [
+        f'File "{__file__}", line {_line_of(failing)}, in {_divide_key.__name__ if bug == "key" else _divide_ts.__name__}',
+        failing,
+        "(--debug prints the whole traceback)",
+    ]
+
+
+def _line_of(text: str) -> int:
+    return Path(__file__).read_text().splitlines().index(f"    {text}") + 1
