@@ -413,6 +413,7 @@ class Executor:
         prefixes = store._prefixes
         ctx = op.ctx
         on_event = op._on_event
+        on_timer = op._on_timer
         validate_key = op.validate_key
         extend = out.extend
         append = out.append
@@ -557,6 +558,8 @@ class Executor:
             emitted = 0  # outputs, a local until the batch ends (cheaper than the cell)
             start = 0
             direct = False  # advance this operator here (see the docstring)
+            set_clock = clock.set_watermark
+            emitted_timers = 0
             timers = 0  # advancing (1: directly, 2: through advance()): an error is a timer's
             source = self._cur_source
             while start < count:
@@ -568,21 +571,61 @@ class Executor:
                             if j:
                                 op.watermark = wms[j - 1]
                             if direct:
-                                # Executor._advance_to for this operator alone: the
-                                # record's watermark is where the partition's takes it.
+                                # Executor._advance_to for this operator alone (the record's
+                                # watermark is where the partition's takes it), with
+                                # KeyedOperator.advance_watermark inlined: this runs before
+                                # nearly every record when each one's watermark reaches a
+                                # timer. The TTL clock is left at the last timer's time: the
+                                # record sets it (as after every record, see
+                                # TtlStateBackend.set_watermark).
                                 timers = 1
                                 self._cur_source = None  # records made by timers have none
-                                op.advance_watermark(watermark, timer_out, emit)
+                                heap = op.timers.event
+                                pop_due = heap.pop_due
+                                current = op.watermark
+                                last = None
+                                while True:
+                                    fired = pop_due(watermark)
+                                    if fired is None:
+                                        break
+                                    time, key = fired
+                                    if time != last:
+                                        last = time
+                                        ctx.watermark = current if current > time else time
+                                        set_clock(ctx.watermark)
+                                    store.key = key
+                                    store.timestamp = time
+                                    ctx.key = (key[0] if type(key) is tuple and len(key) == 1
+                                               else key)
+                                    ctx.timestamp = time
+                                    result = on_timer(time, ctx)
+                                    if result is not None:
+                                        t = type(result)
+                                        if (t is list or t is tuple
+                                                or t is GeneratorType):
+                                            timer_out.extend(result)
+                                        else:
+                                            timer_out.append(result)
+                                        if timer_out:
+                                            emitted_timers += len(timer_out)
+                                            for item in timer_out:
+                                                emit(item, time)
+                                            timer_out.clear()
+                                op.watermark = watermark
                                 self._cur_source = source
                                 direct_at = j
                                 timers = 0
-                                due = due_at()
+                                # due_watermark: nothing is due at the watermark now.
+                                times = heap.times
+                                at = (times[0] if times and heap.buckets.get(times[0])
+                                      else heap.next_time())
+                                due = NEVER_DUE if at is None else at
                             else:
                                 timers = 2
                                 due = advance(j)  # type: ignore[misc]
                                 timers = 0
                                 direct = (timing is not None and timing.advanced
-                                          and not timing.pinned)
+                                          and not timing.pinned and op._hook is None)
                                 if op.watermark > watermark:
                                     wms = respan(j, wms)
                                     watermark = wms[j]
@@ -627,9 +670,7 @@ class Executor:
                         op.watermark = wms[j]
                         due = due_at()
                     start = j + 1
-            if op.emitted:  # timer outputs, counted per firing by the operator
-                op_count[1] += op.emitted
-                op.emitted = 0
+            op_count[1] += emitted_timers
             op.watermark = wms[count - 1]
             if min(stamps) <= wms[count - 1]:
                 stats.late_events += sum(map(le, stamps, wms))

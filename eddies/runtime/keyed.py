@@ -308,18 +308,21 @@ class KeyedOperator:
 
     def advance_watermark(
         self, watermark: int, out: list[Any], emit: Callable[[Any, int], None] | None = None
-    ) -> None:
-        """Move event time to ``watermark``, firing due event-time timers in time order.
+    ) -> int:
+        """Move event time to ``watermark``, firing due event-time timers in time order;
+        returns :meth:`due_watermark` after (the executor's batch loop compares each
+        record's watermark with it).
 
         Outputs go to ``out``; with ``emit``, each timer's outputs are passed on as
         ``emit(value, timer_time)`` right after it fires and ``out`` is emptied.
         """
         if watermark <= self.watermark:
-            return
+            return self.due_watermark()
         if self._hook is not None:
             self._advance_with_hook(watermark, out, emit)
-            return
-        pop_due = self.timers.event.pop_due
+            return self.due_watermark()
+        heap = self.timers.event
+        pop_due = heap.pop_due
         ctx = self.ctx
         store = self.store
         on_timer = self._on_timer
@@ -361,6 +364,11 @@ class KeyedOperator:
         # set_watermark, inlined: this runs between records of a batch (see the executor).
         self.watermark = ctx.watermark = watermark
         set_clock(watermark)
+        # due_watermark, inlined: pop_due just found nothing due, so the next live timer
+        # is beyond the watermark.
+        times = heap.times
+        at = times[0] if times and heap.buckets.get(times[0]) else heap.next_time()
+        return NEVER_DUE if at is None else at
 
     def _advance_with_hook(
         self, watermark: int, out: list[Any], emit: Callable[[Any, int], None] | None
