@@ -207,3 +207,67 @@ def test_executor_entry_point_of_the_workers_is_batch_independent(
     results of feeding one record at a time."""
     source = _Source(shape, events)
     assert source.run(size) == source.run(1)
+
+
+def _timer_per_record(n: int) -> list[dict[str, Any]]:
+    """One record every 10 ms over three keys, each registering a timer 3 bounds later (a
+    few 300 ms later, some already due): past the first ones, a timer comes due between
+    nearly every two records."""
+    return [{"id": i, "key": f"k{i % 3}", "ts": 100_000 + 10 * i - (i % 7) * 3,
+             "after": -50 if i % 11 == 0 else 3 * BOUND + i % 5} for i in range(n)]
+
+
+@pytest.mark.parametrize("shape", ["fused", "graph"])
+def test_a_timer_due_before_nearly_every_record_as_per_record(shape: str) -> None:
+    """Timers and TTL expiry due between nearly every two records of a batch: each fires
+    before the record whose watermark reaches it, whatever the batch size."""
+    events = _timer_per_record(1_200)
+    reference = run(shape, events, "memory", 1, 1_000)
+    fired = [o for o in reference["probe"] if o[0] == "timer"]
+    assert len(fired) > 1_100
+    for size in (2, 37, 500, 5_000):
+        assert run(shape, events, "memory", size, 1_000) == reference, size
+
+
+def _push_union(events: list[dict[str, Any]], chunks: list[int], other: tuple[int, bool]
+                ) -> dict[str, Any]:
+    """Drive an Executor over ``events`` from one partition of source ``a``, unioned with
+    source ``b`` whose one partition stands at ``other`` (watermark, idle): pushes of
+    ``chunks`` records each, no advance_time between them."""
+    job = ed.Job("union")
+    sink = ed.sinks.collect(name="probe")
+    a = job.source(ed.sources.iterable(events), timestamp="ts",
+                   watermarks=ed.BoundedOutOfOrderness(BOUND), name="a")
+    b = job.source(ed.sources.iterable([]), timestamp="ts",
+                   watermarks=ed.BoundedOutOfOrderness(BOUND), name="b")
+    a.union(b).key_by("key").process(Probe(), name="probe").sink(sink)
+    ex = Executor(job, open_backend("memory"), clock=lambda: 0)
+    ex.open_operators()
+    mark = PartitionWatermark(BoundedOutOfOrderness(BOUND), 0)
+    others = {b.node: [other]}
+    lo = 0
+    for size in chunks:
+        max_ts = ex.push_records(a.node, events[lo:lo + size], None, 0, mark=mark,
+                                 others=others)
+        mark.observe(max_ts, 0)
+        lo += size
+    assert lo == len(events)
+    ex.advance_time({a.node: [(mark.watermark, False)], b.node: [other]}, 0)
+    watermarks = [ex.wm[n] for n in job.nodes]
+    ex.advance_time({}, 0)
+    ex.flush_sinks()
+    return {"probe": sink.items, "late": ex.stats.late_events, "watermarks": watermarks}
+
+
+@pytest.mark.parametrize("other", [(100_000 + 4_000, False), (MIN_TIME, True)])
+def test_a_push_with_other_inputs_holding_time_back_is_per_record(
+    other: tuple[int, bool]
+) -> None:
+    """Another input holds the operator's watermark back (or is idle): one push of many
+    records, with timers due between nearly all of them, gives what pushing them one at a
+    time gives."""
+    events = _timer_per_record(1_200)
+    one_by_one = _push_union(events, [1] * len(events), other)
+    assert len(one_by_one["probe"]) > 2_000
+    for chunks in ([len(events)], [37] * 32 + [16], [600, 1, 599]):
+        assert _push_union(events, chunks, other) == one_by_one, chunks
