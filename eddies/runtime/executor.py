@@ -986,7 +986,8 @@ class Executor:
 
         The watermark each record is handled under comes from C-level passes: per
         operator, ``max(its watermark, min(partition watermark, bound))``, where the bound
-        (the other inputs hold it back) is fixed for the whole push. Before a record whose
+        (the other inputs hold it back) is computed once per push: ``others`` is fixed
+        for the push and no watermark moved in it exceeds the bound. Before a record whose
         watermark reaches some operator's next event-time work (a timer, a window end),
         time is advanced, firing that work (:meth:`_advance_to`). Work registered during
         the push at a time it reaches (``KeyedOperator.horizon``) raises the cut flag after
