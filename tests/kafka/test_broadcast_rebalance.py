@@ -78,6 +78,12 @@ def test_rules_read_without_a_partition_are_kept_when_one_is_assigned(
                and {last_assigned(a), last_assigned(b)} == {HELD, "[]"}, 120,
                "the rebalance to leave one worker without a partition")
     idle, busy = (a, b) if last_assigned(a) == "[]" else (b, a)
+
+    def settled() -> bool:  # the busy worker restored the partition of each assignment
+        held = [line for line in log_lines(busy.log) if line.endswith(f"assigned {HELD}")]
+        return len(busy.restores()) == len(held)
+
+    wait_until(settled, 120, "the busy worker to restore its partition")
     # The idle worker has read both rules (and, if it is the first worker, the payments).
     seen = 2 + (301 if idle is a else 0)
     wait_until(lambda: events_in(idle) == seen, 120, "the idle worker to read the rules")
