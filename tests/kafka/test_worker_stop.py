@@ -168,3 +168,45 @@ def test_a_worker_holding_no_partition_says_its_stop_took_no_checkpoint(
     assert last.startswith("idle: stopped by SIGTERM at a final checkpoint (offsets committed, "
                            "left the group): "), last
     assert len(read_topic(kafka_broker, "idle-out")) == 2_000  # each event once, none lost
+
+
+
+def count_lines(w, text: str) -> int:
+    return sum(text in line for line in log_lines(w.log))
+
+
+@pytest.mark.parametrize("when", ["joining", "rejoining"])
+def test_a_worker_stopped_in_the_middle_of_a_rebalance_exits_promptly_and_cleanly(
+    kafka_broker, workers, tmp_path, when
+) -> None:
+    """Stopped while the group rebalances: during its own first join (before its data task
+    runs), or after it held partitions, when a third worker's join revoked them."""
+    name = f"midreb-{when}"
+    events = make_events(tmp_path / "e.jsonl", 30_000, 500, seed=15)
+    produce(kafka_broker, events, f"{name}-in", "account", partitions=6)
+    a = workers(TARGET, kafka_broker, "a", env(name))
+    wait_until(lambda: len(a.restores()) == 6, 120, "the first worker to restore all partitions")
+    revoked = count_lines(a, ": revoked ")
+    b = workers(TARGET, kafka_broker, "b", env(name))
+    if when == "joining":
+        # b's join makes a revoke its partitions: b is stopped while the group rebalances.
+        wait_until(lambda: count_lines(a, ": revoked ") > revoked, 120,
+                   "the rebalance of the second worker's join")
+    else:
+        wait_until(lambda: b.restores(), 120, "the second worker to restore partitions")
+        revoked = count_lines(b, ": revoked ")
+        workers(TARGET, kafka_broker, "c", env(name))
+        wait_until(lambda: count_lines(b, ": revoked ") > revoked, 120,
+                   "the rebalance of a third worker's join")
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(15) == 0
+    b.stop()
+    text = b.log.read_text(errors="replace")
+    assert "Traceback" not in text and "Event loop is closed" not in text, text
+    assert log_lines(b.log)[-1].startswith(f"{name}: stopped by SIGTERM "), text
+    # The others take every partition back and end with exact totals.
+    expected = reference(events)
+    wait_until(lambda: last_per_key(kafka_broker, f"{name}-out") == expected, 120,
+               "totals after the stop to equal the local runner's")
+    assert a.stop() == 0
+    assert "Traceback" not in a.log.read_text(errors="replace")

@@ -99,6 +99,40 @@ class _MembershipApp(faust.App):
         return _NoFetch(self, loop=self.loop, beacon=self.consumer.beacon)
 
 
+class _FaustWorker(faust.Worker):
+    """faust's worker, stopped by the eddies worker: its signal handlers are the eddies
+    worker's, and its shutdown waits for the stop the eddies worker started.
+
+    faust's own shutdown (after ``start`` returns, which it does as soon as a stop begins)
+    gives pending tasks a second, then cancels them and closes the loop: a stop still waiting
+    for the consumer thread (leaving the group waits for a join in progress to end) would be
+    cancelled, and the thread, left running, would call into the closed loop (``Event loop
+    is closed``) or keep the process from exiting.
+    """
+
+    def __init__(self, owner: KafkaWorker, *args: Any, **kwargs: Any) -> None:
+        self.owner = owner
+        super().__init__(*args, **kwargs)
+
+    def install_signal_handlers(self) -> None:
+        self.owner._install_signal_handlers()
+
+    def stop_and_shutdown(self) -> None:
+        task = self.owner._faust_stop
+        if task is not None and not task.done():
+            try:
+                self.loop.run_until_complete(
+                    asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT))
+            except TimeoutError:
+                self.owner.left_group = False
+        super().stop_and_shutdown()
+
+
+STOP_TIMEOUT = 20.0
+"""Seconds a stopping worker waits for faust to leave the group (a join in progress ends
+first, within the rebalance timeout) before it exits without leaving."""
+
+
 class _WorkerExecutor(Executor):
     """The executor plus the repartition step (records produced to a repartition topic)."""
 
@@ -167,7 +201,11 @@ class KafkaWorker:
         committed. Not when it held no restored partition then (a rebalance in progress, or
         more workers than partitions): there was nothing of its own to checkpoint, and its
         partitions resume from their last checkpoint."""
+        self.left_group = True
+        """Whether faust left the group within ``STOP_TIMEOUT`` once the worker stopped (else
+        its partitions move after the session timeout)."""
         self._faust_worker: faust.Worker | None = None
+        self._faust_stop: asyncio.Future[None] | None = None
         self._run_started = time.monotonic()
         # The inspector's address is checked and its port taken before any file exists.
         self._inspector = listen_inspector(metrics_port, bind, token)
@@ -214,6 +252,9 @@ class KafkaWorker:
         self._inflight: list[Any] = []
         self._commit_task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self._closed = False
+        self._serving = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._assignment_done = False
         self.backend.add_write_listener(self._on_local_write)
         self.app = self._make_app()
@@ -276,8 +317,8 @@ class KafkaWorker:
         log.info("eddies worker for job %s: %s", self.job.name, describe(self.plan))
         # Logging stays as the command set it (faust would reset the root level), and no
         # terminal spinner: its cursor codes end up in log files.
-        worker = faust.Worker(self.app, loglevel="WARNING", redirect_stdouts=False, quiet=True,
-                              override_logging=False)
+        worker = _FaustWorker(self, self.app, loglevel="WARNING", redirect_stdouts=False,
+                              quiet=True, override_logging=False)
         worker.spinner = None
         self._faust_worker = worker
         self._run_started = time.monotonic()
@@ -296,7 +337,7 @@ class KafkaWorker:
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
         gone = self._mine(revoked)
-        if not self._started.is_set():
+        if not self._started.is_set() or self._closed:  # closed: stopping, checkpoint taken
             self.owned -= gone
             return
         async with self._lock:
@@ -486,6 +527,9 @@ class KafkaWorker:
             os._exit(1)
 
     async def _serve(self) -> None:
+        if self._faust_stop is not None:
+            return  # stopped before it ran
+        self._serving = True
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
                                          linger_ms=5, max_batch_size=1 << 20,
                                          max_request_size=8 << 20)
@@ -496,12 +540,6 @@ class KafkaWorker:
                                                   max_partition_fetch_bytes=8 << 20)
         await self._restore_consumer.start()
         self._broadcast = await self._start_broadcast()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            # In place of faust's, and outside the event loop: a handler of the loop would
-            # wait for the round to yield, so a second signal could not end a stuck round.
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, self._on_signal)
         opened = time.monotonic()
         trips = self.backend.round_trips
         self.executor.open_operators()
@@ -533,10 +571,10 @@ class KafkaWorker:
                 await self._broadcast.stop()
             if self.observer is not None:
                 self.observer.close()
+            self._closed = True
             # faust stops the app, whose consumer leaves the group. Not awaited here: the
-            # app cancels its own tasks (this one) while stopping.
-            if self._faust_worker is not None:
-                asyncio.ensure_future(self._faust_worker.stop())
+            # app cancels its own tasks (this one) while stopping; faust's shutdown waits.
+            self._stop_faust()
 
     def _progress(self) -> None:
         if self.on_progress is not None:
@@ -546,6 +584,24 @@ class KafkaWorker:
     def request_stop(self) -> None:
         """End the data task after its round, with a final checkpoint, then stop the worker."""
         self._stop = True
+
+    def _stop_faust(self) -> None:
+        if self._faust_worker is not None and self._faust_stop is None:
+            self._faust_stop = asyncio.ensure_future(self._faust_worker.stop())
+
+    def _stop_before_serving(self) -> None:
+        # Stopped before the data task ran (while the first rebalance goes on): nothing of
+        # this worker's to checkpoint. Once it runs, it stops faust itself, after its round.
+        if not self._serving:
+            self._stop_faust()
+
+    def _install_signal_handlers(self) -> None:
+        """In place of faust's, from its start on, and outside the event loop: a handler of
+        the loop would wait for the round to yield, so a second signal could not end a stuck
+        round."""
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Runs between any two bytecodes of the main thread: one unbuffered write each.
@@ -557,6 +613,8 @@ class KafkaWorker:
             os._exit(128 + signum)
         self.stopped_by = signum
         self.request_stop()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_before_serving)
         os.write(2, f"{name}: stopping after the current round: final checkpoint, commit, "
                     f"leaving the group ({name} again to exit at once)\n".encode())
 
