@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -76,12 +77,19 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
         report_error(exc, debug=level == "DEBUG")
         return
     if kw.stopped_by is not None:
-        how = ("at a final checkpoint (offsets committed, left the group)" if kw.final_checkpoint
+        left = ("left the group" if kw.left_group
+                else f"did not leave the group within {kw.stop_timeout:g}s, so its partitions "
+                     "move after the session timeout")
+        how = (f"at a final checkpoint (offsets committed, {left})" if kw.final_checkpoint
                else "holding no restored partition, so with no final checkpoint (nothing to "
-                    "checkpoint; its partitions resume from their last checkpoint; left the "
-                    "group)")
+                    f"checkpoint; its partitions resume from their last checkpoint; {left})")
         click.echo(f"{job.name}: stopped by {signal.Signals(kw.stopped_by).name} {how}: "
                    f"{kw.executor.stats.summary()}", err=True)
+    if not kw.left_group:
+        # faust's consumer thread is still running and would keep the process alive.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 class _ProgressLines:

@@ -24,9 +24,11 @@ restore is appended to ``<state-dir>/restores.jsonl`` (partition, source, record
 Stopping: the first SIGTERM or SIGINT ends the data task after its round with a final
 checkpoint whose offsets are committed (if it holds restored partitions: else there is nothing
 of its own to checkpoint), then faust stops the worker, which leaves the group
-(the partitions move at once, not after the session timeout); a second signal exits at once
-(code 128 + signal), from the last checkpoint. faust's own SIGINT/SIGTERM handlers are
-replaced once the data task runs.
+(the partitions move at once, not after the session timeout; a join in progress ends first,
+and faust's shutdown waits for that, up to ``KafkaWorker.stop_timeout``); a second signal
+exits at once (code 128 + signal), from the last checkpoint. faust's own SIGINT/SIGTERM
+handlers are replaced from its start on: a signal before the data task runs (during the
+first rebalance) stops faust at once, with nothing of the worker's own to checkpoint.
 """
 
 from __future__ import annotations
@@ -122,15 +124,13 @@ class _FaustWorker(faust.Worker):
         if task is not None and not task.done():
             try:
                 self.loop.run_until_complete(
-                    asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT))
+                    asyncio.wait_for(asyncio.shield(task), self.owner.stop_timeout))
             except TimeoutError:
+                # faust's consumer thread still runs: the loop stays open under it, and the
+                # process exits without waiting for the thread (KafkaWorker.left_group).
                 self.owner.left_group = False
+                return
         super().stop_and_shutdown()
-
-
-STOP_TIMEOUT = 20.0
-"""Seconds a stopping worker waits for faust to leave the group (a join in progress ends
-first, within the rebalance timeout) before it exits without leaving."""
 
 
 class _WorkerExecutor(Executor):
@@ -202,8 +202,12 @@ class KafkaWorker:
         more workers than partitions): there was nothing of its own to checkpoint, and its
         partitions resume from their last checkpoint."""
         self.left_group = True
-        """Whether faust left the group within ``STOP_TIMEOUT`` once the worker stopped (else
-        its partitions move after the session timeout)."""
+        """Whether faust stopped and left the group within ``stop_timeout`` once the worker
+        stopped. If not, its consumer thread is still running: exit the process at once
+        (``os._exit``); the partitions move after the session timeout."""
+        self.stop_timeout = session_timeout + 9.0
+        """Seconds a stopping worker waits for faust to leave the group: a join in progress
+        ends first, within the rebalance timeout (session timeout + 4 s)."""
         self._faust_worker: faust.Worker | None = None
         self._faust_stop: asyncio.Future[None] | None = None
         self._run_started = time.monotonic()
