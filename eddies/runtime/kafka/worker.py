@@ -375,6 +375,8 @@ class KafkaWorker:
             # protocol their revocation checkpointed already; this holds for any.)
             await self._checkpoint_before_clearing()
             for tp in sorted(self.owned - self.ready):
+                if self._stop:  # stopping: the rest resume from their last checkpoint
+                    break
                 await self._restore_partition(*tp)
                 self.ready.add(tp)
             self._reload_timers()
@@ -617,7 +619,7 @@ class KafkaWorker:
             os._exit(128 + signum)
         self.stopped_by = signum
         self.request_stop()
-        if self._loop is not None:
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop_before_serving)
         os.write(2, f"{name}: stopping after the current round: final checkpoint, commit, "
                     f"leaving the group ({name} again to exit at once)\n".encode())
