@@ -2,9 +2,9 @@
 
 Run in a subprocess of its own (``python -m benchmarks.memory``), so that its peak RSS
 (``resource.getrusage``) counts this job alone. The job is job 1 without the end-of-input
-timer per key: timers live in an in-memory heap (10M of them would take gigabytes on their
-own, whatever the state cache does), so this variant measures what the cache bounds. It emits
-nothing; the run checks that RocksDB ends up holding one entry per key.
+timer per key, so it measures what the state cache bounds; ``benchmarks.timers_memory`` adds
+a pending timer per key. It emits nothing; the run checks that RocksDB ends up holding one
+entry per key.
 """
 
 from __future__ import annotations
@@ -68,12 +68,17 @@ def run(keys: int, state_dir: Path, checkpoint_interval: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__)
+def parse_args(prog: str, description: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The options of a memory benchmark: ``--keys``, ``--state``, ``--checkpoint-interval``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--keys", type=int, default=10_000_000)
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("python -m benchmarks.memory", __doc__, argv)
     out = run(args.keys, args.state, args.checkpoint_interval)
     print(json.dumps(out))
     return 0 if out["stored_keys"] == args.keys else 1

@@ -11,20 +11,18 @@ run checks that every timer fired once.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import eddies as ed
+from benchmarks.memory import events, parse_args
 from eddies.runtime.local import LocalRunner
 
-T0 = 1_700_000_000_000
 LATER = 10**12  # timers due this far after their event: pending until the input ends
 
 
@@ -53,11 +51,6 @@ class TotalsWithTimer(ed.KeyedProcessFunction):
         self.fired += 1
         if self.fired % 100_000 == 1:
             self.in_memory_max = max(self.in_memory_max, self.operator.timers.in_memory())
-
-
-def events(n: int) -> Iterator[dict[str, Any]]:
-    for i in range(n):
-        yield {"key": f"k{i}", "ts": T0 + i, "amount": (i % 1000) / 100}
 
 
 def run(keys: int, state_dir: Path, checkpoint_interval: int) -> dict[str, Any]:
@@ -93,12 +86,7 @@ def run(keys: int, state_dir: Path, checkpoint_interval: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.timers_memory",
-                                     description=__doc__)
-    parser.add_argument("--keys", type=int, default=10_000_000)
-    parser.add_argument("--state", type=Path, required=True)
-    parser.add_argument("--checkpoint-interval", type=int, default=10_000)
-    args = parser.parse_args(argv)
+    args = parse_args("python -m benchmarks.timers_memory", __doc__, argv)
     out = run(args.keys, args.state, args.checkpoint_interval)
     print(json.dumps(out))
     return 0 if out["timers_fired"] == args.keys else 1
