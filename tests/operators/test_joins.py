@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import eddies as ed
 from eddies.errors import ConfigError
+from eddies.operators.joins import asof_join_function, interval_join_function
 from eddies.operators.sources import DeadLetter, Source, SourceReader
 from eddies.testing import Harness
-from eddies.operators.joins import asof_join_function, interval_join_function
 
 T0 = 1_000_000
 
