@@ -4,6 +4,7 @@
 
     EddiesError
     ├── ConfigError                 a job, state declaration or option is wrong; fix the code
+    │   └── StateIdentityError      the state dir belongs to another job, or its inputs changed
     ├── StateError                  keyed state was used wrongly or holds something unusable
     │   ├── StateNotBoundError      a state handle used outside a running function
     │   ├── StateSerializationError a value msgpack cannot encode (raised at set/put time)
@@ -35,6 +36,7 @@ __all__ = [
     "StateDirLockedError",
     "StateError",
     "StateIOError",
+    "StateIdentityError",
     "StateNotBoundError",
     "StateSerializationError",
     "StateTooLargeError",
@@ -48,6 +50,12 @@ class EddiesError(Exception):
 
 class ConfigError(EddiesError, ValueError):
     """A job, a state declaration or an option is invalid; the message names the fix."""
+
+
+class StateIdentityError(ConfigError):
+    """A state dir was written by another job (name, operators, states), or its sources changed
+    so that its positions mean nothing, or it already ended its input's event time; raised
+    before the first event, naming what differs and what to do."""
 
 
 class StateError(EddiesError):

@@ -10,11 +10,23 @@ that a checkpoint stores and a resumed run seeks back to.
 ([{'k': 'a'}, {'k': 'b'}], [])
 >>> reader.position, reader.done
 (2, True)
+
+File sources read a fixed file to its end, where the partition's watermark jumps to +infinity.
+With ``follow=True`` (or ``eddies run --follow``) they read a growing file as ``tail -f``
+does: never done, a last line without its newline waits for it, and a quiet file is idle
+under ``idle_timeout`` as any input. Following keeps the file opened at the start (a file
+renamed away and replaced is not reopened); a file cut below what was read is an error.
+
+A checkpoint stores each file partition's :meth:`SourceReader.fingerprint` next to its
+position (the path, the offset, the file's size and a digest of the bytes before the
+offset), so that a run resuming on a replaced or rewritten file stops instead of reading
+from an offset that means nothing in it.
 """
 
 from __future__ import annotations
 
 import csv as _csv
+import hashlib
 import json
 import math
 import os
@@ -28,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from eddies.errors import ConfigError
+from eddies.errors import ConfigError, StateIdentityError
 
 __all__ = ["DeadLetter", "Source", "SourceReader", "csv", "iterable", "jsonl", "kafka"]
 
@@ -52,6 +64,11 @@ class SourceReader(ABC):
 
     partition: int = 0
     done: bool = False
+    can_follow: bool = False
+    """Whether :attr:`follow` can be set: the reader can wait for input to grow."""
+    follow: bool = False
+    """Read on as the input grows instead of ending at its end (file readers; set by the
+    source's ``follow=True`` or by the runner's ``follow`` option)."""
 
     @property
     @abstractmethod
@@ -75,6 +92,20 @@ class SourceReader(ABC):
         ``(position, raw text or None)``, or None if unknown."""
         return None
 
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What identifies the input read up to :attr:`position` (msgpack-able), stored with
+        the position at each checkpoint; None when the input cannot be told apart."""
+        return None
+
+    def check_fingerprint(self, stored: dict[str, Any]) -> str | None:
+        """Why a position checkpointed with fingerprint ``stored`` means nothing in the input
+        as it is now (it was replaced, rewritten or cut), or None when it still fits."""
+        return None
+
+    def pending(self, position: Any) -> int | None:
+        """How much input lies beyond ``position`` now (bytes for files), None if unknown."""
+        return None
+
     def close(self) -> None:
         """Release files or connections."""
         return None
@@ -84,6 +115,9 @@ class Source(ABC):
     """A named, partitioned input."""
 
     name: str = "source"
+    kind: str = "source"
+    """What reads it (``"jsonl"``, ``"csv"``, ``"iterable"``), stored in a state dir's
+    identity: a source read by another kind of reader under the same name is another input."""
     bounded: bool = True
 
     @abstractmethod
@@ -95,6 +129,28 @@ class Source(ABC):
 # A blank (whitespace-only) line inside a batch; blank lines are skipped, not records.
 _BLANK_LINE = re.compile(rb"(?m)^[ \t\r\x0b\x0c]*(?:\n|\Z)")
 _CONVERT_ERRORS = (ValueError, TypeError, KeyError)
+_DIGEST_SPAN = 4096
+"""A file's fingerprint digests this many bytes at its start and as many before the
+checkpointed offset: enough to tell a grown file from a replaced or rewritten one at the
+cost of two small reads per checkpoint."""
+
+
+def file_digest(fd: int, offset: int) -> bytes:
+    """blake2b (16 bytes) of the first ``min(offset, 4096)`` bytes of the file open as ``fd``
+    followed by the ``min(offset, 4096)`` bytes before ``offset``.
+
+    >>> import os, tempfile
+    >>> fd, path = tempfile.mkstemp()
+    >>> _ = os.write(fd, b'{"a": 1}\\n')
+    >>> file_digest(fd, 9) == hashlib.blake2b(b'{"a": 1}\\n' * 2, digest_size=16).digest()
+    True
+    >>> os.close(fd); os.unlink(path)
+    """
+    span = min(offset, _DIGEST_SPAN)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(os.pread(fd, span, 0))
+    h.update(os.pread(fd, span, offset - span))
+    return h.digest()
 
 
 class _LineReader(SourceReader):
@@ -105,9 +161,12 @@ class _LineReader(SourceReader):
     for dead letters, are worked out when asked for.
     """
 
+    can_follow = True
+
     def __init__(self, source: _FileSource) -> None:
         self.source = source
         self.path = source.path
+        self.follow = source.follow
         try:
             self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
@@ -145,28 +204,92 @@ class _LineReader(SourceReader):
         except OSError:
             return None
 
+    def fingerprint(self) -> dict[str, Any] | None:
+        """``{"path", "offset", "size", "digest"}``: the file, the offset read up to, the
+        file's size now and :func:`file_digest` at the offset.
+
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "events.jsonl"
+        >>> _ = path.write_bytes(b'{"a": 1}\\n{"a": 2}\\n')
+        >>> reader = jsonl(path).partitions()[0]
+        >>> _ = reader.read(1)
+        >>> fp = reader.fingerprint()
+        >>> fp["offset"], fp["size"], fp["digest"] == file_digest(reader.fileno(), 9)
+        (9, 18, True)
+        >>> reader.check_fingerprint(fp) is None
+        True
+        >>> reader.close()
+        """
+        fd = self._file.fileno()
+        return {"path": os.path.abspath(self.path), "offset": self._offset,
+                "size": os.fstat(fd).st_size, "digest": file_digest(fd, self._offset)}
+
+    def fileno(self) -> int:
+        """The descriptor of the file being read."""
+        return self._file.fileno()
+
+    def check_fingerprint(self, stored: dict[str, Any]) -> str | None:
+        offset = stored["offset"]
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        was = f"{stored['path']}" + ("" if stored["path"] == os.path.abspath(self.path)
+                                     else f", now {os.path.abspath(self.path)}")
+        if size < offset:
+            return (f"file {was} is {size:,} bytes, shorter than the {offset:,} bytes the "
+                    "checkpoint read: it was replaced, rewritten or cut since")
+        if file_digest(fd, offset) != stored["digest"]:
+            return (f"the first {offset:,} bytes of file {was} are not those the checkpoint "
+                    "read (its start, or the bytes before its position, differ): it was "
+                    "replaced or rewritten since")
+        return None
+
+    def pending(self, position: Any) -> int | None:
+        size = self.size_hint()
+        return None if size is None else max(0, size - position[0])
+
+    def _cut_check(self) -> None:
+        """A followed file that got shorter than what was read: its positions mean nothing."""
+        size = os.fstat(self._file.fileno()).st_size
+        if size < self._offset:
+            raise StateIdentityError(
+                f"source {self.source.name!r}: file {self.path} is now {size:,} bytes, shorter "
+                f"than the {self._offset:,} bytes already read: it was cut or rewritten while "
+                "followed. Following reads appends only (as tail -f); restore the file, or "
+                "start the job on a new state dir (--state rocksdb:NEW_DIR)")
+
     def _take(self, max_records: int) -> tuple[list[bytes], bytes, bool]:
         """Read lines holding up to ``max_records`` non-blank ones; returns the raw lines,
-        their bytes joined, and whether any of them is blank."""
+        their bytes joined, and whether any of them is blank. Following, a last line
+        without its newline is left unread until the newline arrives."""
         f = self._file
         lines = list(islice(f, max_records))
-        if len(lines) < max_records:
-            self.done = True
+        at_end = len(lines) < max_records
         data = b"".join(lines)
         end = len(data) - 1 if data.endswith(b"\n") else len(data)
         blank = bool(lines) and _BLANK_LINE.search(data, 0, end) is not None
         if blank:  # rare: top up with line-by-line reads until max_records non-blank lines
             count = sum(1 for raw in lines if raw.strip())
             readline = f.readline
-            while count < max_records and not self.done:
+            while count < max_records and not at_end:
                 raw = readline()
                 if not raw:
-                    self.done = True
+                    at_end = True
                     break
                 lines.append(raw)
                 if raw.strip():
                     count += 1
             data = b"".join(lines)
+        if self.follow:
+            if lines and not lines[-1].endswith(b"\n"):
+                # A line still being written: read it again once its newline is there.
+                partial = lines.pop()
+                data = data[: len(data) - len(partial)]
+                f.seek(self._offset + len(data))
+                blank = bool(lines) and _BLANK_LINE.search(data, 0, len(data) - 1) is not None
+            if not lines:
+                self._cut_check()
+        elif at_end:
+            self.done = True
         self._batch = lines
         self._batch_offset = self._offset
         self._batch_line = self._line
@@ -370,24 +493,48 @@ class _CsvReader(_LineReader):
         self._types: dict[str, Callable[[str], Any]] = getattr(self.source, "types", {})
         given: list[str] | None = getattr(self.source, "fields", None)
         self._width_of = "header" if given is None else "fields="
-        if given is not None:  # no header row: the first line is a record
-            self.fields: list[str] = list(given)
-        else:
+        self.fields: list[str] = [] if given is None else list(given)
+        # A header row still being written (no newline yet) is read at the first read: by
+        # then the reader knows whether it follows the file (and waits for the newline).
+        self._header_pending = given is None
+        if given is None:
             header = self._file.readline()
-            if not header:
-                self.done = True
-                self.fields = []
-                return
-            self._offset = len(header)
-            self._line = 1
-            self.fields = next(_csv.reader([header.decode("utf-8-sig")]))
+            self._file.seek(0)
+            if header.endswith(b"\n"):
+                self._read_header()
+        else:
+            self._fast_path()
+
+    def _read_header(self) -> bool:
+        """Read the header row; False when following and its newline is not there yet."""
+        header = self._file.readline()
+        if self.follow and not header.endswith(b"\n"):
+            self._file.seek(0)
+            return False
+        self._header_pending = False
+        if not header:  # an empty file
+            return True
+        self._offset = len(header)
+        self._line = 1
+        self.fields = next(_csv.reader([header.decode("utf-8-sig")]))
+        self._fast_path()
+        return True
+
+    def _fast_path(self) -> None:
         # The split fast path needs >= 2 distinct fields (a blank line must not pass as a row
         # of one empty field) and converters only for fields the header has.
         if (len(self.fields) >= 2 and len(set(self.fields)) == len(self.fields)
                 and all(name in self.fields for name in self._types)):
             self._row = _row_function(self.fields, self._types)
 
+    def seek(self, position: Any) -> None:
+        if self._header_pending:
+            self._read_header()
+        super().seek(position)
+
     def read(self, max_records: int) -> tuple[list[Any], list[DeadLetter]]:
+        if self._header_pending and not self._read_header():
+            return [], []
         lines, data, blank = self._take(max_records)
         if not lines:
             return [], []
@@ -460,23 +607,29 @@ class _CsvReader(_LineReader):
 class _FileSource(Source):
     reader: type[_LineReader]
 
-    def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None,
+                 follow: bool = False) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
+        self.follow = bool(follow)
+        self.bounded = not self.follow
 
     def partitions(self) -> list[SourceReader]:
         return [self.reader(self)]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__.lstrip('_')}({str(self.path)!r})"
+        follow = ", follow=True" if self.follow else ""
+        return f"{type(self).__name__.lstrip('_')}({str(self.path)!r}{follow})"
 
 
 class _Jsonl(_FileSource):
     reader = _JsonlReader
+    kind = "jsonl"
 
 
 class _Csv(_FileSource):
     reader = _CsvReader
+    kind = "csv"
 
     def __init__(
         self,
@@ -484,8 +637,9 @@ class _Csv(_FileSource):
         name: str | None = None,
         types: dict[str, Callable[[str], Any]] | None = None,
         fields: Sequence[str] | None = None,
+        follow: bool = False,
     ) -> None:
-        super().__init__(path, name)
+        super().__init__(path, name, follow)
         self.types = dict(types or {})
         self.fields = None if fields is None else self._checked(fields)
 
@@ -506,13 +660,19 @@ class _Csv(_FileSource):
         return fields
 
 
-def jsonl(path: str | os.PathLike[str], *, name: str | None = None) -> Source:
+def jsonl(path: str | os.PathLike[str], *, name: str | None = None,
+          follow: bool = False) -> Source:
     """One JSON value per line. Bad JSON goes to dead letters with its line and offset.
+
+    ``follow=True`` keeps reading as the file grows (as ``tail -f``; see the module
+    docstring): the job runs until stopped, and its event time never jumps to the end.
 
     >>> jsonl("payments.jsonl")
     Jsonl('payments.jsonl')
+    >>> jsonl("payments.jsonl", follow=True)
+    Jsonl('payments.jsonl', follow=True)
     """
-    return _Jsonl(path, name)
+    return _Jsonl(path, name, follow)
 
 
 def csv(
@@ -521,12 +681,14 @@ def csv(
     types: dict[str, Callable[[str], Any]] | None = None,
     fields: Sequence[str] | None = None,
     name: str | None = None,
+    follow: bool = False,
 ) -> Source:
     """A CSV file; each row becomes a dict of str, keyed by the header row's names.
 
     ``types`` converts fields, e.g. ``{"ts": int, "amount": float}``; a failed conversion or a
     row of the wrong width goes to dead letters. ``fields`` names the columns of a file
-    without a header row: every line, the first included, is then a record.
+    without a header row: every line, the first included, is then a record. ``follow=True``
+    keeps reading as the file grows, as :func:`jsonl` does (a header waits for its newline).
 
     >>> import pathlib, tempfile
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "payments.csv"
@@ -537,7 +699,7 @@ def csv(
     ([{'card': 'alice', 'ts': 1000, 'amount': 12.5}, {'card': 'bob', 'ts': 2000, 'amount': 3.0}], [])
     >>> reader.close()
     """
-    return _Csv(path, name, types, fields)
+    return _Csv(path, name, types, fields, follow)
 
 
 # -- in-memory -----------------------------------------------------------------------------------
@@ -581,8 +743,14 @@ class _IterableReader(SourceReader):
         items = self.source.items
         return len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
 
+    def pending(self, position: Any) -> int | None:
+        size = self.size_hint()
+        return None if size is None else max(0, size - position)
+
 
 class _Iterable(Source):
+    kind = "iterable"
+
     def __init__(self, items: Iterable[Any], name: str) -> None:
         self.items = items
         self.name = name

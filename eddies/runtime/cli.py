@@ -200,6 +200,9 @@ def main() -> None:
 @click.option("--dead-letters", type=click.Path(dir_okay=False), default=None,
               help="JSONL file for malformed records, with their reasons.")
 @click.option("--durable", is_flag=True, help="Sync RocksDB's WAL on every checkpoint.")
+@click.option("--follow", is_flag=True,
+              help="Keep reading the input files as they grow (as tail -f) until stopped by "
+                   "Ctrl-C or SIGTERM; event time never jumps to the end of input.")
 @click.option("--quiet", is_flag=True, help="No progress display (the summary still prints).")
 @click.option("--progress-every", default=5.0, show_default=True, type=float,
               help="Seconds between progress lines when stderr is not a terminal.")
@@ -207,13 +210,18 @@ def main() -> None:
               help="On an error, print the whole traceback too (not only the user's frames).")
 @inspector_options
 def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | None,
-        durable: bool, quiet: bool, progress_every: float, debug: bool,
+        durable: bool, follow: bool, quiet: bool, progress_every: float, debug: bool,
         metrics_port: int | None, bind: str, token: str | None) -> None:
     """Run a job (path/to/file.py:job or package.module:job) over its input files.
 
     Ctrl-C (SIGINT) or SIGTERM stops the run after the current round with a final checkpoint
     (run the same command again to resume from it); a second signal exits at once, from the
-    last checkpoint.
+    last checkpoint. With --follow the run reads on as the files grow and ends only so.
+
+    A state dir belongs to one job: a run of another job (name, operators, states) or over
+    replaced input stops before the first event with an error that says what differs. A dir
+    whose run ended its input: the same input again has nothing to do (exit code 0); input
+    that grew since is an error (its event time has ended; see --follow).
 
     Exit codes: 0 when the input is done; 1 on an error (one error: line that says what to
     do; the last checkpoint is intact); 130 (SIGINT) or 143 (SIGTERM) when stopped by a
@@ -227,7 +235,7 @@ def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | N
                 runner = LocalRunner(job, state, checkpoint_interval=checkpoint_interval,
                                      dead_letters=dead_letters, durability=durable,
                                      on_progress=progress, metrics_port=metrics_port,
-                                     bind=bind, token=token)
+                                     bind=bind, token=token, follow=follow)
                 stop.attach(runner.request_stop)
                 if metrics_port is not None:
                     click.echo(f"serving /metrics and /state on {bind}:{metrics_port}",
@@ -237,6 +245,9 @@ def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | N
         report_error(exc, debug)
         return
     stats = result.stats
+    if runner.nothing_to_do is not None:
+        click.echo(f"{job.name}: {runner.nothing_to_do}", err=True)
+        return
     if stats.stopped and stop.signum is not None:
         resume = ("run the same command again to resume" if state != "memory"
                   else "the state was in memory: a new run starts over")

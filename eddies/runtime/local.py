@@ -20,6 +20,16 @@ Decisions users see:
 - Sources and sinks without ``name=`` are named after their file (or ``iterable``,
   ``collect``); a second one of the same name becomes ``name-2``, in graph order. Names key
   the checkpoint, so give ``name=`` before reordering a job whose state should resume.
+- A state dir belongs to one job: each checkpoint records the job's name, its keyed
+  operators and states, and its input files' fingerprints (``identity.py``). A run of
+  another job, or over replaced input, stops before the first event and before any sink is
+  opened; so does a run over input that grew after a run that ended its event time, while a
+  run over the same ended input says there is nothing to do and reads nothing.
+- ``follow=True`` (``eddies run --follow``) reads every file source as ``tail -f``: the run
+  ends only on :meth:`LocalRunner.request_stop` (a signal under the CLI), with a final
+  checkpoint, and a later run on the same dir goes on from there. While the files are quiet
+  it polls them every 0.1 s, advancing processing time (idleness, processing-time timers),
+  and takes a checkpoint when it has caught up with them after new events.
 """
 
 from __future__ import annotations
@@ -31,16 +41,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eddies.errors import ConfigError
+from eddies.errors import ConfigError, StateIdentityError
 from eddies.operators.sinks import Sink
 from eddies.operators.sinks import jsonl as jsonl_sink
 from eddies.operators.sources import SourceReader
 from eddies.runtime.executor import Executor, RunResult, RunStats, SourceWatermarks
 from eddies.runtime.failures import io_error
 from eddies.runtime.graph import Job, Node
+from eddies.runtime.identity import (
+    IDENTITY_KEY,
+    PartitionInput,
+    check_ended,
+    check_identity,
+    decode_identity,
+    encode_identity,
+    job_identity,
+    stored_job_names,
+)
 from eddies.runtime.keyed import META_CF
 from eddies.runtime.observe import Observer, listen_inspector
-from eddies.runtime.watermarks import BoundedOutOfOrderness, PartitionWatermark
+from eddies.runtime.watermarks import MAX_TIME, BoundedOutOfOrderness, PartitionWatermark
 from eddies.state import open_backend
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.keys import encode_key
@@ -59,6 +79,9 @@ def runs_started() -> int:
     compares it before and after importing a job's module, to tell a module that runs its job
     at import time."""
     return _runs_started
+
+_FOLLOW_POLL_S = 0.1
+"""Seconds between reads of followed files that had nothing new."""
 
 _GC_YOUNG = 100_000
 """The cyclic GC's young-generation threshold while a run is in progress (Python's default
@@ -103,10 +126,14 @@ class LocalRunner(Executor):
         metrics_port: int | None = None,
         bind: str = "127.0.0.1",
         token: str | None = None,
+        follow: bool = False,
     ) -> None:
         self._t0 = _time.perf_counter()
         self.observer: Observer | None = None
         self._inspector = None
+        self.nothing_to_do: str | None = None
+        """Set when the run found its state dir at the end of input that has not grown: why
+        it read nothing (the CLI prints it)."""
         if not isinstance(job, Job):
             raise ConfigError(f"run_local takes an eddies.Job, got {job!r}")
         if checkpoint_interval <= 0 or batch_size <= 0:
@@ -144,6 +171,15 @@ class LocalRunner(Executor):
                 if n.kind == "source":
                     for index, reader in enumerate(n.params["source"].partitions()):
                         self.partitions.append(_Partition(reader, n, index, now))
+                        if follow and reader.can_follow:
+                            reader.follow = True
+            if follow and not any(p.reader.follow for p in self.partitions):
+                raise ConfigError(
+                    f"follow: job {job.name!r} has no file source to follow (sources: "
+                    f"{', '.join(repr(p.node.params['source']) for p in self.partitions)}); "
+                    "follow reads growing files given with ed.sources.jsonl or ed.sources.csv")
+            path = getattr(backend, "path", None)
+            self._where = f"state dir {path}" if path is not None else "the state backend"
         except BaseException:
             # Else a RocksDB dir stays locked until garbage collection. A close failing too
             # must not hide the error being raised.
@@ -171,6 +207,37 @@ class LocalRunner(Executor):
             sinks.append(("__dead_letters__", self._dead_sink))
         return sinks
 
+    def _check_identity(self, stored: dict[bytes, bytes]) -> None:
+        """Refuse a checkpoint of another job or of other input (see ``identity.py``)."""
+        data = stored.get(IDENTITY_KEY)
+        if data is not None:
+            readers: dict[str, list[SourceReader]] = {}
+            for part in self.partitions:
+                readers.setdefault(part.node.name, []).append(part.reader)
+            check_identity(decode_identity(data, self._where), self.job, readers, self._where)
+            return
+        # Written before identities were: its checkpoint is under its job's name.
+        others = [name for name in stored_job_names(stored) if name != self.job.name]
+        if others and self._job_key not in stored:
+            raise StateIdentityError(
+                f"{self._where} belongs to job {others[0]!r}, not to job {self.job.name!r}: "
+                "a state dir holds one job's state, timers and input positions. Run "
+                f"{self.job.name!r} on a new state dir (--state rocksdb:NEW_DIR), or keep the "
+                f"name (ed.Job({others[0]!r})) to resume it")
+
+    def _check_ended(self, stored: dict[bytes, bytes], events: int) -> None:
+        """Refuse input grown after the checkpoint ended its event time; note when there is
+        nothing to do (``nothing_to_do``)."""
+        parts = []
+        for part in self.partitions:
+            position = stored.get(part.meta_key)
+            wm = stored.get(part.wm_key)
+            parts.append(PartitionInput(
+                part.node.name, part.reader, part.node.params["timestamp"] is not None,
+                None if position is None else unpack(position),
+                wm is not None and unpack(wm) == MAX_TIME))
+        self.nothing_to_do = check_ended(parts, self.job, self._where, events)
+
     def _restore(self, stored: dict[bytes, bytes]) -> dict[str, Any] | None:
         """Seek sources and restore partition watermarks from the checkpoint metadata."""
         data = stored.get(self._job_key)
@@ -191,9 +258,12 @@ class LocalRunner(Executor):
         started = _time.perf_counter()
         batch = Batch()
         self.checkpoint_ops(batch)
+        fingerprints: dict[str, list[dict[str, Any] | None]] = {}
         for part in self.partitions:
             batch.put(META_CF, part.meta_key, pack(part.reader.position))
             batch.put(META_CF, part.wm_key, pack(part.wm.watermark))
+            fingerprints.setdefault(part.node.name, []).append(part.reader.fingerprint())
+        batch.put(META_CF, IDENTITY_KEY, encode_identity(job_identity(self.job, fingerprints)))
         sinks = {}
         for name, sink in self._all_sinks():
             try:
@@ -270,6 +340,14 @@ class LocalRunner(Executor):
             # broadcast tables. Keyed state is read lazily, key by key, as events need it.
             t = _time.perf_counter()
             stored = dict(self.backend.iterate(META_CF))
+            # Before anything runs or any sink is opened: a dir of another job or of other
+            # input is refused, and one at the end of unchanged input has nothing to do.
+            self._check_identity(stored)
+            job_meta = stored.get(self._job_key)
+            if job_meta is not None:
+                self._check_ended(stored, unpack(job_meta)["stats"][0])
+                if self.nothing_to_do is not None:
+                    return self._done_already(unpack(job_meta), gc_threshold)
             restore_s = _time.perf_counter() - t
             t = _time.perf_counter()
             self.open_operators(stored)
@@ -283,18 +361,7 @@ class LocalRunner(Executor):
                 except OSError as exc:
                     raise io_error(f"opening sink {name!r} ({sink!r})", exc) from exc
             if meta is not None:
-                stats.resumed = True
-                counts = meta["stats"]
-                (stats.events_in, stats.events_out, stats.dead_letters, stats.late_events,
-                 stats.checkpoints) = counts[:5]
-                # Checkpoints written before late_dropped was kept have five counts.
-                self.late_dropped_before = stats.late_dropped = (
-                    counts[5] if len(counts) > 5 else 0)
-                stats.before = {"events_in": stats.events_in, "events_out": stats.events_out,
-                                "dead_letters": stats.dead_letters,
-                                "late_events": stats.late_events,
-                                "checkpoints": stats.checkpoints,
-                                "late_dropped": stats.late_dropped}
+                self._resume_stats(meta)
             restore_s += _time.perf_counter() - t
             stats.startup = {"open_s": self._open_s, "restore_s": restore_s,
                              "preload_s": preload_s}
@@ -318,8 +385,10 @@ class LocalRunner(Executor):
                         int(stats.startup["round_trips"]))
 
             self.on_first_event = first_event
+            following = any(p.reader.follow for p in self.partitions)
             total = [p.reader.size_hint() for p in self.partitions]
-            stats.bytes_total = sum(t for t in total if t) if all(total) else None
+            stats.bytes_total = (sum(t for t in total if t) if all(total) and not following
+                                 else None)
             since_checkpoint = 0
             while True:
                 n = self._read_round()
@@ -335,14 +404,17 @@ class LocalRunner(Executor):
                 if self.stop_requested:
                     stats.stopped = True
                     break  # the final checkpoint below
+                caught_up = following and n == 0
                 if since_checkpoint >= self.checkpoint_interval or (
-                    since_checkpoint and self.cache_full()
+                    since_checkpoint and (caught_up or self.cache_full())
                 ):
                     self.checkpoint()
                     since_checkpoint = 0
                 if self.on_progress is not None:
                     stats.bytes_read = self._bytes_read()
                     self.on_progress(stats)
+                if caught_up and not self.stop_requested:
+                    _time.sleep(_FOLLOW_POLL_S)
             self.checkpoint()
             stats.elapsed_s = _time.perf_counter() - started
             stats.bytes_read = self._bytes_read()
@@ -355,6 +427,29 @@ class LocalRunner(Executor):
         gc.set_threshold(*gc_threshold)
         self.close()
         return RunResult(stats, self.dead, dict(self._all_sinks()))
+
+    def _resume_stats(self, meta: dict[str, Any]) -> None:
+        """The counters of the checkpoint a run resumes from."""
+        stats = self.stats
+        stats.resumed = True
+        counts = meta["stats"]
+        (stats.events_in, stats.events_out, stats.dead_letters, stats.late_events,
+         stats.checkpoints) = counts[:5]
+        # Checkpoints written before late_dropped was kept have five counts.
+        self.late_dropped_before = stats.late_dropped = counts[5] if len(counts) > 5 else 0
+        stats.before = {"events_in": stats.events_in, "events_out": stats.events_out,
+                        "dead_letters": stats.dead_letters, "late_events": stats.late_events,
+                        "checkpoints": stats.checkpoints, "late_dropped": stats.late_dropped}
+
+    def _done_already(self, meta: dict[str, Any], gc_threshold: tuple[int, ...]) -> RunResult:
+        """End a run that has nothing to do (``nothing_to_do``): no operator is opened, no
+        sink touched, nothing written."""
+        self._resume_stats(meta)
+        self.stats.watermark = MAX_TIME
+        log.info("%s", self.nothing_to_do)
+        gc.set_threshold(*gc_threshold)
+        self.close()
+        return RunResult(self.stats, self.dead, dict(self._all_sinks()))
 
     def _bytes_read(self) -> int:
         total = 0
@@ -405,6 +500,7 @@ def run_local(
     *,
     checkpoint_interval: int = 100_000,
     dead_letters: str | Path | Sink | None = None,
+    follow: bool = False,
     **options: Any,
 ) -> RunResult:
     """Run ``job`` here to the end of its input; resume if ``state`` holds a checkpoint.
@@ -414,6 +510,13 @@ def run_local(
     ``result.dead_letters``. ``cache_entries`` (default 200,000) bounds the keys each state
     keeps cached; a cache that grows past twice that between checkpoints brings the next
     checkpoint forward. ``result.stats.startup`` holds the startup phases.
+
+    ``follow=True`` keeps reading the job's files as they grow (``tail -f``) until
+    :meth:`LocalRunner.request_stop`: build a :class:`LocalRunner` to be able to call it.
+    A state dir of another job or of replaced input raises ``StateIdentityError`` before
+    the first event (see the module docstring); one whose run ended the same input returns
+    at once without reading or writing (``stats.this_run("events_in") == 0``, and the
+    reason in ``LocalRunner.nothing_to_do``).
     """
     return LocalRunner(job, state, checkpoint_interval=checkpoint_interval,
-                       dead_letters=dead_letters, **options).run()
+                       dead_letters=dead_letters, follow=follow, **options).run()
