@@ -6,7 +6,8 @@ sees the same machine load as eddies. Results are compared by digest of their no
 form. ``--restart``, ``--memory`` and ``--timers-memory`` add the startup and
 bounded-memory measurements (without and with a pending timer per key),
 ``--examples`` the example jobs' events/s against their plain twins
-(``benchmarks/examples.py``). See README "Performance".
+(``benchmarks/examples.py``), ``--joins`` an interval and an as-of join against theirs
+(``benchmarks/joins.py``). See README "Performance".
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="events/s of the example jobs and their plain-Python twins on "
                              "--examples-n generated events, --runs runs each")
     parser.add_argument("--examples-n", type=int, default=1_000_000)
+    parser.add_argument("--joins", action="store_true",
+                        help="events/s of an interval join and an as-of join (--joins-n "
+                             "events a side, --keys keys) against their plain-Python twins, "
+                             "on --backends (benchmarks/joins.py)")
+    parser.add_argument("--joins-n", type=int, default=50_000,
+                        help="events a side for --joins (1M for the reference figures)")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
 
@@ -159,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         report["examples"] = rows
         print(f"examples, {args.runs} run(s) each, memory backend, events/s:", flush=True)
         print(examples.table(rows), flush=True)
+        ok = ok and equal
+    if args.joins:
+        from benchmarks import joins
+
+        print(f"joins, {args.joins_n:,} events a side, {min(args.keys, args.joins_n):,} keys, "
+              f"{args.runs} run(s) each:", flush=True)
+        rows, equal = joins.measure(workdir, args.joins_n, args.keys, args.runs,
+                                    args.backends.split(","), args.checkpoint_interval)
+        report["joins"] = rows
         ok = ok and equal
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
