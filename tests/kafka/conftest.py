@@ -84,9 +84,13 @@ class Worker:
     """`eddies worker` in a subprocess."""
 
     def __init__(self, target: str, bootstrap: str, state_dir: Path, env: dict[str, str],
-                 log: Path, *extra: str) -> None:
+                 log: Path, *extra: str, crash_after_deltas: int | None = None) -> None:
         self.log = log
-        cmd = [sys.executable, "-m", "eddies.runtime.cli", "worker", target,
+        # crash_after_deltas=N: the worker exits with code 17 once checkpoint N's deltas are
+        # acknowledged, before its markers (crash_worker.py).
+        cli = (["-m", "eddies.runtime.cli"] if crash_after_deltas is None
+               else [str(ROOT / "tests" / "kafka" / "crash_worker.py"), str(crash_after_deltas)])
+        cmd = [sys.executable, *cli, "worker", target,
                "--broker", f"kafka://{bootstrap}", "--state-dir", str(state_dir),
                "--session-timeout", "6", "--checkpoint-ms", "300", *extra]
         self.state_dir = state_dir
@@ -123,9 +127,9 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
     def start(target: str, bootstrap: str, name: str, env: dict[str, str] | None = None,
-              *extra: str) -> Worker:
+              *extra: str, crash_after_deltas: int | None = None) -> Worker:
         w = Worker(target, bootstrap, tmp_path / name, env or {}, tmp_path / f"{name}.log",
-                   *extra)
+                   *extra, crash_after_deltas=crash_after_deltas)
         started.append(w)
         return w
 

@@ -125,8 +125,8 @@ def test_changelog_cut_between_deltas_and_marker_is_ignored(kafka_broker, worker
     events = make_events(tmp_path / "e.jsonl", 30_000, 300, seed=5)
     produce(kafka_broker, events, "cut-in", "account", partitions=6)
     expected = reference(events)
-    crashing = workers(TARGET, kafka_broker, "crash", env("cut", EDDIES_CRASH_AFTER_DELTAS="3"),
-                       "--checkpoint-interval", "2000")
+    crashing = workers(TARGET, kafka_broker, "crash", env("cut"), "--checkpoint-interval", "2000",
+                       crash_after_deltas=3)
     wait_until(lambda: crashing.proc.poll() is not None, 120, "the injected crash")
     assert crashing.proc.returncode == 17
     fresh = workers(TARGET, kafka_broker, "fresh", env("cut"))

@@ -1,10 +1,10 @@
 """The Kafka worker: faust-streaming for membership, eddies' executor for the data path.
 
-faust's App runs the worker lifecycle and the consumer group: partition assignment, rebalance
-callbacks and topic creation. faust never delivers records to agents here (its fetcher is
-replaced by an idle service); the worker's own task takes batches straight from faust's
-consumer (``getmany`` on exactly the assigned partitions) and pushes them through the
-executor. Per batch round:
+faust-streaming runs the worker lifecycle and the consumer group (partition assignment,
+rebalance callbacks), reached only through ``faust_io.FaustGroup``. Records never go through
+faust: the worker's own task reads batches with a ``reader.PartitionReader`` assigned exactly
+the partitions it owns and has restored, and pushes them through the executor. Per batch
+round:
 
 1. broadcast topics (read whole by every worker, outside the group) are polled first;
 2. each assigned partition's records are decoded (bad records go to the dead-letter topic
@@ -25,7 +25,7 @@ Stopping: the first SIGTERM or SIGINT ends the data task after its round with a 
 checkpoint whose offsets are committed (if it holds restored partitions: else there is nothing
 of its own to checkpoint), then faust stops the worker, which leaves the group
 (the partitions move at once, not after the session timeout; a join in progress ends first,
-and faust's shutdown waits for that, up to ``KafkaWorker.stop_timeout``); a second signal
+and faust's shutdown waits for that, up to ``FaustGroup.stop_timeout``); a second signal
 exits at once (code 128 + signal), from the last checkpoint. faust's own SIGINT/SIGTERM
 handlers are replaced from its start on: a signal before the data task runs (during the
 first rebalance) stops faust at once, with nothing of the worker's own to checkpoint.
@@ -44,14 +44,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import faust
 import msgpack
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
-from faust.types import TP
-from mode import Service
-from mode.utils.objects import cached_property
 
 from eddies.errors import ConfigError, EddiesError, KeyEncodingError
 from eddies.operators.kafka import KafkaSink, decode, dumps_exact
@@ -71,7 +67,9 @@ from eddies.runtime.kafka.changelog import (
     split_by_partition,
     token_header,
 )
+from eddies.runtime.kafka.faust_io import FaustGroup, GroupCallbacks
 from eddies.runtime.kafka.plan import Plan, describe, plan_job
+from eddies.runtime.kafka.reader import PartitionReader
 from eddies.runtime.kafka.topics import create_topics, topic_partitions
 from eddies.runtime.keyed import META_CF
 from eddies.runtime.observe import Observer, listen_inspector
@@ -85,52 +83,6 @@ __all__ = ["KafkaWorker"]
 log = logging.getLogger("eddies.worker")
 _SRC = "eddies.src"
 _OFF = "eddies.off"
-
-
-class _NoFetch(Service):
-    """Stands in for faust's Fetcher, the service that would pull records into agents."""
-
-    def __init__(self, app: faust.App, **kwargs: Any) -> None:
-        self.app = app
-        super().__init__(**kwargs)
-
-
-class _MembershipApp(faust.App):
-    @cached_property
-    def _fetcher(self) -> Service:  # type: ignore[override]
-        return _NoFetch(self, loop=self.loop, beacon=self.consumer.beacon)
-
-
-class _FaustWorker(faust.Worker):
-    """faust's worker, stopped by the eddies worker: its signal handlers are the eddies
-    worker's, and its shutdown waits for the stop the eddies worker started.
-
-    faust's own shutdown (after ``start`` returns, which it does as soon as a stop begins)
-    gives pending tasks a second, then cancels them and closes the loop: a stop still waiting
-    for the consumer thread (leaving the group waits for a join in progress to end) would be
-    cancelled, and the thread, left running, would call into the closed loop (``Event loop
-    is closed``) or keep the process from exiting.
-    """
-
-    def __init__(self, owner: KafkaWorker, *args: Any, **kwargs: Any) -> None:
-        self.owner = owner
-        super().__init__(*args, **kwargs)
-
-    def install_signal_handlers(self) -> None:
-        self.owner._install_signal_handlers()
-
-    def stop_and_shutdown(self) -> None:
-        task = self.owner._faust_stop
-        if task is not None and not task.done():
-            try:
-                self.loop.run_until_complete(
-                    asyncio.wait_for(asyncio.shield(task), self.owner.stop_timeout))
-            except TimeoutError:
-                # faust's consumer thread still runs: the loop stays open under it, and the
-                # process exits without waiting for the thread (KafkaWorker.left_group).
-                self.owner.left_group = False
-                return
-        super().stop_and_shutdown()
 
 
 class _WorkerExecutor(Executor):
@@ -201,15 +153,6 @@ class KafkaWorker:
         committed. Not when it held no restored partition then (a rebalance in progress, or
         more workers than partitions): there was nothing of its own to checkpoint, and its
         partitions resume from their last checkpoint."""
-        self.left_group = True
-        """Whether faust stopped and left the group within ``stop_timeout`` once the worker
-        stopped. If not, its consumer thread is still running: exit the process at once
-        (``os._exit``); the partitions move after the session timeout."""
-        self.stop_timeout = session_timeout + 9.0
-        """Seconds a stopping worker waits for faust to leave the group: a join in progress
-        ends first, within the rebalance timeout (session timeout + 4 s)."""
-        self._faust_worker: faust.Worker | None = None
-        self._faust_stop: asyncio.Future[None] | None = None
         self._run_started = time.monotonic()
         # The inspector's address is checked and its port taken before any file exists.
         self._inspector = listen_inspector(metrics_port, bind, token)
@@ -261,32 +204,33 @@ class KafkaWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._assignment_done = False
         self.backend.add_write_listener(self._on_local_write)
-        self.app = self._make_app()
+        self.membership = FaustGroup(
+            self.group, self.bootstrap, self.plan.group_topics, self.state_dir / "faust",
+            GroupCallbacks(on_assigned=self._on_assigned, on_revoked=self._on_revoked,
+                           on_rebalance_complete=self._on_rebalance_complete, main=self._main,
+                           install_signal_handlers=self._install_signal_handlers),
+            session_timeout=session_timeout)
+        self.reader = PartitionReader(self.bootstrap, self.group, batch_records=batch_records)
+
+    @property
+    def left_group(self) -> bool:
+        """Whether faust stopped and left the group within ``stop_timeout`` once the worker
+        stopped. If not, its consumer thread is still running: exit the process at once
+        (``os._exit``); the partitions move after the session timeout."""
+        return self.membership.left_group
+
+    @property
+    def stop_timeout(self) -> float:
+        """Seconds a stopping worker waits for faust to leave the group: a join in progress
+        ends first, within the rebalance timeout (session timeout + 4 s)."""
+        return self.membership.stop_timeout
+
+    def after_deltas(self, seq: int) -> None:
+        """Called once checkpoint ``seq``'s changelog deltas are acknowledged, before its
+        markers are written. Does nothing: a seam for fault injection, which tests override
+        to crash the worker there (``tests/kafka/crash_worker.py``)."""
 
     # -- setup ---------------------------------------------------------------------------------
-    def _make_app(self) -> faust.App:
-        app = _MembershipApp(
-            self.group,
-            broker=f"kafka://{self.bootstrap}",
-            store="memory://",
-            datadir=str(self.state_dir / "faust"),
-            web_enabled=False,
-            topic_replication_factor=1,
-            table_standby_replicas=0,
-            broker_session_timeout=self.session_timeout,
-            broker_heartbeat_interval=1.0,
-            broker_rebalance_timeout=self.session_timeout + 4,
-            broker_request_timeout=max(30.0, self.session_timeout * 3),
-            broker_max_poll_records=self.batch_records,
-            consumer_auto_offset_reset="earliest",
-        )
-        for topic in self.plan.group_topics:
-            app.topics.add(app.topic(topic, value_serializer="raw", key_serializer="raw"))
-        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
-        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
-        app.on_rebalance_complete.connect(self._on_rebalance_complete)  # type: ignore[arg-type]
-        app.task(self._main)
-        return app
 
     async def prepare_topics(self) -> None:
         """Check the input topics and create every topic the job writes."""
@@ -319,28 +263,14 @@ class KafkaWorker:
         """Create topics, then run the faust worker until SIGTERM/SIGINT."""
         asyncio.run(self.prepare_topics())
         log.info("eddies worker for job %s: %s", self.job.name, describe(self.plan))
-        # Logging stays as the command set it (faust would reset the root level), and no
-        # terminal spinner: its cursor codes end up in log files.
-        worker = _FaustWorker(self, self.app, loglevel="WARNING", redirect_stdouts=False,
-                              quiet=True, override_logging=False)
-        worker.spinner = None
-        self._faust_worker = worker
         self._run_started = time.monotonic()
         try:
-            worker.execute_from_commandline()
-        except SystemExit as exc:
-            if exc.code not in (0, None):
-                raise
+            self.membership.run()
         finally:
             self.backend.close()
 
     # -- rebalance -----------------------------------------------------------------------------
-    def _mine(self, tps: set[TP]) -> set[tuple[str, int]]:
-        topics = set(self.plan.group_topics)
-        return {(tp.topic, tp.partition) for tp in tps if tp.topic in topics}
-
-    async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
-        gone = self._mine(revoked)
+    async def _on_revoked(self, gone: set[tuple[str, int]]) -> None:
         if not self._started.is_set() or self._closed:  # closed: stopping, checkpoint taken
             self.owned -= gone
             return
@@ -354,15 +284,16 @@ class KafkaWorker:
             for tp in gone:
                 self.marks.pop(tp, None)
                 self.next_offset.pop(tp, None)
+            self._assign_reader()
             self._reload_timers()
         log.info("revoked %s", sorted(gone))
 
-    async def _on_assigned(self, app: Any, assigned: set[TP], **kwargs: Any) -> None:
+    async def _on_assigned(self, assigned: set[tuple[str, int]]) -> None:
         self._assignment_done = False
-        self.owned = self._mine(assigned)
+        self.owned = set(assigned)
         log.info("assigned %s", sorted(self.owned))
 
-    async def _on_rebalance_complete(self, app: Any, **kwargs: Any) -> None:
+    async def _on_rebalance_complete(self) -> None:
         # Restores run in the data task (faust starts app tasks only after this returns).
         self._assignment_done = True
 
@@ -379,6 +310,7 @@ class KafkaWorker:
                     break
                 await self._restore_partition(*tp)
                 self.ready.add(tp)
+            self._assign_reader()
             self._reload_timers()
             # Operators take the restored watermarks now, before the partitions' first
             # records: else those would be judged (late data, windows, TTL) against the
@@ -403,11 +335,10 @@ class KafkaWorker:
         await self.checkpoint()
         return True
 
-    @property
-    def _consumer(self) -> Any:
-        """faust's transport consumer; its thread's getmany/seek_wait and _commit are the
-        private APIs this worker builds on (pinned faust-streaming 0.15)."""
-        return self.app.consumer
+    def _assign_reader(self) -> None:
+        """The reader reads the ready partitions, each from its next offset where known
+        (a restored marker's, or past the last record pushed), else from the group's commit."""
+        self.reader.assign(self.ready, self.next_offset)
 
     def _owner(self, key: tuple[Any, ...]) -> str | None:
         """None if this worker holds ``key``'s partition, else "" (owner unknown here)."""
@@ -472,8 +403,7 @@ class KafkaWorker:
             self.marks[(topic, p)].restore(last.watermark)
             self.dedup[p] = dict(last.dedup)
             self.seq = max(self.seq, last.seq)
-            await self._consumer._thread.seek_wait({TopicPartition(topic, p): last.offset})
-            self.next_offset[(topic, p)] = last.offset
+            self.next_offset[(topic, p)] = last.offset  # where the reader starts
         else:
             self.dedup[p] = {}
         for op in self.executor.operators.values():
@@ -533,7 +463,7 @@ class KafkaWorker:
             os._exit(1)
 
     async def _serve(self) -> None:
-        if self._faust_stop is not None:
+        if self.membership.stopping is not None:
             return  # stopped before it ran
         self._serving = True
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
@@ -545,6 +475,7 @@ class KafkaWorker:
                                                   fetch_max_wait_ms=100,
                                                   max_partition_fetch_bytes=8 << 20)
         await self._restore_consumer.start()
+        await self.reader.start()
         self._broadcast = await self._start_broadcast()
         opened = time.monotonic()
         trips = self.backend.round_trips
@@ -573,6 +504,7 @@ class KafkaWorker:
             self.final_checkpoint = final
             await self.producer.stop()
             await self._restore_consumer.stop()
+            await self.reader.stop()
             if self._broadcast is not None:
                 await self._broadcast.stop()
             if self.observer is not None:
@@ -580,7 +512,7 @@ class KafkaWorker:
             self._closed = True
             # faust stops the app, whose consumer leaves the group. Not awaited here: the
             # app cancels its own tasks (this one) while stopping; faust's shutdown waits.
-            self._stop_faust()
+            self.membership.stop()
 
     def _progress(self) -> None:
         if self.on_progress is not None:
@@ -591,15 +523,11 @@ class KafkaWorker:
         """End the data task after its round, with a final checkpoint, then stop the worker."""
         self._stop = True
 
-    def _stop_faust(self) -> None:
-        if self._faust_worker is not None and self._faust_stop is None:
-            self._faust_stop = asyncio.ensure_future(self._faust_worker.stop())
-
     def _stop_before_serving(self) -> None:
         # Stopped before the data task ran (while the first rebalance goes on): nothing of
         # this worker's to checkpoint. Once it runs, it stops faust itself, after its round.
         if not self._serving:
-            self._stop_faust()
+            self.membership.stop()
 
     def _install_signal_handlers(self) -> None:
         """In place of faust's, from its start on, and outside the event loop: a handler of
@@ -653,10 +581,9 @@ class KafkaWorker:
 
     async def _round(self) -> None:
         await self._restore_pending()
-        tps = {TP(t, p) for t, p in self.ready}
         records: dict[Any, list[Any]] = {}
-        if tps:
-            records = await self._consumer._thread.getmany(tps, timeout=0.2)
+        if self.ready:
+            records = await self.reader.getmany(timeout_ms=200)
         else:
             await asyncio.sleep(0.05)
         broadcast: dict[Any, list[Any]] = {}
@@ -687,6 +614,11 @@ class KafkaWorker:
               broadcast: bool = False) -> int:
         node = self.plan.source_of_topic[topic]
         source = node.params["source"]
+        expected = self.next_offset.get((topic, p))
+        if not broadcast and expected is not None and batch and batch[0].offset < expected:
+            # Fetched before the reader was sought back to where this worker is (a rebalance
+            # during the fetch): already pushed.
+            batch = [r for r in batch if r.offset >= expected]
         if node.params.get("repartition", False):
             batch = self._dedup(p, batch)
         fmt = source.value_format
@@ -847,8 +779,7 @@ class KafkaWorker:
             for topic, items in per_topic.items():
                 waits.extend(await self._send(topic, items, explicit=True))
             await asyncio.gather(*waits)  # outputs and deltas durable before the marker
-            if os.environ.get("EDDIES_CRASH_AFTER_DELTAS") == str(self.seq):
-                os._exit(17)  # fault injection for tests: deltas without their marker
+            self.after_deltas(self.seq)
             markers = []
             for topic, p in sorted(self.ready):
                 if topic != self.plan.stateful_topic:
@@ -867,8 +798,7 @@ class KafkaWorker:
             self.backend.write(batch)
         finally:
             self._in_checkpoint = False
-        offsets = {TP(t, p): off for (t, p), off in self.next_offset.items()
-                   if (t, p) in self.ready}
+        offsets = {tp: off for tp, off in self.next_offset.items() if tp in self.ready}
         self._commit_task = asyncio.ensure_future(self._commit_after(marker_acks, offsets))
         ex.sweep()
         ex.stats.checkpoints += 1
@@ -880,8 +810,8 @@ class KafkaWorker:
         log.debug("checkpoint %s: %d ops in %.3fs", self.seq, len(batch),
                   time.monotonic() - started)
 
-    async def _commit_after(self, marker_acks: list[Any], offsets: dict[TP, int]) -> None:
+    async def _commit_after(self, marker_acks: list[Any],
+                            offsets: dict[tuple[str, int], int]) -> None:
         """Group offsets follow the markers: commit once they are acknowledged."""
         await asyncio.gather(*marker_acks)
-        if offsets:
-            await self._consumer._commit(offsets)
+        await self.membership.commit(offsets)
