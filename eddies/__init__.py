@@ -15,6 +15,7 @@ from eddies.operators import sinks, sources
 from eddies.operators.functions import (
     Context,
     KeyedBroadcastProcessFunction,
+    KeyedCoProcessFunction,
     KeyedProcessFunction,
     OutputTag,
 )
@@ -25,6 +26,7 @@ from eddies.runtime.local import run_local
 from eddies.runtime.watermarks import BoundedOutOfOrderness
 from eddies.state import (
     BroadcastState,
+    Entry,
     InMemoryStateBackend,
     ListState,
     MapState,
@@ -44,9 +46,11 @@ __all__ = [
     "Context",
     "Count",
     "EddiesError",
+    "Entry",
     "InMemoryStateBackend",
     "Job",
     "KeyedBroadcastProcessFunction",
+    "KeyedCoProcessFunction",
     "KeyedProcessFunction",
     "KeyedStream",
     "ListState",

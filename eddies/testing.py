@@ -31,7 +31,11 @@ from typing import Any
 import msgpack
 
 from eddies.errors import ConfigError, StateError
-from eddies.operators.functions import KeyedProcessFunction, OutputTag
+from eddies.operators.functions import (
+    KeyedCoProcessFunction,
+    KeyedProcessFunction,
+    OutputTag,
+)
 from eddies.runtime.keyed import KeyedOperator
 from eddies.state import open_backend
 from eddies.state.backend import Batch, StateBackend
@@ -45,7 +49,8 @@ _SNAPSHOT_VERSION = 1
 
 
 class Harness:
-    """Drives one :class:`~eddies.KeyedProcessFunction` by hand.
+    """Drives one :class:`~eddies.KeyedProcessFunction` (or
+    :class:`~eddies.KeyedCoProcessFunction`) by hand.
 
     ``state`` is ``"memory"``, ``"rocksdb:PATH"`` or a backend object (a
     :class:`~eddies.state.TtlStateBackend` too, whose own config then wins over
@@ -56,7 +61,7 @@ class Harness:
 
     def __init__(
         self,
-        function: KeyedProcessFunction,
+        function: KeyedProcessFunction | KeyedCoProcessFunction,
         state: str | StateBackend = "memory",
         *,
         ttl_config: TtlConfig | None = None,
@@ -91,12 +96,28 @@ class Harness:
         self._closed = False
 
     # -- driving -------------------------------------------------------------------------------
-    def event(self, value: Any, key: Any = _MISSING, timestamp: int | None = None) -> list[Any]:
-        """Handle one event of ``key`` at ``timestamp`` (ms); returns its outputs."""
+    def event(self, value: Any, key: Any = _MISSING, timestamp: int | None = None, *,
+              input: int = 1) -> list[Any]:
+        """Handle one event of ``key`` at ``timestamp`` (ms); returns its outputs.
+
+        ``input=2`` feeds the second input of a
+        :class:`~eddies.KeyedCoProcessFunction` (``on_event2``):
+
+        >>> import eddies as ed
+        >>> class Pair(ed.KeyedCoProcessFunction):
+        ...     left = ed.ValueState("left")
+        ...     def on_event1(self, event, ctx):
+        ...         self.left.set(event)
+        ...     def on_event2(self, event, ctx):
+        ...         yield (self.left.get(), event)
+        >>> h = Harness(Pair())
+        >>> h.event("a", key="k"), h.event("b", key="k", input=2)
+        ([], [('a', 'b')])
+        """
         if key is _MISSING:
             raise ConfigError("Harness.event needs key=...: the key the event belongs to")
         out: list[Any] = []
-        self.operator.process(value, key, timestamp, out)
+        self.operator.process(value, key, timestamp, out, input)
         return out
 
     def broadcast(self, value: Any, timestamp: int | None = None) -> list[Any]:

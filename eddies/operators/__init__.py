@@ -6,6 +6,7 @@ from eddies.operators import sinks, sources
 from eddies.operators.functions import (
     Context,
     KeyedBroadcastProcessFunction,
+    KeyedCoProcessFunction,
     KeyedProcessFunction,
     OutputTag,
     TimerService,
@@ -14,6 +15,7 @@ from eddies.operators.functions import (
 __all__ = [
     "Context",
     "KeyedBroadcastProcessFunction",
+    "KeyedCoProcessFunction",
     "KeyedProcessFunction",
     "OutputTag",
     "TimerService",

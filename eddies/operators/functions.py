@@ -23,6 +23,7 @@ from typing import Any, Protocol
 __all__ = [
     "Context",
     "KeyedBroadcastProcessFunction",
+    "KeyedCoProcessFunction",
     "KeyedProcessFunction",
     "OutputTag",
     "TimerService",
@@ -128,3 +129,47 @@ class KeyedBroadcastProcessFunction(KeyedProcessFunction):
         raise NotImplementedError(
             f"{type(self).__name__} must define on_broadcast(self, event, ctx)"
         )
+
+
+class KeyedCoProcessFunction:
+    """Base class for a function over two keyed streams connected on the same key:
+    ``a.key_by(k).connect(b.key_by(k)).process(fn)``.
+
+    ``on_event1`` handles the first stream's events, ``on_event2`` the second's; both see
+    the function's declared states and timers for the event's key, and ``on_timer`` fires
+    for either side's timers. The operator's watermark is the minimum of its two inputs'.
+    In :class:`~eddies.testing.Harness`, ``event(value, key=..., input=2)`` feeds the
+    second input.
+
+    >>> import eddies as ed
+    >>> class Enrich(ed.KeyedCoProcessFunction):
+    ...     profile = ed.ValueState("profile")
+    ...     def on_event1(self, order, ctx):
+    ...         yield {"order": order, "profile": self.profile.get()}
+    ...     def on_event2(self, profile, ctx):
+    ...         self.profile.set(profile)
+    >>> h = ed.testing.Harness(Enrich())
+    >>> h.event("gold", key="c1", input=2)
+    []
+    >>> h.event(42, key="c1")
+    [{'order': 42, 'profile': 'gold'}]
+    """
+
+    def open(self) -> None:
+        """Called once after state is bound, before any event."""
+
+    def on_event1(self, event: Any, ctx: Context) -> Iterable[Any] | None:
+        """Handle one event of the first input for key ``ctx.key``; yield outputs."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define on_event1(self, event, ctx)"
+        )
+
+    def on_event2(self, event: Any, ctx: Context) -> Iterable[Any] | None:
+        """Handle one event of the second input for key ``ctx.key``; yield outputs."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define on_event2(self, event, ctx)"
+        )
+
+    def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
+        """Handle a timer of key ``ctx.key`` firing at ``timestamp``; yield outputs."""
+        return None

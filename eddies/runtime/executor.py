@@ -41,7 +41,7 @@ from eddies.operators.functions import OutputTag
 from eddies.operators.sinks import CollectSink, Sink
 from eddies.operators.sources import DeadLetter
 from eddies.runtime.failures import io_error
-from eddies.runtime.graph import Job, Node
+from eddies.runtime.graph import KEYED_KINDS, Job, Node
 from eddies.runtime.keyed import NEVER_DUE, BatchCut, KeyedOperator
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, PartitionWatermark, merge_watermarks
 from eddies.state.backend import Batch, StateBackend
@@ -260,7 +260,7 @@ class Executor:
         self.timer_emit: dict[Node, Callable[[Any, Any], None]] = {}
         state_owner: dict[str, str] = {}
         for n in nodes:
-            if n.kind in ("process", "broadcast_process"):
+            if n.kind in KEYED_KINDS:
                 for desc in declared_states(n.params["fn"]).values():
                     owner = state_owner.setdefault(desc.name, n.name)
                     if owner != n.name:
@@ -299,8 +299,8 @@ class Executor:
             if batch_push is not None:
                 self.source_batches[n] = batch_push
 
-    def _key_of(self, node: Node) -> Callable[[Any], Any]:
-        parent = node.inputs[0]
+    def _key_of(self, node: Node, port: int = 0) -> Callable[[Any], Any]:
+        parent = node.inputs[port]
         if parent.kind != "key_by":
             raise ConfigError(f"{node.name!r}: process needs a keyed stream; call key_by first")
         return parent.params["key"]
@@ -353,7 +353,7 @@ class Executor:
                 append(value)
 
             return push_sink
-        if kind in ("process", "broadcast_process"):
+        if kind in KEYED_KINDS:
             return self._push_process(n, port, emit)
         raise ConfigError(f"unknown operator kind {kind!r}")  # pragma: no cover
 
@@ -385,7 +385,7 @@ class Executor:
             self.timer_emit[n] = emit
         name = n.name
         stats = self.stats
-        if port == 1:  # the broadcast side of a connected stream
+        if n.kind == "broadcast_process" and port == 1:  # the broadcast side
 
             def push_broadcast(value: Any, ts: Any) -> None:
                 op_count[0] += 1
@@ -399,8 +399,8 @@ class Executor:
                     emit(result, ts)
 
             return push_broadcast
-        keyfn = self._key_of(n)
-        key_where = (f"key_by {n.inputs[0].name!r} (key function "
+        keyfn = self._key_of(n, port)
+        key_where = (f"key_by {n.inputs[port].name!r} (key function "
                      f"{getattr(keyfn, '__name__', 'key')!r}, feeding operator {name!r})")
         # A field name reads through operator.itemgetter (C, same errors as record[name]);
         # keyfn itself stays for the messages.
@@ -412,7 +412,7 @@ class Executor:
         store = op.store
         prefixes = store._prefixes
         ctx = op.ctx
-        on_event = op._on_event
+        on_event = op.on_event_of(port + 1)
         on_timer = op._on_timer
         validate_key = op.validate_key
         extend = out.extend

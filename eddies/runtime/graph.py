@@ -21,9 +21,11 @@ from typing import Any
 from eddies.errors import ConfigError
 from eddies.operators.functions import (
     KeyedBroadcastProcessFunction,
+    KeyedCoProcessFunction,
     KeyedProcessFunction,
     OutputTag,
 )
+from eddies.operators.joins import asof_join_function, interval_join_function
 from eddies.operators.sinks import Sink
 from eddies.operators.sources import Source
 from eddies.operators.windows import (
@@ -37,13 +39,19 @@ from eddies.runtime.watermarks import BoundedOutOfOrderness
 
 __all__ = [
     "BroadcastStream",
+    "ConnectedKeyedStreams",
     "ConnectedStreams",
+    "KEYED_KINDS",
     "Job",
     "KeyedStream",
     "Node",
     "Stream",
     "WindowedStream",
 ]
+
+
+KEYED_KINDS = ("process", "broadcast_process", "co_process")
+"""Node kinds run by a KeyedOperator (keyed state, timers, a watermark of their own)."""
 
 
 @dataclass(eq=False)
@@ -184,7 +192,7 @@ class Stream:
         """The records a process function sent to ``tag`` with ``ctx.output``."""
         if not isinstance(tag, OutputTag):
             raise ConfigError(f"side_output takes an eddies.OutputTag, got {tag!r}")
-        if self.node.kind not in ("process", "broadcast_process", "window"):
+        if self.node.kind not in KEYED_KINDS:
             raise ConfigError("side_output is available on the result of process()/window()")
         return self._then("side_output", None, tag=tag)
 
@@ -225,11 +233,79 @@ class KeyedStream(Stream):
             raise ConfigError(f"late must be an eddies.OutputTag, got {late!r}")
         return WindowedStream(self, assigner, allowed_lateness, late)
 
-    def connect(self, broadcast: BroadcastStream) -> ConnectedStreams:
-        """Pair with a broadcast stream for a :class:`KeyedBroadcastProcessFunction`."""
-        if not isinstance(broadcast, BroadcastStream):
-            raise ConfigError("connect takes other_stream.broadcast()")
-        return ConnectedStreams(self, broadcast)
+    def connect(self, other: BroadcastStream | KeyedStream) -> Any:
+        """Pair with a broadcast stream for a :class:`KeyedBroadcastProcessFunction`, or
+        with another keyed stream (keyed by the same key) for a
+        :class:`KeyedCoProcessFunction`.
+
+        >>> import eddies as ed
+        >>> class Latest(ed.KeyedCoProcessFunction):
+        ...     price = ed.ValueState("price")
+        ...     def on_event1(self, order, ctx):
+        ...         yield {"id": order["id"], "price": self.price.get()}
+        ...     def on_event2(self, quote, ctx):
+        ...         self.price.set(quote["price"])
+        >>> job = ed.Job("orders"); out = ed.sinks.collect()
+        >>> quotes = job.source(ed.sources.iterable([{"sym": "X", "price": 7, "ts": 1}]),
+        ...                     timestamp="ts").key_by("sym")
+        >>> orders = job.source(ed.sources.iterable([{"sym": "X", "id": 1, "ts": 2}]),
+        ...                     timestamp="ts").key_by("sym")
+        >>> quotes.connect(orders)  # doctest: +ELLIPSIS
+        <eddies.runtime.graph.ConnectedKeyedStreams object at ...>
+        >>> orders.connect(quotes).process(Latest()).sink(out)
+        >>> ed.run_local(job).collected(out)
+        [{'id': 1, 'price': 7}]
+        """
+        if isinstance(other, BroadcastStream):
+            return ConnectedStreams(self, other)
+        if isinstance(other, KeyedStream):
+            if other.job is not self.job:
+                raise ConfigError("connect: both streams must belong to the same Job")
+            return ConnectedKeyedStreams(self, other)
+        raise ConfigError("connect takes other_stream.broadcast() or another keyed stream "
+                          f"(other_stream.key_by(...)), got {other!r}")
+
+    def interval_join(self, other: KeyedStream, *, lower: int, upper: int,
+                      fn: Callable[[Any, Any], Any] | None = None,
+                      late: OutputTag | None = None, name: str | None = None) -> Stream:
+        """Join with ``other`` (keyed by the same key): every pair with
+        ``left.ts + lower <= right.ts <= left.ts + upper`` (ms, both inclusive) once, as
+        ``fn(left, right)`` or ``{"key", "left", "right"}``, at ``max(left.ts, right.ts)``.
+        Late events go to ``late`` or are dropped and counted (see ``eddies.operators.joins``).
+
+        >>> import eddies as ed
+        >>> job = ed.Job("ads"); out = ed.sinks.collect()
+        >>> imps = job.source(ed.sources.iterable([{"ad": "a", "ts": 100}]), timestamp="ts")
+        >>> clicks = job.source(ed.sources.iterable([{"ad": "a", "ts": 130}]), timestamp="ts")
+        >>> imps.key_by("ad").interval_join(clicks.key_by("ad"), lower=0, upper=60_000,
+        ...     fn=lambda i, c: c["ts"] - i["ts"]).sink(out)
+        >>> ed.run_local(job).collected(out)
+        [30]
+        """
+        name = name or f"interval-join-{next(self.job._counter)}"
+        return self.connect(other).process(
+            interval_join_function(name, lower, upper, fn, late), name=name)
+
+    def join_asof(self, other: KeyedStream, *, how: str = "inner",
+                  fn: Callable[[Any, Any], Any] | None = None,
+                  late: OutputTag | None = None, name: str | None = None) -> Stream:
+        """Join each event with the latest event of ``other`` (same key) at or before its
+        timestamp, once the watermark reaches it; ``how="left"`` keeps events with no match
+        (``right`` None). Output as for :meth:`interval_join`.
+
+        >>> import eddies as ed
+        >>> job = ed.Job("enrich"); out = ed.sinks.collect()
+        >>> orders = job.source(ed.sources.iterable([{"c": 1, "ts": 50}]), timestamp="ts")
+        >>> tiers = job.source(ed.sources.iterable([{"c": 1, "tier": "gold", "ts": 10},
+        ...                                         {"c": 1, "tier": "vip", "ts": 60}]),
+        ...                    timestamp="ts")
+        >>> orders.key_by("c").join_asof(tiers.key_by("c"),
+        ...     fn=lambda o, t: t["tier"]).sink(out)
+        >>> ed.run_local(job).collected(out)
+        ['gold']
+        """
+        name = name or f"asof-join-{next(self.job._counter)}"
+        return self.connect(other).process(asof_join_function(name, how, fn, late), name=name)
 
 
 class WindowedStream:
@@ -291,6 +367,29 @@ class ConnectedStreams:
             )
         job = self.keyed.job
         node = job._node("broadcast_process", [self.keyed.node, self.broadcast.node],
+                         name or type(fn).__name__, fn=fn)
+        return Stream(job, node)
+
+
+class ConnectedKeyedStreams:
+    """Two keyed streams connected on the same key, for a :class:`KeyedCoProcessFunction`."""
+
+    def __init__(self, first: KeyedStream, second: KeyedStream) -> None:
+        self.first = first
+        self.second = second
+
+    def process(self, fn: KeyedCoProcessFunction, *, name: str | None = None) -> Stream:
+        """Run ``fn``: ``on_event1`` for the first stream's records, ``on_event2`` for the
+        second's, with state and timers shared per key."""
+        if isinstance(fn, type):
+            raise ConfigError(f"process takes an instance: process({fn.__name__}())")
+        if not isinstance(fn, KeyedCoProcessFunction):
+            raise ConfigError(
+                "connect(keyed).process takes an eddies.KeyedCoProcessFunction (on_event1, "
+                f"on_event2), got {fn!r}"
+            )
+        job = self.first.job
+        node = job._node("co_process", [self.first.node, self.second.node],
                          name or type(fn).__name__, fn=fn)
         return Stream(job, node)
 

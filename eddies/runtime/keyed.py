@@ -17,6 +17,7 @@ from eddies.errors import ConfigError, KeyEncodingError
 from eddies.operators.functions import (
     Context,
     KeyedBroadcastProcessFunction,
+    KeyedCoProcessFunction,
     KeyedProcessFunction,
     OutputTag,
 )
@@ -111,7 +112,7 @@ class KeyedOperator:
     def __init__(
         self,
         name: str,
-        function: KeyedProcessFunction,
+        function: KeyedProcessFunction | KeyedCoProcessFunction,
         backend: StateBackend,
         *,
         max_parallelism: int = 128,
@@ -120,7 +121,7 @@ class KeyedOperator:
         side_output: Callable[[OutputTag, Any], None] | None = None,
         cache_entries: int | None = None,
     ) -> None:
-        if not isinstance(function, KeyedProcessFunction):
+        if not isinstance(function, (KeyedProcessFunction, KeyedCoProcessFunction)):
             raise ConfigError(
                 f"operator {name!r}: {function!r} is not a KeyedProcessFunction; subclass "
                 "eddies.KeyedProcessFunction and define on_event(self, event, ctx)"
@@ -159,7 +160,12 @@ class KeyedOperator:
         # index of its own, fired in time order with the timers (see EventTimeHook).
         attach = getattr(function, "_attach_operator", None)
         self._hook: EventTimeHook | None = attach(self) if attach is not None else None
-        self._on_event = function.on_event
+        self.inputs = 2 if isinstance(function, KeyedCoProcessFunction) else 1
+        """Keyed inputs: 2 for a KeyedCoProcessFunction (on_event1, on_event2)."""
+        self._on_events = ((function.on_event1, function.on_event2)
+                           if isinstance(function, KeyedCoProcessFunction)
+                           else (function.on_event,))
+        self._on_event = self._on_events[0]
         self._on_timer = function.on_timer
         self.emitted = 0
         """Outputs handed to ``emit`` by timers and event-time work (for metrics; the
@@ -209,8 +215,22 @@ class KeyedOperator:
         batch.put(META_CF, self._meta_key, pack(self.watermark))
 
     # -- processing ----------------------------------------------------------------------------
-    def process(self, event: Any, key: Any, timestamp: int | None, out: list[Any]) -> None:
-        """Run ``on_event`` for one event of ``key``; outputs go to ``out``."""
+    def on_event_of(self, input: int = 1) -> Callable[[Any, Context], Any]:
+        """The user method for events of keyed input ``input`` (1, or 2 for a
+        KeyedCoProcessFunction's ``on_event2``)."""
+        if not 1 <= input <= self.inputs:
+            raise ConfigError(
+                f"operator {self.name!r}: {type(self.function).__name__} has no keyed input "
+                f"{input!r}" + ("; a KeyedCoProcessFunction has inputs 1 and 2"
+                                if self.inputs == 2 else "; it has one keyed input (1)")
+            )
+        return self._on_events[input - 1]
+
+    def process(self, event: Any, key: Any, timestamp: int | None, out: list[Any],
+                input: int = 1) -> None:
+        """Run ``on_event`` (``on_event2`` for ``input=2`` of a KeyedCoProcessFunction) for
+        one event of ``key``; outputs go to ``out``."""
+        on_event = self._on_event if input == 1 else self.on_event_of(input)
         store = self.store
         k = state_key(key)
         # Validate before user code runs: a key the codec cannot store (a list, a dict) raises
@@ -221,7 +241,7 @@ class KeyedOperator:
         ctx = self.ctx
         ctx.key = key
         ctx.timestamp = timestamp
-        emit_into(out, self._on_event(event, ctx))
+        emit_into(out, on_event(event, ctx))
 
     def validate_key(self, key: Any, k: Any) -> None:
         """Raise KeyEncodingError unless ``k`` (``key`` as a state_key) can be stored; caches its
@@ -245,7 +265,7 @@ class KeyedOperator:
         ctx.key = None
         ctx.timestamp = timestamp
         try:
-            emit_into(out, self.function.on_broadcast(event, ctx))  # type: ignore[attr-defined]
+            emit_into(out, self.function.on_broadcast(event, ctx))  # type: ignore[union-attr]
         finally:
             store.broadcast_writable = False
 
