@@ -14,6 +14,9 @@ last entry returned. The cursor is None when nothing is left. A cursor holds the
 the last entry (not a snapshot), so paging over state that changes between pages sees each
 key once, in its state at the time its page was read.
 
+MapState entries stored with metadata (``put(..., metadata=)``) carry it in ``Entry.metadata``;
+their JSON shape adds a ``"metadata"`` field, which entries without metadata leave out.
+
 Queries read stored bytes: they see state as of the last checkpoint (not the write-back
 cache), and an entry past its ``expires_at`` shows until a sweep or a rewrite deletes it
 (by default sweeps delete it one TTL after it expired: ``TtlConfig.sweep_lag_ms``).
@@ -37,6 +40,7 @@ from typing import Any, Final
 
 from eddies.errors import ConfigError, StateError
 from eddies.state.backend import StateBackend
+from eddies.state.entries import decode_entry
 from eddies.state.keys import (
     as_tuple,
     decode_key,
@@ -46,7 +50,7 @@ from eddies.state.keys import (
     prefix_upper_bound,
 )
 from eddies.state.maps import range_bounds
-from eddies.state.values import NEVER, decode_value
+from eddies.state.values import NEVER
 
 __all__ = [
     "MAX_LIMIT",
@@ -79,12 +83,14 @@ UNSET: Final = _Unset.UNSET
 
 @dataclass
 class Entry:
-    """One stored entry: its user key, map key (or list index) if any, value and expiry."""
+    """One stored entry: its user key, map key (or list index) if any, value, expiry, and
+    the metadata of a MapState entry stored with some (else None)."""
 
     key: tuple[Any, ...]
     map_key: tuple[Any, ...] | None
     value: Any
     expires_at: int | None
+    metadata: Any = None
 
 
 @dataclass
@@ -270,9 +276,9 @@ def query_state(
             break
         user_key, offset = decode_prefixed(sort_key, 0)
         rest = sort_key[offset:]
-        value, expires_at = decode_value(data)
+        value, metadata, expires_at = decode_entry(data)
         entries.append(Entry(user_key, decode_key(rest) if rest else None, value,
-                             None if expires_at == NEVER else expires_at))
+                             None if expires_at == NEVER else expires_at, metadata))
         last_sort = sort_key
     return Page(entries, _encode_cursor(tag, last_sort) if more else None)
 
@@ -330,14 +336,20 @@ def to_jsonable(value: Any) -> Any:
 
 
 def to_json_entry(entry: Entry) -> dict[str, Any]:
-    """The JSON shape of an entry: keys as lists, expires_at in ms or null (never).
+    """The JSON shape of an entry: keys as lists, expires_at in ms or null (never), and
+    ``metadata`` only for an entry stored with some.
 
     >>> to_json_entry(Entry(("user", 7), ("d", 1), {"n": 1}, None))
     {'key': ['user', 7], 'map_key': ['d', 1], 'value': {'n': 1}, 'expires_at': None}
+    >>> to_json_entry(Entry(("user", 7), ("d", 1), 5, 60_000, {"etag": 3}))["metadata"]
+    {'etag': 3}
     """
-    return {
+    shape = {
         "key": to_jsonable(entry.key),
         "map_key": None if entry.map_key is None else to_jsonable(entry.map_key),
         "value": to_jsonable(entry.value),
         "expires_at": entry.expires_at,
     }
+    if entry.metadata is not None:
+        shape["metadata"] = to_jsonable(entry.metadata)
+    return shape

@@ -18,6 +18,7 @@ from eddies.state.descriptors import (
     StateDescriptor,
     ValueState,
 )
+from eddies.state.entries import Entry
 from eddies.state.keys import decode_key, encode_key
 from eddies.state.memory import InMemoryStateBackend
 from eddies.state.rocksdb import RocksDbStateBackend
@@ -29,6 +30,7 @@ __all__ = [
     "NEVER",
     "Batch",
     "BroadcastState",
+    "Entry",
     "InMemoryStateBackend",
     "KeyedStateStore",
     "ListState",

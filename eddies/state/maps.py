@@ -8,6 +8,19 @@ also holds unflushed writes, so reads see your own writes.
 Map keys are tuples (a bare value means its 1-tuple) and come back the same way: a 1-tuple as
 its bare value. Range bounds follow tuple order: ``start`` is inclusive, ``start_after`` and
 ``end`` are exclusive, and ``prefix`` selects keys that start with the given elements.
+
+Entries may carry metadata and an absolute expiry (``put(k, v, expire_at=, metadata=)``,
+read back with ``get_with_metadata`` and ``entries(with_metadata=True)``); the stored layout
+is drawn in ``entries.py``. Metadata lives in a per-map side table that exists only once an
+entry of that map has some, so maps without metadata pay nothing for it.
+
+``expire_at`` is an absolute time in ms on the state's TTL clock: the clock of the state's
+``Ttl`` if it declares one, else the clock of entry TTLs already given to this map, else the
+backend's default (event time: the watermark, unless ``TtlConfig(time="processing")``). It
+needs no declared Ttl. An entry is visible while that clock is below ``expire_at`` and absent
+from the moment it reaches it, as with a stamp computed from a Ttl. It cannot be combined with
+``ttl=`` (one expiry per entry) nor used on a state whose Ttl refreshes on reads
+(``update="on_read_and_write"``): a read would move an absolute expiry.
 """
 
 from __future__ import annotations
@@ -16,10 +29,12 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from msgpack import FormatError
 from sortedcontainers import SortedList
 
 from eddies.errors import ConfigError, ReadOnlyStateError, StateTooLargeError
 from eddies.state.backend import DELETE, PUT, Batch
+from eddies.state.entries import Entry, decode_payload, payload
 from eddies.state.handles import _SCALARS, Handle
 from eddies.state.keys import Key, as_tuple, decode_key, encode_key, prefix_upper_bound
 from eddies.state.store import check_value
@@ -84,7 +99,7 @@ class _Map:
     """One user key's map: entries by encoded map key, and their sorted order when a range
     read has asked for it (plain dict writes; order is kept up to date once it exists)."""
 
-    __slots__ = ("entries", "order", "dirty", "cleared", "size")
+    __slots__ = ("entries", "order", "dirty", "cleared", "size", "meta")
 
     def __init__(self, order: list[bytes] | None = None) -> None:
         # encoded map key -> [public key or None, value, expires_at]
@@ -93,6 +108,8 @@ class _Map:
         self.dirty: set[bytes] = set()
         self.cleared = False
         self.size = 0
+        # encoded map key -> metadata, for the entries that have some; None until one has
+        self.meta: dict[bytes, Any] | None = None
 
     def sorted_keys(self) -> Any:
         order = self.order
@@ -210,7 +227,14 @@ class MapHandle(Handle):
         for stored_key, data in self.backend.iterate_raw(
             self.name, prefix, prefix_upper_bound(prefix)
         ):
-            entries[stored_key[n:]] = [None, unpack(data[8:]), read_stamp(data)]
+            try:
+                value = unpack(data[8:])
+            except FormatError:  # the metadata marker (entries.py), never a plain payload
+                value, metadata = decode_payload(data)
+                if m.meta is None:
+                    m.meta = {}
+                m.meta[stored_key[n:]] = metadata
+            entries[stored_key[n:]] = [None, value, read_stamp(data)]
             m.size += len(stored_key) - n + len(data)
         keys = list(entries)  # the backend gave them in key order
         m.order = keys if len(keys) <= _BIG else SortedList(keys)
@@ -278,8 +302,67 @@ class MapHandle(Handle):
     def _where(self, key: Any) -> str:
         return f"{self.store.where(self.descriptor)}, map key {key!r}"
 
-    def put(self, key: Any, value: Any, ttl: Ttl | None = None) -> None:
-        """Set ``key`` to ``value``; ``ttl`` overrides the state's TTL for this entry."""
+    def _absolute(self, expire_at: Any, ttl: Ttl | None, key: Any) -> int:
+        """The stamp of an entry put with ``expire_at`` (see the module docstring)."""
+        if self._broadcast:
+            raise ConfigError(
+                f"{self._where(key)}: BroadcastState entries do not expire; expire_at= is a "
+                "MapState option"
+            )
+        if ttl is not None:
+            raise ConfigError(
+                f"{self._where(key)}: give ttl= (relative to the event) or expire_at= (an "
+                "absolute time), not both"
+            )
+        if type(expire_at) is not int or not 0 <= expire_at < NEVER:
+            raise ConfigError(
+                f"{self._where(key)}: expire_at must be an int of ms on the state's TTL clock "
+                f"(0 <= expire_at < 2**64-1), got {expire_at!r}"
+            )
+        if self._refresh:
+            raise ConfigError(
+                f"{self._where(key)}: expire_at= on a state whose Ttl has "
+                "update='on_read_and_write' would be moved by the next read; declare the "
+                "Ttl with update='on_write', or give ttl= instead"
+            )
+        if self._domain is None:  # no Ttl yet: the backend's default clock expires it
+            self._domain = self.backend.time_domain(self.name)
+            self.backend.register_clock(self.name, self._domain)
+        return expire_at
+
+    def _check_metadata(self, key: Any, metadata: Any) -> None:
+        if self._broadcast:
+            raise ConfigError(
+                f"{self._where(key)}: metadata= is a MapState option; store it in the value "
+                "of a BroadcastState"
+            )
+        check_value(metadata, lambda: f"{self._where(key)}, metadata")
+
+    def put(
+        self,
+        key: Any,
+        value: Any,
+        ttl: Ttl | None = None,
+        expire_at: int | None = None,
+        metadata: Any = None,
+    ) -> None:
+        """Set ``key`` to ``value``.
+
+        ``ttl`` overrides the state's TTL for this entry; ``expire_at`` instead sets its
+        expiry to an absolute time in ms on the state's TTL clock (see the module docstring).
+        ``metadata`` (any msgpack value; None: none) is stored with the entry and read back
+        with :meth:`get_with_metadata`; a put replaces the entry's metadata too.
+
+        >>> from eddies.state import InMemoryStateBackend, MapState, KeyedStateStore
+        >>> store = KeyedStateStore(InMemoryStateBackend())
+        >>> files = store.bind(MapState("files"))
+        >>> store.set_key("user-1")
+        >>> files.put("a.txt", b"hi", expire_at=60_000, metadata={"etag": 7})
+        >>> files.get_with_metadata("a.txt")
+        Entry(value=b'hi', metadata={'etag': 7}, expires_at=60000)
+        >>> store.backend.set_watermark(60_000); files.get("a.txt") is None
+        True
+        """
         self._check_writable()
         t = type(value)
         if t is int:
@@ -290,9 +373,14 @@ class MapHandle(Handle):
                 pack(value)
             except (TypeError, ValueError, OverflowError):
                 check_value(value, self._where(key))  # raises, naming state, key and type
+        if metadata is not None:
+            self._check_metadata(key, metadata)
         enc, public = self._enc(key)
         m = self._map()
-        expires_at = NEVER if ttl is None and self.ttl is None else self._entry_expiry(ttl)
+        if expire_at is None:
+            expires_at = NEVER if ttl is None and self.ttl is None else self._entry_expiry(ttl)
+        else:
+            expires_at = self._absolute(expire_at, ttl, key)
         if self._sized:
             self._resize(m, enc, value)
         entries = m.entries
@@ -304,6 +392,12 @@ class MapHandle(Handle):
             item[0] = public
             item[1] = value
             item[2] = expires_at
+        if metadata is not None:
+            if m.meta is None:
+                m.meta = {}
+            m.meta[enc] = metadata
+        elif m.meta is not None:
+            m.meta.pop(enc, None)
         m.dirty.add(enc)
         self._dirty.add(() if self._broadcast else self.store.key)
 
@@ -326,6 +420,8 @@ class MapHandle(Handle):
                 self._resize(m, enc, _MISSING)  # before the pop: it reads the old entry's size
             del m.entries[enc]
             m.discard(enc)
+            if m.meta is not None:
+                m.meta.pop(enc, None)
         self._mark(m, enc)
 
     def remove_all(self, keys: Iterable[Any]) -> None:
@@ -342,6 +438,7 @@ class MapHandle(Handle):
         m.dirty.clear()
         m.cleared = True
         m.size = 0
+        m.meta = None
         self._dirty.add(() if self._broadcast else self.store.key)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -363,6 +460,22 @@ class MapHandle(Handle):
         """The value at ``key``, or ``default``."""
         value = self._lookup(self._map(), key)
         return default if value is _MISSING else value
+
+    def get_with_metadata(self, key: Any) -> Entry | None:
+        """``Entry(value, metadata, expires_at)`` of ``key``, or None if it is absent.
+
+        A read like :meth:`get` (it refreshes the expiry under ``update="on_read_and_write"``);
+        ``expires_at`` is None for an entry that never expires.
+        """
+        m = self._map()
+        value = self._lookup(m, key)
+        if value is _MISSING:
+            return None
+        enc = self._enc(key)[0]
+        expires_at = m.entries[enc][2]
+        meta = m.meta
+        return Entry(value, None if meta is None else meta.get(enc),
+                     None if expires_at == NEVER else expires_at)
 
     def get_many(self, keys: Iterable[Any], default: Any = None) -> list[Any]:
         """Values of ``keys`` in the order asked, ``default`` where absent."""
@@ -386,11 +499,14 @@ class MapHandle(Handle):
         end: Any = None,
         reverse: bool = False,
         limit: int | None = None,
+        with_metadata: bool = False,
     ) -> Iterator[tuple[Any, Any]]:
         """``(key, value)`` pairs in key order, within the given range.
 
         ``prefix`` keeps keys that start with its elements; ``start`` is inclusive,
         ``start_after`` and ``end`` exclusive; ``reverse`` walks down; ``limit`` caps the count.
+        ``with_metadata=True`` yields ``(key, Entry(value, metadata, expires_at))`` instead,
+        over the same keys.
         """
         m = self._map()
         if prefix is None and start is None and start_after is None and end is None:
@@ -399,6 +515,9 @@ class MapHandle(Handle):
         else:
             lower, upper = range_bounds(prefix, start, start_after, end)
             encs = m.between(lower, upper, reverse)
+        if with_metadata:
+            yield from self._entries_with_metadata(m, encs, limit)
+            return
         produced = 0
         entries = m.entries
         for enc in encs:
@@ -415,6 +534,26 @@ class MapHandle(Handle):
             if key is None:
                 key = item[0] = public_key(decode_key(enc))
             yield key, item[1]
+
+    def _entries_with_metadata(
+        self, m: _Map, encs: list[bytes], limit: int | None
+    ) -> Iterator[tuple[Any, Entry]]:
+        produced = 0
+        entries = m.entries
+        meta = m.meta
+        for enc in encs:
+            if limit is not None and produced >= limit:
+                return
+            item = entries.get(enc)
+            if item is None:
+                continue
+            expires_at = item[2]
+            if expires_at != NEVER and not self._visible(expires_at):
+                continue
+            produced += 1
+            yield self._key_of(enc, item), Entry(
+                item[1], None if meta is None else meta.get(enc),
+                None if expires_at == NEVER else expires_at)
 
     def items(self, **bounds: Any) -> Iterator[tuple[Any, Any]]:
         """Alias of :meth:`entries`."""
@@ -473,6 +612,7 @@ class MapHandle(Handle):
             m = self._cache[key]
             prefix = self._prefix_of(key)
             entries = m.entries
+            meta = m.meta
             if m.cleared:
                 batch.delete_range(name, prefix, prefix_upper_bound(prefix))
                 encs: Iterable[bytes] = m.between(None, None, False)
@@ -486,7 +626,8 @@ class MapHandle(Handle):
                     expires_at = item[2]
                     append((PUT, name, prefix + enc,
                             (NEVER_STAMP if expires_at == NEVER else stamp(expires_at))
-                            + pack(item[1])))
+                            + (pack(item[1]) if meta is None or enc not in meta
+                               else payload(item[1], meta[enc]))))
             m.dirty.clear()
             m.cleared = False
         self._dirty.clear()
@@ -505,27 +646,13 @@ class MapHandle(Handle):
         self._last_key = _NO_KEY
         return super().trim(limit)
 
-    def single(self) -> tuple[Any, Any] | None:
-        """The current key's only entry as ``(key, value)`` when its map holds exactly one
-        entry and it is live (for the window operator's timers); else None."""
-        entries = self._map().entries
-        if len(entries) != 1:
-            return None
-        for enc, item in entries.items():
-            expires_at = item[2]
-            if expires_at != NEVER and not self._visible(expires_at):
-                return None
-            key = item[0]
-            if key is None:
-                key = item[0] = public_key(decode_key(enc))
-            return key, item[1]
-        return None  # pragma: no cover - one entry was there
-
     def evict(self, key: Key, suffix: bytes) -> None:
         m = self._cache.get(key)
         if (m is not None and not m.cleared and suffix not in m.dirty
                 and m.entries.pop(suffix, None) is not None):
             m.discard(suffix)
+            if m.meta is not None:
+                m.meta.pop(suffix, None)
 
 
 _BROADCAST_PREFIX = b"\x00\x00" + b"\x05\x00"  # key group 0, the empty tuple

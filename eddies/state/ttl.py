@@ -253,6 +253,12 @@ class TtlStateBackend(StateBackend):
         if time == "event":
             self._raise_event_horizon()  # a shorter lag: sweeps now reach further
 
+    def register_clock(self, cf: str, time: TimeDomain) -> None:
+        """Say that ``cf`` holds entries stamped with absolute times on clock ``time``
+        (MapState ``expire_at``), so that they are indexed and swept; no TTL duration, so
+        the automatic sweep lag is unchanged."""
+        self._domains.setdefault(cf, time)
+
     def sweep_lag(self, time: TimeDomain) -> int:
         """The sweep lag in force on clock ``time``, in ms."""
         return self._lags[time]
