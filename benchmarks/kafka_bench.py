@@ -1,9 +1,18 @@
-"""``python -m benchmarks.kafka_bench``: one eddies worker vs a faust Table agent on Tansu.
+"""``python -m benchmarks.kafka_bench``: one eddies worker vs a bare consume loop and a faust
+Table agent, on the same pre-produced topic of a local Tansu broker, in one run.
 
-Both consume pre-produced ``key,ts,amount`` JSON events from a 6-partition topic on a local
-Tansu broker with the keyed running aggregate. Throughput is measured from the group's
-committed offsets: from the first commit to the commit that reaches the end of the topic.
-faust is measured on fewer events (it runs at a few thousand events/s), in the same run.
+- **eddies worker**: ``eddies worker`` with the keyed running aggregate of
+  ``benchmarks/kafka_jobs.py`` (RocksDB state, changelog, checkpoints, default options).
+  Throughput comes from the group's committed offsets: from the first commit to the commit
+  that reaches the end of the topic (startup and the first rebalance left out).
+- **bare loop**: what the client library delivers: an aiokafka consumer assigned every
+  partition, ``getmany`` and ``orjson.loads`` per value, nothing else; from its first batch to
+  the last record.
+- **faust**: the same aggregate as a faust agent over a faust Table, on fewer events (it runs
+  at a few thousand events/s).
+
+Every measurement runs in a process of its own; each round runs them in turn, so they see the
+same machine load. The ratio is eddies' median over the bare loop's median.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from pathlib import Path
 
 from eddies.runtime.kafka.commands import produce_file
 from eddies.runtime.kafka.tansu import tansu_broker
+from eddies.runtime.kafka.topics import topic_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +58,41 @@ async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> 
         return total
     finally:
         await consumer.stop()
+
+
+async def _bare_loop(bootstrap: str, topic: str, n: int) -> float:
+    import orjson
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in range(await topic_partitions(bootstrap, topic) or 0)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        loads = orjson.loads
+        seen = 0
+        start = None
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if start is None and batch:
+                start = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    loads(record.value)
+                seen += len(records)
+        assert start is not None
+        return seen / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+
+
+def bare_loop(bootstrap: str, topic: str, n: int, timeout: float) -> float:
+    """events/s of the bare consume loop, in a process of its own."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.kafka_bench", "--bare-loop",
+                          bootstrap, topic, str(n)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure(proc_args: list[str], env: dict[str, str], bootstrap: str, group: str, topic: str,
@@ -78,24 +123,35 @@ def measure(proc_args: list[str], env: dict[str, str], bootstrap: str, group: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.kafka_bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.kafka_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--keys", type=int, default=100_000)
-    ap.add_argument("--faust-n", type=int, default=20_000)
+    ap.add_argument("--faust-n", type=int, default=20_000, help="events for faust (0: skip)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--bare-loop", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "N"),
+                    help=argparse.SUPPRESS)  # one bare-loop measurement (in its own process)
     args = ap.parse_args(argv)
+    if args.bare_loop:
+        bootstrap, topic, n = args.bare_loop
+        print(asyncio.run(_bare_loop(bootstrap, topic, int(n))))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="eddies-kbench-"))
     events = work / "events.jsonl"
     make_events(events, args.n, args.keys)
     faust_events = work / "faust.jsonl"
-    make_events(faust_events, args.faust_n, min(args.keys, args.faust_n), seed=2)
+    make_events(faust_events, args.faust_n, max(1, min(args.keys, args.faust_n)), seed=2)
     rates: list[float] = []
+    bare: list[float] = []
     faust_rates: list[float] = []
     with tansu_broker() as bootstrap:
         asyncio.run(produce_file(bootstrap, events, "bench-in", "key", 6))
-        asyncio.run(produce_file(bootstrap, faust_events, "faust-in", "key", 6))
+        if args.faust_n:
+            asyncio.run(produce_file(bootstrap, faust_events, "faust-in", "key", 6))
         for run in range(args.runs):
+            bare.append(bare_loop(bootstrap, "bench-in", args.n, 900))
+            print(f"run {run + 1}: bare loop {bare[-1]:,.0f} events/s", flush=True)
             job = f"bench{run}"
             rates.append(measure(
                 [sys.executable, "-m", "eddies.runtime.cli", "worker",
@@ -104,22 +160,29 @@ def main(argv: list[str] | None = None) -> int:
                  "--log-level", "WARNING"],
                 {"BENCH_JOB": job, "BENCH_TOPIC": "bench-in"}, bootstrap, f"eddies-{job}",
                 "bench-in", args.n, 900))
-            print(f"eddies worker run {run + 1}: {rates[-1]:,.0f} events/s", flush=True)
-            fjob = f"faust{run}"
-            faust_rates.append(measure(
-                [sys.executable, "benchmarks/kafka_jobs.py"],
-                {"BENCH_JOB": fjob, "BENCH_TOPIC": "faust-in", "BENCH_BROKER": bootstrap,
-                 "BENCH_DATADIR": str(work / fjob)}, bootstrap, fjob, "faust-in",
-                args.faust_n, 900))
-            print(f"faust Table agent run {run + 1}: {faust_rates[-1]:,.0f} events/s",
-                  flush=True)
-    result = {
+            print(f"run {run + 1}: eddies worker {rates[-1]:,.0f} events/s "
+                  f"({rates[-1] / bare[-1]:.2f} of the bare loop)", flush=True)
+            if args.faust_n:
+                fjob = f"faust{run}"
+                faust_rates.append(measure(
+                    [sys.executable, "benchmarks/kafka_jobs.py"],
+                    {"BENCH_JOB": fjob, "BENCH_TOPIC": "faust-in", "BENCH_BROKER": bootstrap,
+                     "BENCH_DATADIR": str(work / fjob)}, bootstrap, fjob, "faust-in",
+                    args.faust_n, 900))
+                print(f"run {run + 1}: faust Table agent {faust_rates[-1]:,.0f} events/s",
+                      flush=True)
+    result: dict[str, float | int] = {
         "events": args.n, "keys": args.keys, "runs": args.runs,
+        "bare_eps_min": min(bare), "bare_eps_median": statistics.median(bare),
         "eddies_eps_min": min(rates), "eddies_eps_median": statistics.median(rates),
-        "faust_events": args.faust_n, "faust_eps_min": min(faust_rates),
-        "faust_eps_median": statistics.median(faust_rates),
-        "ratio_median": statistics.median(rates) / statistics.median(faust_rates),
+        "eddies_over_bare": statistics.median(rates) / statistics.median(bare),
     }
+    if faust_rates:
+        result.update({
+            "faust_events": args.faust_n, "faust_eps_min": min(faust_rates),
+            "faust_eps_median": statistics.median(faust_rates),
+            "eddies_over_faust": statistics.median(rates) / statistics.median(faust_rates),
+        })
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from eddies.runtime.kafka.changelog import (
     Marker,
     MarkerLog,
     apply_deltas,
+    changelog_records,
     decode_marker,
     encode_marker,
     key_group_of,
@@ -66,6 +67,35 @@ def test_deltas_are_routed_to_their_key_group():
     batch.put("rules", b"\x00\x00\x05\x00x", b"v")
     deltas = split_by_partition(batch, skip={"rules"})
     assert [(d.cf, d.partition) for d in deltas] == [("totals", 5), ("__expiry__.Op", 5)]
+
+
+def test_changelog_records_are_the_deltas_with_their_token_per_topic():
+    stored = [b"\x00\x05\x05\x02k\x00\x00", b"\x00\x02\x05\x02j\x00\x00"]
+    index_key = (123).to_bytes(8, "big") + encode_key("totals") + stored[0]
+    batch = Batch()
+    batch.put_many("totals", stored, [b"v1", b"v2"])
+    batch.delete_many("totals", [stored[1]])
+    batch.put("totals", b"\x00\x03x", b"v3")
+    batch.delete("__timers__.Op", b"\x00\x04t")
+    batch.delete_range("totals", b"\x00\x01", b"\x00\x02")
+    batch.put("__expiry__.Op", index_key, b"")
+    batch.put("__meta__", b"m", b"v")
+    batch.put("rules", b"\x00\x00\x05\x00x", b"v")  # a broadcast state: not changelogged
+    topics = {"totals": "t-totals", "__timers__.Op": "t-timers", "__expiry__.Op": "t-expiry"}
+    out = changelog_records(batch, topics, {"rules"}, 7)
+    plain = [token_header(7)]
+    ranged = [token_header(7), ("eddies.op", b"delete_range")]
+    assert out == {
+        "t-totals": [(stored[0], b"v1", None, plain, 5), (stored[1], b"v2", None, plain, 2),
+                     (stored[1], None, None, plain, 2), (b"\x00\x03x", b"v3", None, plain, 3),
+                     (b"\x00\x01", b"\x00\x02", None, ranged, 1)],
+        "t-timers": [(b"\x00\x04t", None, None, plain, 4)],
+        "t-expiry": [(index_key, b"", None, plain, 5)],
+    }
+    # The same deltas as split_by_partition finds.
+    flat = [(k, v, p) for items in out.values() for k, v, _, _, p in items]
+    assert sorted(flat, key=repr) == sorted(
+        ((d.key, d.value, d.partition) for d in split_by_partition(batch, {"rules"})), key=repr)
 
 
 class Count(ed.KeyedProcessFunction):

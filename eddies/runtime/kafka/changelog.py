@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from eddies.errors import StateCorruptionError
-from eddies.state.backend import DELETE, DELETE_RANGE, PUT, Batch
+from eddies.state.backend import DELETE, DELETE_MANY, DELETE_RANGE, PUT, PUT_MANY, Batch
 from eddies.state.keys import KEY_LAYOUT_VERSION, decode_element
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "Marker",
     "MarkerLog",
     "apply_deltas",
+    "changelog_records",
     "decode_marker",
     "encode_marker",
     "key_group_of",
@@ -166,6 +167,44 @@ def split_by_partition(batch: Batch, skip: set[str]) -> list[Delta]:
             out.append(Delta(cf, group, key, None))
         elif kind == DELETE_RANGE:
             out.append(Delta(cf, group, key, value, is_range=True))
+    return out
+
+
+def changelog_records(
+    batch: Batch, topics: Mapping[str, str], skip: set[str], token: int
+) -> dict[str, list[tuple[bytes, bytes | None, None, list[tuple[str, bytes]], int]]]:
+    """The changelog records of ``batch`` (its deltas, as ``split_by_partition`` finds them),
+    per changelog topic (``topics``: cf -> topic): ``(key, value, None, headers, partition)``,
+    each headed by ``token``; cfs in ``skip`` and ``__meta__`` left out.
+
+    Runs of puts and deletes (PUT_MANY, DELETE_MANY) go in one pass each: a checkpoint holds
+    about one delta per distinct key written since the last one.
+
+    >>> b = Batch(); b.put_many("n", [b"\\x00\\x03k"], [b"v"]); b.delete("n", b"\\x00\\x01j")
+    >>> [(k, v, p) for k, v, _, _, p in changelog_records(b, {"n": "t"}, set(), 9)["t"]]
+    [(b'\\x00\\x03k', b'v', 3), (b'\\x00\\x01j', None, 1)]
+    """
+    plain = [token_header(token)]
+    ranged = [*plain, (OP_HEADER, RANGE)]
+    out: dict[str, list[Any]] = {}
+    for kind, cf, key, value in batch.ops:
+        if cf in skip or cf.startswith("__meta__"):
+            continue
+        items = out.setdefault(topics[cf], [])
+        if cf.startswith("__expiry"):
+            for d in split_by_partition(Batch([(kind, cf, key, value)]), skip):
+                items.append((d.key, d.value, None, ranged if d.is_range else plain,
+                              d.partition))
+        elif kind == PUT_MANY:  # the key group is the stored key's first two bytes
+            items.extend([(k, v, None, plain, k[0] << 8 | k[1]) for k, v in zip(key, value, strict=True)])
+        elif kind == DELETE_MANY:
+            items.extend([(k, None, None, plain, k[0] << 8 | k[1]) for k in key])
+        elif kind == PUT:
+            items.append((key, value, None, plain, key[0] << 8 | key[1]))
+        elif kind == DELETE:
+            items.append((key, None, None, plain, key[0] << 8 | key[1]))
+        elif kind == DELETE_RANGE:
+            items.append((key, value, None, ranged, key[0] << 8 | key[1]))
     return out
 
 
