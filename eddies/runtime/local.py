@@ -118,6 +118,7 @@ class LocalRunner(Executor):
         batch_size: int = 2_000,
         dead_letters: str | Path | Sink | None = None,
         durability: bool = False,
+        rocksdb_profile: str | None = None,
         max_parallelism: int = 128,
         ttl_config: TtlConfig | None = None,
         clock: Callable[[], int] | None = None,
@@ -155,7 +156,7 @@ class LocalRunner(Executor):
         # The inspector's address is checked and its port taken before any file exists.
         self._inspector = listen_inspector(metrics_port, bind, token)
         try:
-            backend = open_backend(state, durability=durability)
+            backend = open_backend(state, durability=durability, rocksdb_profile=rocksdb_profile)
         except BaseException:
             if self._inspector is not None:
                 self._inspector.stop()
@@ -510,6 +511,8 @@ def run_local(
     ``result.dead_letters``. ``cache_entries`` (default 200,000) bounds the keys each state
     keeps cached; a cache that grows past twice that between checkpoints brings the next
     checkpoint forward. ``result.stats.startup`` holds the startup phases.
+    ``rocksdb_profile="small"|"medium"|"large"`` sizes a ``"rocksdb:DIR"`` state for a
+    machine class (see ``eddies.state.rocksdb``); without it RocksDB keeps its default options.
 
     ``follow=True`` keeps reading the job's files as they grow (``tail -f``) until
     :meth:`LocalRunner.request_stop`: build a :class:`LocalRunner` to be able to call it.

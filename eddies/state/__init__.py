@@ -51,12 +51,23 @@ __all__ = [
 ]
 
 
-def open_backend(spec: str | StateBackend, *, durability: bool = False) -> StateBackend:
+def open_backend(
+    spec: str | StateBackend, *, durability: bool = False, rocksdb_profile: str | None = None
+) -> StateBackend:
     """A backend from ``"memory"`` or ``"rocksdb:PATH"`` (a backend object passes through).
+
+    ``rocksdb_profile`` (``"small"``, ``"medium"``, ``"large"``) sizes a ``"rocksdb:PATH"``
+    backend for a machine class; None keeps RocksDB's default options.
 
     >>> type(open_backend("memory")).__name__
     'InMemoryStateBackend'
     """
+    if rocksdb_profile is not None and not (
+            isinstance(spec, str) and spec.startswith("rocksdb:")):
+        raise ConfigError(
+            f"a RocksDB profile ({rocksdb_profile!r}) sizes state='rocksdb:DIR', not "
+            f"{spec!r}; give state='rocksdb:DIR', or profile= to RocksDbStateBackend"
+        )
     if isinstance(spec, StateBackend):
         return spec
     if spec == "memory":
@@ -65,7 +76,7 @@ def open_backend(spec: str | StateBackend, *, durability: bool = False) -> State
         path = spec[len("rocksdb:") :]
         if not path:
             raise ConfigError("state='rocksdb:' needs a directory, e.g. 'rocksdb:./state'")
-        return RocksDbStateBackend(Path(path), durability=durability)
+        return RocksDbStateBackend(Path(path), durability=durability, profile=rocksdb_profile)
     raise ConfigError(
         f"unknown state backend {spec!r}: use 'memory' or 'rocksdb:DIR' (e.g. 'rocksdb:./state')"
     )

@@ -29,6 +29,25 @@ run did not close cleanly); otherwise the open is refused with what is missing a
 recover, and nothing in the dir is created, changed or deleted. ``closed_cleanly`` is false
 while a backend has the dir open for writing: a WAL missing then would silently take the
 state back to an older checkpoint, so that is refused too.
+
+Machine profiles. By default a dir opens with the options above (``WRITE_BUFFER_BYTES``
+memtables, a bloom filter, RocksDB's own small block cache per column family, background
+threads for every core). ``profile="small"|"medium"|"large"`` or ``memory_budget_mb=N`` sizes
+RocksDB for a machine class instead: one block cache shared by every column family, the
+memtables of all column families charged to that cache (a RocksDB write buffer manager), so
+RocksDB's memory stays near one number, as Flink's managed memory does. A profile is a memory
+budget plus the options derived from it (:meth:`RocksDbProfile.from_memory_budget`)::
+
+    profile   machine class               budget  block cache  memtable/CF  memtables  all memtables  bg jobs
+    small     1-2 cores, up to 4 GB RAM    64 MB     64 MB         2 MB        2          32 MB         2
+    medium    4-8 cores, 8-32 GB RAM      512 MB    512 MB         8 MB        3         256 MB         4
+    large     16+ cores, 64 GB+ RAM      4096 MB   4096 MB        16 MB        4        2048 MB         8
+
+Every profile keeps a 10-bit bloom filter per table file (about 1% false positives on point
+reads of absent keys) and caches index and filter blocks in the block cache (pinned for
+level 0), so they count against the budget too. The options are per open: a dir written
+under one profile opens under any other. RocksDB writes what it applied to an ``OPTIONS-NNNNNN``
+file in the dir (:func:`read_options_file`).
 """
 
 from __future__ import annotations
@@ -42,6 +61,7 @@ import tempfile
 import weakref
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import count, groupby, islice, starmap
 from operator import itemgetter
 from pathlib import Path
@@ -51,6 +71,7 @@ import rocksdict
 
 from eddies.errors import (
     BackendError,
+    ConfigError,
     StateCorruptionError,
     StateDirLockedError,
     StateIOError,
@@ -58,7 +79,15 @@ from eddies.errors import (
 from eddies.state.backend import DELETE, DELETE_MANY, PUT, PUT_MANY, Batch, StateBackend
 from eddies.state.keys import KEY_LAYOUT_VERSION
 
-__all__ = ["MARKER", "MARKER_FORMAT", "RocksDbStateBackend", "read_marker"]
+__all__ = [
+    "MARKER",
+    "MARKER_FORMAT",
+    "PROFILES",
+    "RocksDbProfile",
+    "RocksDbStateBackend",
+    "read_marker",
+    "read_options_file",
+]
 
 _kind_and_cf = itemgetter(0, 1)
 _key_and_value = itemgetter(2, 3)
@@ -90,22 +119,152 @@ _STATE_FILE = re.compile(
 _MANIFEST = re.compile(r"MANIFEST-\d+")
 
 
-def _cf_options() -> rocksdict.Options:
+_MIN_BUDGET_MB = 16
+
+
+@dataclass(frozen=True)
+class RocksDbProfile:
+    """RocksDB options sized for a machine class (see the module docstring's table).
+
+    - ``block_cache_mb``: one LRU cache for the data, index and filter blocks of every column
+      family; memtables are charged to it too, so it is the budget of the whole DB.
+    - ``write_buffer_mb``: the size of one memtable of one column family (one per state).
+    - ``max_write_buffers``: memtables per column family, the active one included: room to
+      keep writing while full ones flush.
+    - ``total_write_buffer_mb``: the cap on the memtables of all column families together;
+      past it RocksDB flushes the largest.
+    - ``background_jobs``: flushes and compactions that run at once (threads).
+    - ``bloom_bits_per_key``: bloom filter bits per key in each table file.
+
+    >>> PROFILES["medium"].block_cache_mb, PROFILES["medium"].background_jobs
+    (512, 4)
+    >>> RocksDbProfile.from_memory_budget(1024).write_buffer_mb
+    16
+    """
+
+    name: str
+    block_cache_mb: int
+    write_buffer_mb: int
+    max_write_buffers: int
+    total_write_buffer_mb: int
+    background_jobs: int
+    bloom_bits_per_key: int = 10
+
+    @classmethod
+    def from_memory_budget(cls, mb: int, name: str | None = None) -> RocksDbProfile:
+        """Options derived from one number, the MB RocksDB may use: all of it as the shared
+        block cache, half of it at most in memtables (charged to that cache), a memtable of
+        1/64 of it per column family (2 to 16 MB: larger ones make each insert's skiplist
+        search slower, see ``WRITE_BUFFER_BYTES``), and more memtables and background jobs
+        from 256 MB and from 2 GB up."""
+        if type(mb) is not int or mb < _MIN_BUDGET_MB:
+            raise ConfigError(
+                f"memory_budget_mb must be an int of at least {_MIN_BUDGET_MB} (MB RocksDB may "
+                f"use for its block cache and memtables), got {mb!r}"
+            )
+        tier = 0 if mb < 256 else 1 if mb < 2048 else 2
+        return cls(
+            name=name or f"{mb}mb",
+            block_cache_mb=mb,
+            write_buffer_mb=min(16, max(2, mb // 64)),
+            max_write_buffers=(2, 3, 4)[tier],
+            total_write_buffer_mb=mb // 2,
+            background_jobs=(2, 4, 8)[tier],
+        )
+
+
+PROFILES: dict[str, RocksDbProfile] = {
+    "small": RocksDbProfile.from_memory_budget(64, "small"),
+    "medium": RocksDbProfile.from_memory_budget(512, "medium"),
+    "large": RocksDbProfile.from_memory_budget(4096, "large"),
+}
+"""The machine profiles ``RocksDbStateBackend(path, profile=NAME)`` takes."""
+
+
+def _profile(profile: str | RocksDbProfile | None, budget: int | None) -> RocksDbProfile | None:
+    if profile is not None and budget is not None:
+        raise ConfigError("give profile= or memory_budget_mb=, not both: a profile is a budget")
+    if budget is not None:
+        return RocksDbProfile.from_memory_budget(budget)
+    if profile is None or isinstance(profile, RocksDbProfile):
+        return profile
+    found = PROFILES.get(profile)
+    if found is None:
+        raise ConfigError(
+            f"unknown RocksDB profile {profile!r}: use one of {', '.join(PROFILES)}, or "
+            "memory_budget_mb=N"
+        )
+    return found
+
+
+class _Sizing:
+    """A profile's shared objects: they must outlive the DB that uses them."""
+
+    def __init__(self, profile: RocksDbProfile) -> None:
+        self.profile = profile
+        self.cache = rocksdict.Cache(profile.block_cache_mb << 20)
+        self.write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            profile.total_write_buffer_mb << 20, False, self.cache)
+
+
+def _cf_options(sizing: _Sizing | None = None) -> rocksdict.Options:
     opts = rocksdict.Options(raw_mode=True)
-    opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
     table = rocksdict.BlockBasedOptions()
-    table.set_bloom_filter(10, False)
+    if sizing is None:
+        opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        table.set_bloom_filter(10, False)
+    else:
+        profile = sizing.profile
+        opts.set_write_buffer_size(profile.write_buffer_mb << 20)
+        opts.set_max_write_buffer_number(profile.max_write_buffers)
+        table.set_bloom_filter(profile.bloom_bits_per_key, False)
+        table.set_block_cache(sizing.cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     opts.set_block_based_table_factory(table)
     return opts
 
 
-def _options(create: bool) -> rocksdict.Options:
-    opts = _cf_options()
+def _options(create: bool, sizing: _Sizing | None = None) -> rocksdict.Options:
+    opts = _cf_options(sizing)
     opts.create_if_missing(create)  # only a new or empty dir: never a fresh start over old files
     opts.create_missing_column_families(True)
     opts.set_paranoid_checks(True)
-    opts.increase_parallelism(max(2, os.cpu_count() or 2))
+    if sizing is None:
+        opts.increase_parallelism(max(2, os.cpu_count() or 2))
+    else:
+        opts.increase_parallelism(sizing.profile.background_jobs)
+        opts.set_max_background_jobs(sizing.profile.background_jobs)
+        opts.set_write_buffer_manager(sizing.write_buffers)
     return opts
+
+
+def read_options_file(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """The options RocksDB applied to the dir at ``path``, from its newest ``OPTIONS`` file:
+    ``{section: {option: value}}``, sections named as in the file (``DBOptions``,
+    ``CFOptions "NAME"``, ``TableOptions/BlockBasedTable "NAME"``).
+
+    >>> import tempfile
+    >>> path = tempfile.mkdtemp()
+    >>> RocksDbStateBackend(path, profile="small").close()
+    >>> read_options_file(path)["DBOptions"]["max_background_jobs"]
+    '2'
+    """
+    files = sorted(Path(path).glob("OPTIONS-*"),
+                   key=lambda f: int(re.sub(r"\D", "", f.name) or 0))
+    files = [f for f in files if not f.name.endswith(".dbtmp")]
+    if not files:
+        raise BackendError(f"{path} has no OPTIONS file: it is not a RocksDB dir that was opened")
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in files[-1].read_text().splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        elif "=" in line and not line.startswith("#"):
+            option, _, value = line.partition("=")
+            current[option.strip()] = value.strip()
+    return sections
 
 
 def _read_options(upper: bytes | None = None) -> rocksdict.ReadOptions:
@@ -326,6 +485,9 @@ class RocksDbStateBackend(StateBackend):
     ...     with RocksDbStateBackend(path, read_only=True) as view:  # no lock taken
     ...         view.get("s", b"k")
     b'v'
+    >>> with RocksDbStateBackend(path, profile="medium") as db:  # sized for a machine class
+    ...     db.profile.block_cache_mb, db.get("s", b"k")
+    (512, b'v')
     """
 
     takes_put_many = True
@@ -337,11 +499,20 @@ class RocksDbStateBackend(StateBackend):
         *,
         read_only: bool = False,
         recovery: str | None = None,
+        profile: str | RocksDbProfile | None = None,
+        memory_budget_mb: int | None = None,
     ) -> None:
         """``recovery``, if given, is a better way to recover from damaged state than
         restoring a copy (a Kafka worker rebuilds its state from the changelog): it is added
-        as a note to every StateCorruptionError."""
+        as a note to every StateCorruptionError.
+
+        ``profile`` (``"small"``, ``"medium"``, ``"large"`` or a :class:`RocksDbProfile`) or
+        ``memory_budget_mb`` sizes RocksDB's caches, memtables and background jobs (see the
+        module docstring); neither keeps the default options."""
         super().__init__()
+        self.profile = _profile(profile, memory_budget_mb)
+        """The :class:`RocksDbProfile` in force, or None for the default options."""
+        self._sizing = None if self.profile is None else _Sizing(self.profile)
         self.path = Path(path)
         self.durability = durability
         self.read_only = read_only
@@ -421,8 +592,9 @@ class RocksDbStateBackend(StateBackend):
                 self._existing = rocksdict.Rdict.list_cf(str(where))
             return rocksdict.Rdict(
                 str(where),
-                options=_options(create=new),
-                column_families={n: _cf_options() for n in self._existing if n != "default"},
+                options=_options(create=new, sizing=self._sizing),
+                column_families={n: _cf_options(self._sizing)
+                                 for n in self._existing if n != "default"},
                 access_type=(
                     rocksdict.AccessType.read_only() if self.read_only
                     else rocksdict.AccessType.read_write()
@@ -480,7 +652,7 @@ class RocksDbStateBackend(StateBackend):
         handle = self._handles.get(cf)
         if handle is None:
             try:
-                self._cfs[cf] = self._db.create_column_family(cf, _cf_options())
+                self._cfs[cf] = self._db.create_column_family(cf, _cf_options(self._sizing))
             except Exception as exc:
                 raise self._error(exc, cf, "creating the column family") from exc
             handle = self._handles[cf] = self._db.get_column_family_handle(cf)
@@ -690,6 +862,20 @@ class RocksDbStateBackend(StateBackend):
 
     def column_families(self) -> list[str]:
         return sorted(self._cfs)
+
+    def memory_usage(self) -> dict[str, int] | None:
+        """Bytes in the profile's shared block cache (memtables charged to it included) and
+        in memtables, or None without a profile (RocksDB's default caches are not shared).
+
+        >>> import tempfile
+        >>> with RocksDbStateBackend(tempfile.mkdtemp(), memory_budget_mb=32) as db:
+        ...     sorted(db.memory_usage())
+        ['block_cache', 'memtables']
+        """
+        if self._sizing is None:
+            return None
+        return {"block_cache": self._sizing.cache.get_usage(),
+                "memtables": self._sizing.write_buffers.get_usage()}
 
     def close(self) -> None:
         """Flush the WAL and memtables and release the dir; after a failure, release it
