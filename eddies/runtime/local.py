@@ -301,7 +301,7 @@ class LocalRunner(Executor):
         n_read = 0
         batch_size = self.batch_size
         now = self.clock()
-        dead = self._dead_letter
+        dead = self.dead_letter
         for part in self.partitions:
             reader = part.reader
             if reader.done:
@@ -391,6 +391,7 @@ class LocalRunner(Executor):
             stats.bytes_total = (sum(t for t in total if t) if all(total) and not following
                                  else None)
             since_checkpoint = 0
+            out_at_checkpoint = stats.events_out
             while True:
                 n = self._read_round()
                 since_checkpoint += n
@@ -405,16 +406,21 @@ class LocalRunner(Executor):
                 if self.stop_requested:
                     stats.stopped = True
                     break  # the final checkpoint below
-                caught_up = following and n == 0
-                if since_checkpoint >= self.checkpoint_interval or (
-                    since_checkpoint and (caught_up or self.cache_full())
+                # Following, a round that read nothing has caught up with the files: a
+                # checkpoint then makes what came since (events, or outputs of time passing:
+                # idleness, processing time) durable and visible in the sinks' files.
+                caught_up = following and n == 0 and (
+                    since_checkpoint > 0 or stats.events_out != out_at_checkpoint)
+                if since_checkpoint >= self.checkpoint_interval or caught_up or (
+                    since_checkpoint and self.cache_full()
                 ):
                     self.checkpoint()
                     since_checkpoint = 0
+                    out_at_checkpoint = stats.events_out
                 if self.on_progress is not None:
                     stats.bytes_read = self._bytes_read()
                     self.on_progress(stats)
-                if caught_up and not self.stop_requested:
+                if following and n == 0 and not self.stop_requested:
                     _time.sleep(_FOLLOW_POLL_S)
             self.checkpoint()
             stats.elapsed_s = _time.perf_counter() - started
