@@ -20,7 +20,7 @@ import eddies as ed
 from eddies.errors import ConfigError
 from eddies.runtime.identity import IDENTITY_KEY, decode_identity
 from eddies.runtime.keyed import META_CF
-from eddies.runtime.local import LocalRunner
+from eddies.runtime.local import LocalRunner, RunStats
 from eddies.state.keys import encode_key
 from eddies.state.rocksdb import RocksDbStateBackend
 from eddies.state.values import unpack
@@ -231,7 +231,7 @@ def test_without_idleness_a_quiet_followed_file_holds_event_time(tmp_path: Path)
                          follow=True)
     rounds = []
 
-    def progress(stats: ed.RunResult) -> None:
+    def progress(stats: RunStats) -> None:
         rounds.append(1)
         if len(rounds) >= 5:  # a few polls after a.jsonl was read
             runner.request_stop()

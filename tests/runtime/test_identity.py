@@ -20,7 +20,7 @@ from eddies.runtime.identity import (
     job_identity,
 )
 from eddies.runtime.keyed import META_CF
-from eddies.runtime.local import LocalRunner
+from eddies.runtime.local import LocalRunner, RunStats
 from eddies.state.backend import Batch
 from eddies.state.keys import encode_key
 from eddies.state.rocksdb import RocksDbStateBackend
@@ -363,3 +363,24 @@ def test_a_dir_without_identity_still_refuses_another_job_name(stopped: Path) ->
     message = refused(stopped, build(stopped, name="other"))
     assert message.startswith(f"state dir {stopped / 'state'} belongs to job 'totals', not "
                               "to job 'other'")
+
+
+def test_the_way_out_of_a_grown_input_is_following_on_a_new_dir(ended: Path) -> None:
+    with open(ended / "events.jsonl", "a") as f:
+        f.write(events(N, N + 300))
+    refused(ended, build(ended))
+    runner = LocalRunner(build(ended), f"rocksdb:{ended / 'new'}", follow=True)
+
+    def caught_up(stats: RunStats) -> None:
+        if stats.events_in == N + 300:
+            runner.request_stop()
+
+    runner.on_progress = caught_up
+    result = runner.run()
+    assert result.stats.stopped and result.stats.late_events == 0
+    assert read_out(ended) == reference(N + 300)
+    with open(ended / "events.jsonl", "a") as f:  # and it goes on as the file grows
+        f.write(events(N + 300, N + 400))
+    result = ed.run_local(build(ended), f"rocksdb:{ended / 'new'}")
+    assert result.stats.this_run("events_in") == 100 and result.stats.late_events == 0
+    assert read_out(ended) == reference(N + 400)
