@@ -85,15 +85,17 @@ class _Join(KeyedCoProcessFunction):
 class IntervalJoinFunction(_Join):
     """The interval join's operator function (see the module docstring); built by
     :meth:`~eddies.KeyedStream.interval_join` through :func:`interval_join_function`, which
-    names its states after the operator.
+    names its state after the operator.
 
-    State per key: ``left`` and ``right`` map a timestamp to the list of that side's events
-    at it; ``pending`` maps a timestamp to the pairs that go out when the watermark reaches it.
+    State per key: one MapState ``buffer`` keyed by the time its entry is due, the
+    watermark at which it goes: ``[lefts, rights, pairs]`` holds the left events at
+    ``due - upper``, the right events at ``due + lower`` (each list in arrival order, None
+    when empty) and the pairs whose timestamp is ``due``, held for it. One event-time timer
+    per entry, at its key, emits the pairs and drops the entry. Both sides' matches for an
+    event at ``t`` lie in the entries due in ``[t, t + upper - lower]``: one range read.
     """
 
-    left: Any
-    right: Any
-    pending: Any
+    buffer: Any
 
     def __init__(self, lower: int, upper: int, fn: Joiner | None = None,
                  late: OutputTag | None = None) -> None:
@@ -108,108 +110,109 @@ class IntervalJoinFunction(_Join):
         self.upper = upper
 
     def on_event1(self, event: Any, ctx: Context) -> Iterable[Any] | None:
-        t = ctx.timestamp
-        if t is None:
-            raise _no_time("interval_join")
-        if t <= ctx.watermark:
-            self._late(event, ctx)
-            return None
-        left = self.left
-        bucket = left.get(t)
-        if bucket is None:
-            left.put(t, [event])
-            ctx.timers.register_event_time(t + self.upper)
-        else:
-            bucket.append(event)
-            left.put(t, bucket)
-        out = None
-        for rt, rights in self.right.entries(start=t + self.lower, end=t + self.upper + 1):
-            if rt <= t:
-                if out is None:
-                    out = []
-                fn = self.fn
-                if fn is None:
-                    key = ctx.key
-                    out.extend([{"key": key, "left": event, "right": r} for r in rights])
-                else:
-                    out.extend([fn(event, r) for r in rights])
-            else:
-                self._defer(rt, [[event, r] for r in rights], ctx)
-        return out
+        return self._on_event(event, ctx, 0)
 
     def on_event2(self, event: Any, ctx: Context) -> Iterable[Any] | None:
+        return self._on_event(event, ctx, 1)
+
+    def _on_event(self, event: Any, ctx: Context, side: int) -> list[Any] | None:
         t = ctx.timestamp
         if t is None:
             raise _no_time("interval_join")
         if t <= ctx.watermark:
             self._late(event, ctx)
             return None
-        right = self.right
-        bucket = right.get(t)
-        if bucket is None:
-            right.put(t, [event])
-            ctx.timers.register_event_time(t - self.lower)
-        else:
-            bucket.append(event)
-            right.put(t, bucket)
-        out = None
-        for lt, lefts in self.left.entries(start=t - self.upper, end=t - self.lower + 1):
-            if lt <= t:
+        lower, upper = self.lower, self.upper
+        # This event's entry is due at t + upper (left) or t - lower (right); the other
+        # side's events it matches sit in the entries due in [t, t + upper - lower], at
+        # their timestamp plus upper (left) or minus lower (right).
+        due = t + upper if side == 0 else t - lower
+        last = t + upper - lower
+        other = 1 - side
+        shift = lower if side == 0 else -upper  # from an entry's key to the other's ts
+        buffer = self.buffer
+        own = None
+        out: list[Any] | None = None
+        later: list[tuple[int, Any]] | None = None
+        for k, entry in buffer.entries(start=min(t, due), end=max(last, due) + 1):
+            if k == due:
+                own = entry
+            matches = entry[other]
+            if matches is None or k < t or k > last:
+                continue
+            ts = k + shift
+            if ts <= t:  # the pair's timestamp is this event's: out now
                 if out is None:
                     out = []
-                fn = self.fn
-                if fn is None:
-                    key = ctx.key
-                    out.extend([{"key": key, "left": a, "right": event} for a in lefts])
+                out.extend(self._pairs(ctx.key, event, matches, side))
+            else:  # the pair's timestamp is the other event's, not reached yet
+                if later is None:
+                    later = []
+                later.append((ts, matches))
+        if own is None:
+            own = [None, None, None]
+            own[side] = [event]
+            ctx.timers.register_event_time(due)
+        elif own[side] is None:
+            own[side] = [event]
+        else:
+            own[side].append(event)
+        buffer.put(due, own)
+        if later is not None:
+            for ts, matches in later:
+                pairs = ([[event, m] for m in matches] if side == 0
+                         else [[m, event] for m in matches])
+                held = buffer.get(ts)
+                if held is None:
+                    buffer.put(ts, [None, None, pairs])
+                    ctx.timers.register_event_time(ts)
                 else:
-                    out.extend([fn(a, event) for a in lefts])
-            else:
-                self._defer(lt, [[a, event] for a in lefts], ctx)
+                    if held[2] is None:
+                        held[2] = pairs
+                    else:
+                        held[2].extend(pairs)
+                    buffer.put(ts, held)
         return out
 
-    def _defer(self, at: int, pairs: list[list[Any]], ctx: Context) -> None:
-        """Hold ``pairs`` until the watermark reaches ``at``, their timestamp."""
-        pending = self.pending
-        held = pending.get(at)
-        if held is None:
-            pending.put(at, pairs)
-            ctx.timers.register_event_time(at)
-        else:
-            held.extend(pairs)
-            pending.put(at, held)
+    def _pairs(self, key: Any, event: Any, matches: list[Any], side: int) -> list[Any]:
+        fn = self.fn
+        if side == 0:
+            if fn is None:
+                return [{"key": key, "left": event, "right": m} for m in matches]
+            return [fn(event, m) for m in matches]
+        if fn is None:
+            return [{"key": key, "left": m, "right": event} for m in matches]
+        return [fn(m, event) for m in matches]
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
-        out = None
-        held = self.pending.get(timestamp)
-        if held is not None:
-            self.pending.remove(timestamp)
-            fn = self.fn
-            if fn is None:
-                key = ctx.key
-                out = [{"key": key, "left": a, "right": b} for a, b in held]
-            else:
-                out = [fn(a, b) for a, b in held]
-        # Entries no event still to come can match: left at t once the watermark reaches
-        # t + upper, right at t once it reaches t - lower.
-        for side, end in ((self.left, timestamp - self.upper + 1),
-                          (self.right, timestamp + self.lower + 1)):
-            gone = [t for t, _ in side.entries(end=end)]
-            for t in gone:
-                side.remove(t)
-        return out
+        buffer = self.buffer
+        entry = buffer.get(timestamp)
+        if entry is None:
+            return None
+        buffer.remove(timestamp)
+        pairs = entry[2]
+        if pairs is None:
+            return None
+        fn = self.fn
+        if fn is None:
+            key = ctx.key
+            return [{"key": key, "left": a, "right": b} for a, b in pairs]
+        return [fn(a, b) for a, b in pairs]
 
 
 class AsOfJoinFunction(_Join):
     """The as-of join's operator function (see the module docstring); built by
     :meth:`~eddies.KeyedStream.join_asof` through :func:`asof_join_function`, which names
-    its states after the operator.
+    its state after the operator.
 
-    State per key: ``left`` maps a timestamp to the left events waiting at it; ``right``
-    maps a timestamp to the right version at it (the last one to arrive).
+    State per key: one MapState ``buffer`` keyed by timestamp, ``[lefts, has_right,
+    right]``: the left events waiting at that time (None when none) and the right version
+    at it (the last to arrive). One event-time timer per timestamp emits its left events and
+    drops the versions before the latest one at or below it; one at the end of input drops
+    the last.
     """
 
-    left: Any
-    right: Any
+    buffer: Any
 
     def __init__(self, how: str = "inner", fn: Joiner | None = None,
                  late: OutputTag | None = None) -> None:
@@ -225,14 +228,17 @@ class AsOfJoinFunction(_Join):
         if t <= ctx.watermark:
             self._late(event, ctx)
             return None
-        left = self.left
-        bucket = left.get(t)
-        if bucket is None:
-            left.put(t, [event])
+        buffer = self.buffer
+        entry = buffer.get(t)
+        if entry is None:
+            buffer.put(t, [[event], False, None])
             ctx.timers.register_event_time(t)
         else:
-            bucket.append(event)
-            left.put(t, bucket)
+            if entry[0] is None:
+                entry[0] = [event]
+            else:
+                entry[0].append(event)
+            buffer.put(t, entry)
         return None
 
     def on_event2(self, event: Any, ctx: Context) -> Iterable[Any] | None:
@@ -242,33 +248,44 @@ class AsOfJoinFunction(_Join):
         if t <= ctx.watermark:
             self._late(event, ctx)
             return None
-        self.right.put(t, event)
+        buffer = self.buffer
+        entry = buffer.get(t)
         timers = ctx.timers
-        timers.register_event_time(t)  # older versions go once the watermark reaches t
+        if entry is None:
+            buffer.put(t, [None, True, event])
+            timers.register_event_time(t)  # older versions go once the watermark reaches t
+        else:
+            entry[1] = True
+            entry[2] = event
+            buffer.put(t, entry)
         timers.register_event_time(END)
         return None
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
-        right = self.right
+        buffer = self.buffer
         if timestamp == END:
-            right.clear()
+            buffer.clear()
             return None
-        # The latest version at or below the watermark stays; no later left event can use
-        # an older one.
-        versions = list(right.entries(end=timestamp + 1, reverse=True, limit=2))
-        if len(versions) > 1:
-            for t in list(right.keys(end=versions[0][0])):
-                right.remove(t)
-        lefts = self.left.get(timestamp)
-        if lefts is None:
+        # At or below the watermark there is this timer's entry and, before it, at most the
+        # one kept version (every other entry went at its own, earlier, timer).
+        newest = list(buffer.entries(end=timestamp + 1, reverse=True, limit=2))
+        if not newest or newest[0][0] != timestamp:
             return None
-        self.left.remove(timestamp)
-        if versions:
-            match = versions[0][1]
-        elif self.how == "inner":
-            return None
+        entry = newest[0][1]
+        lefts = entry[0]
+        older = newest[1] if len(newest) > 1 else None
+        if entry[1]:  # a version at this time: it is the latest; the older one goes
+            match, found = entry[2], True
+            if older is not None:
+                buffer.remove(older[0])
+            if lefts is not None:
+                buffer.put(timestamp, [None, True, match])
         else:
-            match = None
+            buffer.remove(timestamp)
+            found = older is not None and older[1][1]
+            match = older[1][2] if found else None
+        if lefts is None or not (found or self.how == "left"):
+            return None
         fn = self.fn
         if fn is None:
             key = ctx.key
@@ -278,18 +295,17 @@ class AsOfJoinFunction(_Join):
 
 def interval_join_function(name: str, lower: int, upper: int, fn: Joiner | None = None,
                            late: OutputTag | None = None) -> IntervalJoinFunction:
-    """An :class:`IntervalJoinFunction` whose states are named after operator ``name``
-    (``<name>.left``, ``<name>.right``, ``<name>.pending``)."""
-    cls = type("IntervalJoinFunction", (IntervalJoinFunction,), {
-        "left": MapState(f"{name}.left"), "right": MapState(f"{name}.right"),
-        "pending": MapState(f"{name}.pending")})
+    """An :class:`IntervalJoinFunction` whose state is named after operator ``name``
+    (``<name>.buffer``)."""
+    cls = type("IntervalJoinFunction", (IntervalJoinFunction,),
+               {"buffer": MapState(f"{name}.buffer")})
     return cls(lower, upper, fn, late)
 
 
 def asof_join_function(name: str, how: str = "inner", fn: Joiner | None = None,
                        late: OutputTag | None = None) -> AsOfJoinFunction:
-    """An :class:`AsOfJoinFunction` whose states are named after operator ``name``
-    (``<name>.left``, ``<name>.right``).
+    """An :class:`AsOfJoinFunction` whose state is named after operator ``name``
+    (``<name>.buffer``).
 
     >>> import eddies as ed
     >>> h = ed.testing.Harness(asof_join_function("prices", how="left"))
@@ -302,6 +318,6 @@ def asof_join_function(name: str, how: str = "inner", fn: Joiner | None = None,
     >>> h.watermark(160)
     [{'key': 'X', 'left': 'buy', 'right': 6.0}, {'key': 'Y', 'left': 'sell', 'right': None}]
     """
-    cls = type("AsOfJoinFunction", (AsOfJoinFunction,), {
-        "left": MapState(f"{name}.left"), "right": MapState(f"{name}.right")})
+    cls = type("AsOfJoinFunction", (AsOfJoinFunction,),
+               {"buffer": MapState(f"{name}.buffer")})
     return cls(how, fn, late)
