@@ -59,7 +59,7 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("eddies").setLevel(level)
     if level != "DEBUG":  # faust's services log under the module that subclasses them
-        logging.getLogger("eddies.runtime.kafka.worker").setLevel("WARNING")
+        logging.getLogger("eddies.runtime.kafka.faust_io").setLevel("WARNING")
     try:
         from eddies.runtime.kafka.worker import KafkaWorker
     except ImportError as exc:
