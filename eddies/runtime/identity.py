@@ -68,6 +68,7 @@ from eddies.state.values import pack, unpack
 __all__ = [
     "IDENTITY_KEY",
     "IDENTITY_VERSION",
+    "KAFKA_FIX",
     "PartitionInput",
     "check_ended",
     "check_identity",
@@ -84,6 +85,12 @@ IDENTITY_VERSION = 1
 
 _JOB_PREFIX = encode_key(("job",))
 _NEW_DIR = "--state rocksdb:NEW_DIR"
+KAFKA_FIX = (
+    "Give the changed job a new name (ed.Job('...')): its changelog topics and consumer group "
+    "are named after it, so it starts afresh; or delete this job's changelog topics "
+    "(<job>-*-changelog, the checkpoint topic included) and the workers' state dirs; or run "
+    "the job as it was")
+"""What to do when a Kafka job's changelog holds another job's checkpoints."""
 
 
 @dataclass
@@ -183,18 +190,21 @@ def _operator_diffs(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> lis
     return diffs
 
 
-def check_identity(stored: dict[str, Any], job: Job, readers: dict[str, list[SourceReader]],
-                   where: str) -> None:
+def check_identity(stored: dict[str, Any], job: Job,
+                   readers: dict[str, list[SourceReader]] | None, where: str,
+                   fix: str | None = None) -> None:
     """Raise :class:`StateIdentityError` unless ``job`` (with its sources' ``readers`` by
     source name, opened at the start of their input) may resume from a checkpoint of identity
-    ``stored``. See the module docstring for the rules."""
+    ``stored``. See the module docstring for the rules. Without ``readers`` (Kafka: input
+    positions are offsets in topics) partitions and fingerprints are not compared; ``fix``
+    replaces the local runner's advice (a new state dir)."""
     if stored["job"] != job.name:
         raise StateIdentityError(
             f"{where} belongs to job {stored['job']!r}, not to job {job.name!r}: a state dir "
             "holds one job's state, timers and input positions, and this job would start its "
-            "input over on the other job's state. Run "
-            f"{job.name!r} on a new state dir ({_NEW_DIR}), or keep the name "
-            f"(ed.Job({stored['job']!r})) to resume it")
+            "input over on the other job's state. " + (fix or (
+                f"Run {job.name!r} on a new state dir ({_NEW_DIR}), or keep the name "
+                f"(ed.Job({stored['job']!r})) to resume it")))
     now = job_identity(job)
     diffs = _operator_diffs(stored["operators"], now["operators"])
     old_sources = {s["name"]: s for s in stored["sources"]}
@@ -208,6 +218,8 @@ def check_identity(stored: dict[str, Any], job: Job, readers: dict[str, list[Sou
         elif before["kind"] != source["kind"]:
             diffs.append(f"source {name!r} was read as {before['kind']} and is now read as "
                          f"{source['kind']}")
+        elif readers is None:
+            continue
         elif len(before["partitions"]) != len(readers[name]):
             diffs.append(f"source {name!r} had {len(before['partitions'])} partitions and "
                          f"now has {len(readers[name])}")
@@ -220,8 +232,9 @@ def check_identity(stored: dict[str, Any], job: Job, readers: dict[str, list[Sou
         raise StateIdentityError(
             f"{where} holds job {job.name!r} with other operators, states or sources than "
             f"this one: {'; '.join(diffs)}. Its state and input positions do not fit the job "
-            f"as it is now: run it on a new state dir ({_NEW_DIR}), which reads the input "
-            f"from the start, or run the job as it was on this dir")
+            "as it is now: " + (fix or (
+                f"run it on a new state dir ({_NEW_DIR}), which reads the input from the "
+                "start, or run the job as it was on this dir")))
     if changed:
         raise StateIdentityError(
             f"{where}: the input of job {job.name!r} changed since its last checkpoint: "

@@ -19,7 +19,8 @@ state topics::
             value   msgpack {"token": int, "offset": next input offset,
                              "watermark": int, "seq": int,
                              "dedup": {upstream "topic:partition": highest offset seen},
-                             "key_layout": the stored-key layout of the deltas (2)}
+                             "key_layout": the stored-key layout of the deltas (2),
+                             "identity": the job's identity (eddies.runtime.identity)}
             headers eddies.cp = token
 
 The stored keys in deltas are in the key layout of ``eddies.state.keys``; every marker says
@@ -81,16 +82,21 @@ class Marker:
     """For a repartition topic: the highest upstream offset seen per upstream partition."""
     key_layout: int = KEY_LAYOUT_VERSION
     """The stored-key layout (``eddies.state.keys.KEY_LAYOUT_VERSION``) of the deltas."""
+    identity: dict[str, Any] | None = None
+    """The job that wrote the checkpoint: name, keyed operators and states, sources
+    (``eddies.runtime.identity.job_identity``); absent from markers written before."""
 
 
 def encode_marker(marker: Marker) -> bytes:
     """
     >>> decode_marker(encode_marker(Marker(7, 100, 5, 1)))
-    Marker(token=7, offset=100, watermark=5, seq=1, dedup={}, key_layout=2)
+    Marker(token=7, offset=100, watermark=5, seq=1, dedup={}, key_layout=2, identity=None)
     """
-    return msgpack.packb({"token": marker.token, "offset": marker.offset,
-                          "watermark": marker.watermark, "seq": marker.seq,
-                          "dedup": marker.dedup, "key_layout": marker.key_layout})
+    fields = {"token": marker.token, "offset": marker.offset, "watermark": marker.watermark,
+              "seq": marker.seq, "dedup": marker.dedup, "key_layout": marker.key_layout}
+    if marker.identity is not None:
+        fields["identity"] = marker.identity
+    return msgpack.packb(fields)
 
 
 def decode_marker(data: bytes, where: str = "a checkpoint topic") -> Marker:
@@ -110,7 +116,7 @@ def decode_marker(data: bytes, where: str = "a checkpoint topic") -> Marker:
             "that wrote them."
         )
     return Marker(d["token"], d["offset"], d["watermark"], d["seq"], d.get("dedup") or {},
-                  layout)
+                  layout, d.get("identity"))
 
 
 def token_header(token: int) -> tuple[str, bytes]:

@@ -34,6 +34,7 @@ first rebalance) stops faust at once, with nothing of the worker's own to checkp
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -52,9 +53,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from eddies.errors import ConfigError, EddiesError, KeyEncodingError
 from eddies.operators.kafka import KafkaSink, decode, dumps_exact
 from eddies.operators.sources import DeadLetter, loads_exact
-from eddies.runtime.executor import _RECORD_ERRORS, Executor, RunStats
+from eddies.runtime.executor import RECORD_ERRORS, Executor, RunStats
 from eddies.runtime.failures import error_lines
 from eddies.runtime.graph import Job, Node
+from eddies.runtime.identity import KAFKA_FIX, check_identity, job_identity
 from eddies.runtime.kafka.changelog import (
     MARKER_KEY,
     Marker,
@@ -80,6 +82,7 @@ __all__ = ["KafkaWorker"]
 
 log = logging.getLogger("eddies.worker")
 _SRC = "eddies.src"
+_GC_YOUNG = 100_000
 _OFF = "eddies.off"
 
 
@@ -98,17 +101,17 @@ class _WorkerExecutor(Executor):
         buffer = self.repartition_out.setdefault(n.params["topic"], [])
         keyfn = n.params["key"]
         name = n.name
-        dead = self._dead_letter
+        dead = self.dead_letter
 
         def push_repartition(value: Any, ts: Any) -> None:
             try:
                 encoded = encode_key(keyfn(value))
-            except (*_RECORD_ERRORS, KeyEncodingError) as exc:
+            except (*RECORD_ERRORS, KeyEncodingError) as exc:
                 dead(self._record_letter(value, f"no key for {name!r}: "
                                          f"{type(exc).__name__}: {exc}", name))
                 return
             src = self.cur_src
-            offset = self.cur_offsets[self._cur_index] if src is not None else -1
+            offset = self.cur_offsets[self.cur_index] if src is not None else -1
             buffer.append((encoded, value, ts, src, offset))
 
         return push_repartition
@@ -391,6 +394,10 @@ class KafkaWorker:
         local = self.backend.get(META_CF, meta_key)
         local_token = msgpack.unpackb(local) if local is not None else None
         last = markers.last
+        if last is not None and last.identity is not None:  # another job's checkpoints?
+            check_identity(last.identity, self.job, None,
+                           f"the changelog of topic {self.plan.checkpoint_topic!r} "
+                           f"partition {p}", KAFKA_FIX)
         entry: dict[str, Any] = {"topic": topic, "partition": p, "pid": os.getpid()}
         if last is not None and local_token == last.token:
             entry["source"] = "local"
@@ -443,7 +450,7 @@ class KafkaWorker:
                 op.timers.load(self.backend, g.to_bytes(2, "big"), (g + 1).to_bytes(2, "big"))
             for heap in (op.timers.event, op.timers.processing):
                 for _, order, key in heap.heap:
-                    op.store._prefixes[key] = order  # a timer's key keeps its key group
+                    op.store.pin_prefix(key, order)  # a timer's key keeps its key group
 
     async def _read_all(self, topic: str, p: int) -> list[tuple[Any, Any, Any]]:
         """Every record of ``topic``/``p`` up to the fetch high watermark."""
@@ -507,6 +514,10 @@ class KafkaWorker:
                                   self.backend.round_trips - trips)
         self._started.set()
         final = False
+        # As in the local runner: the data path allocates many short-lived objects (records,
+        # events, state values), so the young generation is collected less often.
+        gc_threshold = gc.get_threshold()
+        gc.set_threshold(max(gc_threshold[0], _GC_YOUNG), *gc_threshold[1:])
         try:
             while not self._stop:
                 await self._round()
@@ -521,6 +532,7 @@ class KafkaWorker:
             if self._commit_task is not None:
                 await self._commit_task  # the final checkpoint's offsets are committed
             self.final_checkpoint = final
+            gc.set_threshold(*gc_threshold)
             await self.producer.stop()
             await self._restore_consumer.stop()
             await self.reader.stop()
@@ -654,7 +666,7 @@ class KafkaWorker:
                     values.append(decode(fmt, record.value))
                     kept.append(record)
                 except (ValueError, TypeError) as exc:
-                    self.executor._dead_letter(DeadLetter(
+                    self.executor.dead_letter(DeadLetter(
                         node.name, {"topic": topic, "partition": p, "offset": record.offset},
                         (record.value or b"").decode("utf-8", "replace"),
                         f"bad record: {exc}"))
@@ -796,13 +808,15 @@ class KafkaWorker:
             await asyncio.gather(*waits)  # outputs and deltas durable before the marker
             self.after_deltas(self.seq)
             markers = []
+            identity = job_identity(self.job)
             for topic, p in sorted(self.ready):
                 if topic != self.plan.stateful_topic:
                     continue
                 mark = self.marks.get((topic, p))
                 value = encode_marker(Marker(  # carries the key layout of the deltas
                     token, self.next_offset.get((topic, p), 0),
-                    mark.watermark if mark else MIN_TIME, self.seq, self.dedup.get(p, {})))
+                    mark.watermark if mark else MIN_TIME, self.seq, self.dedup.get(p, {}),
+                    identity=identity))
                 markers.append((MARKER_KEY, value, None, [header], p))
                 batch.put(META_CF, encode_key(("kafka-checkpoint", p)), msgpack.packb(token))
             marker_acks = await self._send(self.plan.checkpoint_topic, markers, explicit=True)
