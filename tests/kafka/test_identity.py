@@ -29,10 +29,12 @@ async def _values(bootstrap: str, topic: str) -> list[bytes]:
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         out: list[bytes] = []
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while True:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                return out
             got = await consumer.getmany(timeout_ms=300)
             out.extend(r.value for records in got.values() for r in records)
-        return out
     finally:
         await consumer.stop()
 
