@@ -36,6 +36,13 @@ when:
 A dir whose previous run ended all its input, unchanged since, has nothing to do: the run
 says so and ends without reading or writing anything.
 
+Under Kafka the identity (with no partitions in its sources: input positions are the
+markers' offsets) rides on every checkpoint marker (``kafka/changelog.py``); a worker
+restoring a partition compares the last marker's identity with its job's by the same rules
+before the first event, with :data:`KAFKA_FIX` as the way out. A renamed job has changelog
+topics of its own, so only a job of the same name with other operators or states meets it.
+Markers written before carry none and are accepted.
+
 Dirs written before identities existed have the job's checkpoint but no identity: a run of
 the same job name resumes them (operators and inputs cannot be checked) and writes the
 identity at its next checkpoint; a run of another job name is refused as above, since the
