@@ -208,8 +208,8 @@ class AsOfJoinFunction(_Join):
     State per key: one MapState ``buffer`` keyed by timestamp, ``[lefts, has_right,
     right]``: the left events waiting at that time (None when none) and the right version
     at it (the last to arrive). One event-time timer per timestamp emits its left events and
-    drops the versions before the latest one at or below it; one at the end of input drops
-    the last.
+    drops the versions before the latest one at or below it; one at the end of input
+    (registered when a key's first version is kept) drops the last.
     """
 
     buffer: Any
@@ -250,15 +250,14 @@ class AsOfJoinFunction(_Join):
             return None
         buffer = self.buffer
         entry = buffer.get(t)
-        timers = ctx.timers
         if entry is None:
             buffer.put(t, [None, True, event])
-            timers.register_event_time(t)  # older versions go once the watermark reaches t
+            # Older versions go once the watermark reaches t.
+            ctx.timers.register_event_time(t)
         else:
             entry[1] = True
             entry[2] = event
             buffer.put(t, entry)
-        timers.register_event_time(END)
         return None
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
@@ -278,6 +277,8 @@ class AsOfJoinFunction(_Join):
             match, found = entry[2], True
             if older is not None:
                 buffer.remove(older[0])
+            else:  # the key's first kept version: it goes at the end of input
+                ctx.timers.register_event_time(END)
             if lefts is not None:
                 buffer.put(timestamp, [None, True, match])
         else:
