@@ -36,7 +36,8 @@ from eddies.operators.functions import (
     KeyedProcessFunction,
     OutputTag,
 )
-from eddies.runtime.keyed import KeyedOperator
+from eddies.runtime.executor import RunStats
+from eddies.runtime.keyed import KeyedOperator, KeyedPush
 from eddies.state import open_backend
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.keys import state_key
@@ -48,6 +49,31 @@ _MISSING: Any = object()
 _SNAPSHOT_VERSION = 1
 
 
+class _Driver:
+    """The harness as a :class:`~eddies.runtime.keyed.KeyedDriver`: what the runners
+    dead-letter or wrap (a key or value the state cannot hold, an exception out of user
+    code) is raised as it is, for the test to see."""
+
+    def __init__(self, stats: RunStats) -> None:
+        self.cur_index = 0
+        self.cur_source: str | None = None
+        self.stats = stats
+
+    def reject(self, value: Any, reason: str, operator: str) -> None:
+        raise ConfigError(reason)
+
+    def record_failed(self, exc: Exception, value: Any, key: Any, ts: Any,
+                      operator: str) -> None:
+        raise exc
+
+    def user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception, *,
+                   where: str | None = None) -> Exception:
+        raise exc
+
+    def timer_error(self, op: KeyedOperator, exc: Exception) -> Exception:
+        return exc
+
+
 class Harness:
     """Drives one :class:`~eddies.KeyedProcessFunction` (or
     :class:`~eddies.KeyedCoProcessFunction`) by hand.
@@ -57,6 +83,12 @@ class Harness:
     ``ttl_config``). ``ttl_config`` sets backend-wide TTL options (e.g. a default TTL).
     Processing time starts at 0 and moves only when you call :meth:`processing_time`; it
     drives processing-time timers and TTL, unless the TTL config brings its own ``clock``.
+
+    Events go through the same compiled push as in ``run_local`` and ``eddies worker``
+    (:meth:`~eddies.runtime.keyed.KeyedOperator.compile`): the same key validation, the
+    same outputs. Where a runner sends a record to dead letters (a key or a value the
+    state cannot hold), the harness raises the error. ``stats.late_events`` counts events
+    at or behind the watermark.
     """
 
     def __init__(
@@ -70,6 +102,10 @@ class Harness:
     ) -> None:
         self.backend = open_backend(state)
         self._now = 0
+        self.stats = RunStats()
+        self._driver = _Driver(self.stats)
+        self._out: list[Any] = []
+        self._pushes: dict[int, KeyedPush] = {}
         try:
             self.operator = KeyedOperator(
                 operator,
@@ -116,9 +152,18 @@ class Harness:
         """
         if key is _MISSING:
             raise ConfigError("Harness.event needs key=...: the key the event belongs to")
-        out: list[Any] = []
-        self.operator.process(value, key, timestamp, out, input)
-        return out
+        push = self._pushes.get(input)
+        if push is None:
+            push = self._pushes[input] = self.operator.compile(
+                self._collect, self._driver, input=input)
+        try:
+            push.event(value, timestamp, key)
+            return list(self._out)
+        finally:
+            self._out.clear()
+
+    def _collect(self, value: Any, ts: Any) -> None:
+        self._out.append(value)
 
     def broadcast(self, value: Any, timestamp: int | None = None) -> list[Any]:
         """Handle one broadcast event (KeyedBroadcastProcessFunction only)."""
@@ -126,9 +171,12 @@ class Harness:
             raise ConfigError(
                 f"{type(self.function).__name__} is not a KeyedBroadcastProcessFunction"
             )
-        out: list[Any] = []
-        self.operator.process_broadcast(value, timestamp, out)
-        return out
+        push = self.operator.compile_broadcast(self._collect, self._driver)
+        try:
+            push(value, timestamp)
+            return list(self._out)
+        finally:
+            self._out.clear()
 
     def watermark(self, ms: int) -> list[Any]:
         """Advance event time to ``ms``: fires due event-time timers, expires and sweeps TTL."""

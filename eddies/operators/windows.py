@@ -661,7 +661,7 @@ class WindowState(Handle):
 
     # -- the store's side: checkpoint, cache, restore ------------------------------------------
     def _prefixes(self, keys: list[Key]) -> list[bytes]:
-        prefixes = list(map(self.store._prefixes.get, keys))
+        prefixes = list(map(self.store.cached_prefixes.get, keys))
         if None in prefixes:
             prefix = self.store.prefix
             prefixes = [p or prefix(k) for p, k in zip(prefixes, keys, strict=True)]
@@ -745,7 +745,7 @@ class WindowState(Handle):
         which have fired is read from the window marks. Returns how many entries."""
         marks = self.timers.event.marks
         is_marked = self.timers.is_marked
-        prefixes = self.store._prefixes
+        prefixes = self.store.cached_prefixes
         room = self.store.cache_entries - (self._entries() - self._unloaded)
         windows: dict[bytes, tuple[int, int]] = {}
         # per slot touched: keys whose window has fired, keys whose window has not

@@ -26,8 +26,7 @@ import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice, repeat
-from operator import itemgetter, le
-from types import GeneratorType
+from operator import itemgetter
 from typing import Any
 
 from eddies.errors import (
@@ -42,14 +41,13 @@ from eddies.operators.sinks import CollectSink, Sink
 from eddies.operators.sources import DeadLetter
 from eddies.runtime.failures import io_error
 from eddies.runtime.graph import KEYED_KINDS, Job, Node
-from eddies.runtime.keyed import NEVER_DUE, BatchCut, KeyedOperator
+from eddies.runtime.keyed import NEVER_DUE, RECORD_ERRORS, BatchCut, KeyedOperator
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, PartitionWatermark, merge_watermarks
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
-from eddies.state.keys import state_key
 from eddies.state.ttl import TtlConfig
 
-__all__ = ["Executor", "RunResult", "RunStats", "SourceWatermarks"]
+__all__ = ["RECORD_ERRORS", "Executor", "RunResult", "RunStats", "SourceWatermarks"]
 
 _DEAD_LETTER_KEEP = 100_000
 _DEAD_LETTER_KEEP_BYTES = 16 * 2**20
@@ -59,8 +57,6 @@ _TS_LIMIT = 2**62
 """Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64."""
 _TIMER: Any = object()  # stands for "no record: a timer fired" in error messages
 _NO_TIMESTAMP: Any = object()  # stands for "the record's timestamp is being read"
-# What extracting a key or a timestamp from a malformed record raises (rather than a bug).
-_RECORD_ERRORS = (KeyError, TypeError, IndexError, AttributeError, ValueError)
 
 
 SourceWatermarks = dict[Node, list[tuple[int, bool]]]
@@ -233,9 +229,11 @@ class Executor:
         self._dead_sink = dead_sink
         self._dead_buffer: list[dict[str, Any]] = []
         self._dead_buffer_bytes = 0
-        self._cur_source: str | None = None
+        self.cur_source: str | None = None
+        """The source whose records are being pushed (None while timers fire)."""
         self._cur_locate: Locate | None = None
-        self._cur_index = 0
+        self.cur_index = 0
+        """The index of the record being pushed in its source's read (for dead letters)."""
         # Called once with the time the first record has gone through the operators.
         self.on_first_event: Callable[[], None] | None = None
         # Event time between records (see _push_timed): the operators each source feeds,
@@ -315,7 +313,7 @@ class Executor:
                 try:
                     result = fn(value)
                 except Exception as exc:
-                    raise self._user_error(name, None, value, ts, exc) from exc
+                    raise self.user_error(name, None, value, ts, exc) from exc
                 emit(result, ts)
 
             return push_map
@@ -326,7 +324,7 @@ class Executor:
                 try:
                     keep = fn(value)
                 except Exception as exc:
-                    raise self._user_error(name, None, value, ts, exc) from exc
+                    raise self.user_error(name, None, value, ts, exc) from exc
                 if keep:
                     emit(value, ts)
 
@@ -338,7 +336,7 @@ class Executor:
                 try:
                     results = list(fn(value))
                 except Exception as exc:
-                    raise self._user_error(name, None, value, ts, exc) from exc
+                    raise self.user_error(name, None, value, ts, exc) from exc
                 for result in results:
                     emit(result, ts)
 
@@ -383,311 +381,40 @@ class Executor:
             )
             self.operators[n] = op
             self.timer_emit[n] = emit
-        name = n.name
-        stats = self.stats
         if n.kind == "broadcast_process" and port == 1:  # the broadcast side
-
-            def push_broadcast(value: Any, ts: Any) -> None:
-                op_count[0] += 1
-                out: list[Any] = []
-                try:
-                    op.process_broadcast(value, ts, out)
-                except Exception as exc:
-                    raise self._user_error(name, None, value, ts, exc) from exc
-                op_count[1] += len(out)
-                for result in out:
-                    emit(result, ts)
-
-            return push_broadcast
+            return op.compile_broadcast(emit, self, op_count)
         keyfn = self._key_of(n, port)
-        key_where = (f"key_by {n.inputs[port].name!r} (key function "
-                     f"{getattr(keyfn, '__name__', 'key')!r}, feeding operator {name!r})")
-        # A field name reads through operator.itemgetter (C, same errors as record[name]);
-        # keyfn itself stays for the messages.
-        field_name = getattr(keyfn, "field", None)
-        keyget = itemgetter(field_name) if field_name is not None else keyfn
-        dead = self._dead_letter
-        out: list[Any] = []
-        # KeyedOperator.process, inlined: per event this is the whole framework cost.
-        store = op.store
-        prefixes = store._prefixes
-        ctx = op.ctx
-        on_event = op.on_event_of(port + 1)
-        on_timer = op._on_timer
-        validate_key = op.validate_key
-        extend = out.extend
-        append = out.append
-        timer_out: list[Any] = []  # timers' outputs, passed on as each one fires
-
-        def failed(exc: Exception, value: Any, key: Any, ts: Any) -> None:
-            """What an exception while handling ``value`` leads to: a record the state cannot
-            hold (its key or a value it sets) goes to dead letters and the job goes on;
-            anything else fails the job, naming the operator, key and record."""
-            out.clear()
-            if isinstance(exc, (StateSerializationError, KeyEncodingError)):
-                dead(self._record_letter(value, str(exc), name))
-                return
-            if isinstance(exc, EddiesError):
-                if not isinstance(exc, UserFunctionError):
-                    exc.add_note(f"in operator {name!r} on key {key!r}, for record "
-                                 f"{_describe(value)} (timestamp {ts})")
-                raise exc
-            raise self._user_error(name, key, value, ts, exc) from exc
-
-        perf = _time.perf_counter
-
-        def push_keyed(value: Any, ts: Any) -> None:
-            op_count[0] += 1
-            try:
-                key = keyget(value)
-            except _RECORD_ERRORS as exc:
-                dead(self._record_letter(value, f"no key for operator {name!r} "
-                                         f"({getattr(keyfn, '__name__', 'key')}): "
-                                         f"{type(exc).__name__}: {exc}", name))
-                return
-            except Exception as exc:  # a bug in the key function: the job stops
-                raise self._user_error(name, None, value, ts, exc, where=key_where) from exc
-            if ts is not None and ts <= op.watermark:
-                stats.late_events += 1
-            if type(key) is str and key.isascii() and not store._groups_pinned:
-                # An ASCII str always encodes (an O(1) flag check): no lookup. Handles and
-                # timers compute and cache its stored-key prefix when they need it, which
-                # gives the same prefix unless key groups are pinned (Kafka: the partition
-                # being pushed), when it has to be taken now. State holds it bare (see
-                # state_key).
-                k = key
-                new = False
-            else:
-                k = state_key(key)
-                try:
-                    new = k not in prefixes
-                except TypeError:  # unhashable: validate_key says what is wrong with it
-                    new = True
-            try:
-                if new:
-                    # Validate before user code runs: a key the codec cannot store (a list,
-                    # a dict) raises KeyEncodingError and the record goes to dead letters.
-                    validate_key(key, k)
-                store.key = k
-                store.timestamp = ts
-                ctx.key = key
-                ctx.timestamp = ts
-                if op_count[0] & 63:
-                    result = on_event(value, ctx)
-                else:  # one event in 64 is timed (see on_event_time)
-                    started = perf()
-                    result = on_event(value, ctx)
-                    op_time[0] += perf() - started
-                    op_time[1] += 1
-                if result is not None:
-                    t = type(result)
-                    if t is list or t is tuple or t is GeneratorType:
-                        extend(result)
-                    else:
-                        append(result)
-            except Exception as exc:
-                failed(exc, value, key, ts)
-                return
-            if out:
-                op_count[1] += len(out)
-                for result in out:
-                    emit(result, ts)
-                out.clear()
-
-        due_at = op.due_watermark
-
-        def respan(j: int, wms: list[int]) -> list[int]:
-            """``wms`` raised from ``j`` on to the operator's watermark: an advance took it
-            beyond them (another input's watermark moved it)."""
-            current = op.watermark
-            if current > op.horizon:
-                op.horizon = current
-            return wms[:j] + list(map(max, repeat(current, len(wms) - j),
-                                      islice(wms, j, None)))
-
-        def push_keyed_batch(values: list[Any], stamps: list[int], lo: int,
-                             watermarks: list[int] | None = None,
-                             advance: Callable[[int], int] | None = None,
-                             timing: _EventTime | None = None) -> int:
-            """push_keyed over a batch whose timestamps are checked ints: the keys are read
-            in one C-level pass, and when all are ASCII str (no validation needed, see
-            push_keyed) the loop does nothing per event but bind the key and the watermark
-            and call on_event. ``lo`` is the batch's first index in the source's read, for
-            dead letters. ``watermarks``: the operator's watermark for each record (default:
-            its watermark now, for all); the TTL clock follows it.
-
-            ``advance(j)``, given when event time moves inside the batch (see
-            Executor._push_timed), advances event time to record ``j``'s watermark and
-            returns the operator's next due watermark (``due_watermark``): it is called
-            before each record whose watermark reaches the operator's next event-time work,
-            with the operator at the previous record's watermark. Work registered at a
-            watermark the batch reaches raises ``op.cut``, and the next due watermark is
-            read again. Once ``timing`` says time went through the whole graph in this push
-            (and no key group is pinned), this operator, the only one the source feeds, is
-            advanced here directly (see Executor._advance_to); returns the last record
-            index that was done for (-1: none)."""
-            count = len(values)
-            direct_at = -1
-            if not count:
-                return direct_at
-            wms = watermarks if watermarks is not None else [op.watermark] * count
-            cut = op.cut
-            due = due_at() if advance is not None else NEVER_DUE
-            keys: list[Any] | None
-            try:
-                keys = list(map(keyget, values))
-            except Exception:  # push_keyed tells a bad record from a bug, record by record
-                keys = None
-            if (keys is None or store._groups_pinned or set(map(type, keys)) != {str}
-                    or not all(map(str.isascii, keys))):
-                follow = op.follow
-                for j in range(count):
-                    if wms[j] >= due:
-                        due = advance(j)  # type: ignore[misc]
-                        if op.watermark > wms[j]:
-                            wms = respan(j, wms)
-                    self._cur_index = lo + j
-                    follow(wms[j])
-                    push_keyed(values[j], stamps[j])
-                    if cut.due:
-                        cut.due = False
-                        due = due_at()
-                return direct_at
-            clock = op.backend  # the TTL layer: its clock is the watermark
-            started = perf()
-            emitted = 0  # outputs, a local until the batch ends (cheaper than the cell)
-            start = 0
-            direct = False  # advance this operator here (see the docstring)
-            set_clock = clock.set_watermark
-            emitted_timers = 0
-            timers = 0  # advancing (1: directly, 2: through advance()): an error is a timer's
-            source = self._cur_source
-            while start < count:
-                j = start
-                try:
-                    for j in range(start, count):
-                        watermark = wms[j]
-                        if watermark >= due:
-                            if j:
-                                op.watermark = wms[j - 1]
-                            if direct:
-                                # Executor._advance_to for this operator alone (the record's
-                                # watermark is where the partition's takes it), with
-                                # KeyedOperator.advance_watermark inlined: this runs before
-                                # nearly every record when each one's watermark reaches a
-                                # timer. The TTL clock is left at the last timer's time: the
-                                # record sets it (as after every record, see
-                                # TtlStateBackend.set_watermark).
-                                timers = 1
-                                self._cur_source = None  # records made by timers have none
-                                heap = op.timers.event
-                                pop_due = heap.pop_due
-                                current = op.watermark
-                                last = None
-                                while True:
-                                    fired = pop_due(watermark)
-                                    if fired is None:
-                                        break
-                                    time, key = fired
-                                    if time != last:
-                                        last = time
-                                        ctx.watermark = current if current > time else time
-                                        set_clock(ctx.watermark)
-                                    store.key = key
-                                    store.timestamp = time
-                                    ctx.key = (key[0] if type(key) is tuple and len(key) == 1
-                                               else key)
-                                    ctx.timestamp = time
-                                    result = on_timer(time, ctx)
-                                    if result is not None:
-                                        t = type(result)
-                                        if (t is list or t is tuple
-                                                or t is GeneratorType):
-                                            timer_out.extend(result)
-                                        else:
-                                            timer_out.append(result)
-                                        if timer_out:
-                                            emitted_timers += len(timer_out)
-                                            for item in timer_out:
-                                                emit(item, time)
-                                            timer_out.clear()
-                                op.watermark = watermark
-                                self._cur_source = source
-                                direct_at = j
-                                timers = 0
-                                # due_watermark: nothing is due at the watermark now.
-                                times = heap.times
-                                at = (times[0] if times and heap.buckets.get(times[0])
-                                      else heap.next_time())
-                                due = NEVER_DUE if at is None else at
-                            else:
-                                timers = 2
-                                due = advance(j)  # type: ignore[misc]
-                                timers = 0
-                                direct = (timing is not None and timing.advanced
-                                          and not timing.pinned and op._hook is None)
-                                if op.watermark > watermark:
-                                    wms = respan(j, wms)
-                                    watermark = wms[j]
-                        key = keys[j]
-                        ts = stamps[j]
-                        store.key = key
-                        store.timestamp = ts
-                        ctx.key = key
-                        ctx.timestamp = ts
-                        ctx.watermark = clock.watermark = watermark
-                        result = on_event(values[j], ctx)
-                        if result is not None:
-                            t = type(result)
-                            if t is list or t is tuple or t is GeneratorType:
-                                extend(result)
-                            else:
-                                append(result)
-                            if out:
-                                self._cur_index = lo + j  # what follows may dead-letter
-                                emitted += len(out)
-                                for item in out:
-                                    emit(item, ts)
-                                out.clear()
-                        if cut.due:
-                            cut.due = False
-                            op.watermark = watermark
-                            due = due_at()
-                    break
-                except Exception as exc:
-                    if timers == 1:
-                        timer_out.clear()
-                        error = self._timer_error(n, op, exc)
-                        if error is exc:
-                            raise
-                        raise error from exc
-                    if timers:
-                        raise
-                    self._cur_index = lo + j
-                    failed(exc, values[j], keys[j], stamps[j])
-                    if cut.due:
-                        cut.due = False
-                        op.watermark = wms[j]
-                        due = due_at()
-                    start = j + 1
-            op_count[1] += emitted_timers
-            op.watermark = wms[count - 1]
-            if min(stamps) <= wms[count - 1]:
-                stats.late_events += sum(map(le, stamps, wms))
-            op_count[0] += count
-            op_count[1] += emitted
-            op_time[0] += perf() - started
-            op_time[1] += count
-            return direct_at
-
-        self.batch_pushes[(n, port)] = push_keyed_batch
-        return push_keyed
+        pushes = op.compile(
+            emit, self, input=port + 1, key_fn=keyfn, counts=op_count, timed=op_time,
+            key_where=(f"key_by {n.inputs[port].name!r} (key function "
+                       f"{getattr(keyfn, '__name__', 'key')!r}, feeding operator {n.name!r})"))
+        self.batch_pushes[(n, port)] = pushes.batch
+        return pushes.event
 
     def pushes_for_side(self, side_node: Node) -> Callable[[Any, Any], None]:
         return _fan_out([self.pushes[(c, i)] for c, i in self.children[side_node]])
 
-    def _user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception, *,
-                    where: str | None = None) -> Exception:
+    def record_failed(self, exc: Exception, value: Any, key: Any, ts: Any,
+                      operator: str) -> None:
+        """What an exception while handling ``value`` leads to: a record the state cannot
+        hold (its key or a value it sets) goes to dead letters and the job goes on;
+        anything else fails the job, naming the operator, key and record."""
+        if isinstance(exc, (StateSerializationError, KeyEncodingError)):
+            self.dead_letter(self._record_letter(value, str(exc), operator))
+            return
+        if isinstance(exc, EddiesError):
+            if not isinstance(exc, UserFunctionError):
+                exc.add_note(f"in operator {operator!r} on key {key!r}, for record "
+                             f"{_describe(value)} (timestamp {ts})")
+            raise exc
+        raise self.user_error(operator, key, value, ts, exc) from exc
+
+    def reject(self, value: Any, reason: str, operator: str) -> None:
+        """Send the record being pushed to dead letters with ``reason``."""
+        self.dead_letter(self._record_letter(value, reason, operator))
+
+    def user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception, *,
+                   where: str | None = None) -> Exception:
         """The UserFunctionError for ``exc`` raised by user code of operator ``op`` (or of
         what ``where`` names) on ``key`` for record ``value`` (``_TIMER``: in on_timer at
         ``ts``; ``ts`` ``_NO_TIMESTAMP``: the record has none yet). An EddiesError other
@@ -709,15 +436,17 @@ class Executor:
         """A dead letter for the record being handled, with its source, position and raw text
         when it came straight from a source (records made by timers have neither)."""
         locate = self._cur_locate
-        if locate is not None and self._cur_source is not None:
-            located = locate(self._cur_index)
+        if locate is not None and self.cur_source is not None:
+            located = locate(self.cur_index)
             if located is not None:
                 position, raw = located
-                return DeadLetter(self._cur_source, position,
+                return DeadLetter(self.cur_source, position,
                                   _describe(value) if raw is None else raw, reason)
         return DeadLetter(operator, None, _describe(value), reason)
 
-    def _dead_letter(self, letter: DeadLetter) -> None:
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """Count ``letter``, keep it (up to the bounds of :attr:`dead`) and send it to the
+        dead-letter sink."""
         self.stats.dead_letters += 1
         record = letter.to_dict()
         size = len(letter.raw) + len(letter.reason)
@@ -786,7 +515,7 @@ class Executor:
                 # timeouts matter most.
                 op.advance_processing_time(now, out, emit)
         except Exception as exc:
-            error = self._timer_error(n, op, exc)
+            error = self.timer_error(op, exc)
             if error is exc:
                 raise
             raise error from exc
@@ -794,16 +523,16 @@ class Executor:
             self.counts[n.name][1] += op.emitted
             op.emitted = 0
 
-    def _timer_error(self, n: Node, op: KeyedOperator, exc: Exception) -> Exception:
+    def timer_error(self, op: KeyedOperator, exc: Exception) -> Exception:
         """What to raise for ``exc`` out of ``op``'s timers: an EddiesError as it is, with
         a note naming the operator, key and timer (a UserFunctionError already names
         them); anything else as a UserFunctionError."""
         if isinstance(exc, EddiesError):
             if not isinstance(exc, UserFunctionError):
-                exc.add_note(f"in operator {n.name!r} on key {op.ctx.key!r}, in "
+                exc.add_note(f"in operator {op.name!r} on key {op.ctx.key!r}, in "
                              f"on_timer at {op.ctx.timestamp}")
             return exc
-        return self._user_error(n.name, op.ctx.key, _TIMER, op.ctx.timestamp, exc)
+        return self.user_error(op.name, op.ctx.key, _TIMER, op.ctx.timestamp, exc)
 
     def _note_time(self, wm: dict[Node, int]) -> None:
         """The stats that follow event time: windows' dropped events, the sinks' watermark."""
@@ -850,7 +579,7 @@ class Executor:
         count = self.counts.setdefault(node.name, [0, 0])
         count[0] += len(values)
         count[1] += len(values)
-        self._cur_source = node.name
+        self.cur_source = node.name
         self._cur_locate = locate
         timing = None
         if mark is not None and node.params["timestamp"] is not None:
@@ -871,7 +600,7 @@ class Executor:
                 self._settle(timing)
             return top
         finally:
-            self._cur_source = None  # records made by timers have no source position
+            self.cur_source = None  # records made by timers have no source position
             self._cur_locate = None
 
     def _push_range(
@@ -882,10 +611,10 @@ class Executor:
         tsfn = node.params["timestamp"]
         if tsfn is None:
             for i in range(lo, hi):
-                self._cur_index = i
+                self.cur_index = i
                 emit(values[i], None)
             return None
-        dead = self._dead_letter
+        dead = self.dead_letter
         record_letter = self._record_letter
         field_name = getattr(tsfn, "field", None)
         tsget = itemgetter(field_name) if field_name is not None else tsfn
@@ -914,18 +643,18 @@ class Executor:
         run_lo = lo
         for i in range(lo, hi):
             value = values[i]
-            self._cur_index = i
+            self.cur_index = i
             try:
                 ts = tsget(value)
-            except _RECORD_ERRORS as exc:
+            except RECORD_ERRORS as exc:
                 reason = (f"no timestamp ({getattr(tsfn, '__name__', 'timestamp')}): "
                           f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # a bug in the timestamp function: the job stops
                 if run:  # after the records before it, as record at a time
                     self._push_timed(run, run_stamps, run_lo, timing, batch_push,  # type: ignore[arg-type]
                                      emit)
-                    self._cur_index = i
-                raise self._user_error(
+                    self.cur_index = i
+                raise self.user_error(
                     node.name, None, value, _NO_TIMESTAMP, exc,
                     where=(f"source {node.name!r} (timestamp function "
                            f"{getattr(tsfn, '__name__', 'timestamp')!r})")) from exc
@@ -952,7 +681,7 @@ class Executor:
                 self._push_timed(run, run_stamps, run_lo, timing, batch_push,  # type: ignore[arg-type]
                                  emit)
                 run, run_stamps = [], []
-                self._cur_index = i
+                self.cur_index = i
             dead(record_letter(value, reason, node.name))
         if run:
             self._push_timed(run, run_stamps, run_lo, timing, batch_push, emit)  # type: ignore[arg-type]
@@ -1056,7 +785,7 @@ class Executor:
                         follows = [(o.follow, s) for (_, o), s in zip(ops, spans, strict=True)
                                    if s is not None]
                 limit = self._next_due(timing)
-            self._cur_index = lo + j
+            self.cur_index = lo + j
             for follow, span in follows:
                 follow(span[j])
             emit(values[j], stamps[j])
@@ -1098,8 +827,8 @@ class Executor:
                                       if op.store.key_group is not None]
         for store, _ in pinned:
             store.key_group = None
-        source = self._cur_source
-        self._cur_source = None
+        source = self.cur_source
+        self.cur_source = None
         try:
             if not timing.advanced:
                 self._advance(timing.with_partition_at(watermark), None)
@@ -1114,7 +843,7 @@ class Executor:
                     if target > op.watermark:
                         self._advance_op(n, op, target, None)
         finally:
-            self._cur_source = source
+            self.cur_source = source
             for store, group in pinned:
                 store.key_group = group
 

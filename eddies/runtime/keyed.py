@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import time as _time
 from collections.abc import Callable
+from itertools import islice, repeat
+from operator import itemgetter, le
 from types import GeneratorType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from eddies.errors import ConfigError, KeyEncodingError
 from eddies.operators.functions import (
@@ -29,11 +31,25 @@ from eddies.state.store import KeyedStateStore
 from eddies.state.ttl import MIN_TIME, TtlConfig
 from eddies.state.values import pack, unpack
 
-__all__ = ["BatchCut", "EventTimeHook", "KeyedOperator", "META_CF", "NEVER_DUE", "emit_into"]
+__all__ = [
+    "BatchCut",
+    "EventTimeHook",
+    "KeyedDriver",
+    "KeyedOperator",
+    "KeyedPush",
+    "META_CF",
+    "NEVER_DUE",
+    "RECORD_ERRORS",
+    "emit_into",
+]
 
 META_CF = "__meta__"
 NEVER_DUE = 2**63
 """Above every watermark (see :meth:`KeyedOperator.due_watermark`)."""
+RECORD_ERRORS = (KeyError, TypeError, IndexError, AttributeError, ValueError)
+"""What extracting a key or a timestamp from a malformed record raises (rather than a bug):
+such a record goes to dead letters."""
+_NO_KEY: Any = object()  # push(value, ts) without a key: the key function reads it
 
 
 def emit_into(out: list[Any], result: Any) -> None:
@@ -92,6 +108,44 @@ class EventTimeHook(Protocol):
 
     def fire_next(self, time: int, out: list[Any]) -> None:
         """Do the work due at ``time`` (== ``next_time()``), outputs to ``out``."""
+
+
+class KeyedDriver(Protocol):
+    """What feeds a KeyedOperator's compiled pushes (the executor, the test harness): where
+    the record being pushed comes from, and what becomes of one that cannot be handled."""
+
+    cur_index: int
+    """The index of the record being pushed in its source's read (for dead letters)."""
+    cur_source: str | None
+    """The source being pushed (None while timers fire: their records have no position)."""
+    stats: Any
+    """Counters; ``stats.late_events`` counts events at or behind the watermark."""
+
+    def reject(self, value: Any, reason: str, operator: str) -> None:
+        """Send the record being pushed to dead letters with ``reason``."""
+
+    def record_failed(self, exc: Exception, value: Any, key: Any, ts: Any,
+                      operator: str) -> None:
+        """Handling ``value`` raised ``exc``: dead-letter the record or raise."""
+
+    def user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception, *,
+                   where: str | None = None) -> Exception:
+        """The exception to raise for ``exc`` out of user code on ``value``."""
+        ...
+
+    def timer_error(self, op: KeyedOperator, exc: Exception) -> Exception:
+        """The exception to raise for ``exc`` out of ``op``'s timers."""
+        ...
+
+
+class KeyedPush(NamedTuple):
+    """One keyed input of a compiled operator (see :meth:`KeyedOperator.compile`)."""
+
+    event: Callable[..., None]
+    """``event(value, ts)``, or ``event(value, ts, key)`` with the key given."""
+    batch: Callable[..., int]
+    """``batch(values, stamps, lo, watermarks=None, advance=None, timing=None)``: a batch
+    whose timestamps are checked ints."""
 
 
 class BatchCut:
@@ -159,7 +213,7 @@ class KeyedOperator:
         # An internal function (the window operator) may take part in the runtime: keep an
         # index of its own, fired in time order with the timers (see EventTimeHook).
         attach = getattr(function, "_attach_operator", None)
-        self._hook: EventTimeHook | None = attach(self) if attach is not None else None
+        self.hook: EventTimeHook | None = attach(self) if attach is not None else None
         self.inputs = 2 if isinstance(function, KeyedCoProcessFunction) else 1
         """Keyed inputs: 2 for a KeyedCoProcessFunction (on_event1, on_event2)."""
         self._on_events = ((function.on_event1, function.on_event2)
@@ -182,7 +236,7 @@ class KeyedOperator:
         # pins groups (Kafka: the input partition), as the keys loaded at restore do.
         store = self.store
         if store.key_group is not None:
-            store._prefixes.setdefault(key, prefix)
+            store.pin_prefix(key, prefix, replace=False)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -226,23 +280,6 @@ class KeyedOperator:
             )
         return self._on_events[input - 1]
 
-    def process(self, event: Any, key: Any, timestamp: int | None, out: list[Any],
-                input: int = 1) -> None:
-        """Run ``on_event`` (``on_event2`` for ``input=2`` of a KeyedCoProcessFunction) for
-        one event of ``key``; outputs go to ``out``."""
-        on_event = self._on_event if input == 1 else self.on_event_of(input)
-        store = self.store
-        k = state_key(key)
-        # Validate before user code runs: a key the codec cannot store (a list, a dict) raises
-        # KeyEncodingError here, and the record goes to dead letters untouched.
-        self.validate_key(key, k)
-        store.key = k
-        store.timestamp = timestamp
-        ctx = self.ctx
-        ctx.key = key
-        ctx.timestamp = timestamp
-        emit_into(out, on_event(event, ctx))
-
     def validate_key(self, key: Any, k: Any) -> None:
         """Raise KeyEncodingError unless ``k`` (``key`` as a state_key) can be stored; caches its
         stored-key prefix for the state handles that follow."""
@@ -285,8 +322,8 @@ class KeyedOperator:
     def next_event_time(self) -> int | None:
         """The earliest event time with work due (a timer or the hook's), or None."""
         at = self.timers.event.peek_time()
-        if self._hook is not None:
-            hook_at = self._hook.next_time()
+        if self.hook is not None:
+            hook_at = self.hook.next_time()
             if hook_at is not None and (at is None or hook_at < at):
                 return hook_at
         return at
@@ -295,7 +332,7 @@ class KeyedOperator:
         """The lowest watermark at which event-time work is due: the time of the earliest
         (:meth:`next_event_time`), or the watermark plus one when that is at or below the
         watermark (such work waits for the watermark to move); ``NEVER_DUE`` when none."""
-        if self._hook is None:
+        if self.hook is None:
             heap = self.timers.event
             times = heap.times
             if times and heap.buckets.get(times[0]):  # next_time's answer, without the call
@@ -338,7 +375,7 @@ class KeyedOperator:
         """
         if watermark <= self.watermark:
             return self.due_watermark()
-        if self._hook is not None:
+        if self.hook is not None:
             self._advance_with_hook(watermark, out, emit)
             return self.due_watermark()
         heap = self.timers.event
@@ -395,7 +432,7 @@ class KeyedOperator:
     ) -> None:
         """advance_watermark for a function with an EventTimeHook: timers due at or before
         the hook's next time fire first, then the hook's work at that time, and so on."""
-        hook = self._hook
+        hook = self.hook
         assert hook is not None
         next_time = hook.next_time
         fire_next = hook.fire_next
@@ -443,6 +480,328 @@ class KeyedOperator:
                     emit(value, due[0])
                 out.clear()
 
-    def sweep(self, limit: int | None = None) -> int:
-        """Physically delete up to ``limit`` expired entries; returns how many."""
-        return self.backend.sweep(limit)
+    # -- compiled pushes -----------------------------------------------------------------------
+    def compile(
+        self,
+        emit: Callable[[Any, Any], None],
+        driver: KeyedDriver,
+        *,
+        input: int = 1,
+        key_fn: Callable[[Any], Any] | None = None,
+        key_where: str | None = None,
+        counts: list[int] | None = None,
+        timed: list[float] | None = None,
+    ) -> KeyedPush:
+        """The push functions of keyed input ``input``: every event the executor, the Kafka
+        worker and :class:`~eddies.testing.Harness` hand this operator goes through them.
+
+        ``emit(value, ts)`` receives the outputs; ``key_fn`` reads a record's key (the
+        key_by's, which ``key_where`` describes in errors), unless the push is given one.
+        ``counts`` (``[in, out]``) and ``timed`` (``[seconds in on_event, events timed]``:
+        whole batches, one event in 64 otherwise) are the metrics' cells.
+        """
+        op = self
+        name = self.name
+        on_event = self.on_event_of(input)
+        on_timer = self._on_timer
+        op_count = counts if counts is not None else [0, 0]
+        op_time = timed if timed is not None else [0.0, 0]
+        stats = driver.stats
+        reject = driver.reject
+        record_failed = driver.record_failed
+        keyget: Callable[[Any], Any]
+        keyfn: Callable[[Any], Any]
+        if key_fn is None:
+            def no_key(value: Any) -> Any:
+                raise ConfigError(f"operator {name!r}: a push without a key function needs "
+                                  "the key: push(value, ts, key)")
+            keyfn = keyget = no_key
+        else:
+            keyfn = key_fn
+            # A field name reads through operator.itemgetter (C, same errors as
+            # record[name]); keyfn itself stays for the messages.
+            field_name = getattr(keyfn, "field", None)
+            keyget = itemgetter(field_name) if field_name is not None else keyfn
+        where = key_where or f"operator {name!r} (key function)"
+        out: list[Any] = []
+        store = self.store
+        prefixes = store.cached_prefixes
+        ctx = self.ctx
+        validate_key = self.validate_key
+        extend = out.extend
+        append = out.append
+        timer_out: list[Any] = []  # timers' outputs, passed on as each one fires
+        perf = _time.perf_counter
+
+        def failed(exc: Exception, value: Any, key: Any, ts: Any) -> None:
+            out.clear()
+            record_failed(exc, value, key, ts, name)
+
+        def push_keyed(value: Any, ts: Any, key: Any = _NO_KEY) -> None:
+            op_count[0] += 1
+            if key is _NO_KEY:
+                try:
+                    key = keyget(value)
+                except RECORD_ERRORS as exc:
+                    reject(value, f"no key for operator {name!r} "
+                           f"({getattr(keyfn, '__name__', 'key')}): "
+                           f"{type(exc).__name__}: {exc}", name)
+                    return
+                except Exception as exc:  # a bug in the key function: the job stops
+                    raise driver.user_error(name, None, value, ts, exc, where=where) from exc
+            if ts is not None and ts <= op.watermark:
+                stats.late_events += 1
+            if type(key) is str and key.isascii() and not store.groups_pinned:
+                # An ASCII str always encodes (an O(1) flag check): no lookup. Handles and
+                # timers compute and cache its stored-key prefix when they need it, which
+                # gives the same prefix unless key groups are pinned (Kafka: the partition
+                # being pushed), when it has to be taken now. State holds it bare (see
+                # state_key).
+                k = key
+                new = False
+            else:
+                k = state_key(key)
+                try:
+                    new = k not in prefixes
+                except TypeError:  # unhashable: validate_key says what is wrong with it
+                    new = True
+            try:
+                if new:
+                    # Validate before user code runs: a key the codec cannot store (a list,
+                    # a dict) raises KeyEncodingError and the record goes to dead letters.
+                    validate_key(key, k)
+                store.key = k
+                store.timestamp = ts
+                ctx.key = key
+                ctx.timestamp = ts
+                if op_count[0] & 63:
+                    result = on_event(value, ctx)
+                else:  # one event in 64 is timed (see ``timed``)
+                    started = perf()
+                    result = on_event(value, ctx)
+                    op_time[0] += perf() - started
+                    op_time[1] += 1
+                if result is not None:  # emit_into, inlined: this is the per-event cost
+                    t = type(result)
+                    if t is list or t is tuple or t is GeneratorType:
+                        extend(result)
+                    else:
+                        append(result)
+            except Exception as exc:
+                failed(exc, value, key, ts)
+                return
+            if out:
+                op_count[1] += len(out)
+                for result in out:
+                    emit(result, ts)
+                out.clear()
+
+        due_at = op.due_watermark
+
+        def respan(j: int, wms: list[int]) -> list[int]:
+            """``wms`` raised from ``j`` on to the operator's watermark: an advance took it
+            beyond them (another input's watermark moved it)."""
+            current = op.watermark
+            if current > op.horizon:
+                op.horizon = current
+            return wms[:j] + list(map(max, repeat(current, len(wms) - j),
+                                      islice(wms, j, None)))
+
+        def push_keyed_batch(values: list[Any], stamps: list[int], lo: int,
+                             watermarks: list[int] | None = None,
+                             advance: Callable[[int], int] | None = None,
+                             timing: Any = None) -> int:
+            """push_keyed over a batch whose timestamps are checked ints: the keys are read
+            in one C-level pass, and when all are ASCII str (no validation needed, see
+            push_keyed) the loop does nothing per event but bind the key and the watermark
+            and call on_event. ``lo`` is the batch's first index in the source's read, for
+            dead letters. ``watermarks``: the operator's watermark for each record (default:
+            its watermark now, for all); the TTL clock follows it.
+
+            ``advance(j)``, given when event time moves inside the batch (see
+            Executor._push_timed), advances event time to record ``j``'s watermark and
+            returns the operator's next due watermark (``due_watermark``): it is called
+            before each record whose watermark reaches the operator's next event-time work,
+            with the operator at the previous record's watermark. Work registered at a
+            watermark the batch reaches raises ``op.cut``, and the next due watermark is
+            read again. Once ``timing`` says time went through the whole graph in this push
+            (and no key group is pinned), this operator, the only one the source feeds, is
+            advanced here directly (see Executor._advance_to); returns the last record
+            index that was done for (-1: none)."""
+            count = len(values)
+            direct_at = -1
+            if not count:
+                return direct_at
+            wms = watermarks if watermarks is not None else [op.watermark] * count
+            cut = op.cut
+            due = due_at() if advance is not None else NEVER_DUE
+            keys: list[Any] | None
+            try:
+                keys = list(map(keyget, values))
+            except Exception:  # push_keyed tells a bad record from a bug, record by record
+                keys = None
+            if (keys is None or store.groups_pinned or set(map(type, keys)) != {str}
+                    or not all(map(str.isascii, keys))):
+                follow = op.follow
+                for j in range(count):
+                    if wms[j] >= due:
+                        due = advance(j)  # type: ignore[misc]
+                        if op.watermark > wms[j]:
+                            wms = respan(j, wms)
+                    driver.cur_index = lo + j
+                    follow(wms[j])
+                    push_keyed(values[j], stamps[j])
+                    if cut.due:
+                        cut.due = False
+                        due = due_at()
+                return direct_at
+            clock = op.backend  # the TTL layer: its clock is the watermark
+            started = perf()
+            emitted = 0  # outputs, a local until the batch ends (cheaper than the cell)
+            start = 0
+            direct = False  # advance this operator here (see the docstring)
+            set_clock = clock.set_watermark
+            emitted_timers = 0
+            timers = 0  # advancing (1: directly, 2: through advance()): an error is a timer's
+            source = driver.cur_source
+            while start < count:
+                j = start
+                try:
+                    for j in range(start, count):
+                        watermark = wms[j]
+                        if watermark >= due:
+                            if j:
+                                op.watermark = wms[j - 1]
+                            if direct:
+                                # Executor._advance_to for this operator alone (the record's
+                                # watermark is where the partition's takes it), with
+                                # advance_watermark inlined: this runs before nearly every
+                                # record when each one's watermark reaches a timer. The TTL
+                                # clock is left at the last timer's time: the record sets it
+                                # (as after every record, see TtlStateBackend.set_watermark).
+                                timers = 1
+                                driver.cur_source = None  # records made by timers have none
+                                heap = op.timers.event
+                                pop_due = heap.pop_due
+                                current = op.watermark
+                                last = None
+                                while True:
+                                    fired = pop_due(watermark)
+                                    if fired is None:
+                                        break
+                                    time, key = fired
+                                    if time != last:
+                                        last = time
+                                        ctx.watermark = current if current > time else time
+                                        set_clock(ctx.watermark)
+                                    store.key = key
+                                    store.timestamp = time
+                                    ctx.key = (key[0] if type(key) is tuple and len(key) == 1
+                                               else key)
+                                    ctx.timestamp = time
+                                    result = on_timer(time, ctx)
+                                    if result is not None:
+                                        t = type(result)
+                                        if (t is list or t is tuple
+                                                or t is GeneratorType):
+                                            timer_out.extend(result)
+                                        else:
+                                            timer_out.append(result)
+                                        if timer_out:
+                                            emitted_timers += len(timer_out)
+                                            for item in timer_out:
+                                                emit(item, time)
+                                            timer_out.clear()
+                                op.watermark = watermark
+                                driver.cur_source = source
+                                direct_at = j
+                                timers = 0
+                                # due_watermark: nothing is due at the watermark now.
+                                times = heap.times
+                                at = (times[0] if times and heap.buckets.get(times[0])
+                                      else heap.next_time())
+                                due = NEVER_DUE if at is None else at
+                            else:
+                                timers = 2
+                                due = advance(j)  # type: ignore[misc]
+                                timers = 0
+                                direct = (timing is not None and timing.advanced
+                                          and not timing.pinned and op.hook is None)
+                                if op.watermark > watermark:
+                                    wms = respan(j, wms)
+                                    watermark = wms[j]
+                        key = keys[j]
+                        ts = stamps[j]
+                        store.key = key
+                        store.timestamp = ts
+                        ctx.key = key
+                        ctx.timestamp = ts
+                        ctx.watermark = clock.watermark = watermark
+                        result = on_event(values[j], ctx)
+                        if result is not None:
+                            t = type(result)
+                            if t is list or t is tuple or t is GeneratorType:
+                                extend(result)
+                            else:
+                                append(result)
+                            if out:
+                                driver.cur_index = lo + j  # what follows may dead-letter
+                                emitted += len(out)
+                                for item in out:
+                                    emit(item, ts)
+                                out.clear()
+                        if cut.due:
+                            cut.due = False
+                            op.watermark = watermark
+                            due = due_at()
+                    break
+                except Exception as exc:
+                    if timers == 1:
+                        timer_out.clear()
+                        error = driver.timer_error(op, exc)
+                        if error is exc:
+                            raise
+                        raise error from exc
+                    if timers:
+                        raise
+                    driver.cur_index = lo + j
+                    failed(exc, values[j], keys[j], stamps[j])
+                    if cut.due:
+                        cut.due = False
+                        op.watermark = wms[j]
+                        due = due_at()
+                    start = j + 1
+            op_count[1] += emitted_timers
+            op.watermark = wms[count - 1]
+            if min(stamps) <= wms[count - 1]:
+                stats.late_events += sum(map(le, stamps, wms))
+            op_count[0] += count
+            op_count[1] += emitted
+            op_time[0] += perf() - started
+            op_time[1] += count
+            return direct_at
+
+        return KeyedPush(push_keyed, push_keyed_batch)
+
+    def compile_broadcast(
+        self, emit: Callable[[Any, Any], None], driver: KeyedDriver,
+        counts: list[int] | None = None,
+    ) -> Callable[[Any, Any], None]:
+        """The push function of the broadcast input (``on_broadcast``, BroadcastState
+        writable); as :meth:`compile`."""
+        op_count = counts if counts is not None else [0, 0]
+        name = self.name
+        process_broadcast = self.process_broadcast
+
+        def push_broadcast(value: Any, ts: Any) -> None:
+            op_count[0] += 1
+            out: list[Any] = []
+            try:
+                process_broadcast(value, ts, out)
+            except Exception as exc:
+                raise driver.user_error(name, None, value, ts, exc) from exc
+            op_count[1] += len(out)
+            for result in out:
+                emit(result, ts)
+
+        return push_broadcast

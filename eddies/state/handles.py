@@ -50,7 +50,7 @@ _be_pack = struct.Struct(">Q").pack
 def _prefixes_of(store: KeyedStateStore, keys: list[Key]) -> list[bytes]:
     """The stored-key prefixes of ``keys``, from the store's cache in one C-level pass; the
     few keys not there yet (new, or trimmed since) are encoded one by one."""
-    prefixes: list[Any] = list(map(store._prefixes.get, keys))
+    prefixes: list[Any] = list(map(store.cached_prefixes.get, keys))
     i = -1
     try:
         while True:

@@ -114,13 +114,17 @@ class KeyedStateStore:
         self.operator = operator
         self.key: Any = ()
         self._key_group: int | None = None
-        self._groups_pinned = False
+        self.groups_pinned = False
+        """True once the runtime pinned key groups (see :attr:`key_group`): cached prefixes
+        are then the only record of the group each key was seen under."""
         self.timestamp: int | None = None
         self.broadcast_writable = False
         self.handles: dict[str, Any] = {}
         self.cache_entries = cache_entries
         """Keys each state keeps cached across checkpoints; beyond it, clean entries go."""
-        self._prefixes: dict[Any, bytes] = {}
+        self.cached_prefixes: dict[Any, bytes] = {}
+        """Stored-key prefixes by key (a state_key), as :meth:`prefix` computed them; the
+        hot path reads it to skip validating keys already seen."""
         backend.add_sweep_listener(self._evict_swept)
 
     # -- binding -------------------------------------------------------------------------------
@@ -164,8 +168,17 @@ class KeyedStateStore:
         # Once the runtime pins groups (Kafka: the input partition), a cached prefix is the
         # only record of the group a key was seen under, so prefixes are never trimmed.
         if group is not None:
-            self._groups_pinned = True
+            self.groups_pinned = True
         self._key_group = group
+
+    def pin_prefix(self, key: Any, prefix: bytes, *, replace: bool = True) -> None:
+        """Cache ``prefix`` as ``key``'s stored-key prefix (key group included): a key read
+        back from the store (a timer's) keeps the group it was stored under when the runtime
+        pins groups. ``replace=False`` keeps a prefix already cached."""
+        if replace:
+            self.cached_prefixes[key] = prefix
+        else:
+            self.cached_prefixes.setdefault(key, prefix)
 
     # -- current key ---------------------------------------------------------------------------
     def set_key(self, key: Any, timestamp: int | None = None) -> None:
@@ -181,7 +194,7 @@ class KeyedStateStore:
     def prefix(self, key: Any) -> bytes:
         """The stored-key prefix (key group + user key element) of ``key`` (a state_key)."""
         try:
-            p = self._prefixes.get(key)
+            p = self.cached_prefixes.get(key)
         except TypeError:  # unhashable (a list, a dict): let the codec say what is wrong
             encode_element(key)
             raise
@@ -193,7 +206,7 @@ class KeyedStateStore:
             elif not 0 <= group < MAX_KEY_GROUPS:
                 raise ConfigError(f"key group {group} is out of range 0..{MAX_KEY_GROUPS - 1}")
             p = group.to_bytes(2, "big") + element
-            self._prefixes[key] = p
+            self.cached_prefixes[key] = p
         return p
 
     def where(self, descriptor: StateDescriptor) -> str:
@@ -247,9 +260,9 @@ class KeyedStateStore:
         returns how many state entries were dropped."""
         limit = self.cache_entries if limit is None else limit
         dropped = sum(handle.trim(limit) for handle in self.handles.values())
-        prefixes = self._prefixes
+        prefixes = self.cached_prefixes
         excess = len(prefixes) - limit
-        if excess > 0 and not self._groups_pinned:
+        if excess > 0 and not self.groups_pinned:
             for key in list(islice(prefixes, excess)):
                 del prefixes[key]
         return dropped
@@ -280,5 +293,5 @@ class KeyedStateStore:
         """Forget every clean cached entry (dirty ones must be flushed first)."""
         for handle in self.handles.values():
             handle.reset()
-        self._prefixes.clear()
+        self.cached_prefixes.clear()
         self.backend.reset_sweep_floor()  # what was written meanwhile did not pass through us

@@ -89,7 +89,7 @@ def test_cache_stays_within_its_limit_after_each_checkpoint(tmp_path: Path) -> N
     # right after one it is back at its limit.
     assert max(sizes) <= 20 + 100
     store = next(iter(runner.operators.values())).store
-    assert len(store._prefixes) <= 20
+    assert len(store.cached_prefixes) <= 20
     assert sum(h.evictions for h in store.handles.values()) > 0
 
 
