@@ -244,6 +244,13 @@ def test_a_renamed_source_is_refused(stopped: Path) -> None:
     assert "sources than this one: source 'events' is gone; source 'payments' is new." in message
 
 
+def test_a_source_read_by_another_reader_is_refused(stopped: Path) -> None:
+    source = ed.sources.csv(stopped / "events.jsonl", name="events")
+    message = refused(stopped, build(stopped, source=source))
+    assert "sources than this one: source 'events' was read as jsonl and is now read as csv." \
+        in message
+
+
 def test_a_replaced_input_file_is_refused(stopped: Path) -> None:
     # Same size, other content: the positions would land in other records.
     (stopped / "events.jsonl").write_text(events(0, N).replace('"amount": 3', '"amount": 4'))
