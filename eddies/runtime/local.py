@@ -29,7 +29,8 @@ Decisions users see:
   ends only on :meth:`LocalRunner.request_stop` (a signal under the CLI), with a final
   checkpoint, and a later run on the same dir goes on from there. While the files are quiet
   it polls them every 0.1 s, advancing processing time (idleness, processing-time timers),
-  and takes a checkpoint when it has caught up with them after new events.
+  and takes a checkpoint when it has caught up with them after new events or outputs, so
+  that what a followed job writes reaches its sinks' files while the input is quiet.
 """
 
 from __future__ import annotations
