@@ -118,7 +118,14 @@ class ListState(StateDescriptor):
 
 
 class MapState(StateDescriptor):
-    """A map per key, with range reads over structured (tuple) map keys and per-entry TTL."""
+    """A map per key, with range reads over structured (tuple) map keys and per-entry TTL.
+
+    An entry may also carry metadata and an absolute expiry, as in a KV store:
+    ``put(k, v, expire_at=ms, metadata=m)``, read back with ``get_with_metadata(k)`` (an
+    :class:`~eddies.state.entries.Entry`) or ``entries(with_metadata=True)``. ``expire_at``
+    is on the state's TTL clock (event time unless its Ttl says processing) and needs no
+    declared Ttl.
+    """
 
     kind = "map"
 

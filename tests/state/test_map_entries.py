@@ -378,3 +378,39 @@ TestEntriesModelMemory = EntriesModel.TestCase
 TestEntriesModelMemory.settings = STATEFUL
 TestEntriesModelRocksDb = RocksDbEntriesModel.TestCase
 TestEntriesModelRocksDb.settings = settings(STATEFUL, max_examples=25)
+
+
+# -- through a job's keyed path ------------------------------------------------------------------
+
+
+class Leases(ed.KeyedProcessFunction):
+    """Grants a lease per resource until an absolute time, with who holds it as metadata."""
+
+    leases = ed.MapState("leases")
+
+    def on_event(self, event, ctx):
+        if event["op"] == "grant":
+            self.leases.put(event["res"], event["n"], expire_at=event["until"],
+                            metadata={"holder": event["holder"]})
+        else:
+            entry = self.leases.get_with_metadata(event["res"])
+            yield None if entry is None else (entry.value, entry.metadata["holder"],
+                                              entry.expires_at)
+
+
+def test_harness_snapshot_and_restore_keep_metadata_and_expiry() -> None:
+    from eddies.testing import Harness
+
+    h = Harness(Leases())
+    h.event({"op": "grant", "res": "db", "n": 1, "until": 5_000, "holder": "ann"},
+            key="k", timestamp=1_000)
+    snapshot = h.snapshot()
+    restored = Harness(Leases())
+    restored.restore(snapshot)
+    assert restored.event({"op": "read", "res": "db"}, key="k", timestamp=2_000) == [
+        (1, "ann", 5_000)]
+    restored.watermark(4_999)
+    assert restored.event({"op": "read", "res": "db"}, key="k", timestamp=4_999) == [
+        (1, "ann", 5_000)]
+    restored.watermark(5_000)
+    assert restored.event({"op": "read", "res": "db"}, key="k", timestamp=5_000) == [None]
