@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import itemgetter
@@ -36,9 +36,9 @@ from eddies.errors import (
     StateSerializationError,
     UserFunctionError,
 )
-from eddies.operators.functions import OutputTag
 from eddies.operators.sinks import CollectSink, Sink
 from eddies.operators.sources import DeadLetter
+from eddies.runtime.builders import BUILDERS, Builder, fan_out
 from eddies.runtime.failures import io_error
 from eddies.runtime.graph import KEYED_KINDS, Job, Node
 from eddies.runtime.keyed import NEVER_DUE, RECORD_ERRORS, BatchCut, KeyedOperator
@@ -166,23 +166,6 @@ class RunResult:
         return sink.items
 
 
-def _drop(value: Any, ts: Any) -> None:
-    pass
-
-
-def _fan_out(pushes: list[Callable[[Any, Any], None]]) -> Callable[[Any, Any], None]:
-    if not pushes:
-        return _drop
-    if len(pushes) == 1:
-        return pushes[0]
-
-    def emit(value: Any, ts: Any) -> None:
-        for push in pushes:
-            push(value, ts)
-
-    return emit
-
-
 def _describe(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
@@ -201,6 +184,7 @@ class Executor:
         clock: Callable[[], int] | None = None,
         dead_sink: Sink | None = None,
         cache_entries: int | None = None,
+        builders: Mapping[str, Builder] | None = None,
     ) -> None:
         if not isinstance(job, Job):
             raise ConfigError(f"expected an eddies.Job, got {job!r}")
@@ -213,6 +197,9 @@ class Executor:
         self.ttl_config = ttl_config
         self.clock = clock or _wall_ms
         self.stats = RunStats()
+        self.builders: dict[str, Builder] = {**BUILDERS, **(builders or {})}
+        """Node kind -> builder of its push (see ``builders.py``): the default table plus
+        the driver's own kinds (the Kafka worker's ``repartition``)."""
         self.late_dropped_before = 0
         """Events windows dropped as too late before this run resumed (from the checkpoint);
         the window functions count this run's."""
@@ -276,15 +263,19 @@ class Executor:
         self.batch_pushes: dict[tuple[Node, int], Callable[..., int]] = {}
         for n in reversed(nodes):
             main = [pushes[(c, i)] for c, i in children[n] if c.kind != "side_output"]
-            emit = _fan_out(main)
+            emit = fan_out(main)
             for i in range(max(1, len(n.inputs))):
-                pushes[(n, i)] = self._push_for(n, i, emit)
+                build = self.builders.get(n.kind)
+                if build is None:
+                    raise ConfigError(f"operator {n.name!r}: no builder for node kind "
+                                      f"{n.kind!r}; known: {', '.join(sorted(self.builders))}")
+                pushes[(n, i)] = build(self, n, i, emit)
         self.source_emits: dict[Node, Callable[[Any, Any], None]] = {
-            n: _fan_out([pushes[(c, i)] for c, i in children[n]])
+            n: fan_out([pushes[(c, i)] for c, i in children[n]])
             for n in nodes if n.kind == "source"
         }
         # A source whose only consumer is key_by -> process takes batches straight into the
-        # keyed operator (push_keyed_batch in _push_process).
+        # keyed operator (KeyedPush.batch, see KeyedOperator.compile).
         self.source_batches: dict[Node, Callable[..., int]] = {}
         for n in nodes:
             if n.kind != "source" or len(children[n]) != 1:
@@ -297,102 +288,17 @@ class Executor:
             if batch_push is not None:
                 self.source_batches[n] = batch_push
 
-    def _key_of(self, node: Node, port: int = 0) -> Callable[[Any], Any]:
-        parent = node.inputs[port]
-        if parent.kind != "key_by":
-            raise ConfigError(f"{node.name!r}: process needs a keyed stream; call key_by first")
-        return parent.params["key"]
-
-    def _push_for(self, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
-        kind = n.kind
-        name = n.name
-        if kind == "map":
-            fn = n.params["fn"]
-
-            def push_map(value: Any, ts: Any) -> None:
-                try:
-                    result = fn(value)
-                except Exception as exc:
-                    raise self.user_error(name, None, value, ts, exc) from exc
-                emit(result, ts)
-
-            return push_map
-        if kind == "filter":
-            fn = n.params["fn"]
-
-            def push_filter(value: Any, ts: Any) -> None:
-                try:
-                    keep = fn(value)
-                except Exception as exc:
-                    raise self.user_error(name, None, value, ts, exc) from exc
-                if keep:
-                    emit(value, ts)
-
-            return push_filter
-        if kind == "flat_map":
-            fn = n.params["fn"]
-
-            def push_flat_map(value: Any, ts: Any) -> None:
-                try:
-                    results = list(fn(value))
-                except Exception as exc:
-                    raise self.user_error(name, None, value, ts, exc) from exc
-                for result in results:
-                    emit(result, ts)
-
-            return push_flat_map
-        if kind in ("key_by", "union", "side_output", "source"):
-            return emit
-        if kind == "sink":
-            buffer: list[Any] = []
-            self.sink_nodes.append((n, n.params["sink"], buffer))
-
-            def push_sink(value: Any, ts: Any, append: Any = buffer.append) -> None:
-                append(value)
-
-            return push_sink
-        if kind in KEYED_KINDS:
-            return self._push_process(n, port, emit)
-        raise ConfigError(f"unknown operator kind {kind!r}")  # pragma: no cover
-
-    def _push_process(self, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
-        op = self.operators.get(n)
-        op_count = self.counts.setdefault(n.name, [0, 0])
-        op_time = self.on_event_time.setdefault(n.name, [0.0, 0])
-        if op is None:
-            by_tag: dict[OutputTag, list[Callable[[Any, Any], None]]] = {}
-            for c, _ in self.children[n]:
-                if c.kind == "side_output":  # a tag may be read by several side_output()s
-                    by_tag.setdefault(c.params["tag"], []).append(self.pushes_for_side(c))
-            routes = {tag: _fan_out(pushes) for tag, pushes in by_tag.items()}
-            stats = self.stats
-
-            def side(tag: OutputTag, value: Any) -> None:
-                route = routes.get(tag)
-                if route is None:
-                    stats.unrouted_side_outputs += 1
-                else:
-                    route(value, op.ctx.timestamp)  # type: ignore[union-attr]
-
-            op = KeyedOperator(
-                n.name, n.params["fn"], self.backend, max_parallelism=self.max_parallelism,
-                ttl_config=self.ttl_config, clock=self.clock, side_output=side,
-                cache_entries=self.cache_entries,
-            )
-            self.operators[n] = op
-            self.timer_emit[n] = emit
-        if n.kind == "broadcast_process" and port == 1:  # the broadcast side
-            return op.compile_broadcast(emit, self, op_count)
-        keyfn = self._key_of(n, port)
-        pushes = op.compile(
-            emit, self, input=port + 1, key_fn=keyfn, counts=op_count, timed=op_time,
-            key_where=(f"key_by {n.inputs[port].name!r} (key function "
-                       f"{getattr(keyfn, '__name__', 'key')!r}, feeding operator {n.name!r})"))
-        self.batch_pushes[(n, port)] = pushes.batch
-        return pushes.event
+    def pin_key_group(self, group: int | None) -> None:
+        """Give the keys the next records bring the key group ``group`` in every keyed
+        operator (Kafka: the partition being pushed, so that one partition's state is one
+        key-group range); None: back to ``crc32 % max_parallelism``."""
+        for op in self.operators.values():
+            op.store.key_group = group
 
     def pushes_for_side(self, side_node: Node) -> Callable[[Any, Any], None]:
-        return _fan_out([self.pushes[(c, i)] for c, i in self.children[side_node]])
+        """The pushes of ``side_node``'s children, fanned out (for its operator's
+        ``ctx.output``)."""
+        return fan_out([self.pushes[(c, i)] for c, i in self.children[side_node]])
 
     def record_failed(self, exc: Exception, value: Any, key: Any, ts: Any,
                       operator: str) -> None:

@@ -93,11 +93,9 @@ class _WorkerExecutor(Executor):
         self.repartition_out: dict[str, list[tuple[bytes, Any, Any, str | None, int]]] = {}
         self.cur_src: str | None = None
         self.cur_offsets: list[int] = []
-        super().__init__(job, *args, **kwargs)
+        super().__init__(job, *args, builders={"repartition": _build_repartition}, **kwargs)
 
-    def _push_for(self, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
-        if n.kind != "repartition":
-            return super()._push_for(n, port, emit)
+    def build_repartition(self, n: Node, emit: Callable[[Any, Any], None]) -> Any:
         buffer = self.repartition_out.setdefault(n.params["topic"], [])
         keyfn = n.params["key"]
         name = n.name
@@ -115,6 +113,11 @@ class _WorkerExecutor(Executor):
             buffer.append((encoded, value, ts, src, offset))
 
         return push_repartition
+
+
+def _build_repartition(ex: Any, n: Node, port: int, emit: Callable[[Any, Any], None]) -> Any:
+    """The builder of the ``repartition`` kind (see eddies/runtime/builders.py)."""
+    return ex.build_repartition(n, emit)
 
 
 # A JSON int beyond 64 bits needs a run of 20 digits (or minus signs): loads_exact looks for
@@ -674,8 +677,7 @@ class KafkaWorker:
             self.next_offset[(topic, p)] = batch[-1].offset + 1
         ex = self.executor
         if topic == self.plan.stateful_topic:
-            for op in ex.operators.values():
-                op.store.key_group = p
+            ex.pin_key_group(p)
         if self.plan.repartitions:
             ex.cur_src = f"{topic}:{p}"
             ex.cur_offsets = [r.offset for r in kept]
@@ -694,8 +696,7 @@ class KafkaWorker:
                 others=None if mark is None else self._source_watermarks(now, (topic, p)))
         finally:
             ex.cur_src = None
-            for op in ex.operators.values():
-                op.store.key_group = None
+            ex.pin_key_group(None)
         if node.params["timestamp"] is not None and (topic, p) in self.marks:
             self.marks[(topic, p)].observe(max_ts, now)
         return len(batch)
