@@ -8,6 +8,8 @@ Table agent, on the same pre-produced topic of a local Tansu broker, in one run.
 - **bare loop**: what the client library delivers: an aiokafka consumer assigned every
   partition, ``getmany`` and ``orjson.loads`` per value, nothing else; from its first batch to
   the last record.
+- **local runner**: the same job under ``run_local`` (RocksDB) over the same events from a
+  JSONL file: the keyed path without Kafka, for reference.
 - **faust**: the same aggregate as a faust agent over a faust Table, on fewer events (it runs
   at a few thousand events/s).
 
@@ -144,12 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     make_events(faust_events, args.faust_n, max(1, min(args.keys, args.faust_n)), seed=2)
     rates: list[float] = []
     bare: list[float] = []
+    local: list[float] = []
     faust_rates: list[float] = []
     with tansu_broker() as bootstrap:
         asyncio.run(produce_file(bootstrap, events, "bench-in", "key", 6))
         if args.faust_n:
             asyncio.run(produce_file(bootstrap, faust_events, "faust-in", "key", 6))
         for run in range(args.runs):
+            out = subprocess.run([sys.executable, "benchmarks/kafka_jobs.py", "--local",
+                                  str(events), str(work / f"local{run}")], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=900, check=True)
+            local.append(float(out.stdout.strip().splitlines()[-1]))
+            print(f"run {run + 1}: local runner {local[-1]:,.0f} events/s", flush=True)
             bare.append(bare_loop(bootstrap, "bench-in", args.n, 900))
             print(f"run {run + 1}: bare loop {bare[-1]:,.0f} events/s", flush=True)
             job = f"bench{run}"
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         "bare_eps_min": min(bare), "bare_eps_median": statistics.median(bare),
         "eddies_eps_min": min(rates), "eddies_eps_median": statistics.median(rates),
         "eddies_over_bare": statistics.median(rates) / statistics.median(bare),
+        "local_eps_min": min(local), "local_eps_median": statistics.median(local),
+        "eddies_over_local": statistics.median(rates) / statistics.median(local),
     }
     if faust_rates:
         result.update({

@@ -14,8 +14,9 @@ module only::
 
 Records never come through faust: ``eddies.runtime.kafka.reader.PartitionReader``, a plain
 aiokafka consumer in the worker's own event loop, reads exactly the partitions the group
-assigned (faust's consumer lives in a thread of its own, and handing every batch across
-threads cost more than the processing).
+assigned and the worker restored. faust's consumer runs in a thread of its own and offers
+batched fetches and seeks only through private names (``_thread.getmany``, ``seek_wait``);
+the reader needs none, sets its own fetch sizes and hands no batch across threads.
 
 Private faust names still used, pinned to faust-streaming 0.15.x:
 
@@ -28,8 +29,10 @@ Private faust names still used, pinned to faust-streaming 0.15.x:
 
 faust's own consumer stays assigned to the input partitions but is never read: its fetch size
 is set to the minimum (``consumer_max_fetch_size``), so the one response per partition it
-prefetches and holds stays small, and ``broker_max_poll_interval`` is raised, since faust's
-consumer, never polled, would otherwise leave the group after that long.
+prefetches and holds stays small (a record batch), and the timeouts that watch it are off:
+``broker_max_poll_interval`` (past it, a consumer not polled leaves the group),
+``stream_processing_timeout`` and ``broker_commit_livelock_soft_timeout`` (faust's livelock
+errors about partitions that are neither fetched nor processed through faust).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from mode.utils.objects import cached_property
 __all__ = ["FaustGroup", "GroupCallbacks"]
 
 Partition = tuple[str, int]
+_NEVER = 10 * 365 * 86400.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,12 @@ class FaustGroup:
             broker_heartbeat_interval=1.0,
             broker_rebalance_timeout=session_timeout + 4,
             broker_request_timeout=max(30.0, session_timeout * 3),
-            broker_max_poll_interval=10 * 365 * 86400.0,  # never polled: see the docstring
+            # faust's consumer is never read (see the docstring): it must not leave the group
+            # for not being polled, nor log its livelock errors about partitions it sees
+            # neither fetch nor process ("has not sent fetch request", "stream idle").
+            broker_max_poll_interval=_NEVER,
+            stream_processing_timeout=_NEVER,
+            broker_commit_livelock_soft_timeout=_NEVER,
             consumer_max_fetch_size=1,
             consumer_auto_offset_reset="earliest",
         )
