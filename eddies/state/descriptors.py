@@ -60,11 +60,21 @@ _HANDLE_METHODS = frozenset(
 
 
 class StateDescriptor:
-    """Base of the state declarations: a name, an optional TTL, and a kind."""
+    """Base of the state declarations: a name, an optional TTL, and a kind.
+
+    Every kind also takes ``version=N, migrate=fn(old_value, old_version)`` and
+    ``renamed_from="old"`` for restoring a savepoint into a changed job:
+
+    >>> ValueState("totals", default=0, version=2, migrate=lambda v, n: v * 100,
+    ...            renamed_from="acc").renamed_from
+    'acc'
+    """
 
     kind = "state"
 
-    def __init__(self, name: str, *, ttl: Ttl | None = None) -> None:
+    def __init__(self, name: str, *, ttl: Ttl | None = None, version: int = 1,
+                 migrate: Callable[[Any, int], Any] | None = None,
+                 renamed_from: str | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{type(self).__name__} needs a non-empty str name, got {name!r}")
         if name.startswith("__"):
@@ -77,8 +87,25 @@ class StateDescriptor:
                 f"{type(self).__name__} {name!r}: ttl must be an eddies.Ttl, e.g. "
                 f"Ttl(minutes=10), got {ttl!r}"
             )
+        if type(version) is not int or version < 1:
+            raise ConfigError(f"{type(self).__name__} {name!r}: version must be an int >= 1, "
+                              f"got {version!r}")
+        if migrate is not None and not callable(migrate):
+            raise ConfigError(f"{type(self).__name__} {name!r}: migrate must be a function "
+                              f"fn(old_value, old_version), got {migrate!r}")
+        if renamed_from is not None and (not isinstance(renamed_from, str) or not renamed_from
+                                         or renamed_from == name):
+            raise ConfigError(f"{type(self).__name__} {name!r}: renamed_from must be the "
+                              f"state's former name (another non-empty str), got "
+                              f"{renamed_from!r}")
         self.name = name
         self.ttl = ttl
+        self.version = version
+        """The shape of this state's values; a savepoint of another version is migrated
+        with ``migrate`` at restore (see ``eddies.runtime.savepoint``)."""
+        self.migrate = migrate
+        self.renamed_from = renamed_from
+        """The name this state had in the job a savepoint was taken from."""
         self.attr: str | None = None
 
     def __set_name__(self, owner: type, attr: str) -> None:
@@ -106,8 +133,11 @@ class ValueState(StateDescriptor):
 
     kind = "value"
 
-    def __init__(self, name: str, default: Any = None, *, ttl: Ttl | None = None) -> None:
-        super().__init__(name, ttl=ttl)
+    def __init__(self, name: str, default: Any = None, *, ttl: Ttl | None = None,
+                 version: int = 1,
+                 migrate: Callable[[Any, int], Any] | None = None,
+                 renamed_from: str | None = None) -> None:
+        super().__init__(name, ttl=ttl, version=version, migrate=migrate, renamed_from=renamed_from)
         self.default = default
 
 
@@ -136,9 +166,11 @@ class ReducingState(StateDescriptor):
     kind = "reducing"
 
     def __init__(
-        self, name: str, fn: Callable[[Any, Any], Any], *, ttl: Ttl | None = None
+        self, name: str, fn: Callable[[Any, Any], Any], *, ttl: Ttl | None = None,
+        version: int = 1, migrate: Callable[[Any, int], Any] | None = None,
+        renamed_from: str | None = None,
     ) -> None:
-        super().__init__(name, ttl=ttl)
+        super().__init__(name, ttl=ttl, version=version, migrate=migrate, renamed_from=renamed_from)
         if not callable(fn):
             raise ConfigError(f"ReducingState {name!r}: fn must be callable, e.g. max or operator.add")
         self.fn = fn
@@ -153,8 +185,11 @@ class BroadcastState(StateDescriptor):
 
     kind = "broadcast"
 
-    def __init__(self, name: str, *, max_bytes: int = 10 * 1024 * 1024) -> None:
-        super().__init__(name)
+    def __init__(self, name: str, *, max_bytes: int = 10 * 1024 * 1024,
+                 version: int = 1,
+                 migrate: Callable[[Any, int], Any] | None = None,
+                 renamed_from: str | None = None) -> None:
+        super().__init__(name, version=version, migrate=migrate, renamed_from=renamed_from)
         self.max_bytes = max_bytes
 
 
