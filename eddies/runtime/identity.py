@@ -14,7 +14,9 @@ batch as the state and the source positions, as a msgpack map::
 
 ``operators`` lists the keyed operators (``process``, windows, broadcast process) in graph
 order, each with its states sorted by name as ``[name, kind]`` (kind: ``value``, ``list``,
-``map``, ``reducing``, ``broadcast``). ``sources`` lists every source in graph order with one
+``map``, ``reducing``, ``broadcast``), and ``"versions": {state: N}`` for the states declared
+with a ``version`` other than 1 (absent when there are none, as in identities written before
+versions existed: their states are version 1). ``sources`` lists every source in graph order with one
 fingerprint per partition (``SourceReader.fingerprint``; ``None`` for inputs that cannot be
 told apart, such as an iterable). A file's fingerprint is the offset read up to, the file's
 size then, and a digest of its first 4 KiB and of the 4 KiB before the offset.
@@ -24,7 +26,8 @@ so a refused run leaves the outputs as they were) and stops with :class:`StateId
 when:
 
 - the job's name differs (the error names both);
-- the keyed operators, their states or the states' kinds differ, or a source was added,
+- the keyed operators, their states or the states' kinds or versions differ (a changed
+  operator with a generated name is named as the likely cause), or a source was added,
   removed, renamed, split into another number of partitions or read by another kind of
   reader (every difference is refused: restoring into a changed job needs savepoints);
 - a file is shorter than the offset read from it, or its bytes up to that offset differ (it
@@ -81,7 +84,9 @@ __all__ = [
     "check_identity",
     "decode_identity",
     "encode_identity",
+    "generated_names",
     "job_identity",
+    "state_versions",
     "stored_job_names",
 ]
 
@@ -127,11 +132,17 @@ def job_identity(job: Job, fingerprints: dict[str, list[dict[str, Any] | None]] 
     """The identity of ``job``; ``fingerprints`` maps each source name to its partitions'
     fingerprints (absent: ``[]``)."""
     fingerprints = fingerprints or {}
-    operators = [
-        {"name": n.name,
-         "states": sorted([d.name, d.kind] for d in declared_states(n.params["fn"]).values())}
-        for n in job.nodes if _keyed(n)
-    ]
+    operators = []
+    for n in job.nodes:
+        if not _keyed(n):
+            continue
+        states = declared_states(n.params["fn"]).values()
+        op: dict[str, Any] = {"name": n.name,
+                              "states": sorted([d.name, d.kind] for d in states)}
+        versions = {d.name: d.version for d in states if d.version != 1}
+        if versions:  # only then: identities of jobs without versions keep their bytes
+            op["versions"] = versions
+        operators.append(op)
     sources = [
         {"name": n.name, "kind": n.params["source"].kind,
          "partitions": list(fingerprints.get(n.name, []))}
@@ -173,9 +184,24 @@ def _states(states: list[list[str]]) -> str:
     return ", ".join(f"{name!r} ({kind})" for name, kind in states) or "no states"
 
 
+def state_versions(operator: dict[str, Any]) -> dict[str, int]:
+    """Each state's version in an identity's operator entry (1 unless it says otherwise)."""
+    versions = operator.get("versions") or {}
+    return {name: versions.get(name, 1) for name, _ in operator["states"]}
+
+
+def generated_names(job: Job) -> set[str]:
+    """The names of ``job``'s operators that eddies generated (``tumbling-window-3``,
+    ``interval-join-2``, ``<kind>-N``): they shift as operators are added or removed, so
+    they cannot address state across a change of the job."""
+    return set(getattr(job, "generated_names", ()))
+
+
 def _operator_diffs(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str]:
     old = {op["name"]: {name: kind for name, kind in op["states"]} for op in was}
     new = {op["name"]: {name: kind for name, kind in op["states"]} for op in now}
+    old_versions = {op["name"]: state_versions(op) for op in was}
+    new_versions = {op["name"]: state_versions(op) for op in now}
     diffs = []
     for name, states in old.items():
         if name not in new:
@@ -192,6 +218,11 @@ def _operator_diffs(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> lis
             elif states[state] != kind:
                 diffs.append(f"operator {name!r}: state {state!r} was a {kind} state and is "
                              f"now a {states[state]} state")
+            elif old_versions[name][state] != new_versions[name][state]:
+                diffs.append(f"operator {name!r}: state {state!r} was version "
+                             f"{old_versions[name][state]} and is now version "
+                             f"{new_versions[name][state]} (values are migrated through a "
+                             "savepoint: eddies savepoint create, then run --from-savepoint)")
         diffs.extend(f"operator {name!r}: state {state!r} ({kind}) is new"
                      for state, kind in states.items() if state not in before)
     return diffs
@@ -236,6 +267,14 @@ def check_identity(stored: dict[str, Any], job: Job,
                 if reason is not None:
                     changed.append(f"source {name!r}: {reason}")
     if diffs:
+        moved = sorted(set(generated_names(job)) & {op["name"] for op in now["operators"]}
+                       - {op["name"] for op in stored["operators"]})
+        if moved:
+            diffs.append(
+                f"operator{'s' * (len(moved) > 1)} {', '.join(map(repr, moved))} "
+                "ha" + ("ve" if len(moved) > 1 else "s") + " a name eddies generated, which "
+                "shifts when operators are added or removed: give stateful operators "
+                "name=... so that their state keeps its address")
         raise StateIdentityError(
             f"{where} holds job {job.name!r} with other operators, states or sources than "
             f"this one: {'; '.join(diffs)}. Its state and input positions do not fit the job "
