@@ -206,4 +206,7 @@ class FaustGroup:
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit the group's offsets of partitions this member is still assigned."""
         if offsets:
-            await self.app.consumer._commit({TP(t, p): off for (t, p), off in offsets.items()})
+            consumer: Any = self.app.consumer
+            # Private: faust's public commit() commits only what its agents acknowledged.
+            await consumer._commit(  # noqa: SLF001
+                {TP(t, p): off for (t, p), off in offsets.items()})
