@@ -388,7 +388,7 @@ class KafkaWorker:
         now = self.executor.clock()
         self.marks[(topic, p)] = PartitionWatermark(self._strategy(topic), now)
         if topic != self.plan.stateful_topic:
-            return  # stateless stage: faust already positioned it at the committed offset
+            return  # stateless stage: the reader starts it at the group's committed offset
         markers = MarkerLog(f"topic {self.plan.checkpoint_topic!r} partition {p}")
         for _, value, _ in await self._read_all(self.plan.checkpoint_topic, p):
             if value is not None:
