@@ -9,10 +9,10 @@ interleave or how they are batched:
   bounds inclusive, as in Flink) is emitted once, with timestamp ``max(left.ts, right.ts)``.
   A pair whose later timestamp is the side that arrived first waits in state until the
   watermark reaches that timestamp; every other pair goes out when its second event arrives.
-  Each side's buffer is a MapState by timestamp (a list of events per timestamp), dropped by
-  an event-time timer once the watermark makes a match impossible: a left entry at ``t`` at
-  watermark ``t + upper``, a right entry at ``t`` at ``t - lower``. No TTL is involved and
-  nothing is left once input ends.
+  Buffered events sit in a MapState by the time they can be dropped (a list of events per
+  timestamp and side), and an event-time timer drops them once the watermark makes a match
+  impossible: a left event at ``t`` at watermark ``t + upper``, a right one at ``t`` at
+  ``t - lower``. No TTL is involved and nothing is left once input ends.
 - As-of join: a left event at ``t`` is joined with the right event of its key with the
   greatest timestamp ``<= t`` (several at that timestamp: the last in the right input's
   order), once the watermark reaches ``t``, so a right version that arrives after the left
@@ -283,8 +283,9 @@ class AsOfJoinFunction(_Join):
                 buffer.put(timestamp, [None, True, match])
         else:
             buffer.remove(timestamp)
-            found = older is not None and older[1][1]
-            match = older[1][2] if found else None
+            found, match = False, None
+            if older is not None and older[1][1]:
+                found, match = True, older[1][2]
         if lefts is None or not (found or self.how == "left"):
             return None
         fn = self.fn
