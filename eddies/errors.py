@@ -4,7 +4,8 @@
 
     EddiesError
     ├── ConfigError                 a job, state declaration or option is wrong; fix the code
-    │   └── StateIdentityError      the state dir belongs to another job, or its inputs changed
+    │   ├── StateIdentityError      the state dir belongs to another job, or its inputs changed
+    │   └── SavepointError          a savepoint cannot be read, or does not fit the job restored
     ├── StateError                  keyed state was used wrongly or holds something unusable
     │   ├── StateNotBoundError      a state handle used outside a running function
     │   ├── StateSerializationError a value msgpack cannot encode (raised at set/put time)
@@ -32,6 +33,7 @@ __all__ = [
     "MissingTimestampError",
     "ReadOnlyStateError",
     "RecordError",
+    "SavepointError",
     "StateCorruptionError",
     "StateDirLockedError",
     "StateError",
@@ -56,6 +58,12 @@ class StateIdentityError(ConfigError):
     """A state dir was written by another job (name, operators, states), or its sources changed
     so that its positions mean nothing, or it already ended its input's event time; raised
     before the first event, naming what differs and what to do."""
+
+
+class SavepointError(ConfigError):
+    """A savepoint is unreadable (unknown format version, truncated, not a savepoint), or its
+    operators and states do not fit the job restored from it; the message names the operator
+    and state and what to do."""
 
 
 class StateError(EddiesError):

@@ -1,5 +1,6 @@
-"""The ``eddies`` command: ``eddies run module:job``, and ``eddies state ls/get/verify`` to
-inspect and check the state a job left in (or is writing to) a RocksDB dir.
+"""The ``eddies`` command: ``eddies run module:job``, ``eddies state ls/get/verify`` to
+inspect and check the state a job left in (or is writing to) a RocksDB dir, and ``eddies
+savepoint create/inspect`` (restored with ``eddies run --from-savepoint``).
 
 Errors print as one ``error:`` line (what, where, what to do), then where it happened (the
 user's own frames for an exception in user code); ``--debug`` adds the whole traceback. The
@@ -206,6 +207,12 @@ def main() -> None:
 @click.option("--follow", is_flag=True,
               help="Keep reading the input files as they grow (as tail -f) until stopped by "
                    "Ctrl-C or SIGTERM; event time never jumps to the end of input.")
+@click.option("--from-savepoint", "from_savepoint", type=click.Path(dir_okay=False),
+              default=None, help="Start from this savepoint (eddies savepoint create), in a "
+              "new, empty --state.")
+@click.option("--allow-non-restored-state", is_flag=True,
+              help="With --from-savepoint: drop saved states and sources the job no longer "
+                   "has, instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress display (the summary still prints).")
 @click.option("--progress-every", default=5.0, show_default=True, type=float,
               help="Seconds between progress lines when stderr is not a terminal.")
@@ -213,7 +220,8 @@ def main() -> None:
               help="On an error, print the whole traceback too (not only the user's frames).")
 @inspector_options
 def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | None,
-        durable: bool, rocksdb_profile: str | None, follow: bool, quiet: bool,
+        durable: bool, rocksdb_profile: str | None, follow: bool,
+        from_savepoint: str | None, allow_non_restored_state: bool, quiet: bool,
         progress_every: float, debug: bool,
         metrics_port: int | None, bind: str, token: str | None) -> None:
     """Run a job (path/to/file.py:job or package.module:job) over its input files.
@@ -226,6 +234,10 @@ def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | N
     replaced input stops before the first event with an error that says what differs. A dir
     whose run ended its input: the same input again has nothing to do (exit code 0); input
     that grew since is an error (its event time has ended; see --follow).
+
+    --from-savepoint starts a new state dir from a savepoint, also for a changed job: states
+    map by operator and state name (or renamed_from=), migrate by version=/migrate=; saved
+    states the job lacks stop the run unless --allow-non-restored-state.
 
     Exit codes: 0 when the input is done; 1 on an error (one error: line that says what to
     do; the last checkpoint is intact); 130 (SIGINT) or 143 (SIGTERM) when stopped by a
@@ -240,7 +252,9 @@ def run(target: str, state: str, checkpoint_interval: int, dead_letters: str | N
                                      dead_letters=dead_letters, durability=durable,
                                      rocksdb_profile=rocksdb_profile, on_progress=progress,
                                      metrics_port=metrics_port,
-                                     bind=bind, token=token, follow=follow)
+                                     bind=bind, token=token, follow=follow,
+                                     from_savepoint=from_savepoint,
+                                     allow_non_restored_state=allow_non_restored_state)
                 stop.attach(runner.request_stop)
                 if metrics_port is not None:
                     click.echo(f"serving /metrics and /state on {bind}:{metrics_port}",
@@ -455,6 +469,66 @@ def state_verify(directory: str) -> None:
                f"families, {len(tables)} table files ({size:,} bytes), checksums verified")
     for name, n in counts.items():
         click.echo(f"  {name}  {n:,}")
+
+
+# -- eddies savepoint -----------------------------------------------------------------------------
+@main.group()
+def savepoint() -> None:
+    """Take, inspect and restore savepoints: a job's state, timers, watermarks and input
+    positions in one portable file (restore with eddies run --from-savepoint)."""
+
+
+@savepoint.command("create")
+@click.argument("state_dir", metavar="STATE_DIR")
+@click.argument("out", metavar="OUT", type=click.Path(dir_okay=False))
+def savepoint_create(state_dir: str, out: str) -> None:
+    """Write a savepoint of the last checkpoint in STATE_DIR (a dir or rocksdb:DIR) to OUT.
+
+    STATE_DIR is opened as a read-only view: it works on a stopped job's dir and on a
+    running job's (the savepoint then holds its last checkpoint).
+    """
+    from eddies.runtime.savepoint import create_savepoint
+
+    try:
+        sp = create_savepoint(state_dir, out)
+    except EddiesError as exc:
+        _fail(exc)
+        return
+    click.echo(f"savepoint {out}: job {sp.job!r}, {len(sp.states)} states, "
+               f"{sp.total_entries:,} entries")
+
+
+@savepoint.command("inspect")
+@click.argument("path", metavar="SAVEPOINT", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The summary as JSON.")
+def savepoint_inspect(path: str, as_json: bool) -> None:
+    """Summarise a savepoint: its job, operators (watermark, timers), states (kind, version,
+    entries) and source positions."""
+    from eddies.runtime.inspection import to_jsonable
+    from eddies.runtime.savepoint import read_savepoint
+
+    try:
+        summary = read_savepoint(path).summary()
+    except EddiesError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(to_jsonable(summary)))
+        return
+    click.echo(f"job {summary['job']!r}: savepoint format {summary['format']}, key layout "
+               f"{summary['key_layout']}, {summary['entries']:,} entries")
+    rows = []
+    for op in summary["operators"]:
+        rows.append([op["name"], "-", "-", "-", f"{op['timers']:,} timers, watermark "
+                     f"{_fmt_wm(op['watermark']) if op['watermark'] is not None else '-'}"])
+        rows.extend(["", s["name"], s["kind"], str(s["version"]), f"{s['entries']:,}"]
+                    for s in op["states"])
+    _print_table(["operator", "state", "kind", "version", "entries"], rows)
+    for source in summary["sources"]:
+        parts = ", ".join(f"{_short(p['position'], 60)} (wm "
+                          f"{_fmt_wm(p['watermark']) if p['watermark'] is not None else '-'})"
+                          for p in source["partitions"])
+        click.echo(f"source {source['name']!r}: {parts}")
 
 
 if __name__ == "__main__":  # pragma: no cover

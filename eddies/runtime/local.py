@@ -31,6 +31,9 @@ Decisions users see:
   it polls them every 0.1 s, advancing processing time (idleness, processing-time timers),
   and takes a checkpoint when it has caught up with them after new events or outputs, so
   that what a followed job writes reaches its sinks' files while the input is quiet.
+- ``from_savepoint=`` (``eddies run --from-savepoint``) restores a savepoint into a new,
+  empty state dir before the first event; a changed job maps its states by operator and
+  state name (``savepoint.py`` has the rules), and the dir then belongs to the new job.
 """
 
 from __future__ import annotations
@@ -129,8 +132,14 @@ class LocalRunner(Executor):
         bind: str = "127.0.0.1",
         token: str | None = None,
         follow: bool = False,
+        from_savepoint: str | Path | None = None,
+        allow_non_restored_state: bool = False,
     ) -> None:
         self._t0 = _time.perf_counter()
+        self.from_savepoint = from_savepoint
+        self.allow_non_restored_state = allow_non_restored_state
+        self.dropped_states: list[str] = []
+        """Saved states a restore from a savepoint dropped (allow_non_restored_state)."""
         self.observer: Observer | None = None
         self._inspector = None
         self.nothing_to_do: str | None = None
@@ -255,6 +264,20 @@ class LocalRunner(Executor):
                 part.wm.restore(unpack(wm))
         return meta
 
+    def _restore_savepoint(self, path: str | Path) -> None:
+        """Write the savepoint at ``path`` into the (empty) backend (``savepoint.py``)."""
+        from eddies.runtime.savepoint import restore_savepoint
+
+        readers: dict[str, list[SourceReader]] = {}
+        for part in self.partitions:
+            readers.setdefault(part.node.name, []).append(part.reader)
+        self.dropped_states = restore_savepoint(
+            path, self.job, self.backend, {op.name: op for op in self.operators.values()},
+            readers, max_parallelism=self.max_parallelism,
+            allow_non_restored_state=self.allow_non_restored_state, where=self._where)
+        for dropped in self.dropped_states:
+            log.warning("not restored (allow_non_restored_state): %s", dropped)
+
     def checkpoint(self) -> None:
         """Write state, timers, positions, watermarks and sink lengths as one batch."""
         started = _time.perf_counter()
@@ -341,6 +364,8 @@ class LocalRunner(Executor):
             # lengths) in one range read, then per operator one timer scan and its
             # broadcast tables. Keyed state is read lazily, key by key, as events need it.
             t = _time.perf_counter()
+            if self.from_savepoint is not None:
+                self._restore_savepoint(self.from_savepoint)
             stored = dict(self.backend.iterate(META_CF))
             # Before anything runs or any sink is opened: a dir of another job or of other
             # input is refused, and one at the end of unchanged input has nothing to do.
@@ -527,6 +552,10 @@ def run_local(
     the first event (see the module docstring); one whose run ended the same input returns
     at once without reading or writing (``stats.this_run("events_in") == 0``, and the
     reason in ``LocalRunner.nothing_to_do``).
+
+    ``from_savepoint=PATH`` starts from a savepoint (``eddies.runtime.savepoint``) in a new,
+    empty ``state``; ``allow_non_restored_state=True`` drops saved states and sources the job
+    no longer has instead of refusing them.
     """
     return LocalRunner(job, state, checkpoint_interval=checkpoint_interval,
                        dead_letters=dead_letters, follow=follow, **options).run()
