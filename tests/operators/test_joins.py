@@ -333,3 +333,52 @@ def test_joins_need_event_time() -> None:
     a.join_asof(b).sink(out)
     with pytest.raises(ConfigError, match="needs event time"):
         ed.run_local(job)
+
+
+# -- late events, against the watermark the test drives ----------------------------------------
+@st.composite
+def script(draw: Any) -> list[tuple]:
+    """Events of either input (some behind the watermark) and watermark moves."""
+    ops: list[tuple] = []
+    wm = 0
+    for i in range(draw(st.integers(0, 40))):
+        if draw(st.integers(0, 4)) == 0:
+            wm += draw(st.integers(0, 15))
+            ops.append(("wm", wm))
+        else:
+            ts = wm + draw(st.integers(-10, 20))
+            ops.append((draw(st.sampled_from([1, 2])), f"k{draw(st.integers(0, 2))}", i, ts))
+    return ops
+
+
+@pytest.mark.parametrize("join", ["interval", "asof"])
+@settings(max_examples=150, deadline=None)
+@given(ops=script(), lower=st.integers(-10, 5), width=st.integers(0, 12),
+       how=st.sampled_from(["inner", "left"]))
+def test_late_events_follow_the_watermark(join: str, ops: list[tuple], lower: int,
+                                          width: int, how: str) -> None:
+    tag = ed.OutputTag("late")
+    fn = (interval_join_function("j", lower, lower + width, late=tag) if join == "interval"
+          else asof_join_function("j", how=how, late=tag))
+    h = Harness(fn, operator="j")
+    got, late, kept = [], [], {1: [], 2: []}
+    wm = -(2**63)
+    for op in ops:
+        if op[0] == "wm":
+            wm = max(wm, op[1])
+            got += h.watermark(op[1])
+            continue
+        side, key, i, ts = op
+        event = {"k": key, "id": f"{'LR'[side - 1]}{i}", "ts": ts}
+        got += h.event(event, key=key, timestamp=ts, input=side)
+        (late if ts <= wm else kept[side]).append(event)
+    got += h.watermark(2**63 - 1)
+    results = sorted((r["key"], r["left"]["id"], r["right"] and r["right"]["id"]) for r in got)
+    if join == "interval":
+        expected = interval_reference(kept[1], kept[2], lower, lower + width)
+    else:
+        expected = asof_reference(kept[1], kept[2], how)
+    assert results == [e[:3] for e in expected]
+    assert h.side_output(tag) == late
+    assert all(h.state("j.buffer", f"k{k}") is None for k in range(3))
+    assert h.pending_timers() == []
