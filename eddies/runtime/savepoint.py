@@ -217,6 +217,8 @@ class Savepoint:
                         "with the eddies version that wrote it, and take a new savepoint there")
                 f.seek(footer_at)
                 footer = next(_unpacker(f))
+        except SavepointError:
+            raise
         except OSError as exc:
             raise SavepointError(f"cannot read {where}: {exc}") from exc
         except (ValueError, StopIteration, msgpack.UnpackException) as exc:
