@@ -33,7 +33,7 @@ Decisions users see:
   that what a followed job writes reaches its sinks' files while the input is quiet.
 - ``from_savepoint=`` (``eddies run --from-savepoint``) restores a savepoint into a new,
   empty state dir before the first event; a changed job maps its states by operator and
-  state name (``savepoint.py`` has the rules), and the dir then belongs to the new job.
+  state name (``restore.py`` has the rules), and the dir then belongs to the new job.
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ class LocalRunner(Executor):
 
     def _restore_savepoint(self, path: str | Path) -> None:
         """Write the savepoint at ``path`` into the (empty) backend (``savepoint.py``)."""
-        from eddies.runtime.savepoint import restore_savepoint
+        from eddies.runtime.restore import restore_savepoint
 
         readers: dict[str, list[SourceReader]] = {}
         for part in self.partitions:

@@ -32,29 +32,8 @@ were, and a savepoint restored and taken again is byte-equal. ``key_layout`` is 
 codec's version (``eddies.state.keys.KEY_LAYOUT_VERSION``); another one, or another
 ``format``, is refused, never misread.
 
-Restoring (``run_local(..., from_savepoint=PATH)``, ``eddies run --from-savepoint``) writes
-into a new, empty state dir (or memory), before the first event and before any sink opens:
-
-- Each saved state goes to the state of the same name in the operator of the same name, or to
-  the state that declares ``renamed_from=`` that name. A saved state with no such state in
-  the job is an error unless ``allow_non_restored_state`` (``--allow-non-restored-state``),
-  which drops it; states the job has and the savepoint lacks start empty.
-- Operators are addressed by name: restoring into an operator whose name eddies generated
-  (``tumbling-window-3``, ``interval-join-2``) is refused with a request for ``name=``, since
-  such names shift when the graph changes. ``process(fn)`` without a name is named after
-  fn's class, which stays put.
-- A state whose kind changed is refused. A state whose declared ``version`` is above the
-  saved one is migrated eagerly, at restore, by its ``migrate(old_value, old_version)``: once
-  per value for ValueState and ReducingState, per entry for MapState and BroadcastState
-  (metadata and expiry kept), per element for ListState. A lower version, or a missing
-  ``migrate``, is refused.
-- Key groups are recomputed for the target (``crc32(user key) % max_parallelism``), so a
-  savepoint restores into another ``max_parallelism`` or from a Kafka job's partitions;
-  timers follow their keys and window marks their keys' groups.
-- Sources continue from the saved positions under the rules of ``identity.py``: a file
-  replaced or shorter than its position is refused; a source the savepoint lacks starts from
-  the beginning; a saved source the job lacks needs ``allow_non_restored_state``. Sinks of
-  the same name resume at their saved length (as a restart would); others start fresh.
+Restoring one (``run_local(..., from_savepoint=PATH)``, ``eddies run --from-savepoint``)
+is ``restore.py``'s job: its docstring has the rules for a changed job.
 
 >>> import eddies as ed, tempfile, os
 >>> class Count(ed.KeyedProcessFunction):
@@ -79,11 +58,10 @@ into a new, empty state dir (or memory), before the first event and before any s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -91,20 +69,14 @@ from typing import IO, Any
 import msgpack
 
 from eddies.errors import SavepointError
-from eddies.operators.sources import SourceReader
-from eddies.runtime.graph import Job
 from eddies.runtime.identity import (
     IDENTITY_KEY,
     decode_identity,
-    encode_identity,
-    generated_names,
-    job_identity,
     state_versions,
 )
-from eddies.runtime.keyed import META_CF, KeyedOperator
+from eddies.runtime.keyed import META_CF
 from eddies.runtime.timers import WINDOW, timers_cf
-from eddies.state.backend import PUT, Batch, StateBackend
-from eddies.state.descriptors import StateDescriptor, declared_states
+from eddies.state.backend import StateBackend
 from eddies.state.entries import decode_payload, payload
 from eddies.state.keys import KEY_LAYOUT_VERSION, decode_key, decode_user_key, encode_key
 from eddies.state.values import BIG_INT_EXT, NEVER, pack, read_stamp, stamp, unpack
@@ -119,7 +91,6 @@ __all__ = [
     "StateInfo",
     "create_savepoint",
     "read_savepoint",
-    "restore_savepoint",
 ]
 
 MAGIC = b"EDDIESSP"
@@ -128,8 +99,6 @@ FORMAT_VERSION = 1
 """The savepoint layout drawn above; a file of another version is refused."""
 CHUNK = 1024
 """Entries per chunk of a section."""
-_RESTORE_BATCH = 50_000
-"""Entries per write while restoring (each a backend batch)."""
 _trailer = struct.Struct(">Q")
 _KEYED_KINDS = ("process", "broadcast_process", "co_process")
 
@@ -580,283 +549,3 @@ class SavepointWriter:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is None:
             self.write()
-
-
-# -- restoring -------------------------------------------------------------------------------------
-@dataclass
-class _Target:
-    saved: StateInfo
-    descriptor: StateDescriptor
-    operator: KeyedOperator
-
-
-def _plan(sp: Savepoint, job: Job, operators: dict[str, KeyedOperator],
-          readers: dict[str, list[SourceReader]], allow_non_restored: bool,
-          ) -> tuple[list[_Target], list[str]]:
-    """Match the savepoint's states with the job's; raise SavepointError listing every
-    mismatch. Returns the targets and the operators whose timers and watermark restore."""
-    problems: list[str] = []
-    dropped: list[str] = []
-    generated = generated_names(job)
-    targets: list[_Target] = []
-    fix_drop = ("restore with --allow-non-restored-state (allow_non_restored_state=True) to "
-                "drop it, or declare it in the job")
-    by_op: dict[str, tuple[dict[str, StateDescriptor], dict[str, StateDescriptor]]] = {}
-    for name, op in operators.items():
-        states = declared_states(op.function).values()
-        by_op[name] = ({d.name: d for d in states},
-                       {d.renamed_from: d for d in states if d.renamed_from is not None})
-    claimed: dict[tuple[str, str], str] = {}
-    for saved in sp.states:
-        where = f"{saved.kind} state {saved.name!r} of operator {saved.operator!r}"
-        found = by_op.get(saved.operator)
-        if found is None:
-            if allow_non_restored:
-                dropped.append(where)
-                continue
-            problems.append(f"{where}: the job has no operator {saved.operator!r} "
-                            f"(its keyed operators: {', '.join(map(repr, by_op)) or 'none'}); "
-                            f"give the operator that takes this state name={saved.operator!r}, "
-                            f"or {fix_drop}")
-            continue
-        by_name, by_old = found
-        saved_here = {s.name for s in sp.states if s.operator == saved.operator}
-        desc = by_old.get(saved.name)
-        if desc is None:
-            desc = by_name.get(saved.name)
-            if desc is not None and desc.renamed_from in saved_here:
-                desc = None  # it takes the state it was renamed from; this one is not kept
-        if desc is None:
-            if allow_non_restored:
-                dropped.append(where)
-                continue
-            problems.append(f"{where}: operator {saved.operator!r} declares no state "
-                            f"{saved.name!r} (its states: {', '.join(map(repr, by_name))}); "
-                            f"if it was renamed, declare renamed_from={saved.name!r} on it; "
-                            f"or {fix_drop}")
-            continue
-        if saved.operator in generated:
-            problems.append(
-                f"{where}: operator {saved.operator!r} has a name eddies generated, which "
-                "shifts when operators are added or removed, so it cannot address saved "
-                f"state; give it name={saved.operator!r} (and name your stateful operators "
-                "in production jobs)")
-            continue
-        other = claimed.setdefault((saved.operator, desc.name), saved.name)
-        if other != saved.name:
-            problems.append(f"{where}: state {desc.name!r} would take both {other!r} and "
-                            f"{saved.name!r}; keep one (drop renamed_from or rename)")
-            continue
-        if desc.kind != saved.kind:
-            problems.append(f"{where} is declared as a {desc.kind} state "
-                            f"({desc!r}): a state cannot change kind across a savepoint; "
-                            "keep its kind, or give the new state another name (it starts "
-                            "empty) and restore with --allow-non-restored-state")
-            continue
-        if desc.version < saved.version:
-            problems.append(f"{where} was saved at version {saved.version}, above the "
-                            f"version {desc.version} declared: restore it into the job "
-                            "version that wrote it")
-            continue
-        if desc.version > saved.version and desc.migrate is None:
-            problems.append(f"{where} was saved at version {saved.version} and is declared "
-                            f"version {desc.version} without migrate=: give "
-                            f"migrate=fn(old_value, old_version) to convert its values")
-            continue
-        targets.append(_Target(saved, desc, operators[saved.operator]))
-    for op in sp.operators:
-        if op.timers and op.name in by_op and op.name in generated and not any(
-                t.saved.operator == op.name for t in targets):
-            problems.append(f"operator {op.name!r} has {op.timers:,} saved timers and a name "
-                            f"eddies generated: give it name={op.name!r}")
-        elif op.timers and op.name not in by_op and not allow_non_restored:
-            problems.append(f"operator {op.name!r} has {op.timers:,} saved timers and the job "
-                            f"has no operator of that name; {fix_drop}")
-    problems.extend(_source_problems(sp, job, readers, allow_non_restored))
-    if problems:
-        raise SavepointError(
-            f"{sp.where} (job {sp.job!r}) does not fit job {job.name!r}: "
-            + "; ".join(problems))
-    return targets, dropped
-
-
-def _source_problems(sp: Savepoint, job: Job, readers: dict[str, list[SourceReader]],
-                     allow_non_restored: bool) -> list[str]:
-    problems = []
-    kinds = {n.name: n.params["source"].kind for n in job.nodes if n.kind == "source"}
-    for source in sp.identity["sources"]:
-        name = source["name"]
-        if name not in readers:
-            if not allow_non_restored:
-                problems.append(f"source {name!r} has saved positions and the job has no "
-                                "source of that name; restore with "
-                                "--allow-non-restored-state to drop them")
-            continue
-        if kinds[name] != source["kind"]:
-            problems.append(f"source {name!r} was read as {source['kind']} and is now read as "
-                            f"{kinds[name]}: its saved positions mean nothing to this reader")
-            continue
-        parts = readers[name]
-        if len(parts) != len(source["partitions"]):
-            problems.append(f"source {name!r} had {len(source['partitions'])} partitions and "
-                            f"now has {len(parts)}: its positions do not carry over")
-            continue
-        for reader, fingerprint in zip(parts, source["partitions"], strict=True):
-            reason = None if fingerprint is None else reader.check_fingerprint(fingerprint)
-            if reason is not None:
-                problems.append(f"source {name!r}: {reason}; its saved position means nothing "
-                                "in the input as it is now: put the input back as it was")
-    return problems
-
-
-def _group_of(key: bytes, kind: str, max_parallelism: int) -> bytes:
-    if kind == "broadcast":
-        return key[:2]
-    end = decode_user_key(key, 2)[1]
-    return (zlib.crc32(key[2:end]) % max_parallelism).to_bytes(2, "big")
-
-
-def _migrator(target: _Target) -> Callable[[bytes, bytes], bytes] | None:
-    saved, desc = target.saved, target.descriptor
-    if desc.version == saved.version:
-        return None
-    migrate = desc.migrate
-    assert migrate is not None
-    old = saved.version
-
-    def convert(key: bytes, data: bytes) -> bytes:
-        value, metadata = decode_payload(data)
-        try:
-            new = migrate(value, old)
-            return data[:8] + payload(new, metadata)
-        except Exception as exc:
-            user_key, end = decode_user_key(key, 2)
-            rest = f", map key {decode_key(key[end:])!r}" if key[end:] else ""
-            raise SavepointError(
-                f"migrating {saved.kind} state {saved.name!r} of operator {saved.operator!r} "
-                f"from version {old} to {desc.version}: migrate raised {exc!r} on the value "
-                f"{value!r} of key {user_key!r}{rest} (or returned what msgpack cannot "
-                "store); fix migrate and restore again (nothing was restored)") from exc
-    return convert
-
-
-def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBackend,
-                      operators: dict[str, KeyedOperator],
-                      readers: dict[str, list[SourceReader]], *,
-                      max_parallelism: int, allow_non_restored_state: bool = False,
-                      where: str = "the state backend") -> list[str]:
-    """Write the savepoint at ``path`` into the empty ``backend`` of ``job``, whose keyed
-    ``operators`` are built (by name) and whose sources are ``readers`` (by source name, at
-    the start of their input); returns the saved states dropped (with
-    ``allow_non_restored_state``). See the module docstring for the rules; every mismatch
-    raises :class:`~eddies.errors.SavepointError` before anything is written. The local
-    runner calls it (``run_local(..., from_savepoint=)``)."""
-    sp = read_savepoint(path)
-    for cf in backend.column_families():
-        if cf != "default" and not backend.is_empty(cf):
-            raise SavepointError(
-                f"{where} is not empty (it holds {cf!r}): a savepoint restores into a new "
-                "state dir; give --state rocksdb:NEW_DIR (or delete this one)")
-    targets, dropped = _plan(sp, job, operators, readers, allow_non_restored_state)
-    touched: set[str] = set()
-    try:
-        _write_state(sp, backend, targets, operators, max_parallelism, touched)
-        _write_meta(sp, job, backend, operators, readers)
-    except BaseException:
-        undo = Batch()
-        for cf in touched:
-            undo.delete_range(cf, b"", b"\xff" * 10)
-        with contextlib.suppress(Exception):  # the first error is the one to report
-            backend.write(undo)
-        raise
-    for op in operators.values():
-        op.store.backend.reset_sweep_floor()
-    return dropped
-
-
-def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
-                 operators: dict[str, KeyedOperator], max_parallelism: int,
-                 touched: set[str]) -> None:
-    groups: dict[str, dict[bytes, set[bytes]]] = {}  # operator: old group -> new groups
-    for target in targets:
-        cf = target.descriptor.name
-        kind = target.saved.kind
-        convert = _migrator(target)
-        ttl = target.operator.store.backend
-        moves = groups.setdefault(target.saved.operator, {})
-        batch: list[tuple[int, str, bytes, bytes]] = []
-        touched.add(cf)
-        for key, data in sp.raw_entries(target.saved):
-            group = _group_of(key, kind, max_parallelism)
-            if group != key[:2]:
-                moves.setdefault(key[:2], set()).add(group)
-                new_key = group + key[2:]
-            else:
-                moves.setdefault(group, set()).add(group)
-                new_key = key
-            if convert is not None:
-                data = convert(key, data)
-            batch.append((PUT, cf, new_key, data))
-            if len(batch) >= _RESTORE_BATCH:
-                _flush(backend, ttl, batch, touched)
-                batch = []
-        _flush(backend, ttl, batch, touched)
-    for name in operators:
-        keys = list(sp.raw_timers(name))
-        if not keys:
-            continue
-        cf = timers_cf(name)
-        touched.add(cf)
-        moves = groups.get(name, {})
-        out = Batch()
-        for key in keys:
-            if key[2:3] == WINDOW:  # a mark: every group its key group's keys went to
-                for group in sorted(moves.get(key[:2], ())):
-                    out.put(cf, group + key[2:], b"")
-                continue
-            end = decode_user_key(key, 11)[1]
-            group = (zlib.crc32(key[11:end]) % max_parallelism).to_bytes(2, "big")
-            out.put(cf, group + key[2:], b"")
-        backend.write(out)
-
-
-def _flush(backend: StateBackend, ttl: Any, ops: list[tuple[int, str, bytes, bytes]],
-           touched: set[str]) -> None:
-    if not ops:
-        return
-    index = ttl.index_ops(ops)
-    for _, cf, _, _ in index[:1]:
-        touched.add(cf)
-    backend.write(Batch(list(ops) + index))
-
-
-def _write_meta(sp: Savepoint, job: Job, backend: StateBackend,
-                operators: dict[str, KeyedOperator],
-                readers: dict[str, list[SourceReader]]) -> None:
-    batch = Batch()
-    for name in operators:
-        wm = sp.watermarks.get(name)
-        if wm is not None:
-            batch.put(META_CF, encode_key(("watermark", name)), pack(wm))
-    saved_fp = {s["name"]: s["partitions"] for s in sp.identity["sources"]}
-    fingerprints: dict[str, list[Any]] = {}
-    for name, parts in readers.items():
-        saved = sp.sources.get(name)
-        if saved is None or len(saved) != len(parts):
-            fingerprints[name] = [None] * len(parts)
-            continue
-        fingerprints[name] = list(saved_fp.get(name, [None] * len(parts)))
-        for i, (position, wm) in enumerate(saved):
-            if position is not None:
-                batch.put(META_CF, encode_key(("source", name, i)), pack(position))
-            if wm is not None:
-                batch.put(META_CF, encode_key(("source-wm", name, i)), pack(wm))
-    meta = sp.meta
-    if meta is not None:
-        sink_names = {n.name for n in job.nodes if n.kind == "sink"} | {"__dead_letters__"}
-        meta = {**meta, "sinks": {k: v for k, v in meta.get("sinks", {}).items()
-                                  if k in sink_names}}
-        batch.put(META_CF, encode_key(("job", job.name)), pack(meta))
-    batch.put(META_CF, IDENTITY_KEY, encode_identity(job_identity(job, fingerprints)))
-    backend.write(batch)
-
