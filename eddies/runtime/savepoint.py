@@ -78,8 +78,15 @@ from eddies.runtime.keyed import META_CF
 from eddies.runtime.timers import WINDOW, timers_cf
 from eddies.state.backend import StateBackend
 from eddies.state.entries import decode_payload, payload
-from eddies.state.keys import KEY_LAYOUT_VERSION, decode_key, decode_user_key, encode_key
-from eddies.state.values import BIG_INT_EXT, NEVER, pack, read_stamp, stamp, unpack
+from eddies.state.keys import (
+    KEY_LAYOUT_VERSION,
+    decode_key,
+    decode_user_key,
+    encode_element,
+    encode_key,
+    state_key,
+)
+from eddies.state.values import BIG_INT_EXT, NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
 __all__ = [
     "FORMAT_VERSION",
@@ -447,37 +454,53 @@ def create_savepoint(state: str | os.PathLike[str] | StateBackend,
 
 
 class SavepointWriter:
-    """Write a savepoint from plain data (the writing half of the State Processor API): to
-    bootstrap state offline, or to write back a transformed :class:`Savepoint`.
+    """Write a savepoint from Python (the writing half of the State Processor API): a new
+    one from plain data, to bootstrap state offline (``job=``), or a transformed copy of
+    one (``base=``), which keeps its positions, watermarks, timers and every state not
+    replaced with :meth:`state` or removed with :meth:`drop`.
 
-    Declare each operator's states with :meth:`state`, giving its entries as
-    :class:`SavepointEntry` or tuples: ``(key, value)`` for ValueState and ReducingState,
-    ``(key, map_key, value)`` for MapState, ``(key, [values])`` for ListState,
-    ``(map_key, value)`` for BroadcastState. A job restored from it reads its sources from
-    the beginning (the savepoint has no positions), its states from here.
+    :meth:`state` takes entries as :class:`SavepointEntry` (what :meth:`Savepoint.entries`
+    yields) or as tuples: ``(key, value)`` for ValueState and ReducingState, ``(key,
+    map_key, value)`` for MapState, ``(key, [values])`` for ListState, ``(map_key, value)``
+    for BroadcastState. A job restored from a new savepoint reads its sources from the
+    beginning (it has no positions) and its states from here.
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "balances.sp")
     >>> with SavepointWriter(path, job="bank") as w:
     ...     w.state("Balances", "balance", "value", [("alice", 100), ("bob", 5)])
-    >>> [(e.key, e.value) for e in read_savepoint(path).entries("balance")]
+    >>> sp = read_savepoint(path)
+    >>> [(e.key, e.value) for e in sp.entries("balance")]
     [('bob', 5), ('alice', 100)]
+    >>> with SavepointWriter(path + ".cents", base=sp) as w:  # a transformed copy
+    ...     w.state("Balances", "balance", "value",
+    ...             [(e.key, e.value * 100) for e in sp.entries("balance")], version=2)
+    >>> [(e.key, e.value) for e in read_savepoint(path + ".cents").entries("balance")]
+    [('bob', 500), ('alice', 10000)]
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, job: str,
-                 max_parallelism: int = 128) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, job: str | None = None,
+                 base: Savepoint | None = None, max_parallelism: int = 128) -> None:
+        if job is None and base is None:
+            raise SavepointError("SavepointWriter needs job= (the name of the job it is for) "
+                                 "or base= (a Savepoint to transform)")
         self.path = Path(path)
-        self.job = job
+        self.base = base
+        self.job: str = job if job is not None else base.job  # type: ignore[union-attr]
         self.max_parallelism = max_parallelism
         self._operators: dict[str, dict[str, Any]] = {}
-        self._sections: list[tuple[str, str, str, int, list[tuple[bytes, bytes]]]] = []
-        self._timers: dict[str, list[bytes]] = {}
+        self._sections: dict[tuple[str, str], tuple[str, int, Any]] = {}
         self.watermarks: dict[str, int] = {}
-        """Operator watermarks to save (none by default: event time starts afresh)."""
+        """Operator watermarks to save (a new savepoint has none: event time starts afresh)."""
+        if base is not None:
+            for op in base.identity["operators"]:
+                self._operators[op["name"]] = {"name": op["name"], "states": [
+                    list(s) for s in op["states"]], "versions": dict(op.get("versions", {}))}
+            for info in base.states:
+                self._sections[(info.operator, info.name)] = (info.kind, info.version, info)
+            self.watermarks.update(base.watermarks)
 
     def _prefix(self, key: Any, kind: str) -> bytes:
-        from eddies.state.keys import encode_element, state_key
-
         if kind == "broadcast":
             return b"\x00\x00" + encode_element(())
         element = encode_element(state_key(key))
@@ -485,8 +508,8 @@ class SavepointWriter:
 
     def state(self, operator: str, name: str, kind: str, rows: Iterable[Any], *,
               version: int = 1) -> None:
-        """Add state ``name`` (``kind``: value, reducing, list, map, broadcast) of
-        ``operator`` with ``rows`` (see the class docstring)."""
+        """Add (or replace) state ``name`` (``kind``: value, reducing, list, map, broadcast)
+        of ``operator`` with ``rows`` (see the class docstring), saved as ``version``."""
         if kind not in ("value", "reducing", "list", "map", "broadcast"):
             raise SavepointError(f"state {name!r}: unknown kind {kind!r}; use value, "
                                  "reducing, list, map or broadcast")
@@ -499,9 +522,9 @@ class SavepointWriter:
             elif kind == "broadcast":
                 entry = SavepointEntry((), row[0], row[1])
             elif kind == "list":
-                for i, v in enumerate(row[1]):
-                    pairs.append((self._prefix(row[0], kind) + encode_key(i), stamp(NEVER)
-                                  + payload(v, None)))
+                prefix = self._prefix(row[0], kind)
+                pairs.extend((prefix + encode_key(i), NEVER_STAMP + pack(v))
+                             for i, v in enumerate(row[1]))
                 continue
             else:
                 entry = SavepointEntry(row[0], row[1], row[2])
@@ -514,29 +537,50 @@ class SavepointWriter:
             except (TypeError, ValueError, OverflowError) as exc:
                 raise SavepointError(f"state {name!r} of operator {operator!r}, key "
                                      f"{entry.key!r}: cannot serialize {entry.value!r} "
-                                     f"({exc})") from exc
+                                     f"({exc}); give None, bool, int, float, str, bytes, "
+                                     "or lists/dicts of those") from exc
         pairs.sort()
-        op = self._operators.setdefault(operator, {"name": operator, "states": []})
-        op["states"].append([name, kind])
-        op["states"].sort()
+        self.drop(operator, name)
+        op = self._operators.setdefault(operator, {"name": operator, "states": [],
+                                                   "versions": {}})
+        op["states"] = sorted([*op["states"], [name, kind]])
         if version != 1:
-            op.setdefault("versions", {})[name] = version
-        self._sections.append((operator, name, kind, version, pairs))
+            op["versions"][name] = version
+        self._sections[(operator, name)] = (kind, version, pairs)
+
+    def drop(self, operator: str, name: str) -> None:
+        """Leave state ``name`` of ``operator`` out (nothing if there is none)."""
+        self._sections.pop((operator, name), None)
+        op = self._operators.get(operator)
+        if op is not None:
+            op["states"] = [s for s in op["states"] if s[0] != name]
+            op["versions"].pop(name, None)
 
     def write(self) -> Savepoint:
         """Write the file (also done on leaving a ``with`` block); returns it opened."""
-        identity = {"version": 1, "job": self.job, "operators": list(self._operators.values()),
-                    "sources": []}
+        base = self.base
+        operators = []
+        for op in self._operators.values():
+            entry = {"name": op["name"], "states": op["states"]}
+            if op["versions"]:
+                entry["versions"] = op["versions"]
+            operators.append(entry)
+        identity = {"version": 1, "job": self.job, "operators": operators,
+                    "sources": base.identity["sources"] if base is not None else []}
         header = {"format": FORMAT_VERSION, "key_layout": KEY_LAYOUT_VERSION, "job": self.job,
-                  "identity": identity, "watermarks": dict(self.watermarks), "sources": {},
-                  "meta": None}
+                  "identity": identity, "watermarks": dict(self.watermarks),
+                  "sources": base.sources if base is not None else {},
+                  "meta": base.meta if base is not None else None}
         writer = _FileWriter(self.path, header)
         try:
-            for op in self._operators:
-                for operator, name, kind, version, pairs in self._sections:
-                    if operator == op:
-                        writer.section("state", op, name, kind, version, _flat(pairs), 2)
-                writer.section("timers", op, None, None, 0, iter(self._timers.get(op, ())), 1)
+            for op in operators:
+                for name, _ in op["states"]:
+                    kind, version, rows = self._sections[(op["name"], name)]
+                    items = (_flat(base.raw_entries(rows))  # type: ignore[union-attr]
+                             if isinstance(rows, StateInfo) else _flat(rows))
+                    writer.section("state", op["name"], name, kind, version, items, 2)
+                timers = base.raw_timers(op["name"]) if base is not None else iter(())
+                writer.section("timers", op["name"], None, None, 0, timers, 1)
             writer.finish()
         except BaseException:
             writer.abort()

@@ -157,8 +157,9 @@ def test_memory_to_rocksdb_and_back_is_byte_equal(tmp_path):
 
 # -- golden bytes -------------------------------------------------------------------------------
 def test_golden_bytes_of_a_written_savepoint(tmp_path):
-    """The file layout, pinned: magic, header, one state section of one chunk (stored key and
-    value bytes), an empty timers section, the footer index, its offset and the end magic."""
+    """The file layout, pinned: magic, header, two state sections of one chunk each (stored
+    key and value bytes), an empty timers section, the footer index, its offset and the end
+    magic."""
     path = tmp_path / "sp"
     with SavepointWriter(path, job="g", max_parallelism=4) as w:
         w.state("Op", "n", "value", [("a", 1)])
@@ -169,7 +170,7 @@ def test_golden_bytes_of_a_written_savepoint(tmp_path):
     assert data.hex() == GOLDEN_WRITTEN
     sp = read_savepoint(path)
     assert [(s.operator, s.name, s.kind, s.version, s.entries) for s in sp.states] == [
-        ("Op", "n", "value", 1, 1), ("Op", "m", "map", 2, 1)]
+        ("Op", "m", "map", 2, 1), ("Op", "n", "value", 1, 1)]
     assert list(sp.entries("m")) == [SavepointEntry("a", ("x",), 2, 9, {"e": 1})]
 
 
@@ -181,14 +182,15 @@ GOLDEN_WRITTEN = (
     "a673746174657392""92a16da36d6170""92a16ea576616c7565"
     "a876657273696f6e7381a16d02a7736f757263657390"
     "aa77617465726d61726b7380a7736f757263657380a46d657461c0"
-    # state 'n' at 153: one chunk [key, value]: group 1 | ("a",) and never | 1
-    "92c40700010502610000c409ffffffffffffffff01"
-    # state 'm' at 174: group 1 | ("a",) | ("x",), and expires 9 | c1 | [{"e": 1}, 2]
+    # states in name order. 'm' at 153: one chunk [key, value]: key group 1 | ("a",) |
+    # ("x",), and expires 9 | c1 | [{"e": 1}, 2]
     "92c40a00010502610000027800c40f0900000000000000c19281a1650102"
+    # 'n' at 183: key group 1 | ("a",), and never | 1
+    "92c40700010502610000c409ffffffffffffffff01"
     # timers of 'Op' at 204: none. Footer: the sections with their offsets, 2 entries
     "82a873656374696f6e7393"
-    "97a57374617465a24f70a16ea576616c75650101cc99"
-    "97a57374617465a24f70a16da36d61700201ccae"
+    "97a57374617465a24f70a16da36d61700201cc99"
+    "97a57374617465a24f70a16ea576616c75650101ccb7"
     "97a674696d657273a24f70c0c00000cccc"
     "a7656e747269657302"
     # the footer's offset (204), big-endian, and the magic again
@@ -547,3 +549,26 @@ def test_cli_create_inspect_and_run_from_savepoint(tmp_path):
     assert done.exit_code == 0, done.output
     got = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert got == shop_reference(events, split)
+
+
+def test_a_transformed_savepoint_keeps_positions_and_untouched_states(tmp_path):
+    """State Processor API round trip: read a savepoint, rewrite one state, drop another,
+    write it with base=: the job resumes from the saved positions with the new values."""
+    events = shop_events(60)
+    src = write_events(tmp_path / "in.jsonl", events)
+    first = run_until(shop_job(src, ShopV1(), tmp_path / "o.jsonl"),
+                      f"rocksdb:{tmp_path / 'v1'}", 30)
+    split = first.result.stats.events_in
+    sp = create_savepoint(tmp_path / "v1", tmp_path / "sp")
+    with SavepointWriter(tmp_path / "sp2", base=sp) as w:
+        w.state("shop", "acc", "value", [(e.key, e.value + 1000) for e in sp.entries("acc")])
+        w.drop("shop", "last")
+    changed = read_savepoint(tmp_path / "sp2")
+    assert [s.name for s in changed.states] == ["acc", "count", "items"]
+    assert changed.sources == sp.sources and changed.meta == sp.meta
+    ed.run_local(shop_job(src, ShopV1(), tmp_path / "o.jsonl"), f"rocksdb:{tmp_path / 'v2'}",
+                 from_savepoint=tmp_path / "sp2")
+    got = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    want = shop_reference(events, len(events))
+    assert got[:split] == want[:split]
+    assert got[split:] == [{**w, "acc": w["acc"] + 1000} for w in want[split:]]
