@@ -96,9 +96,12 @@ class Job:
         self._names: set[str] = set()
         self._counter = itertools.count(1)
 
-    def _node(self, kind: str, inputs: list[Node], name: str | None = None, **params: Any) -> Node:
+    def add_node(self, kind: str, inputs: list[Node], name: str | None = None,
+                 **params: Any) -> Node:
+        """Add a node of ``kind`` (a key of ``eddies.runtime.builders.BUILDERS``) reading
+        ``inputs``; the stream methods call it. ``name`` defaults to ``kind-N``."""
         if name is None:
-            name = f"{kind}-{next(self._counter)}"
+            name = self.auto_name(kind)
         elif name in self._names:
             raise ConfigError(f"job {self.name!r} has two operators named {name!r}; names "
                               "must be unique (they name checkpointed state)")
@@ -107,7 +110,12 @@ class Job:
         self.nodes.append(node)
         return node
 
-    def _derived(self, base: str) -> str:
+    def auto_name(self, prefix: str) -> str:
+        """``prefix-N``, N counting the job's unnamed operators in graph order (so the same
+        job code gives the same, checkpointed, names)."""
+        return f"{prefix}-{next(self._counter)}"
+
+    def derived_name(self, base: str) -> str:
         """A unique node name from a source's or sink's own name: two ``sinks.collect()`` or
         two ``data.jsonl`` files in different dirs get ``collect`` and ``collect-2``. Derived
         in graph order, so the same job code gives the same (checkpointed) names."""
@@ -135,8 +143,8 @@ class Job:
         ts = None if timestamp is None else _field_getter(timestamp, "timestamp")
         if watermarks is None and ts is not None:
             watermarks = BoundedOutOfOrderness(0)
-        node = self._node("source", [], name or self._derived(source.name), source=source,
-                          timestamp=ts, watermarks=watermarks)
+        node = self.add_node("source", [], name or self.derived_name(source.name),
+                             source=source, timestamp=ts, watermarks=watermarks)
         return Stream(self, node)
 
     def sinks(self) -> list[Sink]:
@@ -153,28 +161,30 @@ class Stream:
         self.job = job
         self.node = node
 
-    def _then(self, kind: str, name: str | None = None, **params: Any) -> Stream:
-        return Stream(self.job, self.job._node(kind, [self.node], name, **params))
+    def add_operator(self, kind: str, name: str | None = None, **params: Any) -> Stream:
+        """The stream out of a new node of ``kind`` reading this stream (see
+        :meth:`Job.add_node`)."""
+        return Stream(self.job, self.job.add_node(kind, [self.node], name, **params))
 
     def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
         """Apply ``fn`` to each record."""
-        return self._then("map", name, fn=_callable(fn, "map"))
+        return self.add_operator("map", name, fn=_callable(fn, "map"))
 
     def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
         """Keep records for which ``fn`` is true."""
-        return self._then("filter", name, fn=_callable(fn, "filter"))
+        return self.add_operator("filter", name, fn=_callable(fn, "filter"))
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Stream:
         """Replace each record with the records ``fn`` returns (or yields)."""
-        return self._then("flat_map", name, fn=_callable(fn, "flat_map"))
+        return self.add_operator("flat_map", name, fn=_callable(fn, "flat_map"))
 
     def key_by(self, key: str | Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
         """Partition by a field name or a key function; keyed state is scoped to this key.
 
         A record without the key field goes to dead letters.
         """
-        node = self.job._node("key_by", [self.node], name, key=_field_getter(key, "key_by"),
-                              field=key if isinstance(key, str) else None)
+        node = self.job.add_node("key_by", [self.node], name, key=_field_getter(key, "key_by"),
+                                 field=key if isinstance(key, str) else None)
         return KeyedStream(self.job, node)
 
     def union(self, *others: Stream) -> Stream:
@@ -182,7 +192,8 @@ class Stream:
         for other in others:
             if other.job is not self.job:
                 raise ConfigError("union: all streams must belong to the same Job")
-        return Stream(self.job, self.job._node("union", [self.node] + [o.node for o in others]))
+        return Stream(self.job,
+                      self.job.add_node("union", [self.node] + [o.node for o in others]))
 
     def broadcast(self) -> BroadcastStream:
         """Send every record to every parallel instance (for ``keyed.connect(...)``)."""
@@ -194,13 +205,14 @@ class Stream:
             raise ConfigError(f"side_output takes an eddies.OutputTag, got {tag!r}")
         if self.node.kind not in KEYED_KINDS:
             raise ConfigError("side_output is available on the result of process()/window()")
-        return self._then("side_output", None, tag=tag)
+        return self.add_operator("side_output", None, tag=tag)
 
     def sink(self, sink: Sink, *, name: str | None = None) -> None:
         """Write the stream to ``sink``."""
         if not isinstance(sink, Sink):
             raise ConfigError(f"sink takes an eddies sink (ed.sinks.jsonl(...)), got {sink!r}")
-        self.job._node("sink", [self.node], name or self.job._derived(sink.name), sink=sink)
+        self.job.add_node("sink", [self.node], name or self.job.derived_name(sink.name),
+                          sink=sink)
 
 
 class KeyedStream(Stream):
@@ -212,7 +224,7 @@ class KeyedStream(Stream):
             raise ConfigError(f"process takes an instance: process({fn.__name__}())")
         if not isinstance(fn, KeyedProcessFunction):
             raise ConfigError(f"process takes an eddies.KeyedProcessFunction, got {fn!r}")
-        return self._then("process", name or type(fn).__name__, fn=fn)
+        return self.add_operator("process", name or type(fn).__name__, fn=fn)
 
     def window(
         self,
@@ -282,7 +294,7 @@ class KeyedStream(Stream):
         >>> ed.run_local(job).collected(out)
         [30]
         """
-        name = name or f"interval-join-{next(self.job._counter)}"
+        name = name or self.job.auto_name("interval-join")
         return self.connect(other).process(
             interval_join_function(name, lower, upper, fn, late), name=name)
 
@@ -304,7 +316,7 @@ class KeyedStream(Stream):
         >>> ed.run_local(job).collected(out)
         ['gold']
         """
-        name = name or f"asof-join-{next(self.job._counter)}"
+        name = name or self.job.auto_name("asof-join")
         return self.connect(other).process(asof_join_function(name, how, fn, late), name=name)
 
 
@@ -320,9 +332,9 @@ class WindowedStream:
 
     def _build(self, agg: Any, name: str | None) -> Stream:
         job = self.keyed.job
-        name = name or f"{type(self.assigner).__name__.lower()}-window-{next(job._counter)}"
+        name = name or job.auto_name(f"{type(self.assigner).__name__.lower()}-window")
         fn = window_function(name, self.assigner, agg, self.allowed_lateness, self.late)
-        return self.keyed._then("process", name, fn=fn, window=True)
+        return self.keyed.add_operator("process", name, fn=fn, window=True)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> Stream:
         """Fold each window's events with ``fn(a, b)``; the value is the folded event."""
@@ -366,7 +378,7 @@ class ConnectedStreams:
                 f"connect(...).process takes an eddies.KeyedBroadcastProcessFunction, got {fn!r}"
             )
         job = self.keyed.job
-        node = job._node("broadcast_process", [self.keyed.node, self.broadcast.node],
+        node = job.add_node("broadcast_process", [self.keyed.node, self.broadcast.node],
                          name or type(fn).__name__, fn=fn)
         return Stream(job, node)
 
@@ -389,7 +401,7 @@ class ConnectedKeyedStreams:
                 f"on_event2), got {fn!r}"
             )
         job = self.first.job
-        node = job._node("co_process", [self.first.node, self.second.node],
+        node = job.add_node("co_process", [self.first.node, self.second.node],
                          name or type(fn).__name__, fn=fn)
         return Stream(job, node)
 

@@ -100,8 +100,9 @@ class _KeyTimers:
 
 
 class EventTimeHook(Protocol):
-    """What ``function._attach_operator(op)`` returns: work due at event times of its own
-    (window ends), which ``advance_watermark`` interleaves with the timers in time order."""
+    """Work due at event times of its own (window ends), which ``advance_watermark``
+    interleaves with the timers in time order (see
+    :meth:`KeyedOperator.add_event_time_hook`)."""
 
     def next_time(self) -> int | None:
         """The earliest time with work due, or None."""
@@ -210,10 +211,13 @@ class KeyedOperator:
         self.cut = BatchCut()
         self._meta_key = encode_key(("watermark", name))
         self.is_broadcast = isinstance(function, KeyedBroadcastProcessFunction)
-        # An internal function (the window operator) may take part in the runtime: keep an
-        # index of its own, fired in time order with the timers (see EventTimeHook).
-        attach = getattr(function, "_attach_operator", None)
-        self.hook: EventTimeHook | None = attach(self) if attach is not None else None
+        self.hook: EventTimeHook | None = None
+        """Event-time work of the function's own (see :meth:`add_event_time_hook`)."""
+        # An internal function (the window operator) may take part in the runtime: it gets
+        # the operator, its state bound, before the first event (add_event_time_hook).
+        attach = getattr(function, "attach_operator", None)
+        if attach is not None:
+            attach(self)
         self.inputs = 2 if isinstance(function, KeyedCoProcessFunction) else 1
         """Keyed inputs: 2 for a KeyedCoProcessFunction (on_event1, on_event2)."""
         self._on_events = ((function.on_event1, function.on_event2)
@@ -224,6 +228,24 @@ class KeyedOperator:
         self.emitted = 0
         """Outputs handed to ``emit`` by timers and event-time work (for metrics; the
         executor takes and resets it)."""
+
+    def add_event_time_hook(self, hook: EventTimeHook, *, handle: Any = None,
+                            loader: Callable[[Any, bytes | None, bytes | None], int] | None
+                            = None) -> None:
+        """Fire ``hook``'s work in time order with the timers as the watermark moves (the
+        window operator's window ends). ``handle`` replaces the state handle bound under its
+        name (the hook's own table, as ``WindowState``); ``loader(backend, lower, upper)``
+        runs whenever timers are loaded from the store (restore, Kafka partitions), to
+        rebuild the hook's index. The hook tells :meth:`note_event_time` the time of each
+        piece of work it registers."""
+        if self.hook is not None:
+            raise ConfigError(f"operator {self.name!r} already has an event-time hook")
+        self.hook = hook
+        if handle is not None:
+            self.store.handles[handle.name] = handle
+            self.handles[handle.name] = handle
+        if loader is not None:
+            self.timers.loaders.append(loader)
 
     def _collect_side(self, tag: OutputTag, value: Any) -> None:
         self.side.setdefault(tag, []).append(value)

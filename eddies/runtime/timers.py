@@ -320,6 +320,13 @@ class TimerHeap:
                     far.add(stored)
                     self._far_count += 1
 
+    def loaded(self, n: int) -> None:
+        """``n`` timers were just put in memory from the store (into ``bucket(time)``):
+        count them, and spill if that takes memory over the limit."""
+        self._count += n
+        if self._count > self._spill_at:
+            self._spill()
+
     def _spill(self) -> None:
         """Move the last timers in firing order out of memory (to the buffer if not written
         yet), keeping half of ``limit``, and move the horizon back to the first moved out."""
@@ -603,9 +610,7 @@ class Timers:
                 before = len(bucket)
                 bucket.update(zip(piece, repeat(None)))
                 count -= len(piece) - (len(bucket) - before)  # less those already in memory
-                heap._count += len(bucket) - before
-                if heap._count > heap._spill_at:
-                    heap._spill()
+                heap.loaded(len(bucket) - before)
         for loader in self.loaders:
             loader(backend, lower, upper)
         return count

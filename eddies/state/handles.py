@@ -115,12 +115,16 @@ class Handle:
 
     def _index_ops(self, batch: Batch, start: int, expiry_index: list[Any] | None) -> None:
         """Expiry-index entries for the ops this handle added to ``batch`` from ``start``."""
-        if self.name in self.backend._domains:
+        if self.backend.expires(self.name):
             ops = self.backend.index_ops(batch.ops[start:])
             (batch.ops if expiry_index is None else expiry_index).extend(ops)
 
     def reset(self) -> None:
         raise NotImplementedError
+
+    def cached_count(self) -> int:
+        """Keys with a cached entry (what ``cache_entries`` bounds)."""
+        return len(self._cache)  # type: ignore[attr-defined]
 
     def trim(self, limit: int) -> int:
         """Drop the oldest clean cached entries beyond ``limit``; returns how many."""

@@ -269,7 +269,7 @@ class KeyedStateStore:
 
     def cached_entries(self) -> int:
         """Cached keys of the fullest state (what ``cache_entries`` bounds)."""
-        return max((len(handle._cache) for handle in self.handles.values()), default=0)
+        return max((handle.cached_count() for handle in self.handles.values()), default=0)
 
     def flush(self, batch: Batch | None = None, sync: bool = False) -> int:
         """Write dirty state plus ``batch`` as one atomic write; returns the number of ops."""

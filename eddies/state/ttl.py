@@ -263,6 +263,11 @@ class TtlStateBackend(StateBackend):
         """The sweep lag in force on clock ``time``, in ms."""
         return self._lags[time]
 
+    def expires(self, cf: str) -> bool:
+        """True when entries of ``cf`` can expire (a TTL or a clock was registered for it):
+        their writes are indexed for the sweep."""
+        return cf in self._domains
+
     def time_domain(self, cf: str) -> TimeDomain:
         return self._domains.get(cf, self.config.time)
 

@@ -10,11 +10,12 @@ import msgpack
 import pytest
 
 import eddies as ed
-from eddies.operators.windows import WindowState, window_function
+from eddies.operators.windows import window_function
 from eddies.runtime.timers import EVENT, stored_mark_key, stored_timer_key, timers_cf
 from eddies.state import InMemoryStateBackend
 from eddies.state.keys import encode_element, encode_key
 from eddies.state.values import encode_value
+from eddies.state.windows import WindowState
 from eddies.testing import Harness
 
 LATE = ed.OutputTag("late")

@@ -19,7 +19,7 @@ def _job() -> tuple[ed.Job, ed.sinks.CollectSink]:
     job = ed.Job("b")
     out = ed.sinks.collect()
     stream = job.source(ed.sources.iterable([1, 2, 3]))
-    twice = job._node("twice", [stream.node])
+    twice = job.add_node("twice", [stream.node])
     ed.Stream(job, twice).map(lambda v: v + 1).sink(out)
     return job, out
 
