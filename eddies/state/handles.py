@@ -43,7 +43,6 @@ class _Absent:
 ABSENT: Any = _Absent()
 MISSING: Any = object()
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset})
-_SCALARS = frozenset({str, float, bool, type(None), bytes})  # always msgpack-able
 _be_pack = struct.Struct(">Q").pack
 
 

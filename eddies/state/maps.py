@@ -35,9 +35,9 @@ from sortedcontainers import SortedList
 from eddies.errors import ConfigError, ReadOnlyStateError, StateTooLargeError
 from eddies.state.backend import DELETE, PUT, Batch
 from eddies.state.entries import Entry, decode_payload, payload
-from eddies.state.handles import _SCALARS, Handle
+from eddies.state.handles import Handle
 from eddies.state.keys import Key, as_tuple, decode_key, encode_key, prefix_upper_bound
-from eddies.state.store import check_value
+from eddies.state.store import SCALARS, check_value
 from eddies.state.values import NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
 if TYPE_CHECKING:
@@ -368,7 +368,7 @@ class MapHandle(Handle):
         if t is int:
             if not -(2**63) <= value < 2**64:
                 check_value(value, self._where(key))
-        elif t not in _SCALARS or (t is str and not value.isascii()):
+        elif t not in SCALARS or (t is str and not value.isascii()):
             try:
                 pack(value)
             except (TypeError, ValueError, OverflowError):

@@ -31,9 +31,11 @@ from eddies.state.keys import decode_user_key, encode_element, state_key
 from eddies.state.ttl import MIN_TIME, Ttl, TtlConfig, TtlStateBackend
 from eddies.state.values import NEVER, pack
 
-__all__ = ["DEFAULT_CACHE_ENTRIES", "KeyedStateStore", "check_value", "describe_key"]
+__all__ = ["DEFAULT_CACHE_ENTRIES", "SCALARS", "KeyedStateStore", "check_value", "describe_key"]
 
-_SCALARS = frozenset({str, float, bool, type(None), bytes})
+SCALARS = frozenset({str, float, bool, type(None), bytes})
+"""Types msgpack encodes whatever the value (a non-ASCII str still needs valid Unicode):
+writes of them skip the serializability check."""
 MAX_KEY_GROUPS = 32768
 """Key groups fit in 15 bits, so a stored key never starts with FF (see ``ttl.py``)."""
 DEFAULT_CACHE_ENTRIES = 200_000
@@ -54,7 +56,7 @@ def check_value(value: Any, where: str | Callable[[], str]) -> None:
     only when the check fails (it runs on every write).
     """
     t = type(value)
-    if t in _SCALARS:
+    if t in SCALARS:
         if t is str and not value.isascii():
             try:
                 value.encode("utf-8")
