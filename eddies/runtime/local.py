@@ -301,6 +301,9 @@ class LocalRunner(Executor):
             "sinks": sinks,
             "stats": [stats.events_in, stats.events_out, stats.dead_letters, stats.late_events,
                       stats.checkpoints, stats.late_dropped],
+            # The key groups' layout (crc32 % max_parallelism): a savepoint restored with
+            # the same one keeps its stored keys as they are.
+            "max_parallelism": self.max_parallelism,
         }
         batch.put(META_CF, self._job_key, pack(meta))
         self.backend.write(batch, sync=self.durability)

@@ -55,7 +55,7 @@ from eddies.state.backend import PUT, Batch, StateBackend
 from eddies.state.descriptors import StateDescriptor, declared_states
 from eddies.state.entries import decode_payload, payload
 from eddies.state.keys import decode_key, decode_user_key, encode_key
-from eddies.state.values import pack
+from eddies.state.values import NEVER_STAMP, pack
 
 __all__ = ["restore_savepoint"]
 
@@ -189,11 +189,13 @@ def _source_problems(sp: Savepoint, job: Job, readers: dict[str, list[SourceRead
     return problems
 
 
-def _group_of(key: bytes, kind: str, max_parallelism: int) -> bytes:
-    if kind == "broadcast":
-        return key[:2]
-    end = decode_user_key(key, 2)[1]
-    return (zlib.crc32(key[2:end]) % max_parallelism).to_bytes(2, "big")
+def _element_end(key: bytes, pos: int) -> int:
+    """The offset after the user key element at ``pos`` of a stored key."""
+    if key[pos:pos + 2] == b"\x05\x02":  # one str: decode_user_key's fast path, undecoded
+        end = key.find(b"\x00", pos + 2)
+        if end > 0 and key[end + 1:end + 2] == b"\x00" and key[end + 2:end + 3] != b"\xff":
+            return end + 2
+    return decode_user_key(key, pos)[1]
 
 
 def _migrator(target: _Target) -> Callable[[bytes, bytes], bytes] | None:
@@ -257,57 +259,93 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
 def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
                  operators: dict[str, KeyedOperator], max_parallelism: int,
                  touched: set[str]) -> None:
-    groups: dict[str, dict[bytes, set[bytes]]] = {}  # operator: old group -> new groups
+    crc32 = zlib.crc32
+    groups = [g.to_bytes(2, "big") for g in range(max_parallelism)]
+    same_groups = sp.max_parallelism == max_parallelism
+    marked = set() if same_groups else {
+        name for name in operators if any(k[2:3] == WINDOW for k in sp.raw_timers(name))}
+    moves: dict[str, set[bytes]] = {}  # operator: (old group + new group) of its keys
     for target in targets:
         cf = target.descriptor.name
-        kind = target.saved.kind
         convert = _migrator(target)
         ttl = target.operator.store.backend
-        moves = groups.setdefault(target.saved.operator, {})
-        batch: list[tuple[int, str, bytes, bytes]] = []
+        indexed = ttl.index_target(cf) is not None
+        if same_groups and convert is None:  # the stored bytes as they are, a chunk at a time
+            touched.add(cf)
+            keys, values = [], []
+            for chunk_keys, chunk_values in sp.raw_chunks(target.saved):
+                keys += chunk_keys
+                values += chunk_values
+                if len(keys) >= _RESTORE_BATCH:
+                    _flush(backend, ttl, cf, keys, values, indexed, touched)
+                    keys, values = [], []
+            _flush(backend, ttl, cf, keys, values, indexed, touched)
+            continue
+        moved = moves.setdefault(target.saved.operator, set())
+        track = target.saved.operator in marked
+        if convert is None and not track and target.saved.kind in ("value", "reducing"):
+            # The user key element is all of the key after its group: no decoding.
+            touched.add(cf)
+            keys, values = [], []
+            for chunk_keys, chunk_values in sp.raw_chunks(target.saved):
+                keys += [groups[crc32(k[2:]) % max_parallelism] + k[2:] for k in chunk_keys]
+                values += chunk_values
+                if len(keys) >= _RESTORE_BATCH:
+                    _flush(backend, ttl, cf, keys, values, indexed, touched)
+                    keys, values = [], []
+            _flush(backend, ttl, cf, keys, values, indexed, touched)
+            continue
+        broadcast = target.saved.kind == "broadcast"
+        keys: list[bytes] = []
+        values: list[bytes] = []
         touched.add(cf)
         for key, data in sp.raw_entries(target.saved):
-            group = _group_of(key, kind, max_parallelism)
-            if group != key[:2]:
-                moves.setdefault(key[:2], set()).add(group)
-                new_key = group + key[2:]
-            else:
-                moves.setdefault(group, set()).add(group)
-                new_key = key
             if convert is not None:
                 data = convert(key, data)
-            batch.append((PUT, cf, new_key, data))
-            if len(batch) >= _RESTORE_BATCH:
-                _flush(backend, ttl, batch, touched)
-                batch = []
-        _flush(backend, ttl, batch, touched)
+            if not broadcast and not same_groups:  # broadcast state: group 0, no key
+                group = groups[crc32(key[2:_element_end(key, 2)]) % max_parallelism]
+                if track:
+                    moved.add(key[:2] + group)
+                key = group + key[2:]
+            keys.append(key)
+            values.append(data)
+            if len(keys) >= _RESTORE_BATCH:
+                _flush(backend, ttl, cf, keys, values, indexed, touched)
+                keys, values = [], []
+        _flush(backend, ttl, cf, keys, values, indexed, touched)
     for name in operators:
-        keys = list(sp.raw_timers(name))
-        if not keys:
+        stored = list(sp.raw_timers(name))
+        if not stored:
             continue
         cf = timers_cf(name)
         touched.add(cf)
-        moves = groups.get(name, {})
-        out = Batch()
-        for key in keys:
+        to: dict[bytes, list[bytes]] = {}
+        for pair in sorted(moves.get(name, ())):
+            to.setdefault(pair[:2], []).append(pair[2:])
+        out: list[bytes] = stored if same_groups else []
+        for key in () if same_groups else stored:
             if key[2:3] == WINDOW:  # a mark: every group its key group's keys went to
-                for group in sorted(moves.get(key[:2], ())):
-                    out.put(cf, group + key[2:], b"")
+                out.extend(group + key[2:] for group in to.get(key[:2], ()))
                 continue
-            end = decode_user_key(key, 11)[1]
-            group = (zlib.crc32(key[11:end]) % max_parallelism).to_bytes(2, "big")
-            out.put(cf, group + key[2:], b"")
-        backend.write(out)
+            out.append(groups[crc32(key[11:_element_end(key, 11)]) % max_parallelism]
+                       + key[2:])
+        batch = Batch()
+        batch.put_many(cf, out, [b""] * len(out))
+        backend.write(batch)
 
 
-def _flush(backend: StateBackend, ttl: Any, ops: list[tuple[int, str, bytes, bytes]],
-           touched: set[str]) -> None:
-    if not ops:
+def _flush(backend: StateBackend, ttl: Any, cf: str, keys: list[bytes], values: list[bytes],
+           indexed: bool, touched: set[str]) -> None:
+    if not keys:
         return
-    index = ttl.index_ops(ops)
-    for _, cf, _, _ in index[:1]:
-        touched.add(cf)
-    backend.write(Batch(list(ops) + index))
+    batch = Batch()
+    batch.put_many(cf, keys, values)
+    if indexed:  # a state with a TTL clock: an expiry-index entry per stamped value
+        index = ttl.index_ops([(PUT, cf, k, v) for k, v in zip(keys, values, strict=True)
+                               if v[:8] != NEVER_STAMP])
+        touched.update(op[1] for op in index)
+        batch.ops.extend(index)
+    backend.write(batch)
 
 
 def _write_meta(sp: Savepoint, job: Job, backend: StateBackend,

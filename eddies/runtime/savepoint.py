@@ -11,7 +11,7 @@ restores without RocksDB and whatever backend wrote it::
     | 8 B magic   | msgpack  | msgpack arrays          | msgpack| 8 B, big-endian  | 8 B magic   |
     +-------------+----------+-------------------------+--------+------------------+-------------+
 
-    header  {"format": 1, "key_layout": 2, "job": NAME,
+    header  {"format": 1, "key_layout": 2, "job": NAME, "max_parallelism": N or None,
              "identity": <the job's identity (identity.py), with its sources' fingerprints>,
              "watermarks": {operator: watermark},
              "sources": {source: [[position, watermark], ...]},   one pair per partition
@@ -30,7 +30,9 @@ element | map key or list index`` and ``expires_at (8 B LE) | msgpack payload`` 
 entry with metadata: ``c1 | [metadata, value]``). So TTL stamps and metadata travel as they
 were, and a savepoint restored and taken again is byte-equal. ``key_layout`` is the key
 codec's version (``eddies.state.keys.KEY_LAYOUT_VERSION``); another one, or another
-``format``, is refused, never misread.
+``format``, is refused, never misread. ``max_parallelism`` says the key groups are
+``crc32(user key element) % N`` (None: another layout, such as a Kafka job's partitions);
+a restore with the same N keeps the stored keys as they are, any other recomputes them.
 
 Restoring one (``run_local(..., from_savepoint=PATH)``, ``eddies run --from-savepoint``)
 is ``restore.py``'s job: its docstring has the rules for a changed job.
@@ -207,6 +209,8 @@ class Savepoint:
         self.where = where
         self.header: dict[str, Any] = header
         self.job: str = header["job"]
+        self.max_parallelism: int | None = header["max_parallelism"]
+        """N when key groups are ``crc32(user key) % N``, else None."""
         self.identity: dict[str, Any] = header["identity"]
         self.watermarks: dict[str, int] = header["watermarks"]
         self.sources: dict[str, list[list[Any]]] = header["sources"]
@@ -266,6 +270,11 @@ class Savepoint:
         for chunk in self._chunks(info.offset, info.entries * 2):
             it = iter(chunk)
             yield from zip(it, it, strict=True)
+
+    def raw_chunks(self, state: StateInfo) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The stored keys and values of ``state``, a chunk (up to 1,024 entries) at a time."""
+        for chunk in self._chunks(state.offset, state.entries * 2):
+            yield chunk[0::2], chunk[1::2]
 
     def raw_timers(self, operator: str) -> Iterator[bytes]:
         """The stored keys of ``operator``'s timers and window marks (``timers.py``)."""
@@ -427,10 +436,12 @@ def create_savepoint(state: str | os.PathLike[str] | StateBackend,
             wm = meta.get(encode_key(("watermark", op["name"])))
             if wm is not None:
                 watermarks[op["name"]] = unpack(wm)
+        saved_meta = None if job_meta is None else unpack(job_meta)
         header = {"format": FORMAT_VERSION, "key_layout": KEY_LAYOUT_VERSION,
-                  "job": identity["job"], "identity": identity, "watermarks": watermarks,
-                  "sources": sources,
-                  "meta": None if job_meta is None else unpack(job_meta)}
+                  "job": identity["job"],
+                  "max_parallelism": (saved_meta or {}).get("max_parallelism"),
+                  "identity": identity, "watermarks": watermarks, "sources": sources,
+                  "meta": saved_meta}
         cfs = set(backend.column_families())
         path = Path(out)
         writer = _FileWriter(path, header)
@@ -568,6 +579,7 @@ class SavepointWriter:
         identity = {"version": 1, "job": self.job, "operators": operators,
                     "sources": base.identity["sources"] if base is not None else []}
         header = {"format": FORMAT_VERSION, "key_layout": KEY_LAYOUT_VERSION, "job": self.job,
+                  "max_parallelism": self.max_parallelism,
                   "identity": identity, "watermarks": dict(self.watermarks),
                   "sources": base.sources if base is not None else {},
                   "meta": base.meta if base is not None else None}

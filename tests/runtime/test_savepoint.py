@@ -177,24 +177,26 @@ def test_golden_bytes_of_a_written_savepoint(tmp_path):
 GOLDEN_WRITTEN = (
     # magic "EDDIESSP", then the header map
     "4544444945535350"
-    "87a6666f726d617401aa6b65795f6c61796f757402a36a6f62a167a86964656e74697479"
+    "88a6666f726d617401aa6b65795f6c61796f757402a36a6f62a167"
+    "af6d61785f706172616c6c656c69736d04"
+    "a86964656e74697479"
     "84a776657273696f6e01a36a6f62a167a96f70657261746f72739183a46e616d65a24f70"
     "a673746174657392""92a16da36d6170""92a16ea576616c7565"
     "a876657273696f6e7381a16d02a7736f757263657390"
     "aa77617465726d61726b7380a7736f757263657380a46d657461c0"
-    # states in name order. 'm' at 153: one chunk [key, value]: key group 1 | ("a",) |
+    # states in name order. 'm' at 170: one chunk [key, value]: key group 1 | ("a",) |
     # ("x",), and expires 9 | c1 | [{"e": 1}, 2]
     "92c40a00010502610000027800c40f0900000000000000c19281a1650102"
-    # 'n' at 183: key group 1 | ("a",), and never | 1
+    # 'n' at 200: key group 1 | ("a",), and never | 1
     "92c40700010502610000c409ffffffffffffffff01"
-    # timers of 'Op' at 204: none. Footer: the sections with their offsets, 2 entries
+    # timers of 'Op' at 221: none. Footer: the sections with their offsets, 2 entries
     "82a873656374696f6e7393"
-    "97a57374617465a24f70a16da36d61700201cc99"
-    "97a57374617465a24f70a16ea576616c75650101ccb7"
-    "97a674696d657273a24f70c0c00000cccc"
+    "97a57374617465a24f70a16da36d61700201ccaa"
+    "97a57374617465a24f70a16ea576616c75650101ccc8"
+    "97a674696d657273a24f70c0c00000ccdd"
     "a7656e747269657302"
-    # the footer's offset (204), big-endian, and the magic again
-    "00000000000000cc4544444945535350"
+    # the footer's offset (221), big-endian, and the magic again
+    "00000000000000dd4544444945535350"
 )
 
 
@@ -223,12 +225,12 @@ def test_golden_bytes_of_a_job_savepoint(tmp_path):
     (fingerprint,) = sp.identity["sources"][0]["partitions"]
     assert fingerprint["path"] == str(src) and fingerprint["size"] == 87
     assert sp.header == {
-        "format": 1, "key_layout": 2, "job": "golden",
+        "format": 1, "key_layout": 2, "job": "golden", "max_parallelism": 128,
         "identity": {"version": 1, "job": "golden",
                      "operators": [{"name": "seen", "states": [["last", "value"]]}],
                      "sources": [{"name": "in", "kind": "jsonl", "partitions": [fingerprint]}]},
         "watermarks": {"seen": 19}, "sources": {"in": [[[58, 2], 19]]},
-        "meta": {"sinks": {"out": 0}, "stats": [2, 0, 0, 0, 2, 0]}}
+        "meta": {"sinks": {"out": 0}, "stats": [2, 0, 0, 0, 2, 0], "max_parallelism": 128}}
     assert [(k.hex(), v.hex()) for k, v in sp.raw_entries("last")] == [
         # key group crc32(05 02 62 00 00) % 128 = 40 | ("b",); expires 20 + 100 | 2
         ("00280502620000", "780000000000000002"),
