@@ -38,7 +38,14 @@ from typing import Any, NamedTuple
 
 from eddies.state.values import NEVER, pack, read_stamp, stamp, unpack
 
-__all__ = ["METADATA_MARKER", "Entry", "decode_entry", "encode_entry"]
+__all__ = [
+    "METADATA_MARKER",
+    "Entry",
+    "decode_entry",
+    "decode_payload",
+    "encode_entry",
+    "payload",
+]
 
 METADATA_MARKER = 0xC1
 """The byte after the stamp that says the payload is ``[metadata, value]``."""
