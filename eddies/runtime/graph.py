@@ -95,6 +95,9 @@ class Job:
         self.nodes: list[Node] = []
         self._names: set[str] = set()
         self._counter = itertools.count(1)
+        self.generated_names: set[str] = set()
+        """Names eddies generated (:meth:`auto_name`): they shift as operators are added
+        or removed, so a savepoint refuses to restore state into them."""
 
     def add_node(self, kind: str, inputs: list[Node], name: str | None = None,
                  **params: Any) -> Node:
@@ -113,7 +116,9 @@ class Job:
     def auto_name(self, prefix: str) -> str:
         """``prefix-N``, N counting the job's unnamed operators in graph order (so the same
         job code gives the same, checkpointed, names)."""
-        return f"{prefix}-{next(self._counter)}"
+        name = f"{prefix}-{next(self._counter)}"
+        self.generated_names.add(name)
+        return name
 
     def derived_name(self, base: str) -> str:
         """A unique node name from a source's or sink's own name: two ``sinks.collect()`` or

@@ -194,7 +194,7 @@ def generated_names(job: Job) -> set[str]:
     """The names of ``job``'s operators that eddies generated (``tumbling-window-3``,
     ``interval-join-2``, ``<kind>-N``): they shift as operators are added or removed, so
     they cannot address state across a change of the job."""
-    return set(getattr(job, "generated_names", ()))
+    return set(job.generated_names)
 
 
 def _operator_diffs(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str]:

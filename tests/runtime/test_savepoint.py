@@ -476,7 +476,8 @@ def test_restoring_into_a_generated_operator_name_asks_for_name(tmp_path):
         ed.run_local(job, from_savepoint=tmp_path / "sp")
     job, out = windows(name=generated)
     after = ed.run_local(job, from_savepoint=tmp_path / "sp").collected(out)
-    assert before.collected(first_out) + after == [10] * 5
+    got = before.collected(first_out) + after
+    assert [(w["start"], w["value"]) for w in got] == [(t, 10) for t in range(0, 50, 10)]
 
 
 def test_a_dir_changed_in_version_is_refused_without_a_savepoint(tmp_path):
@@ -574,3 +575,24 @@ def test_a_transformed_savepoint_keeps_positions_and_untouched_states(tmp_path):
     want = shop_reference(events, len(events))
     assert got[:split] == want[:split]
     assert got[split:] == [{**w, "acc": w["acc"] + 1000} for w in want[split:]]
+
+
+def test_an_older_dir_whose_generated_operator_names_shifted_asks_for_name(tmp_path):
+    """Adding an operator shifts the generated name of a window: the dir's state is
+    refused, and the error says which names were generated and asks for name=."""
+    src = write_events(tmp_path / "in.jsonl", [{"k": "a", "v": 1, "ts": t} for t in range(50)])
+
+    def windows(extra: bool) -> ed.Job:
+        job = ed.Job("w")
+        stream = job.source(ed.sources.jsonl(src), timestamp="ts")
+        if extra:
+            stream = stream.filter(lambda e: e["v"] > 0)
+        (stream.key_by("k").window(ed.Tumbling(10)).aggregate(ed.Count())
+         .sink(ed.sinks.collect()))
+        return job
+
+    run_until(windows(False), f"rocksdb:{tmp_path / 'a'}", 20)
+    with pytest.raises(StateIdentityError, match=r"operator 'tumbling-window-3' has a name "
+                                                 r"eddies generated.*give stateful operators "
+                                                 r"name="):
+        ed.run_local(windows(True), f"rocksdb:{tmp_path / 'a'}")
