@@ -596,3 +596,28 @@ def test_an_older_dir_whose_generated_operator_names_shifted_asks_for_name(tmp_p
                                                  r"eddies generated.*give stateful operators "
                                                  r"name="):
         ed.run_local(windows(True), f"rocksdb:{tmp_path / 'a'}")
+
+
+def test_a_savepoint_of_a_running_job_holds_its_last_checkpoint(tmp_path):
+    """The dir is open (and locked) by a running job: the savepoint reads a read-only view
+    of it, and restoring it continues from that checkpoint."""
+    events = shop_events(200)
+    src = write_events(tmp_path / "in.jsonl", events)
+    taken: list = []
+
+    def progress(stats):
+        if not taken and stats.checkpoints >= 2:
+            taken.append(create_savepoint(tmp_path / "live", tmp_path / "sp"))
+
+    runner = LocalRunner(shop_job(src, ShopV1(), tmp_path / "o.jsonl"),
+                         f"rocksdb:{tmp_path / 'live'}", batch_size=10, checkpoint_interval=10,
+                         on_progress=progress)
+    runner.run()
+    (sp,) = taken
+    split = sp.meta["stats"][0]
+    assert 20 <= split < 200
+    assert sp.state("items").entries == split
+    ed.run_local(shop_job(src, ShopV1(), tmp_path / "o2.jsonl"), f"rocksdb:{tmp_path / 'b'}",
+                 from_savepoint=tmp_path / "sp")
+    got = [json.loads(x) for x in (tmp_path / "o2.jsonl").read_text().splitlines()]
+    assert got == shop_reference(events, len(events))[split:]
