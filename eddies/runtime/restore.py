@@ -144,14 +144,14 @@ def _plan(sp: Savepoint, job: Job, operators: dict[str, KeyedOperator],
                             f"migrate=fn(old_value, old_version) to convert its values")
             continue
         targets.append(_Target(saved, desc, operators[saved.operator]))
-    for op in sp.operators:
-        if op.timers and op.name in by_op and op.name in generated and not any(
-                t.saved.operator == op.name for t in targets):
-            problems.append(f"operator {op.name!r} has {op.timers:,} saved timers and a name "
-                            f"eddies generated: give it name={op.name!r}")
-        elif op.timers and op.name not in by_op and not allow_non_restored:
-            problems.append(f"operator {op.name!r} has {op.timers:,} saved timers and the job "
-                            f"has no operator of that name; {fix_drop}")
+    for info in sp.operators:
+        if info.timers and info.name in by_op and info.name in generated and not any(
+                t.saved.operator == info.name for t in targets):
+            problems.append(f"operator {info.name!r} has {info.timers:,} saved timers and a "
+                            f"name eddies generated: give it name={info.name!r}")
+        elif info.timers and info.name not in by_op and not allow_non_restored:
+            problems.append(f"operator {info.name!r} has {info.timers:,} saved timers and the "
+                            f"job has no operator of that name; {fix_drop}")
     problems.extend(_source_problems(sp, job, readers, allow_non_restored))
     if problems:
         raise SavepointError(
@@ -270,31 +270,16 @@ def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
         convert = _migrator(target)
         ttl = target.operator.store.backend
         indexed = ttl.index_target(cf) is not None
-        if same_groups and convert is None:  # the stored bytes as they are, a chunk at a time
-            touched.add(cf)
-            keys, values = [], []
-            for chunk_keys, chunk_values in sp.raw_chunks(target.saved):
-                keys += chunk_keys
-                values += chunk_values
-                if len(keys) >= _RESTORE_BATCH:
-                    _flush(backend, ttl, cf, keys, values, indexed, touched)
-                    keys, values = [], []
-            _flush(backend, ttl, cf, keys, values, indexed, touched)
+        track = target.saved.operator in marked
+        if convert is None and (same_groups or (
+                not track and target.saved.kind in ("value", "reducing"))):
+            # A chunk at a time: the stored keys as they are (same key groups), or regrouped
+            # without decoding (the user key element is all of the key after its group).
+            _copy_chunks(sp, target.saved, backend, ttl, cf, indexed, touched,
+                         None if same_groups else lambda chunk: [
+                             groups[crc32(k[2:]) % max_parallelism] + k[2:] for k in chunk])
             continue
         moved = moves.setdefault(target.saved.operator, set())
-        track = target.saved.operator in marked
-        if convert is None and not track and target.saved.kind in ("value", "reducing"):
-            # The user key element is all of the key after its group: no decoding.
-            touched.add(cf)
-            keys, values = [], []
-            for chunk_keys, chunk_values in sp.raw_chunks(target.saved):
-                keys += [groups[crc32(k[2:]) % max_parallelism] + k[2:] for k in chunk_keys]
-                values += chunk_values
-                if len(keys) >= _RESTORE_BATCH:
-                    _flush(backend, ttl, cf, keys, values, indexed, touched)
-                    keys, values = [], []
-            _flush(backend, ttl, cf, keys, values, indexed, touched)
-            continue
         broadcast = target.saved.kind == "broadcast"
         keys: list[bytes] = []
         values: list[bytes] = []
@@ -332,6 +317,21 @@ def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
         batch = Batch()
         batch.put_many(cf, out, [b""] * len(out))
         backend.write(batch)
+
+
+def _copy_chunks(sp: Savepoint, info: StateInfo, backend: StateBackend, ttl: Any, cf: str,
+                 indexed: bool, touched: set[str],
+                 regroup: Callable[[list[bytes]], list[bytes]] | None) -> None:
+    touched.add(cf)
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    for chunk_keys, chunk_values in sp.raw_chunks(info):
+        keys += chunk_keys if regroup is None else regroup(chunk_keys)
+        values += chunk_values
+        if len(keys) >= _RESTORE_BATCH:
+            _flush(backend, ttl, cf, keys, values, indexed, touched)
+            keys, values = [], []
+    _flush(backend, ttl, cf, keys, values, indexed, touched)
 
 
 def _flush(backend: StateBackend, ttl: Any, cf: str, keys: list[bytes], values: list[bytes],

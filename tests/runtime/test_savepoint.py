@@ -78,6 +78,10 @@ def profile_job(src: Path) -> tuple[ed.Job, object, object]:
     keyed.process(Profile(), name="profile").sink(out)
     keyed.window(ed.Tumbling(100), allowed_lateness=30).aggregate(
         ed.Sum("v"), name="sums").sink(windows)
+    big = job.source(ed.sources.jsonl(src), timestamp="ts", name="again").filter(
+        lambda e: e["v"] > 10).key_by("k")
+    keyed.interval_join(big, lower=-30, upper=30, name="near",
+                        fn=lambda a, b: {"near": [a["i"], b["i"]]}).sink(out)
     return job, out, windows
 
 
@@ -95,7 +99,9 @@ event_lists = st.lists(
        parallelism=st.sampled_from([1, 7, 128, 1000]))
 def test_restored_run_continues_as_one_uninterrupted_run(raw, cut, target, parallelism):
     """Property: run, stop, savepoint, restore (memory or RocksDB, any max_parallelism),
-    continue: the outputs of both parts are those of one run over the whole input."""
+    continue: the outputs of both parts (a process function with every kind of state, TTL
+    and timers, a window with lateness, an interval join) are those of one run over the
+    whole input."""
     tmp = Path(tempfile.mkdtemp())
     try:
         ts, events = 0, []
