@@ -17,7 +17,6 @@
     │   ├── StateDirLockedError     a RocksDB dir already open in another process or job
     │   ├── StateCorruptionError    stored state failed a checksum or is incomplete; never read as empty
     │   └── StateIOError            the disk or the OS refused (full, out of descriptors, permission)
-    ├── RecordError                 a malformed input record (goes to dead letters in a job)
     └── UserFunctionError           user code raised; names the operator, key and record
 
 Library errors are wrapped with ``raise ... from exc`` so the original cause stays visible.
@@ -32,7 +31,6 @@ __all__ = [
     "KeyEncodingError",
     "MissingTimestampError",
     "ReadOnlyStateError",
-    "RecordError",
     "SavepointError",
     "StateCorruptionError",
     "StateDirLockedError",
@@ -110,10 +108,6 @@ class StateCorruptionError(BackendError):
 class StateIOError(BackendError):
     """The disk or the OS refused a state read or write (disk full, too many open files,
     permission denied); the last checkpoint is intact, so fix the cause and run again."""
-
-
-class RecordError(EddiesError):
-    """An input record is malformed: bad JSON/CSV, a missing key field or a bad timestamp."""
 
 
 class UserFunctionError(EddiesError):

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from eddies.errors import ConfigError
 from eddies.operators.functions import Context, KeyedProcessFunction, OutputTag
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
-    "AggregateFunction",
     "Count",
     "Session",
     "Sliding",
@@ -140,15 +139,6 @@ class Session(WindowAssigner):
 
     def assign(self, timestamp: int) -> list[Window]:
         return [Window(timestamp, timestamp + self.gap_ms)]
-
-
-class AggregateFunction(Protocol):
-    """What ``.aggregate(agg)`` takes: ``create``, ``add``, ``merge`` (sessions), ``result``."""
-
-    def create(self) -> Any: ...
-    def add(self, acc: Any, value: Any) -> Any: ...
-    def merge(self, a: Any, b: Any) -> Any: ...
-    def result(self, acc: Any) -> Any: ...
 
 
 class Count:

@@ -22,7 +22,6 @@ input, as in any engine whose watermark is a minimum over inputs.
 from __future__ import annotations
 
 import math
-import time as _time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice, repeat
@@ -42,6 +41,7 @@ from eddies.runtime.builders import BUILDERS, Builder, fan_out
 from eddies.runtime.failures import io_error
 from eddies.runtime.graph import KEYED_KINDS, Job, Node
 from eddies.runtime.keyed import NEVER_DUE, RECORD_ERRORS, BatchCut, KeyedOperator
+from eddies.runtime.timers import wall_ms
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, PartitionWatermark, merge_watermarks
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
@@ -62,10 +62,6 @@ _NO_TIMESTAMP: Any = object()  # stands for "the record's timestamp is being rea
 SourceWatermarks = dict[Node, list[tuple[int, bool]]]
 """Per source node, the (watermark, idle) of each of its partitions."""
 Locate = Callable[[int], "tuple[Any, str | None] | None"]
-
-
-def _wall_ms() -> int:
-    return _time.time_ns() // 1_000_000
 
 
 _COUNTERS = ("events_in", "events_out", "dead_letters", "late_events", "late_dropped",
@@ -195,7 +191,7 @@ class Executor:
         self.cache_entries = cache_entries
         self.max_parallelism = max_parallelism
         self.ttl_config = ttl_config
-        self.clock = clock or _wall_ms
+        self.clock = clock or wall_ms
         self.stats = RunStats()
         self.builders: dict[str, Builder] = {**BUILDERS, **(builders or {})}
         """Node kind -> builder of its push (see ``builders.py``): the default table plus

@@ -23,7 +23,7 @@ from eddies.operators.functions import (
     KeyedProcessFunction,
     OutputTag,
 )
-from eddies.runtime.timers import EVENT, PROCESSING, Timers
+from eddies.runtime.timers import EVENT, PROCESSING, Timers, wall_ms
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
 from eddies.state.keys import encode_key, state_key
@@ -60,10 +60,6 @@ def emit_into(out: list[Any], result: Any) -> None:
         out.extend(result)
     else:
         out.append(result)
-
-
-def _wall_ms() -> int:
-    return _time.time_ns() // 1_000_000
 
 
 class _KeyTimers:
@@ -183,7 +179,7 @@ class KeyedOperator:
             )
         self.name = name
         self.function = function
-        self._clock = clock or _wall_ms
+        self._clock = clock or wall_ms
         config = ttl_config or TtlConfig()
         if config.clock is None:
             config = dataclasses.replace(config, clock=self.processing_time)
@@ -343,7 +339,7 @@ class KeyedOperator:
 
     def next_event_time(self) -> int | None:
         """The earliest event time with work due (a timer or the hook's), or None."""
-        at = self.timers.event.peek_time()
+        at = self.timers.event.next_time()
         if self.hook is not None:
             hook_at = self.hook.next_time()
             if hook_at is not None and (at is None or hook_at < at):

@@ -53,7 +53,6 @@ from __future__ import annotations
 import math
 import re
 import threading
-import time as _time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (
@@ -67,6 +66,7 @@ from prometheus_client import (
 )
 
 from eddies.errors import ConfigError
+from eddies.runtime.timers import wall_ms
 
 __all__ = ["Metrics", "STARTUP_PHASES"]
 
@@ -95,10 +95,6 @@ class _WithoutCreated:
             yield family
 
 
-def _wall_ms() -> float:
-    return _time.time() * 1000
-
-
 class Metrics:
     """The metrics of one job, in a registry of their own.
 
@@ -121,7 +117,7 @@ class Metrics:
     def __init__(self, job: str, *, clock: Callable[[], float] | None = None) -> None:
         self.job = job
         self.registry = CollectorRegistry(auto_describe=True)
-        self._clock = clock or _wall_ms
+        self._clock = clock or wall_ms
         self._lock = threading.Lock()
         self._watermark = _MIN_TIME
         self._hits = 0

@@ -37,6 +37,7 @@ from __future__ import annotations
 import heapq
 import struct
 import sys
+import time as _time
 from bisect import insort
 from collections.abc import Callable, Iterable, Iterator
 from itertools import groupby, islice, repeat
@@ -46,6 +47,12 @@ from typing import Any
 from eddies.errors import ConfigError
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.keys import Key, decode_user_key
+
+
+def wall_ms() -> int:
+    """Processing time now: the wall clock in ms since the epoch (the default clock of
+    processing-time timers and TTL)."""
+    return _time.time_ns() // 1_000_000
 
 __all__ = ["TimerHeap", "Timers", "WINDOW", "stored_mark_key", "stored_timer_key", "timers_cf"]
 
@@ -232,8 +239,6 @@ class TimerHeap:
             if self.horizon == _NO_HORIZON:
                 return None
             self._load_next()
-
-    peek_time = next_time
 
     def _drop_time(self) -> None:
         time = heapq.heappop(self.times)

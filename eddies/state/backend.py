@@ -172,7 +172,8 @@ class StateBackend(ABC):
         self._listeners.append(listener)
 
     def count(self, cf: str) -> int:
-        """Number of entries in ``cf`` (a full scan; for tests and inspection)."""
+        """Number of entries in ``cf`` (``eddies inspect``; a full scan unless the backend
+        knows it)."""
         return sum(1 for _ in self.iterate(cf))
 
     def keys(self, cf: str, lower: bytes | None, upper: bytes | None, limit: int) -> list[bytes]:
@@ -193,15 +194,3 @@ class StateBackend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def iter_batched(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
-    """Split ``items`` into lists of at most ``size``."""
-    chunk: list[bytes] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -103,8 +103,6 @@ _INF = math.inf
 
 _pack_double = struct.Struct(">d").pack
 _unpack_double = struct.Struct(">d").unpack
-_pack_u64 = struct.Struct(">Q").pack
-_unpack_u64 = struct.Struct(">Q").unpack
 _INVERT = bytes(range(255, -1, -1))
 _SIZE_LIMITS = [(1 << (8 * i)) - 1 for i in range(9)]
 
