@@ -479,18 +479,35 @@ def savepoint() -> None:
 
 
 @savepoint.command("create")
-@click.argument("state_dir", metavar="STATE_DIR")
-@click.argument("out", metavar="OUT", type=click.Path(dir_okay=False))
-def savepoint_create(state_dir: str, out: str) -> None:
-    """Write a savepoint of the last checkpoint in STATE_DIR (a dir or rocksdb:DIR) to OUT.
+@click.argument("paths", metavar="[STATE_DIR] OUT", nargs=-1, required=True)
+@click.option("--broker", help="kafka://HOST:PORT: save a Kafka job from its changelogs "
+                               "(with --job, and OUT alone).")
+@click.option("--job", "job_name", metavar="NAME", help="The Kafka job's name (ed.Job(NAME)).")
+def savepoint_create(paths: tuple[str, ...], broker: str | None, job_name: str | None) -> None:
+    """Write a savepoint of the last checkpoint in STATE_DIR (a dir or rocksdb:DIR) to OUT,
+    or with --broker and --job of a Kafka job's committed checkpoints.
 
     STATE_DIR is opened as a read-only view: it works on a stopped job's dir and on a
-    running job's (the savepoint then holds its last checkpoint).
+    running job's (the savepoint then holds its last checkpoint). A Kafka job's workers may
+    be running too; its savepoint has no input positions (they are Kafka offsets).
     """
-    from eddies.runtime.savepoint import create_savepoint
-
     try:
-        sp = create_savepoint(state_dir, out)
+        if broker is not None:
+            if job_name is None or len(paths) != 1:
+                raise ConfigError("with --broker, give --job NAME and OUT alone: eddies "
+                                  "savepoint create --broker kafka://HOST:PORT --job NAME OUT")
+            from eddies.runtime.kafka.savepoint import create_kafka_savepoint
+
+            out = paths[0]
+            sp = create_kafka_savepoint(broker.removeprefix("kafka://"), job_name, out)
+        else:
+            if len(paths) != 2 or job_name is not None:
+                raise ConfigError("give STATE_DIR and OUT (eddies savepoint create ./state "
+                                  "sp.eddies), or --broker kafka://HOST:PORT --job NAME OUT")
+            from eddies.runtime.savepoint import create_savepoint
+
+            out = paths[1]
+            sp = create_savepoint(paths[0], out)
     except EddiesError as exc:
         _fail(exc)
         return

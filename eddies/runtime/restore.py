@@ -166,6 +166,8 @@ def _source_problems(sp: Savepoint, job: Job, readers: dict[str, list[SourceRead
     kinds = {n.name: n.params["source"].kind for n in job.nodes if n.kind == "source"}
     for source in sp.identity["sources"]:
         name = source["name"]
+        if name not in sp.sources:
+            continue  # no positions saved (a Kafka job's offsets are not kept)
         if name not in readers:
             if not allow_non_restored:
                 problems.append(f"source {name!r} has saved positions and the job has no "

@@ -100,6 +100,7 @@ __all__ = [
     "StateInfo",
     "create_savepoint",
     "read_savepoint",
+    "write_savepoint_file",
 ]
 
 MAGIC = b"EDDIESSP"
@@ -380,6 +381,27 @@ class _FileWriter:
     def abort(self) -> None:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def write_savepoint_file(path: Path, header: dict[str, Any],
+                         sections: Iterable[tuple[str, str, str | None, str | None, int,
+                                                  Iterable[Any]]]) -> Savepoint:
+    """Write a savepoint of ``header`` and ``sections`` to ``path``; returns it opened.
+
+    A section is ``("state", operator, state, kind, version, (key, value) pairs)`` or
+    ``("timers", operator, None, None, 0, keys)``, stored bytes in stored-key order."""
+    writer = _FileWriter(path, header)
+    try:
+        for what, operator, name, kind, version, items in sections:
+            if what == "state":
+                writer.section(what, operator, name, kind, version, _flat(items), 2)
+            else:
+                writer.section(what, operator, None, None, 0, iter(items), 1)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return Savepoint(path)
 
 
 def _flat(pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:

@@ -1,0 +1,80 @@
+"""A savepoint of a Kafka job from its changelogs, on a real broker: it holds the committed
+state per partition (key groups = partitions), and restores into the local runner (key
+groups recomputed), which continues the totals exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import eddies as ed
+from eddies.errors import SavepointError
+from eddies.runtime.cli import main
+from eddies.runtime.kafka.savepoint import create_kafka_savepoint
+from examples.kafka_totals import build_local
+
+from .conftest import produce, read_topic, wait_until
+
+pytestmark = pytest.mark.kafka
+TARGET = "examples/kafka_totals.py:job"
+
+
+def events(start: int, stop: int) -> list[dict]:
+    return [{"account": f"a{i % 20}", "ts": i * 10, "amount": i % 7} for i in range(start, stop)]
+
+
+def totals(evs: list[dict]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for e in evs:
+        acc = out.setdefault(e["account"], [0, 0])
+        acc[0] += 1
+        acc[1] += e["amount"]
+    return out
+
+
+def test_a_kafka_savepoint_restores_into_the_local_runner(kafka_broker, workers,
+                                                          tmp_path: Path) -> None:
+    first = events(0, 400)
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in first))
+    produce(kafka_broker, path, "spk-in", "account", partitions=6)
+    env = {"EDDIES_JOB": "spk", "EDDIES_INPUT": "spk-in", "EDDIES_OUTPUT": "spk-out"}
+    worker = workers(TARGET, kafka_broker, "w", env)
+    wait_until(lambda: len(read_topic(kafka_broker, "spk-out")) >= 400, 120, "the outputs")
+    assert worker.stop() == 0
+
+    sp = create_kafka_savepoint(kafka_broker, "spk", tmp_path / "sp")
+    assert sp.job == "spk" and sp.max_parallelism is None and sp.sources == {}
+    saved = {e.key: e.value for e in sp.entries("totals")}
+    assert saved == totals(first)
+    groups = {key[:2] for key, _ in sp.raw_entries("totals")}
+    assert len(groups) > 1 and all(int.from_bytes(g, "big") < 6 for g in groups)
+    cli = CliRunner().invoke(main, ["savepoint", "create", "--broker",
+                                    f"kafka://{kafka_broker}", "--job", "spk",
+                                    str(tmp_path / "sp2")])
+    assert cli.exit_code == 0, cli.output
+    assert (tmp_path / "sp2").read_bytes() == (tmp_path / "sp").read_bytes()
+
+    more = events(400, 500)
+    rest = tmp_path / "more.jsonl"
+    rest.write_text("".join(json.dumps(e) + "\n" for e in more))
+    out = ed.sinks.collect()
+    result = ed.run_local(build_local(rest, out), f"rocksdb:{tmp_path / 'local'}",
+                          from_savepoint=tmp_path / "sp")
+    running = totals(first)
+    want = []
+    for e in more:
+        acc = running[e["account"]]
+        acc[0] += 1
+        acc[1] += e["amount"]
+        want.append({"account": e["account"], "count": acc[0], "sum": acc[1], "ts": e["ts"]})
+    assert result.collected(out) == want
+
+
+def test_a_job_without_checkpoints_on_the_broker_is_an_error(kafka_broker) -> None:
+    with pytest.raises(SavepointError, match=r"job 'no-such-job' has no committed checkpoint "
+                                             r".*check the job name"):
+        create_kafka_savepoint(kafka_broker, "no-such-job", "/nonexistent/sp")
