@@ -20,8 +20,15 @@ state topics::
                              "watermark": int, "seq": int,
                              "dedup": {upstream "topic:partition": highest offset seen},
                              "key_layout": the stored-key layout of the deltas (2),
-                             "identity": the job's identity (eddies.runtime.identity)}
+                             "identity": the job's identity (eddies.runtime.identity),
+                             "inputs": {topic: {"offset", "watermark", "dedup"}}}
             headers eddies.cp = token
+
+A job whose keyed state sits behind several co-partitioned input topics (a join of two
+Kafka sources) checkpoints partition ``p`` of all of them together: one marker per partition
+whose ``inputs`` hold every topic's next offset, partition watermark and dedup table
+(``offset``, ``watermark`` and ``dedup`` repeat the first topic's). A job with one such topic
+writes no ``inputs``.
 
 The stored keys in deltas are in the key layout of ``eddies.state.keys``; every marker says
 which (``key_layout``), and restore refuses a changelog whose markers have none (written before
@@ -47,6 +54,7 @@ from eddies.state.keys import KEY_LAYOUT_VERSION, decode_element
 
 __all__ = [
     "Delta",
+    "InputPosition",
     "Marker",
     "MarkerLog",
     "apply_deltas",
@@ -71,6 +79,18 @@ def new_token() -> int:
 
 
 @dataclass(frozen=True)
+class InputPosition:
+    """Where one input topic's partition stands at a checkpoint."""
+
+    offset: int
+    """The next offset to read."""
+    watermark: int
+    """The partition's watermark."""
+    dedup: dict[str, int] = field(default_factory=dict)
+    """For a repartition topic: the highest upstream offset seen per upstream partition."""
+
+
+@dataclass(frozen=True)
 class Marker:
     """A committed checkpoint of one partition."""
 
@@ -85,17 +105,40 @@ class Marker:
     identity: dict[str, Any] | None = None
     """The job that wrote the checkpoint: name, keyed operators and states, sources
     (``eddies.runtime.identity.job_identity``); absent from markers written before."""
+    inputs: dict[str, InputPosition] | None = None
+    """Every input topic's position in this partition, for a job whose keyed state sits
+    behind several topics; None for one topic (``offset``, ``watermark``, ``dedup``)."""
+
+    def position(self, topic: str) -> InputPosition | None:
+        """Where ``topic``'s partition stands; a marker without ``inputs`` covers one topic,
+        so ``topic`` must be that one (None: the marker does not cover ``topic``).
+
+        >>> m = Marker(1, 10, 5, 1, inputs={"a": InputPosition(10, 5), "b": InputPosition(7, 3)})
+        >>> m.position("b"), m.position("c")
+        (InputPosition(offset=7, watermark=3, dedup={}), None)
+        >>> Marker(1, 10, 5, 1).position("a")
+        InputPosition(offset=10, watermark=5, dedup={})
+        """
+        if self.inputs is None:
+            return InputPosition(self.offset, self.watermark, self.dedup)
+        return self.inputs.get(topic)
 
 
 def encode_marker(marker: Marker) -> bytes:
     """
     >>> decode_marker(encode_marker(Marker(7, 100, 5, 1)))
-    Marker(token=7, offset=100, watermark=5, seq=1, dedup={}, key_layout=2, identity=None)
+    Marker(token=7, offset=100, watermark=5, seq=1, dedup={}, key_layout=2, identity=None, inputs=None)
+    >>> two = {"a": InputPosition(100, 5, {"up:0": 9}), "b": InputPosition(40, 2)}
+    >>> decode_marker(encode_marker(Marker(7, 100, 5, 1, inputs=two))).inputs == two
+    True
     """
     fields = {"token": marker.token, "offset": marker.offset, "watermark": marker.watermark,
               "seq": marker.seq, "dedup": marker.dedup, "key_layout": marker.key_layout}
     if marker.identity is not None:
         fields["identity"] = marker.identity
+    if marker.inputs is not None:
+        fields["inputs"] = {t: {"offset": i.offset, "watermark": i.watermark, "dedup": i.dedup}
+                            for t, i in marker.inputs.items()}
     return msgpack.packb(fields)
 
 
@@ -115,8 +158,12 @@ def decode_marker(data: bytes, where: str = "a checkpoint topic") -> Marker:
             "state dirs, then reprocess the input from the start, or run the eddies version "
             "that wrote them."
         )
+    inputs = d.get("inputs")
     return Marker(d["token"], d["offset"], d["watermark"], d["seq"], d.get("dedup") or {},
-                  layout, d.get("identity"))
+                  layout, d.get("identity"),
+                  None if inputs is None else {
+                      t: InputPosition(i["offset"], i["watermark"], i.get("dedup") or {})
+                      for t, i in inputs.items()})
 
 
 def token_header(token: int) -> tuple[str, bytes]:

@@ -11,9 +11,19 @@ The worker runs a transformed copy of the job graph:
 - Sources that only feed the broadcast side of a connected stream are read whole by every
   worker, outside the consumer group.
 
-Keyed state of a job lives on one "stateful" topic: its partitions are the key groups, the
-changelog and checkpoint topics have the same partition count. A job whose keyed operators
-sit behind two different topics must be split into two jobs.
+Keyed state lives on the job's "stateful" topics, the group topics that feed keyed
+operators: partition ``p`` of every one of them is key group ``p``, and the changelog and
+checkpoint topics have the same partition count. With several (a join of two Kafka sources,
+or two keyed operators on two topics) they must be co-partitioned, the same partition count
+(the worker checks it at startup), and faust's assignor then gives partition ``p`` of all of
+them to one worker: it assigns the topics of one partition count that the same workers read
+as one copartitioned group. A checkpoint of partition ``p`` covers every stateful topic's
+partition ``p``.
+
+The two inputs of a keyed operator (``connect(...).process``, joins) must place a key in the
+same partition. Two topics both partitioned by the key field do (Kafka's default partitioner
+on the key); a repartition topic places keys by crc32 of the encoded key instead, so when
+either input of such an operator needs a repartition, both are repartitioned.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from typing import Any
 
 from eddies.errors import ConfigError
 from eddies.operators.kafka import KafkaSink, KafkaSource
-from eddies.runtime.graph import Job, Node
+from eddies.runtime.graph import KEYED_KINDS, Job, Node
 from eddies.runtime.kafka.topics import changelog_topic, checkpoint_topic, repartition_topic
 from eddies.runtime.timers import timers_cf
 from eddies.state.descriptors import declared_states
@@ -42,8 +52,8 @@ class Plan:
     """Topics read through the consumer group (partitions split across workers)."""
     broadcast_topics: list[str]
     """Topics every worker reads whole."""
-    stateful_topic: str | None
-    """The topic whose partitions are the key groups of all keyed state."""
+    stateful_topics: list[str]
+    """The co-partitioned group topics whose partitions are the key groups of keyed state."""
     repartitions: dict[str, str] = field(default_factory=dict)
     """Repartition node name -> topic."""
     source_of_topic: dict[str, Node] = field(default_factory=dict)
@@ -51,6 +61,11 @@ class Plan:
     """Column families whose deltas are changelogged."""
     broadcast_cfs: list[str] = field(default_factory=list)
     sink_topics: list[str] = field(default_factory=list)
+
+    @property
+    def stateful_topic(self) -> str | None:
+        """The first stateful topic, None if the job keeps no keyed state."""
+        return self.stateful_topics[0] if self.stateful_topics else None
 
     def changelog_topics(self) -> dict[str, str]:
         """cf -> changelog topic."""
@@ -113,17 +128,25 @@ def plan_job(job: Job) -> Plan:
                 return False
         return True
 
+    def partitioned_by_key(n: Node) -> bool:
+        sources, direct = _upstream_sources(n)
+        field_name = n.params.get("field")
+        return bool(direct and field_name is not None and sources
+                    and all(s.params["source"].key == field_name for s in sources))
+
+    kept = {n for n in nodes if n.kind == "key_by" and partitioned_by_key(n)}
+    for n in nodes:  # the inputs of a two-input keyed operator: one partitioner for both
+        keyed_inputs = [p for p in n.inputs if p.kind == "key_by"]
+        if n.kind in KEYED_KINDS and len(keyed_inputs) > 1 and not kept.issuperset(keyed_inputs):
+            kept.difference_update(keyed_inputs)
+
     ordered: list[Node] = []
     repartitions: dict[str, str] = {}
     for n in nodes:
         if n.kind == "key_by":
-            sources, direct = _upstream_sources(n)
+            sources, _ = _upstream_sources(n)
             field_name = n.params.get("field")
-            keyed_ok = (
-                direct and field_name is not None and sources
-                and all(s.params["source"].key == field_name for s in sources)
-            )
-            if not keyed_ok:
+            if n not in kept:
                 topic = repartition_topic(job.name, n.name)
                 first = sources[0] if sources else None
                 sink = Node("repartition", f"{n.name}.repartition", list(n.inputs),
@@ -157,34 +180,29 @@ def plan_job(job: Job) -> Plan:
         source_of_topic[topic] = n
         (broadcast_topics if broadcast_only(n) else group_topics).append(topic)
 
-    stateful: set[str] = set()
+    stateful: list[str] = []
     changelog_cfs: list[str] = []
     broadcast_cfs: list[str] = []
     for n in ordered:
-        if n.kind not in ("process", "broadcast_process"):
+        if n.kind not in KEYED_KINDS:
             continue
         sources, _ = _upstream_sources(n)
         for s in sources:
-            if s.params["source"].topic not in broadcast_topics:
-                stateful.add(s.params["source"].topic)
+            topic = s.params["source"].topic
+            if topic not in broadcast_topics and topic not in stateful:
+                stateful.append(topic)
         for desc in declared_states(n.params["fn"]).values():
             (broadcast_cfs if desc.kind == "broadcast" else changelog_cfs).append(desc.name)
         changelog_cfs.extend([timers_cf(n.name), f"{EXPIRY_CF}.{n.name}",
                               f"{EXPIRY_PROC_CF}.{n.name}"])
-    if len(stateful) > 1:
-        raise ConfigError(
-            f"job {job.name!r} keeps keyed state behind several topics ({sorted(stateful)}); "
-            "a worker keeps all keyed state on one topic's partitions: split the job in two, "
-            "joined by a topic"
-        )
     sink_topics = [n.params["sink"].topic for n in ordered
                    if n.kind == "sink" and isinstance(n.params["sink"], KafkaSink)]
-    return Plan(new, group_topics, broadcast_topics, next(iter(stateful), None), repartitions,
+    return Plan(new, group_topics, broadcast_topics, sorted(stateful), repartitions,
                 source_of_topic, changelog_cfs, broadcast_cfs, sink_topics)
 
 
 def describe(plan: Plan) -> dict[str, Any]:
     """A summary for logs."""
     return {"group_topics": plan.group_topics, "broadcast_topics": plan.broadcast_topics,
-            "stateful_topic": plan.stateful_topic, "repartitions": plan.repartitions,
+            "stateful_topics": plan.stateful_topics, "repartitions": plan.repartitions,
             "changelog_topics": sorted(plan.changelog_topics().values())}

@@ -16,10 +16,16 @@ round:
    ``changelog.py`` (deltas, then a marker per owned partition, then the local RocksDB write,
    then the group commit).
 
-On assignment a partition is restored from local RocksDB when its last local checkpoint token
-equals the last marker in the changelog, else by wiping its key group locally and replaying
-the changelog up to the last marker; the input is then sought to the marker's offset. Each
-restore is appended to ``<state-dir>/restores.jsonl`` (partition, source, records, seconds).
+On assignment a key group (partition ``p`` of every stateful topic: with a join of two Kafka
+sources, both inputs' partition ``p``, which faust assigns together) is restored from local
+RocksDB when its last local checkpoint token equals the last marker in the changelog, else by
+wiping the key group locally and replaying the changelog up to the last marker; each input is
+then sought to its offset in the marker, and its partition watermark restored. The operators'
+watermarks are then recomputed from the owned partitions', so they go back when a restored
+partition is behind the ones already owned (taking over a lost worker's partitions): else the
+restored partitions' records and timers would be judged against a watermark they never
+reached. Each restore is appended to ``<state-dir>/restores.jsonl`` (partition, source,
+records, seconds).
 
 Stopping: the first SIGTERM or SIGINT ends the data task after its round with a final
 checkpoint whose offsets are committed (if it holds restored partitions: else there is nothing
@@ -50,7 +56,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from eddies.errors import ConfigError, EddiesError, KeyEncodingError
+from eddies.errors import ConfigError, EddiesError, KeyEncodingError, StateIdentityError
 from eddies.operators.kafka import KafkaSink, decode, dumps_exact
 from eddies.operators.sources import DeadLetter, loads_exact
 from eddies.runtime.executor import RECORD_ERRORS, Executor, RunStats
@@ -59,6 +65,7 @@ from eddies.runtime.graph import Job, Node
 from eddies.runtime.identity import KAFKA_FIX, check_identity, job_identity
 from eddies.runtime.kafka.changelog import (
     MARKER_KEY,
+    InputPosition,
     Marker,
     MarkerLog,
     apply_deltas,
@@ -213,7 +220,9 @@ class KafkaWorker:
         self.ready: set[tuple[str, int]] = set()
         self.marks: dict[tuple[str, int], PartitionWatermark] = {}
         self.next_offset: dict[tuple[str, int], int] = {}
-        self.dedup: dict[int, dict[str, int]] = {}
+        self.dedup: dict[tuple[str, int], dict[str, int]] = {}
+        """Per repartition topic partition: the highest upstream offset seen per upstream."""
+        self._stateful = set(self.plan.stateful_topics)
         self.seq = 0
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -271,9 +280,19 @@ class KafkaWorker:
         inputs = [t for t in self.plan.group_topics if t not in self.plan.repartitions.values()]
         if not inputs:
             raise ConfigError(f"job {self.job.name!r} has no Kafka input read by the group")
-        self.partitions = counts[inputs[0]]
+        keyed = [t for t in self.plan.stateful_topics if t in counts]
+        if len({counts[t] for t in keyed}) > 1:
+            listed = " and ".join(f"{t!r} has {counts[t]} partitions" for t in keyed)
+            raise ConfigError(
+                f"job {self.job.name!r} keeps keyed state behind input topics that are not "
+                f"co-partitioned: {listed}. Partition p of each must hold the same keys, so "
+                "they need the same partition count (and the same key): produce one of them "
+                f"again into a topic with {counts[keyed[0]]} partitions (eddies produce "
+                "--partitions), or read it with ed.sources.kafka(topic) without key= so that "
+                "it is repartitioned")
+        self.partitions = counts[keyed[0]] if keyed else counts[inputs[0]]
         wanted = {t: self.partitions for t in self.plan.repartitions.values()}
-        if self.plan.stateful_topic is not None:
+        if self.plan.stateful_topics:
             wanted.update({t: self.partitions for t in self.plan.changelog_topics().values()})
             wanted[self.plan.checkpoint_topic] = self.partitions
         for topic in self.plan.sink_topics:
@@ -330,13 +349,30 @@ class KafkaWorker:
             # rebalance changed since the last checkpoint is written first. (With the eager
             # protocol their revocation checkpointed already; this holds for any.)
             await self._checkpoint_before_clearing()
-            for tp in sorted(self.owned - self.ready):
+            pending = sorted(self.owned - self.ready)
+            now = self.executor.clock()
+            for topic, p in pending:
+                if topic not in self._stateful:
+                    # A stateless stage: the reader starts it at the group's committed offset.
+                    self.marks[(topic, p)] = PartitionWatermark(self._strategy(topic), now)
+                    self.ready.add((topic, p))
+            for p in sorted({p for topic, p in pending if topic in self._stateful}):
                 if self._stop:  # stopping: the rest resume from their last checkpoint
                     break
-                await self._restore_partition(*tp)
-                self.ready.add(tp)
+                together = {(topic, p) for topic in self.plan.stateful_topics}
+                if not together <= self.owned:
+                    # faust assigns co-partitioned topics together; a member whose metadata
+                    # lacked one of them would not: wait for the rebalance that fixes it.
+                    log.warning("partition %d of %s assigned without %s: not restored until a "
+                                "rebalance assigns them together", p,
+                                sorted(t for t, _ in together & self.owned),
+                                sorted(t for t, _ in together - self.owned))
+                    continue
+                await self._restore_key_group(p)
+                self.ready |= together
             self._assign_reader()
             self._reload_timers()
+            self._rewind_watermarks()
             # Operators take the restored watermarks now, before the partitions' first
             # records: else those would be judged (late data, windows, TTL) against the
             # operator's watermark from before (the minimum, on a fresh worker). Timers at or
@@ -367,28 +403,41 @@ class KafkaWorker:
 
     def _owner(self, key: tuple[Any, ...]) -> str | None:
         """None if this worker holds ``key``'s partition, else "" (owner unknown here)."""
-        topic = self.plan.stateful_topic
-        if topic is None or not self.partitions:
+        if not self.plan.stateful_topics or not self.partitions:
             return None
-        if topic in self.plan.repartitions.values():
-            p = zlib.crc32(encode_key(key)) % self.partitions
-        else:
-            raw = key[0] if len(key) == 1 else key
-            data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
-            p = DefaultPartitioner()(data, list(range(self.partitions)),
-                                     list(range(self.partitions)))
-        return None if (topic, p) in self.ready else ""
+        for topic in self.plan.stateful_topics:
+            if topic in self.plan.repartitions.values():
+                p = zlib.crc32(encode_key(key)) % self.partitions
+            else:
+                raw = key[0] if len(key) == 1 else key
+                data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+                p = DefaultPartitioner()(data, list(range(self.partitions)),
+                                         list(range(self.partitions)))
+            if (topic, p) in self.ready:
+                return None
+        return ""
+
+    def _rewind_watermarks(self) -> None:
+        """Operators' watermarks back to the minimum over the partitions owned now (the
+        caller advances time next): a restored partition may be behind the others."""
+        ex = self.executor
+        for n in ex.wm:
+            ex.wm[n] = MIN_TIME
+        for op in ex.operators.values():
+            op.watermark = op.ctx.watermark = MIN_TIME
 
     def _strategy(self, topic: str) -> BoundedOutOfOrderness:
         node = self.plan.source_of_topic[topic]
         return node.params["watermarks"] or BoundedOutOfOrderness(0)
 
-    async def _restore_partition(self, topic: str, p: int) -> None:
+    async def _restore_key_group(self, p: int) -> None:
+        """Restore key group ``p``: the state, then every stateful topic's partition ``p``
+        (position, watermark, dedup) as of the last marker."""
         started = time.monotonic()
         now = self.executor.clock()
-        self.marks[(topic, p)] = PartitionWatermark(self._strategy(topic), now)
-        if topic != self.plan.stateful_topic:
-            return  # stateless stage: the reader starts it at the group's committed offset
+        topics = self.plan.stateful_topics
+        for topic in topics:
+            self.marks[(topic, p)] = PartitionWatermark(self._strategy(topic), now)
         markers = MarkerLog(f"topic {self.plan.checkpoint_topic!r} partition {p}")
         for _, value, _ in await self._read_all(self.plan.checkpoint_topic, p):
             if value is not None:
@@ -401,7 +450,9 @@ class KafkaWorker:
             check_identity(last.identity, self.job, None,
                            f"the changelog of topic {self.plan.checkpoint_topic!r} "
                            f"partition {p}", KAFKA_FIX)
-        entry: dict[str, Any] = {"topic": topic, "partition": p, "pid": os.getpid()}
+        entry: dict[str, Any] = {"topic": topics[0], "partition": p, "pid": os.getpid()}
+        if len(topics) > 1:
+            entry["topics"] = topics
         if last is not None and local_token == last.token:
             entry["source"] = "local"
             entry["records"] = 0
@@ -428,13 +479,22 @@ class KafkaWorker:
             entry["source"] = "changelog" if last is not None else "empty"
             entry["records"] = applied
             entry["ignored"] = ignored
+        for topic in topics:
+            position = None if last is None else last.position(topic)
+            if last is not None and (position is None or (last.inputs is None
+                                                          and len(topics) > 1)):
+                raise StateIdentityError(
+                    f"the last checkpoint of partition {p} in {self.plan.checkpoint_topic!r} "
+                    f"does not hold a position for input topic {topic!r}: it was written by a "
+                    f"job whose keyed state sat behind other topics. {KAFKA_FIX}")
+            if position is None:
+                self.dedup[(topic, p)] = {}
+                continue
+            self.marks[(topic, p)].restore(position.watermark)
+            self.dedup[(topic, p)] = dict(position.dedup)
+            self.next_offset[(topic, p)] = position.offset  # where the reader starts
         if last is not None:
-            self.marks[(topic, p)].restore(last.watermark)
-            self.dedup[p] = dict(last.dedup)
             self.seq = max(self.seq, last.seq)
-            self.next_offset[(topic, p)] = last.offset  # where the reader starts
-        else:
-            self.dedup[p] = {}
         for op in self.executor.operators.values():
             op.store.clear_cache()
         entry["seconds"] = round(time.monotonic() - started, 3)
@@ -444,7 +504,7 @@ class KafkaWorker:
 
     def _reload_timers(self) -> None:
         """Timers in memory = the persisted timers of the key groups owned now."""
-        groups = sorted(p for t, p in self.ready if t == self.plan.stateful_topic)
+        groups = sorted({p for t, p in self.ready if t in self._stateful})
         for op in self.executor.operators.values():
             op.timers.event = type(op.timers.event)()
             op.timers.processing = type(op.timers.processing)()
@@ -654,7 +714,7 @@ class KafkaWorker:
             # during the fetch): already pushed.
             batch = [r for r in batch if r.offset >= expected]
         if node.params.get("repartition", False):
-            batch = self._dedup(p, batch)
+            batch = self._dedup(topic, p, batch)
         fmt = source.value_format
         kept = batch
         try:
@@ -676,7 +736,7 @@ class KafkaWorker:
         if batch:
             self.next_offset[(topic, p)] = batch[-1].offset + 1
         ex = self.executor
-        if topic == self.plan.stateful_topic:
+        if topic in self._stateful:
             ex.pin_key_group(p)
         if self.plan.repartitions:
             ex.cur_src = f"{topic}:{p}"
@@ -701,9 +761,10 @@ class KafkaWorker:
             self.marks[(topic, p)].observe(max_ts, now)
         return len(batch)
 
-    def _dedup(self, p: int, batch: list[Any]) -> list[Any]:
-        """Drop records a crashed upstream worker produced twice to repartition topic ``p``."""
-        seen = self.dedup.setdefault(p, {})
+    def _dedup(self, topic: str, p: int, batch: list[Any]) -> list[Any]:
+        """Drop records a crashed upstream worker produced twice to ``topic`` partition ``p``
+        (a repartition topic)."""
+        seen = self.dedup.setdefault((topic, p), {})
         out = []
         for record in batch:
             src, off = None, -1
@@ -800,7 +861,7 @@ class KafkaWorker:
         token = new_token()
         self.seq += 1
         marker_acks: list[Any] = []
-        if self.plan.stateful_topic is not None:
+        if self.plan.stateful_topics:
             header = token_header(token)
             per_topic = changelog_records(batch, self.plan.changelog_topics(),
                                           set(self.plan.broadcast_cfs), token)
@@ -810,14 +871,18 @@ class KafkaWorker:
             self.after_deltas(self.seq)
             markers = []
             identity = job_identity(self.job)
-            for topic, p in sorted(self.ready):
-                if topic != self.plan.stateful_topic:
-                    continue
-                mark = self.marks.get((topic, p))
+            topics = self.plan.stateful_topics
+            for p in sorted({p for t, p in self.ready if t == topics[0]}):
+                positions = {}
+                for topic in topics:  # every input of key group p, in one marker
+                    mark = self.marks.get((topic, p))
+                    positions[topic] = InputPosition(
+                        self.next_offset.get((topic, p), 0),
+                        mark.watermark if mark else MIN_TIME, self.dedup.get((topic, p), {}))
+                first = positions[topics[0]]
                 value = encode_marker(Marker(  # carries the key layout of the deltas
-                    token, self.next_offset.get((topic, p), 0),
-                    mark.watermark if mark else MIN_TIME, self.seq, self.dedup.get(p, {}),
-                    identity=identity))
+                    token, first.offset, first.watermark, self.seq, first.dedup,
+                    identity=identity, inputs=positions if len(topics) > 1 else None))
                 markers.append((MARKER_KEY, value, None, [header], p))
                 batch.put(META_CF, encode_key(("kafka-checkpoint", p)), msgpack.packb(token))
             marker_acks = await self._send(self.plan.checkpoint_topic, markers, explicit=True)
