@@ -627,3 +627,47 @@ def test_a_savepoint_of_a_running_job_holds_its_last_checkpoint(tmp_path):
                  from_savepoint=tmp_path / "sp")
     got = [json.loads(x) for x in (tmp_path / "o2.jsonl").read_text().splitlines()]
     assert got == shop_reference(events, len(events))[split:]
+
+
+class Rules(ed.KeyedBroadcastProcessFunction):
+    table = ed.BroadcastState("table", version=2, migrate=lambda v, n: {"limit": v})
+    seen = ed.ValueState("seen", default=0)
+
+    def on_broadcast(self, rule, ctx):
+        self.table.put(rule["name"], {"limit": rule["value"]})
+
+    def on_event(self, event, ctx):
+        self.seen.set(self.seen.get() + 1)
+        yield (ctx.key, self.seen.get(), sorted(self.table.entries()))
+
+
+def test_broadcast_state_keeps_its_place_across_max_parallelism_and_migrates(tmp_path):
+    """BroadcastState has no key: it stays one table for every key whatever the target's
+    key groups, and migrates per entry; keyed state beside it is regrouped."""
+    with SavepointWriter(tmp_path / "sp", job="bc", max_parallelism=3) as w:
+        w.state("rules", "table", "broadcast", [("x", 5), ("y", 7)])
+        w.state("rules", "seen", "value", [(f"k{i}", 10 * i) for i in range(6)])
+    job = ed.Job("bc")
+    out = ed.sinks.collect()
+    rule_stream = job.source(ed.sources.iterable([]), timestamp="ts", name="rule-feed")
+    (job.source(ed.sources.iterable([{"k": f"k{i}", "ts": i} for i in range(6)]),
+                timestamp="ts", name="events")
+     .key_by("k").connect(rule_stream.broadcast()).process(Rules(), name="rules").sink(out))
+    got = ed.run_local(job, f"rocksdb:{tmp_path / 'db'}", from_savepoint=tmp_path / "sp",
+                       max_parallelism=50).collected(out)
+    table = [("x", {"limit": 5}), ("y", {"limit": 7})]
+    assert got == [(f"k{i}", 10 * i + 1, table) for i in range(6)]
+
+
+def test_cli_errors_are_one_line_that_says_what_to_do(tmp_path):
+    (tmp_path / "junk").write_bytes(b"not a savepoint at all")
+    shown = CliRunner().invoke(main, ["savepoint", "inspect", str(tmp_path / "junk")])
+    assert shown.exit_code == 1
+    assert shown.output.startswith("error: savepoint ") and "is not an eddies savepoint" in (
+        shown.output)
+    made = CliRunner().invoke(main, ["savepoint", "create", str(tmp_path / "nodir"),
+                                     str(tmp_path / "sp")])
+    assert made.exit_code == 1 and "does not exist; give the dir a job ran on" in made.output
+    assert not (tmp_path / "sp").exists()
+    usage = CliRunner().invoke(main, ["savepoint", "create", str(tmp_path / "sp")])
+    assert usage.exit_code == 1 and "give STATE_DIR and OUT" in usage.output
