@@ -78,12 +78,19 @@ class KafkaSource(Source):
 class KafkaSink(Sink):
     """A Kafka topic as a sink; records are keyed by ``key`` (a field name or a function).
 
-    Delivery is at-least-once: outputs made after the last checkpoint are produced again
-    after a crash, identically. The worker binds it to its producer.
+    By default delivery is at-least-once: outputs made after the last checkpoint are produced
+    again after a crash, identically. With ``exactly_once`` the worker writes them in a Kafka
+    transaction committed with the checkpoint (``eddies.runtime.kafka.transactions``): a
+    ``read_committed`` consumer sees each output once. The worker binds it to its producer.
     """
 
-    def __init__(self, topic: str, key: Any, value_format: str, name: str | None) -> None:
+    def __init__(self, topic: str, key: Any, value_format: str, name: str | None,
+                 exactly_once: bool = False) -> None:
         _check(topic, value_format, "sinks.kafka")
+        if not isinstance(exactly_once, bool):
+            raise ConfigError(f"sinks.kafka({topic!r}): exactly_once must be True or False, "
+                              f"got {exactly_once!r}")
+        self.exactly_once = exactly_once
         self.topic = topic
         self.key = key
         self.value_format = value_format
@@ -110,7 +117,8 @@ class KafkaSink(Sink):
             self.pending.append((self.key_of(value), encode(fmt, value)))
 
     def __repr__(self) -> str:
-        return f"kafka({self.topic!r})"
+        once = ", exactly_once=True" if self.exactly_once else ""
+        return f"kafka({self.topic!r}{once})"
 
 
 def kafka_source(
@@ -121,7 +129,16 @@ def kafka_source(
 
 
 def kafka_sink(
-    topic: str, *, key: Any = None, value_format: str = "json", name: str | None = None
+    topic: str, *, key: Any = None, value_format: str = "json", name: str | None = None,
+    exactly_once: bool = False,
 ) -> KafkaSink:
-    """Write results to ``topic``, keyed by field (or function) ``key``."""
-    return KafkaSink(topic, key, value_format, name)
+    """Write results to ``topic``, keyed by field (or function) ``key``.
+
+    ``exactly_once=True``: records produced for a checkpoint become visible to
+    ``read_committed`` consumers only once that checkpoint is committed, through Kafka
+    transactions; the worker refuses to start on a broker without them.
+
+    >>> kafka_sink("alerts", key="card", exactly_once=True)
+    kafka('alerts', exactly_once=True)
+    """
+    return KafkaSink(topic, key, value_format, name, exactly_once)

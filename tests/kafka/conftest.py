@@ -1,13 +1,21 @@
-"""A real Kafka-protocol broker (Tansu) on 127.0.0.1 for the session, and worker helpers."""
+"""Real Kafka-protocol brokers on 127.0.0.1 for the session, and worker helpers.
+
+``kafka_broker`` is Tansu (every Kafka test); ``txn_broker`` is noida-db, for the tests that
+need broker transactions, which Tansu does not implement (exactly-once sinks).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.resources
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +27,7 @@ pytest.importorskip("faust")
 pytest.importorskip("aiokafka")
 
 from eddies.runtime.kafka.commands import produce_file  # noqa: E402
-from eddies.runtime.kafka.tansu import tansu_broker  # noqa: E402
+from eddies.runtime.kafka.tansu import free_port, tansu_broker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +35,51 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[str]:
     with tansu_broker() as bootstrap:
+        yield bootstrap
+
+
+@contextlib.contextmanager
+def noida_broker(ready_timeout: float = 15.0) -> Iterator[str]:
+    """noida-db's Kafka service alone on a free 127.0.0.1 port, its data in a temporary dir."""
+    noida = pytest.importorskip("noida_db", reason="the transactions broker: pip install noida-db")
+    binary = importlib.resources.files(noida).joinpath("noida-db")
+    os.chmod(str(binary), 0o755)  # wheels may drop the exec bit
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="noida-") as data:
+        log = Path(data) / "log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(binary), "start", "--only", "kafka", "--kafka-port", str(port),
+                 "--host", "127.0.0.1", "--data-dir", str(Path(data) / "db")],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"noida-db exited with {proc.returncode}: "
+                                       f"{log.read_text()}")
+                with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", port), 0.2
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"noida-db not ready in {ready_timeout}s: "
+                                       f"{log.read_text()}")
+                time.sleep(0.02)
+            yield f"127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def txn_broker() -> Iterator[str]:
+    """A broker whose transactions work (read_committed hides aborted and open ones)."""
+    with noida_broker() as bootstrap:
         yield bootstrap
 
 

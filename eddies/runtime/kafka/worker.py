@@ -78,6 +78,12 @@ from eddies.runtime.kafka.faust_io import FaustGroup, GroupCallbacks
 from eddies.runtime.kafka.plan import Plan, describe, plan_job
 from eddies.runtime.kafka.reader import PartitionReader
 from eddies.runtime.kafka.topics import create_topics, topic_partitions
+from eddies.runtime.kafka.transactions import (
+    ExactlyOnceOutputs,
+    check_transactions,
+    end_offset,
+    transactions_topic,
+)
 from eddies.runtime.keyed import META_CF
 from eddies.runtime.observe import Observer, listen_inspector
 from eddies.runtime.watermarks import MIN_TIME, BoundedOutOfOrderness, PartitionWatermark
@@ -215,6 +221,8 @@ class KafkaWorker:
             if n.kind == "sink" and isinstance(n.params["sink"], KafkaSink):
                 n.params["sink"].bound = True
                 self.kafka_sinks.append(n.params["sink"])
+        self.outputs: ExactlyOnceOutputs | None = None
+        """The transactional producer of exactly-once sinks (``transactions.py``), if any."""
         self.partitions = 0
         self.owned: set[tuple[str, int]] = set()
         self.ready: set[tuple[str, int]] = set()
@@ -302,6 +310,9 @@ class KafkaWorker:
             wanted[self.dead_topic] = 1
         if wanted:
             await create_topics(self.bootstrap, wanted)
+        once = [s.name for s in self.kafka_sinks if s.exactly_once]
+        if once:  # refused before joining the group, never degraded to at-least-once
+            await check_transactions(self.bootstrap, once)
 
     def run(self) -> None:
         """Create topics, then run the faust worker until SIGTERM/SIGINT."""
@@ -330,6 +341,8 @@ class KafkaWorker:
                 self.next_offset.pop(tp, None)
             self._assign_reader()
             self._reload_timers()
+            if self.outputs is not None:
+                await self.outputs.reassigned()
         log.info("revoked %s", sorted(gone))
 
     async def _on_assigned(self, assigned: set[tuple[str, int]]) -> None:
@@ -350,6 +363,8 @@ class KafkaWorker:
             # protocol their revocation checkpointed already; this holds for any.)
             await self._checkpoint_before_clearing()
             pending = sorted(self.owned - self.ready)
+            if self.outputs is not None:  # fence the previous owners before reading markers
+                await self.outputs.take_over(pending)
             now = self.executor.clock()
             for topic, p in pending:
                 if topic not in self._stateful:
@@ -370,6 +385,8 @@ class KafkaWorker:
                     continue
                 await self._restore_key_group(p)
                 self.ready |= together
+            if self.outputs is not None:
+                await self.outputs.reassigned()
             self._assign_reader()
             self._reload_timers()
             self._rewind_watermarks()
@@ -527,7 +544,7 @@ class KafkaWorker:
             got = await consumer.getmany(tp, timeout_ms=200, max_records=20_000)
             for record in got.get(tp, []):
                 out.append((record.key, record.value, record.headers))
-            high = consumer.highwater(tp)
+            high = end_offset(consumer, tp, self.outputs is not None)
             if high is not None and await consumer.position(tp) >= high:
                 return out
         raise EddiesError(f"could not read {topic}[{p}] to its end within 120 s")
@@ -559,8 +576,18 @@ class KafkaWorker:
                                          linger_ms=5, max_batch_size=1 << 20,
                                          max_request_size=8 << 20)
         await self.producer.start()
+        once = {s.topic for s in self.kafka_sinks if s.exactly_once}
+        if once:
+            self.outputs = ExactlyOnceOutputs(
+                self.bootstrap, self.group, {*once, self.plan.checkpoint_topic},
+                transactions_topic(self.job.name),
+                {"acks": "all", "linger_ms": 5, "max_batch_size": 1 << 20,
+                 "max_request_size": 8 << 20}, self.producer, lambda: self.ready)
+            await self.outputs.start()
         self._restore_consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
                                                   enable_auto_commit=False,
+                                                  isolation_level="read_committed" if once
+                                                  else "read_uncommitted",
                                                   fetch_max_wait_ms=100,
                                                   max_partition_fetch_bytes=8 << 20)
         await self._restore_consumer.start()
@@ -596,6 +623,8 @@ class KafkaWorker:
                 await self._commit_task  # the final checkpoint's offsets are committed
             self.final_checkpoint = final
             gc.set_threshold(*gc_threshold)
+            if self.outputs is not None:
+                await self.outputs.close()  # an open transaction is aborted
             await self.producer.stop()
             await self._restore_consumer.stop()
             await self.reader.stop()
@@ -815,7 +844,10 @@ class KafkaWorker:
 
     async def _send(self, topic: str, items: list[Any], explicit: bool = False) -> list[Any]:
         """Produce ``items`` in per-partition batches; returns the delivery futures."""
-        partitions = sorted(await self.producer.partitions_for(topic))
+        producer = self.producer
+        if self.outputs is not None:
+            producer = await self.outputs.producer_for(topic, producer)
+        partitions = sorted(await producer.partitions_for(topic))
         by_partition: dict[int, list[Any]] = {}
         rr = 0
         for item in items:
@@ -829,14 +861,14 @@ class KafkaWorker:
             by_partition.setdefault(p, []).append(item)
         futures = []
         for p, chunk in by_partition.items():
-            batch = self.producer.create_batch()
+            batch = producer.create_batch()
             for key, value, ts, headers, *_ in chunk:
                 if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                    futures.append(await self.producer.send_batch(batch, topic, partition=p))
-                    batch = self.producer.create_batch()
+                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=ts, headers=headers)
             if batch.record_count():
-                futures.append(await self.producer.send_batch(batch, topic, partition=p))
+                futures.append(await producer.send_batch(batch, topic, partition=p))
         return futures
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -888,6 +920,9 @@ class KafkaWorker:
             marker_acks = await self._send(self.plan.checkpoint_topic, markers, explicit=True)
         else:
             await asyncio.gather(*waits)
+        if self.outputs is not None:  # the outputs and markers become visible together
+            await self.outputs.commit({tp: off for tp, off in self.next_offset.items()
+                                       if tp in self.ready})
         self._in_checkpoint = True
         try:
             self.backend.write(batch)
