@@ -12,11 +12,12 @@ Then, each in this process and timed with ``perf_counter``:
   with the same max_parallelism (stored keys kept as they are), nothing else run;
 - **rescale**: the same into max_parallelism 256 (every key group recomputed).
 
-It prints each time and the ratios to the scan (and restore to the write), and checks that
-the restored dirs hold the same entries as the original.
+It prints the median of ``--runs`` runs (default 3) of each time and ratio (ratios to the
+scan, and restore to the write, each taken within its run), and checks that the restored
+dirs hold the same entries as the original.
 
     python -m benchmarks.savepoint_bench              # 1M keys
-    python -m benchmarks.savepoint_bench --n 20000    # a smoke run
+    python -m benchmarks.savepoint_bench --n 20000 --runs 1   # a smoke run
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -125,13 +127,15 @@ def run(n: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="keys (default 1M)")
+    parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    result = run(args.n)
+    runs = [run(args.n) for _ in range(args.runs)]
+    result = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{result['keys']:,} keys: raw rocksdict scan {result['scan_s']:.2f}s, raw write "
+    print(f"{int(result['keys']):,} keys, median of {args.runs}: raw rocksdict scan {result['scan_s']:.2f}s, raw write "
           f"{result['write_s']:.2f}s; savepoint create {result['create_s']:.2f}s "
           f"({result['create_vs_scan']:.2f}x the scan), restore {result['restore_s']:.2f}s "
           f"({result['restore_vs_scan']:.2f}x the scan, {result['restore_vs_write']:.2f}x the "
