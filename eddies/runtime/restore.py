@@ -71,7 +71,7 @@ class _Target:
 
 
 def _plan(sp: Savepoint, job: Job, operators: dict[str, KeyedOperator],
-          readers: dict[str, list[SourceReader]], allow_non_restored: bool,
+          readers: dict[str, list[SourceReader]] | None, allow_non_restored: bool,
           ) -> tuple[list[_Target], list[str]]:
     """Match the savepoint's states with the job's; raise SavepointError listing every
     mismatch. Returns the targets and the operators whose timers and watermark restore."""
@@ -152,7 +152,8 @@ def _plan(sp: Savepoint, job: Job, operators: dict[str, KeyedOperator],
         elif info.timers and info.name not in by_op and not allow_non_restored:
             problems.append(f"operator {info.name!r} has {info.timers:,} saved timers and the "
                             f"job has no operator of that name; {fix_drop}")
-    problems.extend(_source_problems(sp, job, readers, allow_non_restored))
+    if readers is not None:
+        problems.extend(_source_problems(sp, job, readers, allow_non_restored))
     if problems:
         raise SavepointError(
             f"{sp.where} (job {sp.job!r}) does not fit job {job.name!r}: "
@@ -228,24 +229,31 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
                       operators: dict[str, KeyedOperator],
                       readers: dict[str, list[SourceReader]], *,
                       max_parallelism: int, allow_non_restored_state: bool = False,
-                      where: str = "the state backend") -> list[str]:
+                      where: str = "the state backend",
+                      key_group: Callable[[bytes], int] | None = None) -> list[str]:
     """Write the savepoint at ``path`` into the empty ``backend`` of ``job``, whose keyed
     ``operators`` are built (by name) and whose sources are ``readers`` (by source name, at
     the start of their input); returns the saved states dropped (with
     ``allow_non_restored_state``). See the module docstring for the rules; every mismatch
     raises :class:`~eddies.errors.SavepointError` before anything is written. The local
-    runner calls it (``run_local(..., from_savepoint=)``)."""
+    runner calls it (``run_local(..., from_savepoint=)``).
+
+    ``key_group(user key element) -> group`` places keys another way than ``crc32 %
+    max_parallelism`` (a Kafka deployment's partitions); input positions are then neither
+    checked nor restored (``readers`` is ignored)."""
     sp = read_savepoint(path)
     for cf in backend.column_families():
         if cf != "default" and not backend.is_empty(cf):
             raise SavepointError(
                 f"{where} is not empty (it holds {cf!r}): a savepoint restores into a new "
                 "state dir; give --state rocksdb:NEW_DIR (or delete this one)")
-    targets, dropped = _plan(sp, job, operators, readers, allow_non_restored_state)
+    targets, dropped = _plan(sp, job, operators, None if key_group else readers,
+                             allow_non_restored_state)
     touched: set[str] = set()
     try:
-        _write_state(sp, backend, targets, operators, max_parallelism, touched)
-        _write_meta(sp, job, backend, operators, readers)
+        _write_state(sp, backend, targets, operators, max_parallelism, touched, key_group)
+        if key_group is None:
+            _write_meta(sp, job, backend, operators, readers)
     except BaseException:
         undo = Batch()
         for cf in touched:
@@ -260,10 +268,17 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
 
 def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
                  operators: dict[str, KeyedOperator], max_parallelism: int,
-                 touched: set[str]) -> None:
-    crc32 = zlib.crc32
-    groups = [g.to_bytes(2, "big") for g in range(max_parallelism)]
-    same_groups = sp.max_parallelism == max_parallelism
+                 touched: set[str], key_group: Callable[[bytes], int] | None) -> None:
+    if key_group is not None:
+        def group_of(element: bytes) -> bytes:
+            return key_group(element).to_bytes(2, "big")
+    else:
+        crc32 = zlib.crc32
+        groups = [g.to_bytes(2, "big") for g in range(max_parallelism)]
+
+        def group_of(element: bytes) -> bytes:
+            return groups[crc32(element) % max_parallelism]
+    same_groups = key_group is None and sp.max_parallelism == max_parallelism
     marked = set() if same_groups else {
         name for name in operators if any(k[2:3] == WINDOW for k in sp.raw_timers(name))}
     moves: dict[str, set[bytes]] = {}  # operator: (old group + new group) of its keys
@@ -279,7 +294,7 @@ def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
             # without decoding (the user key element is all of the key after its group).
             _copy_chunks(sp, target.saved, backend, ttl, cf, indexed, touched,
                          None if same_groups else lambda chunk: [
-                             groups[crc32(k[2:]) % max_parallelism] + k[2:] for k in chunk])
+                             group_of(k[2:]) + k[2:] for k in chunk])
             continue
         moved = moves.setdefault(target.saved.operator, set())
         broadcast = target.saved.kind == "broadcast"
@@ -290,7 +305,7 @@ def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
             if convert is not None:
                 data = convert(key, data)
             if not broadcast and not same_groups:  # broadcast state: group 0, no key
-                group = groups[crc32(key[2:_element_end(key, 2)]) % max_parallelism]
+                group = group_of(key[2:_element_end(key, 2)])
                 if track:
                     moved.add(key[:2] + group)
                 key = group + key[2:]
@@ -314,8 +329,7 @@ def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
             if key[2:3] == WINDOW:  # a mark: every group its key group's keys went to
                 out.extend(group + key[2:] for group in to.get(key[:2], ()))
                 continue
-            out.append(groups[crc32(key[11:_element_end(key, 11)]) % max_parallelism]
-                       + key[2:])
+            out.append(group_of(key[11:_element_end(key, 11)]) + key[2:])
         batch = Batch()
         batch.put_many(cf, out, [b""] * len(out))
         backend.write(batch)
