@@ -515,6 +515,34 @@ def savepoint_create(paths: tuple[str, ...], broker: str | None, job_name: str |
                f"{sp.total_entries:,} entries")
 
 
+@savepoint.command("restore")
+@click.argument("path", metavar="SAVEPOINT", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target", metavar="FILE.py:job|module:job")
+@click.option("--broker", required=True, help="kafka://HOST:PORT")
+@click.option("--allow-non-restored-state", is_flag=True,
+              help="Drop saved states the job no longer has, instead of stopping.")
+@click.option("--offset", default=0, show_default=True, type=int,
+              help="Input offset every partition starts from.")
+def savepoint_restore(path: str, target: str, broker: str, allow_non_restored_state: bool,
+                      offset: int) -> None:
+    """Start a Kafka deployment of a job from a savepoint: write it into the job's changelog
+    topics as their first checkpoint, for any partition count, then start the workers
+    (eddies worker) as usual. Local runs restore with eddies run --from-savepoint."""
+    from eddies.runtime.kafka.seed import seed_kafka_job
+
+    try:
+        job = load_target(target)
+        done = seed_kafka_job(path, job, broker.removeprefix("kafka://"),
+                              allow_non_restored_state=allow_non_restored_state,
+                              offset=offset)
+    except EddiesError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{job.name}: savepoint written as the first checkpoint of its "
+               f"{done['partitions']} partitions ({done['records']:,} changelog records); "
+               "start its workers with eddies worker")
+
+
 @savepoint.command("inspect")
 @click.argument("path", metavar="SAVEPOINT", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The summary as JSON.")

@@ -78,3 +78,47 @@ def test_a_job_without_checkpoints_on_the_broker_is_an_error(kafka_broker) -> No
     with pytest.raises(SavepointError, match=r"job 'no-such-job' has no committed checkpoint "
                                              r".*check the job name"):
         create_kafka_savepoint(kafka_broker, "no-such-job", "/nonexistent/sp")
+
+
+def test_rescale_from_6_partitions_to_4_with_two_workers(kafka_broker, workers,
+                                                         tmp_path: Path) -> None:
+    """The acceptance rescale: a job on 6 partitions, savepoint from its changelogs, seeded
+    into a new deployment on a 4-partition topic, run by 2 workers: the final totals equal
+    the reference over all the input; a second seed of the same job is refused."""
+    from eddies.runtime.kafka.seed import seed_kafka_job
+    from examples.kafka_totals import build
+
+    first, rest = events(0, 300), events(300, 500)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    one.write_text("".join(json.dumps(e) + "\n" for e in first))
+    two.write_text("".join(json.dumps(e) + "\n" for e in rest))
+    produce(kafka_broker, one, "rs6-in", "account", partitions=6)
+    old = workers(TARGET, kafka_broker, "old",
+                  {"EDDIES_JOB": "rs6", "EDDIES_INPUT": "rs6-in", "EDDIES_OUTPUT": "rs6-out"})
+    wait_until(lambda: len(read_topic(kafka_broker, "rs6-out")) >= 300, 120, "the outputs")
+    assert old.stop() == 0
+    create_kafka_savepoint(kafka_broker, "rs6", tmp_path / "sp")
+
+    produce(kafka_broker, two, "rs4-in", "account", partitions=4)
+    job = build("rs4-in", "rs4-out", "rs4")
+    done = seed_kafka_job(tmp_path / "sp", job, kafka_broker)
+    assert done["partitions"] == 4 and done["records"] >= 20
+    with pytest.raises(SavepointError, match=r"job 'rs4' already has checkpoints .*new name"):
+        seed_kafka_job(tmp_path / "sp", build("rs4-in", "rs4-out", "rs4"), kafka_broker)
+
+    env = {"EDDIES_JOB": "rs4", "EDDIES_INPUT": "rs4-in", "EDDIES_OUTPUT": "rs4-out"}
+    pair = [workers(TARGET, kafka_broker, name, env) for name in ("n1", "n2")]
+    final = totals(first + rest)
+
+    def caught_up() -> bool:
+        latest: dict[str, list[int]] = {}
+        for out in read_topic(kafka_broker, "rs4-out"):
+            if out["count"] > latest.get(out["account"], [0, 0])[0]:
+                latest[out["account"]] = [out["count"], out["sum"]]
+        return latest == final
+
+    wait_until(caught_up, 180, "the totals over both inputs")
+    for w in pair:
+        assert w.stop() == 0
+    restores = [r for w in pair for r in w.restores() if r.get("source") == "changelog"]
+    assert {r["partition"] for r in restores} == {0, 1, 2, 3}
