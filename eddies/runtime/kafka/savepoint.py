@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ from eddies.state.memory import InMemoryStateBackend
 
 __all__ = ["create_kafka_savepoint"]
 
+_READ_TIMEOUT_S = 60
+"""How long reading one topic to its end may take."""
+
 
 async def _read_topic(bootstrap: str, topic: str) -> dict[int, list[tuple[Any, Any, Any]]]:
     """Every record of ``topic`` as (key, value, headers), per partition; {} if no topic."""
@@ -50,8 +54,10 @@ async def _read_topic(bootstrap: str, topic: str) -> dict[int, list[tuple[Any, A
     n = await topic_partitions(bootstrap, topic)
     if not n:
         return {}
+    # read_committed: markers written in an exactly-once sink's transaction count only
+    # once it commits (an aborted one's checkpoint never happened).
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=100)
+                                fetch_max_wait_ms=100, isolation_level="read_committed")
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(n)]
@@ -59,10 +65,17 @@ async def _read_topic(bootstrap: str, topic: str) -> dict[int, list[tuple[Any, A
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         out: dict[int, list[tuple[Any, Any, Any]]] = {p: [] for p in range(n)}
+        deadline = time.monotonic() + _READ_TIMEOUT_S
         while True:
             positions = [await consumer.position(tp) for tp in tps]
             if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
                 return out
+            if time.monotonic() > deadline:
+                raise SavepointError(
+                    f"could not read topic {topic!r} to its end within {_READ_TIMEOUT_S} s "
+                    "(a transaction left open by a stopped exactly-once worker holds it "
+                    "back): start the job's workers so they settle it, or stop them with "
+                    "SIGTERM, then take the savepoint again")
             got = await consumer.getmany(timeout_ms=300, max_records=50_000)
             for tp, records in got.items():
                 out[tp.partition].extend((r.key, r.value, r.headers) for r in records)
