@@ -1,5 +1,5 @@
 """Savepoints: a job's keyed state, timers, watermarks and input positions in one portable,
-versioned file, taken from a stopped (or running) state dir and restored into a new one.
+versioned file, taken from a stopped (or running) job and restored into a new state dir.
 
 A savepoint is one file rather than a directory: it is written in one pass, streamed (a
 state of a million keys never sits in memory), renamed into place when complete, and copied
@@ -15,7 +15,8 @@ restores without RocksDB and whatever backend wrote it::
              "identity": <the job's identity (identity.py), with its sources' fingerprints>,
              "watermarks": {operator: watermark},
              "sources": {source: [[position, watermark], ...]},   one pair per partition
-             "meta": {"sinks": {sink: position}, "stats": [...]}}  the job's checkpoint
+             "meta": {"sinks": {sink: position}, "stats": [...], ...}}  the job's
+                                                           checkpoint (None: none)
     footer  {"sections": [[what, operator, state, kind, version, entries, offset], ...],
              "entries": total}
             what is "state" (state is its name) or "timers" (state and kind None, version 0);
@@ -35,7 +36,9 @@ codec's version (``eddies.state.keys.KEY_LAYOUT_VERSION``); another one, or anot
 a restore with the same N keeps the stored keys as they are, any other recomputes them.
 
 Restoring one (``run_local(..., from_savepoint=PATH)``, ``eddies run --from-savepoint``)
-is ``restore.py``'s job: its docstring has the rules for a changed job.
+is ``restore.py``'s job: its docstring has the rules for a changed job. A Kafka job's
+savepoint is read from its changelogs (``kafka/savepoint.py``), and a savepoint starts a
+Kafka deployment by becoming its changelogs' first checkpoint (``kafka/seed.py``).
 
 >>> import eddies as ed, tempfile, os
 >>> class Count(ed.KeyedProcessFunction):
