@@ -20,6 +20,10 @@ into a new, empty state dir (or memory), before the first event and before any s
 - Key groups are recomputed for the target (``crc32(user key) % max_parallelism``), so a
   savepoint restores into another ``max_parallelism`` or from a Kafka job's partitions;
   timers follow their keys and window marks their keys' groups.
+- A savepoint of a run that read its input to the end has ended event time (watermark
+  +infinity: timers and windows fired, TTL state expired): it restores only into the same
+  inputs (``identity.py`` then says there is nothing to do, or offers follow mode), never
+  into new ones, where every event would be late.
 - Sources continue from the saved positions under the rules of ``identity.py``: a file
   replaced or shorter than its position is refused; a source the savepoint lacks starts from
   the beginning; a saved source the job lacks needs ``allow_non_restored_state``. Sinks of
@@ -51,6 +55,7 @@ from eddies.runtime.identity import (
 from eddies.runtime.keyed import META_CF, KeyedOperator
 from eddies.runtime.savepoint import Savepoint, StateInfo, read_savepoint
 from eddies.runtime.timers import WINDOW, timers_cf
+from eddies.runtime.watermarks import MAX_TIME
 from eddies.state.backend import PUT, Batch, StateBackend
 from eddies.state.descriptors import StateDescriptor, declared_states
 from eddies.state.entries import decode_payload, payload
@@ -154,6 +159,16 @@ def _plan(sp: Savepoint, job: Job, operators: dict[str, KeyedOperator],
                             f"job has no operator of that name; {fix_drop}")
     if readers is not None:
         problems.extend(_source_problems(sp, job, readers, allow_non_restored))
+    ended = sorted(name for name, wm in sp.watermarks.items()
+                   if wm == MAX_TIME and name in operators)
+    if ended and (readers is None or any(name not in sp.sources for name in readers)):
+        # The same inputs, unchanged or grown, meet the checks of identity.check_ended.
+        problems.append(
+            f"operator{'s' * (len(ended) > 1)} {', '.join(map(repr, ended))} ended event "
+            "time in the savepoint (its job read its input to the end, so every timer and "
+            "window fired and TTL state expired there): new input would all count as late. "
+            "Take the savepoint from a run stopped before the end of its input (Ctrl-C or "
+            "SIGTERM, or eddies run --follow)")
     if problems:
         raise SavepointError(
             f"{sp.where} (job {sp.job!r}) does not fit job {job.name!r}: "

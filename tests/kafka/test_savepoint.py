@@ -14,6 +14,7 @@ import eddies as ed
 from eddies.errors import SavepointError
 from eddies.runtime.cli import main
 from eddies.runtime.kafka.savepoint import create_kafka_savepoint
+from eddies.runtime.local import LocalRunner
 from examples.kafka_totals import build_local
 
 from .conftest import produce, read_topic, wait_until
@@ -122,3 +123,56 @@ def test_rescale_from_6_partitions_to_4_with_two_workers(kafka_broker, workers,
         assert w.stop() == 0
     restores = [r for w in pair for r in w.restores() if r.get("source") == "changelog"]
     assert {r["partition"] for r in restores} == {0, 1, 2, 3}
+
+
+def test_a_local_savepoint_seeds_a_kafka_deployment(kafka_broker, workers,
+                                                    tmp_path: Path) -> None:
+    """The other way: a local run's savepoint (another max_parallelism, file positions) is
+    the first checkpoint of a Kafka job on 3 partitions, whose worker continues the totals
+    (TTL state included: the local run was stopped, not ended)."""
+    from eddies.runtime.savepoint import create_savepoint
+
+    first, rest = events(0, 250), events(250, 400)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    one.write_text("".join(json.dumps(e) + "\n" for e in first))
+    two.write_text("".join(json.dumps(e) + "\n" for e in rest))
+    # Followed, then stopped: a run to the end of its file would end event time there.
+    runner: LocalRunner | None = None
+
+    def stop_when_read(stats) -> None:
+        if stats.events_in >= len(first):
+            runner.request_stop()
+
+    runner = LocalRunner(build_local(one, ed.sinks.collect()), f"rocksdb:{tmp_path / 'local'}",
+                         max_parallelism=64, follow=True, on_progress=stop_when_read)
+    runner.run()
+    create_savepoint(tmp_path / "local", tmp_path / "sp")
+    produce(kafka_broker, two, "ls3-in", "account", partitions=3)
+    ed.run_local(build_local(one, ed.sinks.collect()), f"rocksdb:{tmp_path / 'ended'}")
+    create_savepoint(tmp_path / "ended", tmp_path / "ended.sp")
+    refused = CliRunner().invoke(main, ["savepoint", "restore", str(tmp_path / "ended.sp"),
+                                        "examples/kafka_totals.py:job",
+                                        "--broker", f"kafka://{kafka_broker}"],
+                                 env={"EDDIES_JOB": "ls3", "EDDIES_INPUT": "ls3-in",
+                                      "EDDIES_OUTPUT": "ls3-out"})
+    assert refused.exit_code == 1 and "operator 'Totals' ended event time" in refused.output
+    cli = CliRunner().invoke(main, ["savepoint", "restore", str(tmp_path / "sp"),
+                                    "examples/kafka_totals.py:job",
+                                    "--broker", f"kafka://{kafka_broker}"],
+                             env={"EDDIES_JOB": "ls3", "EDDIES_INPUT": "ls3-in",
+                                  "EDDIES_OUTPUT": "ls3-out"})
+    assert cli.exit_code == 0, cli.output
+    assert "ls3: savepoint written as the first checkpoint of its 3 partitions" in cli.output
+    worker = workers(TARGET, kafka_broker, "w",
+                     {"EDDIES_JOB": "ls3", "EDDIES_INPUT": "ls3-in", "EDDIES_OUTPUT": "ls3-out"})
+    wait_until(lambda: len(read_topic(kafka_broker, "ls3-out")) >= 150, 120, "the outputs")
+    assert worker.stop() == 0
+    running = totals(first)
+    want = {}
+    for e in rest:
+        acc = running[e["account"]]
+        acc[0] += 1
+        acc[1] += e["amount"]
+        want[(e["account"], acc[0])] = acc[1]
+    got = {(o["account"], o["count"]): o["sum"] for o in read_topic(kafka_broker, "ls3-out")}
+    assert got == want

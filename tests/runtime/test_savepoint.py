@@ -671,3 +671,20 @@ def test_cli_errors_are_one_line_that_says_what_to_do(tmp_path):
     assert not (tmp_path / "sp").exists()
     usage = CliRunner().invoke(main, ["savepoint", "create", str(tmp_path / "sp")])
     assert usage.exit_code == 1 and "give STATE_DIR and OUT" in usage.output
+
+
+def test_a_savepoint_that_ended_event_time_is_refused_for_new_input(tmp_path):
+    """A run that read its input to the end took event time to +infinity (TTL state expired,
+    windows fired): restoring it into a job reading another input would count every event
+    late, so it stops and says to take the savepoint before the end."""
+    src = write_events(tmp_path / "in.jsonl",
+                       [{"k": "a", "v": 1, "ts": t, "i": t} for t in range(20)])
+    job, _, _ = profile_job(src)
+    ed.run_local(job, f"rocksdb:{tmp_path / 'a'}")
+    create_savepoint(tmp_path / "a", tmp_path / "sp")
+    other = write_events(tmp_path / "more.jsonl", [{"k": "a", "v": 1, "ts": 30, "i": 20}])
+    job, _, _ = profile_job(other)
+    with pytest.raises(SavepointError, match=r"operators 'near', 'profile', 'sums' ended event "
+                                             r"time in the savepoint .*Take the savepoint "
+                                             r"from a run stopped before the end"):
+        ed.run_local(job, from_savepoint=tmp_path / "sp", allow_non_restored_state=True)
