@@ -197,9 +197,11 @@ def collect(name: str = "collect") -> CollectSink:
     return CollectSink(name)
 
 def kafka(topic: str, *, key: Any = None, value_format: str = "json",
-          name: str | None = None) -> Sink:
+          name: str | None = None, exactly_once: bool = False) -> Sink:
     """Write to Kafka ``topic`` under ``eddies worker``, keyed by field (or function) ``key``;
-    at-least-once. See ``eddies.operators.kafka``."""
+    at-least-once, or with ``exactly_once=True`` in Kafka transactions committed with each
+    checkpoint (for ``read_committed`` consumers). See ``eddies.operators.kafka``."""
     from eddies.operators.kafka import kafka_sink
 
-    return kafka_sink(topic, key=key, value_format=value_format, name=name)
+    return kafka_sink(topic, key=key, value_format=value_format, name=name,
+                      exactly_once=exactly_once)

@@ -68,18 +68,25 @@ async def _read(bootstrap: str, topic: str, isolation: str) -> list[Any]:
             got = await consumer.getmany(timeout_ms=200, max_records=50_000)
             for records in got.values():
                 out.extend(json.loads(r.value) for r in records)
-            ends = [end_offset(consumer, tp, isolation == "read_committed") for tp in tps]
-            if all(end is not None and await consumer.position(tp) >= end
-                   for tp, end in zip(tps, ends, strict=True)):
+            done = True
+            for tp in tps:
+                end = end_offset(consumer, tp, isolation == "read_committed")
+                if end is None or await consumer.position(tp) < end:
+                    done = False
+            if done:
                 return out
         raise TimeoutError(f"could not read {topic} to its end")
     finally:
         await consumer.stop()
 
 
+async def aseen(bootstrap: str, topic: str, isolation: str = "read_committed") -> Counter[Any]:
+    """How many times a consumer with ``isolation`` sees each (account, count) result."""
+    return Counter((r["account"], r["count"]) for r in await _read(bootstrap, topic, isolation))
+
+
 def seen(bootstrap: str, topic: str, isolation: str = "read_committed") -> Counter[Any]:
-    return Counter((r["account"], r["count"])
-                   for r in asyncio.run(_read(bootstrap, topic, isolation)))
+    return asyncio.run(aseen(bootstrap, topic, isolation))
 
 
 def env(name: str) -> dict[str, str]:
@@ -100,6 +107,13 @@ def test_exactly_once_is_refused_on_a_broker_without_transactions(kafka_broker, 
     assert "assigned" not in out  # refused before joining the group
 
 
+async def put(producer: Any, value: bytes, partition: int) -> None:
+    """Produce one record to fence-out as the worker does (a batch per partition)."""
+    batch = producer.create_batch()
+    batch.append(key=None, value=value, timestamp=None)
+    await (await producer.send_batch(batch, "fence-out", partition=partition))
+
+
 async def _fencing(bootstrap: str) -> None:
     from aiokafka import AIOKafkaProducer
 
@@ -115,10 +129,10 @@ async def _fencing(bootstrap: str) -> None:
         old, new = outputs("eddies-fence"), outputs("eddies-fence")
         await old.start()
         producer = await old.producer_for("fence-out", plain)
-        await producer.send_and_wait("fence-out", b'{"account": "x", "count": 1}', partition=0)
+        await put(producer, b'{"account": "x", "count": 1}', partition=0)
         await old.commit({})
         producer = await old.producer_for("fence-out", plain)  # the next checkpoint's
-        await producer.send_and_wait("fence-out", b'{"account": "x", "count": 2}', partition=1)
+        await put(producer, b'{"account": "x", "count": 2}', partition=1)
         assert old.status == "open"
         assert old.txn_id is not None and old.txn_id.startswith("eddies-fence.fence-in:0.")
 
@@ -126,20 +140,20 @@ async def _fencing(bootstrap: str) -> None:
         await new.take_over([part])  # as a worker does before restoring the partition
         assert new.fenced == [old.txn_id]
         # The open transaction is aborted, not pending: nothing of it is ever visible.
-        assert seen(bootstrap, "fence-out") == Counter({("x", 1): 1})
-        assert seen(bootstrap, "fence-out", "read_uncommitted")[("x", 2)] == 1
+        assert await aseen(bootstrap, "fence-out") == Counter({("x", 1): 1})
+        assert (await aseen(bootstrap, "fence-out", "read_uncommitted"))[("x", 2)] == 1
 
         producer = await old.producer_for("fence-out", plain)
         with pytest.raises(ProducerFencedError, match="another worker took this worker's"):
-            await producer.send_and_wait("fence-out", b'{"account": "x", "count": 9}',
+            await put(producer, b'{"account": "x", "count": 9}',
                                          partition=0)
             await old.commit({})
 
         producer = await new.producer_for("fence-out", plain)
         assert new.txn_id != old.txn_id  # a new id per assignment: fencing never hits it
-        await producer.send_and_wait("fence-out", b'{"account": "x", "count": 2}', partition=1)
+        await put(producer, b'{"account": "x", "count": 2}', partition=1)
         await new.commit({})
-        assert seen(bootstrap, "fence-out") == Counter({("x", 1): 1, ("x", 2): 1})
+        assert await aseen(bootstrap, "fence-out") == Counter({("x", 1): 1, ("x", 2): 1})
         await new.close()
         await old.close()
     finally:

@@ -34,6 +34,7 @@ never silently degraded to at-least-once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -43,8 +44,9 @@ from typing import Any
 from eddies.errors import ConfigError, EddiesError
 from eddies.runtime.kafka.topics import changelog_topic
 
-__all__ = ["ExactlyOnceOutputs", "ProducerFencedError", "check_transactions", "end_offset",
-           "last_announced", "partition_key", "transactional_id", "transactions_topic"]
+__all__ = ["ExactlyOnceOutputs", "ProducerFencedError", "TransactionalProducer",
+           "check_transactions", "end_offset", "last_announced", "partition_key",
+           "transactional_id", "transactions_topic"]
 
 class ProducerFencedError(EddiesError):
     """Another worker took this worker's partitions over; its transaction was aborted."""
@@ -123,7 +125,8 @@ class ExactlyOnceOutputs:
     """The worker's transactional producer, its transaction per checkpoint, and fencing.
 
     Status: ``idle`` (no producer: none since the last change of partitions), ``ready`` (a
-    producer, no transaction open), ``open`` (a transaction takes this checkpoint's records).
+    producer, no transaction open), ``open`` (a transaction takes this checkpoint's records),
+    ``fenced`` (another worker took over: every send and commit raises ProducerFencedError).
     The worker calls :meth:`take_over` before restoring partitions it did not own,
     :meth:`reassigned` once its partitions changed (after a checkpoint), :meth:`producer_for`
     for every send, :meth:`commit` at the end of every checkpoint and :meth:`close` when it
@@ -226,18 +229,32 @@ class ExactlyOnceOutputs:
         for transactional topics, else ``plain``."""
         if topic not in self.topics:
             return plain
+        if self.status == "fenced":
+            raise self.fenced_error()
         if self.status == "idle":
             await self._use()
         if self.status == "ready":
             await self.producer.begin_transaction()
             self.status = "open"
-        return self.producer
+        return TransactionalProducer(self.producer, self.fenced_error)
+
+    def fenced_error(self) -> ProducerFencedError:
+        """The error for a fenced producer; the producer can only be stopped from now on."""
+        self.status = "fenced"
+        return ProducerFencedError(
+            f"transactional producer {self.txn_id!r} of group {self.group!r} was fenced: "
+            "another worker took this worker's partitions over (it stalled longer than the "
+            "session timeout); this checkpoint's outputs are aborted and the partitions "
+            "resume on their new owner from the last committed checkpoint; restart this "
+            "worker to rejoin the group")
 
     async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Commit the checkpoint's transaction, with the group offsets ``offsets``."""
         from aiokafka import TopicPartition
         from aiokafka.errors import KafkaError, ProducerFenced
 
+        if self.status == "fenced":
+            raise self.fenced_error()
         if self.status == "idle":
             if not offsets:
                 return
@@ -251,13 +268,7 @@ class ExactlyOnceOutputs:
                     {TopicPartition(t, p): off for (t, p), off in offsets.items()}, self.group)
             await self.producer.commit_transaction()
         except ProducerFenced as exc:
-            raise ProducerFencedError(
-                f"transactional producer {self.txn_id!r} of group {self.group!r} was fenced: "
-                "another worker took this worker's partitions over (it stalled longer than the "
-                "session timeout); this checkpoint's outputs are aborted and the partitions "
-                "resume on their new owner from the last committed checkpoint; restart this "
-                "worker to rejoin the group"
-            ) from exc
+            raise self.fenced_error() from exc
         except KafkaError as exc:
             raise EddiesError(
                 f"committing the transaction of {self.txn_id!r} failed: {type(exc).__name__}: "
@@ -284,6 +295,39 @@ class ExactlyOnceOutputs:
         self.producer = None
         self.txn_id = None
         self.status = "idle"
+
+
+class TransactionalProducer:
+    """The transactional producer as the worker's sends use it (``create_batch``,
+    ``partitions_for``, ``send_batch``): a send or delivery of a fenced producer raises
+    :class:`ProducerFencedError`, which says what happened and what to do."""
+
+    def __init__(self, producer: Any, fenced: Callable[[], ProducerFencedError]) -> None:
+        self.producer = producer
+        self.fenced = fenced
+
+    def create_batch(self) -> Any:
+        return self.producer.create_batch()
+
+    async def partitions_for(self, topic: str) -> Any:
+        return await self.producer.partitions_for(topic)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        from aiokafka.errors import ProducerFenced
+
+        try:
+            delivery = await self.producer.send_batch(batch, topic, partition=partition)
+        except ProducerFenced as exc:
+            raise self.fenced() from exc
+        return asyncio.ensure_future(self._delivered(delivery))
+
+    async def _delivered(self, delivery: Any) -> Any:
+        from aiokafka.errors import ProducerFenced
+
+        try:
+            return await delivery
+        except ProducerFenced as exc:
+            raise self.fenced() from exc
 
 
 def end_offset(consumer: Any, tp: Any, read_committed: bool) -> int | None:
