@@ -79,7 +79,7 @@ def _plan(sp: Savepoint, job: Job, operators: dict[str, KeyedOperator],
           readers: dict[str, list[SourceReader]] | None, allow_non_restored: bool,
           ) -> tuple[list[_Target], list[str]]:
     """Match the savepoint's states with the job's; raise SavepointError listing every
-    mismatch. Returns the targets and the operators whose timers and watermark restore."""
+    mismatch. Returns the states to restore and what is dropped (allow_non_restored)."""
     problems: list[str] = []
     dropped: list[str] = []
     generated = generated_names(job)
@@ -154,9 +154,12 @@ def _plan(sp: Savepoint, job: Job, operators: dict[str, KeyedOperator],
                 t.saved.operator == info.name for t in targets):
             problems.append(f"operator {info.name!r} has {info.timers:,} saved timers and a "
                             f"name eddies generated: give it name={info.name!r}")
-        elif info.timers and info.name not in by_op and not allow_non_restored:
-            problems.append(f"operator {info.name!r} has {info.timers:,} saved timers and the "
-                            f"job has no operator of that name; {fix_drop}")
+        elif info.timers and info.name not in by_op:
+            if allow_non_restored:
+                dropped.append(f"{info.timers:,} timers of operator {info.name!r}")
+            else:
+                problems.append(f"operator {info.name!r} has {info.timers:,} saved timers and "
+                                f"the job has no operator of that name; {fix_drop}")
     if readers is not None:
         problems.extend(_source_problems(sp, job, readers, allow_non_restored))
     ended = sorted(name for name, wm in sp.watermarks.items()
