@@ -1,4 +1,4 @@
-"""The running totals of ``examples/kafka_totals.py`` with an exactly-once sink.
+"""Running totals per account (as ``examples/kafka_totals.py``) with an exactly-once sink.
 
 Each output carries the account's event count, so ``(account, count)`` names one result:
 a consumer that sees one twice has seen a duplicate.
@@ -9,7 +9,18 @@ from __future__ import annotations
 import os
 
 import eddies as ed
-from examples.kafka_totals import Totals
+
+
+class Totals(ed.KeyedProcessFunction):
+    totals = ed.ValueState("totals")
+
+    def on_event(self, event, ctx):
+        acc = self.totals.get() or [0, 0]
+        acc[0] += 1
+        acc[1] += event["amount"]
+        self.totals.set(acc)
+        yield {"account": ctx.key, "count": acc[0], "sum": acc[1], "ts": ctx.timestamp}
+
 
 job = ed.Job(os.environ.get("EDDIES_JOB", "eos"))
 (job.source(ed.sources.kafka(os.environ.get("EDDIES_INPUT", "eos-in"), key="account"),
