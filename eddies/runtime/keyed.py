@@ -1,8 +1,13 @@
-"""KeyedOperator: runs one keyed process function over its state store and timers.
+"""KeyedOperator: runs one keyed function (process, broadcast, co-process) over its state
+store and timers.
 
-It is the piece both the test harness and the job executor drive: set the key, call user
-code, gather outputs, fire timers as time advances, and put its state, timers and watermark
-into the checkpoint batch.
+:meth:`KeyedOperator.compile` builds the push functions every event goes through, in the
+executor, the Kafka worker and ``eddies.testing.Harness`` alike: validate the key, bind it,
+call user code, pass the outputs on. The operator also fires timers as time advances and
+puts its state, timers and watermark into the checkpoint batch. The output dispatch
+(:func:`emit_into`) and the firing of a timer (``_fire``) are inlined in the per-event and
+per-timer loops (``compile``, ``advance_watermark``), where a call per event is the cost
+that matters.
 """
 
 from __future__ import annotations
