@@ -21,14 +21,17 @@ state topics::
                              "dedup": {upstream "topic:partition": highest offset seen},
                              "key_layout": the stored-key layout of the deltas (2),
                              "identity": the job's identity (eddies.runtime.identity),
-                             "inputs": {topic: {"offset", "watermark", "dedup"}}}
+                             "upstream": {upstream "topic:partition": [watermark, idle]},
+                             "inputs": {topic: {"offset", "watermark", "dedup",
+                                                "upstream"}}}
             headers eddies.cp = token
 
 A job whose keyed state sits behind several co-partitioned input topics (a join of two
 Kafka sources) checkpoints partition ``p`` of all of them together: one marker per partition
 whose ``inputs`` hold every topic's next offset, partition watermark and dedup table
-(``offset``, ``watermark`` and ``dedup`` repeat the first topic's). A job with one such topic
-writes no ``inputs``.
+(``offset``, ``watermark``, ``dedup`` and ``upstream`` repeat the first topic's). A job with
+one such topic writes no ``inputs``. ``upstream`` (written when not empty) is for a
+repartition topic: the watermark each upstream partition last reported into it.
 
 The stored keys in deltas are in the key layout of ``eddies.state.keys``; every marker says
 which (``key_layout``), and restore refuses a changelog whose markers have none (written before
@@ -88,6 +91,9 @@ class InputPosition:
     """The partition's watermark."""
     dedup: dict[str, int] = field(default_factory=dict)
     """For a repartition topic: the highest upstream offset seen per upstream partition."""
+    upstream: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    """For a repartition topic: the watermark (and idleness) each upstream partition last
+    reported."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,9 @@ class Marker:
     identity: dict[str, Any] | None = None
     """The job that wrote the checkpoint: name, keyed operators and states, sources
     (``eddies.runtime.identity.job_identity``); absent from markers written before."""
+    upstream: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    """For a repartition topic: the watermark (and idleness) each upstream partition last
+    reported."""
     inputs: dict[str, InputPosition] | None = None
     """Every input topic's position in this partition, for a job whose keyed state sits
     behind several topics; None for one topic (``offset``, ``watermark``, ``dedup``)."""
@@ -115,20 +124,21 @@ class Marker:
 
         >>> m = Marker(1, 10, 5, 1, inputs={"a": InputPosition(10, 5), "b": InputPosition(7, 3)})
         >>> m.position("b"), m.position("c")
-        (InputPosition(offset=7, watermark=3, dedup={}), None)
+        (InputPosition(offset=7, watermark=3, dedup={}, upstream={}), None)
         >>> Marker(1, 10, 5, 1).position("a")
-        InputPosition(offset=10, watermark=5, dedup={})
+        InputPosition(offset=10, watermark=5, dedup={}, upstream={})
         """
         if self.inputs is None:
-            return InputPosition(self.offset, self.watermark, self.dedup)
+            return InputPosition(self.offset, self.watermark, self.dedup, self.upstream)
         return self.inputs.get(topic)
 
 
 def encode_marker(marker: Marker) -> bytes:
     """
     >>> decode_marker(encode_marker(Marker(7, 100, 5, 1)))
-    Marker(token=7, offset=100, watermark=5, seq=1, dedup={}, key_layout=2, identity=None, inputs=None)
-    >>> two = {"a": InputPosition(100, 5, {"up:0": 9}), "b": InputPosition(40, 2)}
+    Marker(token=7, offset=100, watermark=5, seq=1, dedup={}, key_layout=2, identity=None, upstream={}, inputs=None)
+    >>> two = {"a": InputPosition(100, 5), "b": InputPosition(40, 2)}
+    >>> two["a"] = InputPosition(100, 5, {"up:0": 9}, {"up:0": (4, False), "up:1": (3, True)})
     >>> decode_marker(encode_marker(Marker(7, 100, 5, 1, inputs=two))).inputs == two
     True
     """
@@ -136,8 +146,11 @@ def encode_marker(marker: Marker) -> bytes:
               "seq": marker.seq, "dedup": marker.dedup, "key_layout": marker.key_layout}
     if marker.identity is not None:
         fields["identity"] = marker.identity
+    if marker.upstream:
+        fields["upstream"] = marker.upstream
     if marker.inputs is not None:
-        fields["inputs"] = {t: {"offset": i.offset, "watermark": i.watermark, "dedup": i.dedup}
+        fields["inputs"] = {t: {"offset": i.offset, "watermark": i.watermark, "dedup": i.dedup,
+                                "upstream": i.upstream}
                             for t, i in marker.inputs.items()}
     return msgpack.packb(fields)
 
@@ -160,10 +173,15 @@ def decode_marker(data: bytes, where: str = "a checkpoint topic") -> Marker:
         )
     inputs = d.get("inputs")
     return Marker(d["token"], d["offset"], d["watermark"], d["seq"], d.get("dedup") or {},
-                  layout, d.get("identity"),
+                  layout, d.get("identity"), _upstream(d.get("upstream")),
                   None if inputs is None else {
-                      t: InputPosition(i["offset"], i["watermark"], i.get("dedup") or {})
+                      t: InputPosition(i["offset"], i["watermark"], i.get("dedup") or {},
+                                       _upstream(i.get("upstream")))
                       for t, i in inputs.items()})
+
+
+def _upstream(data: dict[str, Any] | None) -> dict[str, tuple[int, bool]]:
+    return {src: (int(v[0]), bool(v[1])) for src, v in (data or {}).items()}
 
 
 def token_header(token: int) -> tuple[str, bytes]:

@@ -7,7 +7,11 @@ The worker runs a transformed copy of the job graph:
 - Any other ``key_by`` is split: records are produced to ``<job>-<key_by>-repartition``
   (partition = crc32 of the encoded key modulo the partition count, with their source
   partition and offset in headers for deduplication), and a source reading that topic feeds
-  the ``key_by`` instead.
+  the ``key_by`` instead. Event time goes through too: each upstream partition's watermark
+  is produced to every partition of the repartition topic (a control record after the
+  records it covers), and a repartition partition's watermark is the minimum of its
+  upstream partitions' (idle ones left out), not a bound on the timestamps it sees, which
+  mix upstream partitions that progress at different rates.
 - Sources that only feed the broadcast side of a connected stream are read whole by every
   worker, outside the consumer group.
 
@@ -61,6 +65,8 @@ class Plan:
     """Column families whose deltas are changelogged."""
     broadcast_cfs: list[str] = field(default_factory=list)
     sink_topics: list[str] = field(default_factory=list)
+    feeds: dict[str, list[str]] = field(default_factory=dict)
+    """Repartition topic -> the topics whose records (and watermarks) go into it."""
 
     @property
     def stateful_topic(self) -> str | None:
@@ -142,6 +148,7 @@ def plan_job(job: Job) -> Plan:
 
     ordered: list[Node] = []
     repartitions: dict[str, str] = {}
+    feeds: dict[str, list[str]] = {}
     for n in nodes:
         if n.kind == "key_by":
             sources, _ = _upstream_sources(n)
@@ -159,6 +166,7 @@ def plan_job(job: Job) -> Plan:
                 })
                 n.inputs = [src]
                 repartitions[sink.name] = topic
+                feeds[topic] = sorted({s.params["source"].topic for s in sources})
                 ordered.extend([sink, src])
         ordered.append(n)
     new.nodes = ordered
@@ -198,7 +206,7 @@ def plan_job(job: Job) -> Plan:
     sink_topics = [n.params["sink"].topic for n in ordered
                    if n.kind == "sink" and isinstance(n.params["sink"], KafkaSink)]
     return Plan(new, group_topics, broadcast_topics, sorted(stateful), repartitions,
-                source_of_topic, changelog_cfs, broadcast_cfs, sink_topics)
+                source_of_topic, changelog_cfs, broadcast_cfs, sink_topics, feeds)
 
 
 def describe(plan: Plan) -> dict[str, Any]:

@@ -86,7 +86,12 @@ from eddies.runtime.kafka.transactions import (
 )
 from eddies.runtime.keyed import META_CF
 from eddies.runtime.observe import Observer, listen_inspector
-from eddies.runtime.watermarks import MIN_TIME, BoundedOutOfOrderness, PartitionWatermark
+from eddies.runtime.watermarks import (
+    MIN_TIME,
+    BoundedOutOfOrderness,
+    PartitionWatermark,
+    merge_watermarks,
+)
 from eddies.state.backend import Batch, Op
 from eddies.state.keys import encode_key
 from eddies.state.rocksdb import RocksDbStateBackend
@@ -97,6 +102,59 @@ log = logging.getLogger("eddies.worker")
 _SRC = "eddies.src"
 _GC_YOUNG = 100_000
 _OFF = "eddies.off"
+_WM = "eddies.wm"
+"""Header of a watermark control record in a repartition topic: b"<watermark>,<idle 0|1>" of
+the upstream partition named by the eddies.src header."""
+
+
+class UpstreamWatermark(PartitionWatermark):
+    """The watermark of a repartition topic's partition: the minimum of the watermarks its
+    upstream partitions reported (control records, ``_WM``), idle ones left out, and never
+    below the watermark it was restored at. Until every upstream partition reported, it
+    stays where it was: the records in the partition mix upstream partitions that progress
+    at different rates, so their timestamps alone bound nothing.
+
+    >>> wm = UpstreamWatermark(BoundedOutOfOrderness(0), 0, frozenset({"a:0", "a:1"}))
+    >>> wm.report("a:0", 50, False); wm.watermark
+    -9223372036854775808
+    >>> wm.report("a:1", 30, False); wm.watermark
+    30
+    >>> wm.report("a:1", 80, True); wm.watermark, wm.idle(0)
+    (50, False)
+    >>> wm.watermarks_before([10, 99])
+    [50, 50, 50]
+    """
+
+    __slots__ = ("expected", "reported")
+
+    def __init__(self, strategy: BoundedOutOfOrderness, now: int,
+                 expected: frozenset[str]) -> None:
+        super().__init__(strategy, now)
+        self.expected = expected
+        self.reported: dict[str, tuple[int, bool]] = {}
+
+    def report(self, src: str, watermark: int, idle: bool) -> None:
+        """Upstream partition ``src`` is at ``watermark`` (or idle)."""
+        old = self.reported.get(src)
+        self.reported[src] = (watermark if old is None else max(old[0], watermark), idle)
+        if self.expected <= self.reported.keys():
+            merged = merge_watermarks(self.reported[s] for s in self.expected)
+            if merged is not None and merged > self.watermark:
+                self.watermark = merged
+
+    def observe(self, max_timestamp: int | None, now: int) -> None:
+        if max_timestamp is not None:
+            self.last_active = now
+
+    def watermarks_before(self, stamps: list[int], since: int | None = None) -> list[int]:
+        return [self.watermark if since is None else since] * (len(stamps) + 1)
+
+    def restore(self, watermark: int) -> None:
+        self.watermark = max(self.watermark, watermark)
+
+    def idle(self, now: int) -> bool:
+        return bool(self.expected) and self.expected <= self.reported.keys() and all(
+            self.reported[s][1] for s in self.expected)
 
 
 class _WorkerExecutor(Executor):
@@ -152,6 +210,22 @@ def _loads_json_batch(raws: list[bytes]) -> list[Any]:
     if _LONG_RUN in b"\n".join(raws).translate(_DIGITS):
         return [loads_exact(raw) for raw in raws]
     return values
+
+
+def _watermark_report(record: Any) -> tuple[str, int, bool] | None:
+    """(upstream partition, watermark, idle) of a watermark control record, else None."""
+    if record.value is not None or not record.headers:
+        return None
+    src = report = None
+    for name, value in record.headers:
+        if name == _SRC:
+            src = value.decode()
+        elif name == _WM:
+            report = value.decode()
+    if src is None or report is None:
+        return None
+    watermark, idle = report.split(",")
+    return src, int(watermark), idle == "1"
 
 
 def _restore_log(state_dir: Path, entry: dict[str, Any]) -> None:
@@ -224,6 +298,10 @@ class KafkaWorker:
         self.outputs: ExactlyOnceOutputs | None = None
         """The transactional producer of exactly-once sinks (``transactions.py``), if any."""
         self.partitions = 0
+        self.topic_counts: dict[str, int] = {}
+        """Partition counts of the input topics (not repartition topics: ``partitions``)."""
+        self._wm_sent: dict[tuple[str, str], tuple[int, bool]] = {}
+        """(repartition topic, upstream partition) -> the watermark last produced into it."""
         self.owned: set[tuple[str, int]] = set()
         self.ready: set[tuple[str, int]] = set()
         self.marks: dict[tuple[str, int], PartitionWatermark] = {}
@@ -299,6 +377,7 @@ class KafkaWorker:
                 "--partitions), or read it with ed.sources.kafka(topic) without key= so that "
                 "it is repartitioned")
         self.partitions = counts[keyed[0]] if keyed else counts[inputs[0]]
+        self.topic_counts = counts
         wanted = {t: self.partitions for t in self.plan.repartitions.values()}
         if self.plan.stateful_topics:
             wanted.update({t: self.partitions for t in self.plan.changelog_topics().values()})
@@ -369,7 +448,7 @@ class KafkaWorker:
             for topic, p in pending:
                 if topic not in self._stateful:
                     # A stateless stage: the reader starts it at the group's committed offset.
-                    self.marks[(topic, p)] = PartitionWatermark(self._strategy(topic), now)
+                    self.marks[(topic, p)] = self._new_mark(topic, now)
                     self.ready.add((topic, p))
             for p in sorted({p for topic, p in pending if topic in self._stateful}):
                 if self._stop:  # stopping: the rest resume from their last checkpoint
@@ -443,6 +522,14 @@ class KafkaWorker:
         for op in ex.operators.values():
             op.watermark = op.ctx.watermark = MIN_TIME
 
+    def _new_mark(self, topic: str, now: int) -> PartitionWatermark:
+        """The watermark of one of ``topic``'s partitions."""
+        feeds = self.plan.feeds.get(topic)
+        if feeds is None:
+            return PartitionWatermark(self._strategy(topic), now)
+        return UpstreamWatermark(self._strategy(topic), now, frozenset(
+            f"{t}:{q}" for t in feeds for q in range(self.topic_counts.get(t, self.partitions))))
+
     def _strategy(self, topic: str) -> BoundedOutOfOrderness:
         node = self.plan.source_of_topic[topic]
         return node.params["watermarks"] or BoundedOutOfOrderness(0)
@@ -454,7 +541,7 @@ class KafkaWorker:
         now = self.executor.clock()
         topics = self.plan.stateful_topics
         for topic in topics:
-            self.marks[(topic, p)] = PartitionWatermark(self._strategy(topic), now)
+            self.marks[(topic, p)] = self._new_mark(topic, now)
         markers = MarkerLog(f"topic {self.plan.checkpoint_topic!r} partition {p}")
         for _, value, _ in await self._read_all(self.plan.checkpoint_topic, p):
             if value is not None:
@@ -507,7 +594,10 @@ class KafkaWorker:
             if position is None:
                 self.dedup[(topic, p)] = {}
                 continue
-            self.marks[(topic, p)].restore(position.watermark)
+            mark = self.marks[(topic, p)]
+            if isinstance(mark, UpstreamWatermark):
+                mark.reported.update(position.upstream)
+            mark.restore(position.watermark)
             self.dedup[(topic, p)] = dict(position.dedup)
             self.next_offset[(topic, p)] = position.offset  # where the reader starts
         if last is not None:
@@ -736,14 +826,36 @@ class KafkaWorker:
     def _push(self, topic: str, p: int, batch: list[Any], now: int,
               broadcast: bool = False) -> int:
         node = self.plan.source_of_topic[topic]
-        source = node.params["source"]
         expected = self.next_offset.get((topic, p))
         if not broadcast and expected is not None and batch and batch[0].offset < expected:
             # Fetched before the reader was sought back to where this worker is (a rebalance
             # during the fetch): already pushed.
             batch = [r for r in batch if r.offset >= expected]
-        if node.params.get("repartition", False):
-            batch = self._dedup(topic, p, batch)
+        if not batch or not node.params.get("repartition", False):
+            return self._push_records(node, topic, p, batch, now)
+        # A repartition topic: records between the upstream watermarks' control records,
+        # each run pushed under the watermark the reports before it gave.
+        mark = self.marks.get((topic, p))
+        n = 0
+        run: list[Any] = []
+        for record in batch:
+            report = _watermark_report(record)
+            if report is None:
+                run.append(record)
+                continue
+            if run:
+                n += self._push_records(node, topic, p, self._dedup(topic, p, run), now)
+                run = []
+            if isinstance(mark, UpstreamWatermark):
+                mark.report(*report)
+        if run:
+            n += self._push_records(node, topic, p, self._dedup(topic, p, run), now)
+        self.next_offset[(topic, p)] = batch[-1].offset + 1
+        return n
+
+    def _push_records(self, node: Node, topic: str, p: int, batch: list[Any],
+                      now: int) -> int:
+        source = node.params["source"]
         fmt = source.value_format
         kept = batch
         try:
@@ -831,16 +943,34 @@ class KafkaWorker:
             if sink.pending:
                 pending, sink.pending = sink.pending, []
                 sends.extend(await self._send(sink.topic, [(k, v, None, []) for k, v in pending]))
+        now = self.executor.clock()
         for topic, items in self.executor.repartition_out.items():
-            if not items:
-                continue
             out = []
             for encoded, value, ts, src, off in items:
                 headers = [] if src is None else [(_SRC, src.encode()), (_OFF, str(off).encode())]
                 out.append((encoded, dumps_exact(value), ts, headers,
                             zlib.crc32(encoded) % self.partitions))
             items.clear()
-            sends.extend(await self._send(topic, out, explicit=True))
+            out.extend(self._watermark_records(topic, now))  # after the records they cover
+            if out:
+                sends.extend(await self._send(topic, out, explicit=True))
+
+    def _watermark_records(self, topic: str, now: int) -> list[Any]:
+        """Control records for every partition of repartition topic ``topic``: the
+        watermark of each upstream partition this worker reads, where it moved since."""
+        out: list[Any] = []
+        feeds = self.plan.feeds.get(topic, ())
+        for (upstream, q), mark in self.marks.items():
+            if upstream not in feeds or (upstream, q) not in self.ready:
+                continue
+            src = f"{upstream}:{q}"
+            state = (mark.watermark, mark.idle(now))
+            if self._wm_sent.get((topic, src)) == state:
+                continue
+            self._wm_sent[(topic, src)] = state
+            headers = [(_SRC, src.encode()), (_WM, f"{state[0]},{int(state[1])}".encode())]
+            out.extend((None, None, None, headers, part) for part in range(self.partitions))
+        return out
 
     async def _send(self, topic: str, items: list[Any], explicit: bool = False) -> list[Any]:
         """Produce ``items`` in per-partition batches; returns the delivery futures."""
@@ -910,11 +1040,13 @@ class KafkaWorker:
                     mark = self.marks.get((topic, p))
                     positions[topic] = InputPosition(
                         self.next_offset.get((topic, p), 0),
-                        mark.watermark if mark else MIN_TIME, self.dedup.get((topic, p), {}))
+                        mark.watermark if mark else MIN_TIME, self.dedup.get((topic, p), {}),
+                        dict(mark.reported) if isinstance(mark, UpstreamWatermark) else {})
                 first = positions[topics[0]]
                 value = encode_marker(Marker(  # carries the key layout of the deltas
                     token, first.offset, first.watermark, self.seq, first.dedup,
-                    identity=identity, inputs=positions if len(topics) > 1 else None))
+                    identity=identity, upstream=first.upstream,
+                    inputs=positions if len(topics) > 1 else None))
                 markers.append((MARKER_KEY, value, None, [header], p))
                 batch.put(META_CF, encode_key(("kafka-checkpoint", p)), msgpack.packb(token))
             marker_acks = await self._send(self.plan.checkpoint_topic, markers, explicit=True)
