@@ -634,9 +634,11 @@ def test_per_partition_watermarks_merge_by_min_across_a_union() -> None:
     assert len({wm for _, wm in expected}) > 100
 
 
-def stalling_job(idle_timeout: int | None, clock: Clock) -> tuple[ed.Job, Any]:
+def stalling_job(idle_timeout: int | None, clock: Clock,
+                 connect: bool = False) -> tuple[ed.Job, Any]:
     """Source A sends ts 0..9,000, goes quiet for 20 reads (1 s of clock each), then sends
-    ts 10,000..14,000; source B sends ts 0..39,000 throughout."""
+    ts 10,000..14,000; source B sends ts 0..39,000 throughout. ``connect``: A and B are the
+    two keyed inputs of a KeyedCoProcessFunction rather than a union."""
     a_before = [{"id": f"a{i}", "src": "a", "ts": i * 1_000} for i in range(10)]
     a_after = [{"id": f"a{i}", "src": "a", "ts": i * 1_000} for i in range(10, 15)]
     b = [{"id": f"b{i}", "src": "b", "ts": i * 1_000} for i in range(40)]
@@ -655,14 +657,28 @@ def stalling_job(idle_timeout: int | None, clock: Clock) -> tuple[ed.Job, Any]:
     sa = job.source(ScriptedSource("a", [[a_before, ("stall", 20), a_after]], clock, 1_000),
                     timestamp="ts", watermarks=strategy)
     sb = job.source(ScriptedSource("b", [[b]]), timestamp="ts", watermarks=strategy)
-    sa.union(sb).key_by("src").process(Log()).sink(out)
+    class CoLog(ed.KeyedCoProcessFunction):  # Log, on two inputs
+        def on_event1(self, event, ctx):
+            ctx.timers.register_event_time(ctx.timestamp)
+            yield ("event", event["id"], ctx.watermark)
+
+        on_event2 = on_event1
+
+        def on_timer(self, timestamp, ctx):
+            yield ("timer", ctx.key, timestamp)
+
+    if connect:
+        sa.key_by("src").connect(sb.key_by("src")).process(CoLog()).sink(out)
+    else:
+        sa.union(sb).key_by("src").process(Log()).sink(out)
     return job, out
 
 
+@pytest.mark.parametrize("connect", [False, True], ids=["union", "co-process"])
 @pytest.mark.parametrize("idle_timeout", [5_000, None])
-def test_idle_input_is_left_out_of_the_min_after_idle_timeout(idle_timeout) -> None:
+def test_idle_input_is_left_out_of_the_min_after_idle_timeout(idle_timeout, connect) -> None:
     clock = Clock()
-    job, out = stalling_job(idle_timeout, clock)
+    job, out = stalling_job(idle_timeout, clock, connect)
     result = ed.run_local(job, batch_size=1, clock=clock)
     got = result.collected(out)
     ids = [o[1] for o in got]
