@@ -342,6 +342,9 @@ class _FileWriter:
     """Streams a savepoint to ``path.tmp`` and renames it into place on :meth:`finish`."""
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        if path.exists():
+            raise SavepointError(f"{str(path)!r} exists: a savepoint is never overwritten; "
+                                 "give a new path (or delete the old savepoint first)")
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
         self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish()/abort()

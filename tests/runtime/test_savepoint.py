@@ -688,3 +688,13 @@ def test_a_savepoint_that_ended_event_time_is_refused_for_new_input(tmp_path):
                                              r"time in the savepoint .*Take the savepoint "
                                              r"from a run stopped before the end"):
         ed.run_local(job, from_savepoint=tmp_path / "sp", allow_non_restored_state=True)
+
+
+def test_a_savepoint_is_never_overwritten(tmp_path):
+    path = _one(tmp_path)
+    before = path.read_bytes()
+    w = SavepointWriter(path, job="other")
+    w.state("Op", "n", "value", [("b", 2)])
+    with pytest.raises(SavepointError, match="exists: a savepoint is never overwritten"):
+        w.write()
+    assert path.read_bytes() == before and not path.with_name("sp.tmp").exists()
