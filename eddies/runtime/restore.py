@@ -48,6 +48,7 @@ from eddies.operators.sources import SourceReader
 from eddies.runtime.graph import Job
 from eddies.runtime.identity import (
     IDENTITY_KEY,
+    decode_identity,
     encode_identity,
     generated_names,
     job_identity,
@@ -262,9 +263,15 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
     sp = read_savepoint(path)
     for cf in backend.column_families():
         if cf != "default" and not backend.is_empty(cf):
+            data = backend.get(META_CF, IDENTITY_KEY)
+            held = None if data is None else decode_identity(data, where)["job"]
+            resume = ("" if held is None else
+                      f"; it holds job {held!r}'s checkpoints (a savepoint is restored once, "
+                      "then the job checkpoints there): to resume them, run without "
+                      "--from-savepoint")
             raise SavepointError(
                 f"{where} is not empty (it holds {cf!r}): a savepoint restores into a new "
-                "state dir; give --state rocksdb:NEW_DIR (or delete this one)")
+                f"state dir; give --state rocksdb:NEW_DIR (or delete this one){resume}")
     targets, dropped = _plan(sp, job, operators, None if key_group else readers,
                              allow_non_restored_state)
     touched: set[str] = set()

@@ -452,7 +452,8 @@ def test_map_entries_migrate_one_by_one_keeping_metadata_and_expiry(tmp_path):
 def test_restore_needs_an_empty_dir_and_the_same_input(tmp_path):
     src, sp = _saved_shop(tmp_path)
     with pytest.raises(SavepointError, match=r"state dir .*v1 is not empty .*a savepoint "
-                                             r"restores into a new state dir"):
+                                             r"restores into a new state dir.*holds job "
+                                             r"'shop'.*run without --from-savepoint"):
         ed.run_local(shop_job(src, ShopV1(), tmp_path / "o.jsonl"),
                      f"rocksdb:{tmp_path / 'v1'}", from_savepoint=sp)
     write_events(src, [{"user": "x", "i": 0, "amount": 1}] * 40)  # replaced input
