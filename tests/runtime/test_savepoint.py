@@ -244,6 +244,9 @@ def test_golden_bytes_of_a_job_savepoint(tmp_path):
     # key group | "e" | 20 + 50 + 2**63, big-endian | ("b",)
     assert [k.hex() for k in sp.raw_timers("seen")] == [
         "00286580000000000000460502620000", "007165800000000000003c0502610000"]
+    assert list(sp.timers("seen")) == [("event", 70, "b"), ("event", 60, "a")]
+    assert [(e.key, e.value, e.expires_at) for e in sp.entries("last")] == [
+        ("b", 2, 120), ("a", 1, 110)]
 
 
 # -- unreadable savepoints -------------------------------------------------------------------------
