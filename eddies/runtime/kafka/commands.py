@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,11 @@ __all__ = ["produce", "produce_file", "worker"]
 @click.option("--group", default=None, help="Consumer group (default eddies-<job>).")
 @click.option("--checkpoint-interval", default=20_000, show_default=True, type=int,
               help="Events between checkpoints.")
+@click.option("--from-savepoint", "from_savepoint", type=click.Path(dir_okay=False),
+              default=None, help="Seed a new deployment from this savepoint (once, whichever "
+                                 "worker comes first); then run as usual.")
+@click.option("--allow-non-restored-state", is_flag=True,
+              help="With --from-savepoint: drop saved states the job no longer has.")
 @click.option("--checkpoint-ms", default=1_000, show_default=True, type=int,
               help="Longest time between checkpoints while events flow.")
 @click.option("--session-timeout", default=10.0, show_default=True, type=float,
@@ -42,7 +48,8 @@ __all__ = ["produce", "produce_file", "worker"]
               help="Level of eddies' own log lines; faust and aiokafka log warnings only, "
                    "except at DEBUG (which also prints an error's whole traceback).")
 def worker(target: str, broker: str, state_dir: str, group: str | None,
-           checkpoint_interval: int, checkpoint_ms: int, session_timeout: float,
+           checkpoint_interval: int, from_savepoint: str | None,
+           allow_non_restored_state: bool, checkpoint_ms: int, session_timeout: float,
            metrics_port: int | None, bind: str, token: str | None, progress_every: float,
            log_level: str) -> None:
     """Run TARGET (file.py:job or module:job) as a Kafka worker; start more to scale out.
@@ -68,6 +75,15 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
         sys.exit(1)
     try:
         job = load_target(target)
+        if from_savepoint is not None:
+            from eddies.runtime.kafka.seed import seed_if_new
+
+            seeded = seed_if_new(from_savepoint, job, broker.removeprefix("kafka://"),
+                                 f"{socket.gethostname()}:{Path(state_dir).resolve()}",
+                                 allow_non_restored_state=allow_non_restored_state)
+            click.echo(f"{job.name}: {'seeded' if seeded['seeded'] else 'already started'} "
+                       f"from savepoint {from_savepoint} ({seeded['partitions']} partitions)",
+                       err=True)
         kw = KafkaWorker(job, broker, state_dir, group=group,
                          checkpoint_interval=checkpoint_interval, checkpoint_ms=checkpoint_ms,
                          session_timeout=session_timeout, metrics_port=metrics_port, bind=bind,

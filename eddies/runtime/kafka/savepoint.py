@@ -41,13 +41,13 @@ from eddies.state.backend import Batch
 from eddies.state.keys import KEY_LAYOUT_VERSION
 from eddies.state.memory import InMemoryStateBackend
 
-__all__ = ["create_kafka_savepoint"]
+__all__ = ["create_kafka_savepoint", "read_topic_records"]
 
 _READ_TIMEOUT_S = 60
 """How long reading one topic to its end may take."""
 
 
-async def _read_topic(bootstrap: str, topic: str) -> dict[int, list[tuple[Any, Any, Any]]]:
+async def read_topic_records(bootstrap: str, topic: str) -> dict[int, list[tuple[Any, Any, Any]]]:
     """Every record of ``topic`` as (key, value, headers), per partition; {} if no topic."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -87,7 +87,7 @@ async def _collect(bootstrap: str, job: str) -> tuple[dict[str, Any], dict[str, 
                                                        InMemoryStateBackend]:
     topic = checkpoint_topic(job)
     logs: dict[int, MarkerLog] = {}
-    for p, records in (await _read_topic(bootstrap, topic)).items():
+    for p, records in (await read_topic_records(bootstrap, topic)).items():
         log = logs[p] = MarkerLog(f"topic {topic!r} partition {p}")
         for _, value, _ in records:
             if value is not None:
@@ -102,7 +102,7 @@ async def _collect(bootstrap: str, job: str) -> tuple[dict[str, Any], dict[str, 
     backend = InMemoryStateBackend()
     for op in identity["operators"]:
         for cf in [name for name, _ in op["states"]] + [timers_cf(op["name"])]:
-            for p, records in (await _read_topic(bootstrap, changelog_topic(job, cf))).items():
+            for p, records in (await read_topic_records(bootstrap, changelog_topic(job, cf))).items():
                 markers = logs.get(p)
                 if markers is None or markers.last is None:
                     continue

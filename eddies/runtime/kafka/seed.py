@@ -14,14 +14,40 @@ at ``offset`` (0: the beginning), with the savepoint's watermark.
 The job must be new on this broker: a checkpoint topic that holds records is refused (give
 the job a new name, ``ed.Job("...")``). The deltas go out first; the markers, one per
 partition, after every delta is acknowledged, as a worker's checkpoint does.
+
+``eddies worker ... --from-savepoint SP`` (:func:`seed_if_new`) seeds the same way when
+the deployment is new, and just runs when it was already seeded from the same savepoint
+(another worker did, or this one restarts with the same command line). Who seeds is
+decided without broker transactions (Tansu has none) by the order of one partition, the
+seed topic ``<job>-__seed__-changelog`` (1 partition, compacted)::
+
+    claim   key b"claim:" + claimant   value msgpack {"digest", "claimant", "savepoint"}
+    done    key b"done"                value msgpack {"digest", "claimant", "records"}
+
+``digest`` is the savepoint file's sha256 and ``claimant`` the host and state dir of the
+worker (so a restart is the same claimant). Each would-be seeder reads the topic: a
+``done`` of the same digest means seeded (run); a first claim of another digest, or
+checkpoints without any claim, mean the job has other state (refused). Otherwise it appends
+its claim (once: a claimant never writes a second one, so compaction keeps the order) and
+reads the partition again: the first claim in the log wins. The winner writes the
+deltas and markers, then ``done``; the others wait for ``done`` before they run, so no
+worker checkpoints while the seed is written, and a late seeder never writes over a running
+job's checkpoints. The token of the seed's deltas and markers is taken from the digest,
+so a winner that dies and restarts with the same state dir writes the same records again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import socket
+import time
 import zlib
+from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from eddies.errors import ConfigError, SavepointError
 from eddies.runtime.graph import KEYED_KINDS, Job
@@ -32,11 +58,10 @@ from eddies.runtime.kafka.changelog import (
     Marker,
     encode_marker,
     key_group_of,
-    new_token,
     token_header,
 )
 from eddies.runtime.kafka.plan import plan_job
-from eddies.runtime.kafka.topics import create_topics, topic_partitions
+from eddies.runtime.kafka.topics import changelog_topic, create_topics, topic_partitions
 from eddies.runtime.keyed import KeyedOperator
 from eddies.runtime.restore import restore_savepoint
 from eddies.runtime.savepoint import read_savepoint
@@ -44,7 +69,7 @@ from eddies.runtime.watermarks import MIN_TIME
 from eddies.state.keys import as_tuple, decode_prefixed, encode_key
 from eddies.state.memory import InMemoryStateBackend
 
-__all__ = ["seed_kafka_job"]
+__all__ = ["savepoint_digest", "seed_if_new", "seed_kafka_job", "seed_topic"]
 
 
 async def _partition_count(bootstrap: str, plan: Any, job: Job) -> int:
@@ -102,22 +127,145 @@ async def _has_records(bootstrap: str, topic: str) -> bool:
         await consumer.stop()
 
 
-async def _seed(path: str | os.PathLike[str], job: Job, bootstrap: str,
-                allow_non_restored_state: bool, offset: int) -> dict[str, Any]:
+_SEED_WAIT_S = 600.0
+"""How long a worker waits for another worker's seed to finish."""
+
+
+def seed_topic(job: str) -> str:
+    """``<job>-__seed__-changelog``: who seeds the job from which savepoint, and when done."""
+    return changelog_topic(job, "__seed__")
+
+
+def savepoint_digest(path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of the savepoint file at ``path``: the savepoint's identity."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class _SeedLog:
+    """The seed topic as read: its claims in log order, and ``done`` if written."""
+
+    claims: list[dict[str, Any]]
+    done: dict[str, Any] | None
+
+    @property
+    def first(self) -> dict[str, Any] | None:
+        return self.claims[0] if self.claims else None
+
+
+async def _read_seed_log(bootstrap: str, topic: str) -> _SeedLog:
+    from eddies.runtime.kafka.savepoint import read_topic_records
+
+    claims: list[dict[str, Any]] = []
+    done = None
+    for key, value, _ in (await read_topic_records(bootstrap, topic)).get(0, []):
+        if key is None or value is None:
+            continue
+        record = msgpack.unpackb(value, raw=False)
+        if key == b"done":
+            done = record
+        elif key.startswith(b"claim:"):
+            claims.append(record)
+    return _SeedLog(claims, done)
+
+
+async def _append(bootstrap: str, topic: str, key: bytes, record: dict[str, Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await (await producer.send(topic, msgpack.packb(record), key=key, partition=0))
+    finally:
+        await producer.stop()
+
+
+def _other_state(job: Job, bootstrap: str, topic: str, log: _SeedLog, digest: str,
+                 path: str | os.PathLike[str]) -> SavepointError:
+    first = log.first
+    held = ("checkpoints that did not come from a savepoint" if first is None else
+            f"state started from another savepoint ({first['savepoint']}, sha256 "
+            f"{first['digest'][:12]})")
+    return SavepointError(
+        f"job {job.name!r} already has checkpoints on {bootstrap} (topic {topic!r}): "
+        f"{held}, not from savepoint {os.fspath(path)} (sha256 {digest[:12]}); a savepoint "
+        "starts a new deployment: run the workers without --from-savepoint to resume the "
+        "state the job has, or give the job a new name (ed.Job('...')) to start it from "
+        "the savepoint, or delete its changelog topics and workers' state dirs first")
+
+
+async def _seed(path: str | os.PathLike[str], job: Job, bootstrap: str,
+                allow_non_restored_state: bool, offset: int, claimant: str | None,
+                wait_s: float) -> dict[str, Any]:
+    """Seed the job from the savepoint under the claim protocol (module docstring).
+
+    ``claimant`` None: the command ``eddies savepoint restore``, which refuses a job already
+    seeded or being seeded; else a worker, which runs on a job seeded from this savepoint."""
     plan = plan_job(job)
     if not plan.stateful_topics:
         raise SavepointError(f"job {job.name!r} keeps no keyed state on Kafka: there is "
                              "nothing to restore a savepoint into")
     partitions = await _partition_count(bootstrap, plan, job)
-    if await _has_records(bootstrap, plan.checkpoint_topic):
-        raise SavepointError(
-            f"job {job.name!r} already has checkpoints on {bootstrap} (topic "
-            f"{plan.checkpoint_topic!r}): a savepoint starts a new deployment; give the job "
-            "a new name (ed.Job('...')), or delete its changelog topics and workers' state "
-            "dirs first")
     sp = read_savepoint(path)
+    digest = savepoint_digest(path)
+    topic = seed_topic(job.name)
+    await create_topics(bootstrap, {topic: 1})
+    log = await _read_seed_log(bootstrap, topic)
+    me = claimant or f"savepoint restore on {socket.gethostname()} pid {os.getpid()}"
+    seeded = {"partitions": partitions, "records": 0, "dropped": [], "seeded": False}
+    if log.first is not None and log.first["digest"] != digest:
+        raise _other_state(job, bootstrap, plan.checkpoint_topic, log, digest, path)
+    if log.done is not None:
+        if claimant is None:
+            raise SavepointError(
+                f"job {job.name!r} already has checkpoints on {bootstrap} (topic "
+                f"{plan.checkpoint_topic!r}, seeded from this savepoint): a savepoint starts "
+                "a new deployment once; start its workers (eddies worker), or give the job a "
+                "new name (ed.Job('...')) to seed another")
+        return {**seeded, "records": log.done["records"]}
+    if not any(c["claimant"] == me for c in log.claims):
+        if log.first is None and await _has_records(bootstrap, plan.checkpoint_topic):
+            raise _other_state(job, bootstrap, plan.checkpoint_topic, log, digest, path)
+        await _append(bootstrap, topic, b"claim:" + me.encode(),
+                      {"digest": digest, "claimant": me, "savepoint": os.fspath(path)})
+        log = await _read_seed_log(bootstrap, topic)
+    first = log.first
+    assert first is not None  # our claim at least
+    if first["digest"] != digest:
+        raise _other_state(job, bootstrap, plan.checkpoint_topic, log, digest, path)
+    if first["claimant"] != me:
+        if claimant is None:
+            raise SavepointError(
+                f"job {job.name!r} is being seeded from this savepoint by "
+                f"{first['claimant']} (topic {topic!r}): start its workers once that is done")
+        deadline = time.monotonic() + wait_s
+        while log.done is None:
+            if time.monotonic() > deadline:
+                raise SavepointError(
+                    f"job {job.name!r} is being seeded from savepoint {os.fspath(path)} by "
+                    f"{first['claimant']}, which has not finished within {wait_s:g} s: if "
+                    "that worker stopped, start it again with the same command line (it "
+                    "finishes the seed), or delete the job's changelog topics "
+                    f"({job.name}-*-changelog) and start again")
+            await asyncio.sleep(0.5)
+            log = await _read_seed_log(bootstrap, topic)
+        return {**seeded, "records": log.done["records"]}
+    done = await _write_seed(sp, path, job, plan, bootstrap, partitions,
+                             allow_non_restored_state, offset, digest)
+    await _append(bootstrap, topic, b"done",
+                  {"digest": digest, "claimant": me, "records": done["records"]})
+    return {**done, "seeded": True}
+
+
+async def _write_seed(sp: Any, path: str | os.PathLike[str], job: Job, plan: Any,
+                      bootstrap: str, partitions: int, allow_non_restored_state: bool,
+                      offset: int, digest: str) -> dict[str, Any]:
+    from aiokafka import AIOKafkaProducer
+
     backend = InMemoryStateBackend()
     operators = {n.name: KeyedOperator(n.name, n.params["fn"], backend)
                  for n in plan.job.nodes if n.kind in KEYED_KINDS}
@@ -128,7 +276,8 @@ async def _seed(path: str | os.PathLike[str], job: Job, bootstrap: str,
     topics = plan.changelog_topics()
     await create_topics(bootstrap, {**{t: partitions for t in topics.values()},
                                     plan.checkpoint_topic: partitions})
-    token = new_token()
+    # The same records on a second try (a winner restarted): the token is the digest's.
+    token = int.from_bytes(bytes.fromhex(digest[:16]), "big") or 1
     headers = [token_header(token)]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
@@ -166,5 +315,19 @@ def seed_kafka_job(path: str | os.PathLike[str], job: Job, bootstrap: str, *,
                    allow_non_restored_state: bool = False, offset: int = 0) -> dict[str, Any]:
     """Write the savepoint at ``path`` into Kafka job ``job``'s changelogs on the broker at
     ``bootstrap`` (``host:port``) as its first checkpoint; returns ``{"partitions",
-    "records", "dropped"}``. See the module docstring."""
-    return asyncio.run(_seed(path, job, bootstrap, allow_non_restored_state, offset))
+    "records", "dropped"}``. A job already seeded, or being seeded, is refused. See the
+    module docstring."""
+    return asyncio.run(_seed(path, job, bootstrap, allow_non_restored_state, offset, None,
+                             _SEED_WAIT_S))
+
+
+def seed_if_new(path: str | os.PathLike[str], job: Job, bootstrap: str, claimant: str, *,
+                allow_non_restored_state: bool = False,
+                wait_s: float = _SEED_WAIT_S) -> dict[str, Any]:
+    """``eddies worker --from-savepoint``: seed ``job`` from the savepoint at ``path``
+    unless it already was (by this ``claimant`` or another worker, which it waits for);
+    refuse a job that has other checkpoints. Returns ``{"partitions", "records",
+    "dropped", "seeded"}`` (``seeded``: this call wrote the seed). See the module
+    docstring."""
+    return asyncio.run(_seed(path, job, bootstrap, allow_non_restored_state, 0, claimant,
+                             wait_s))
