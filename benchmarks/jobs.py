@@ -1,13 +1,16 @@
-"""The reference jobs, each as an eddies job and as a plain-Python dict loop.
+"""The reference jobs, each as an eddies job and as plain-Python loops.
 
 1. running count+sum per key (ValueState); results emitted per key at the end of input.
 2. tumbling 60 s windows, count+sum per key and window (output-heavy: every window emits).
-3. job 1 with a 10-minute event-time TTL: a key idle for 10 min starts over (emitted).
+3. job 1 with a 10-minute event-time TTL: a key idle for 10 min starts over, and each run of
+   activity is reported (key, count, sum) when its state expires (``on_expire``), the last
+   ones at the end of input. ``ttl_manual`` is the same job with no TTL: a timestamp in the
+   value checked by hand against the watermark, and an end-of-input timer per key.
 
-The plain versions read the same CSV with ``csv.DictReader`` and the same conversions (the
-"plain-Python dict loop" yardstick: rows as dicts, state in dicts) and follow the same
-semantics (watermark = max ts - 5 s - 1, advanced after every event as the runtime does,
-whatever its batch size), so results must be equal.
+The plain loops are the leanest straightforward Python (``line.split(",")`` with the number
+conversions, state in dicts); ``DICTREADER`` holds the same loops over ``csv.DictReader``
+rows. They follow the runtime's semantics (watermark = max ts - 5 s - 1, advanced after every
+event as the runtime does, whatever its batch size), so results must be equal.
 """
 
 from __future__ import annotations
@@ -45,19 +48,50 @@ class RunningTotals(ed.KeyedProcessFunction):
 
 class RunningTotalsTtl(ed.KeyedProcessFunction):
     """Job 1 with a 10-minute TTL: a key idle for 10 min of event time starts over, and each
-    start is emitted (a TTL dedup), so results pin down exactly when state expired."""
+    run of activity is reported when it expires (``on_expire``), the last ones when the
+    input ends and the watermark passes every stamp."""
 
-    totals = ed.ValueState("totals", ttl=ed.Ttl(ms=TTL_MS))
+    totals = ed.ValueState("totals", ttl=ed.Ttl(ms=TTL_MS), on_expire=True)
 
     def on_event(self, event, ctx):
         acc = self.totals.get()
         if acc is None:
             self.totals.set([1, event["amount"]])
-            return [(ctx.key, ctx.timestamp)]
+        else:
+            acc[0] += 1
+            acc[1] += event["amount"]
+            self.totals.set(acc)
+
+    def on_expire(self, state, acc, ctx):
+        return [(ctx.key, acc[0], round(acc[1], 2))]
+
+
+class RunningTotalsManualTtl(ed.KeyedProcessFunction):
+    """Job 3 with no TTL: the expiry is a timestamp kept in the value and checked by hand
+    against the watermark, and an end-of-input timer per key reports the last run."""
+
+    totals = ed.ValueState("totals")
+
+    def on_event(self, event, ctx):
+        acc = self.totals.get()
+        if acc is None:
+            self.totals.set([1, event["amount"], ctx.timestamp + TTL_MS])
+            ctx.timers.register_event_time(END)
+            return None
+        if acc[2] <= ctx.watermark:
+            out = [(ctx.key, acc[0], round(acc[1], 2))]
+            self.totals.set([1, event["amount"], ctx.timestamp + TTL_MS])
+            return out
         acc[0] += 1
         acc[1] += event["amount"]
+        acc[2] = ctx.timestamp + TTL_MS
         self.totals.set(acc)
         return None
+
+    def on_timer(self, timestamp, ctx):
+        acc = self.totals.get()
+        if acc is not None:
+            yield (ctx.key, acc[0], round(acc[1], 2))
 
 
 class SumAgg:
@@ -90,6 +124,8 @@ def eddies_job(name: str, path: Path) -> tuple[ed.Job, Any]:
         keyed.process(RunningTotals()).sink(out)
     elif name == "ttl":
         keyed.process(RunningTotalsTtl()).sink(out)
+    elif name == "ttl_manual":
+        keyed.process(RunningTotalsManualTtl()).sink(out)
     else:
         keyed.window(ed.Tumbling(60_000)).aggregate(SumAgg()).sink(out)
     return job, out
@@ -98,66 +134,70 @@ def eddies_job(name: str, path: Path) -> tuple[ed.Job, Any]:
 def normalize(name: str, results: list[Any]) -> Any:
     if name == "tumbling":
         return sorted((r["key"], r["start"], r["value"][0], r["value"][1]) for r in results)
-    if name == "ttl":
-        return sorted(results)
     return sorted((k, c, s) for k, c, s in results)
 
 
 # -- plain Python ------------------------------------------------------------------------------
-def _rows(path: Path):
-    """Rows as dicts with ts and amount converted: the events a user's code sees."""
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            row["ts"] = int(row["ts"])
-            row["amount"] = float(row["amount"])
-            yield row
+# The lean loops: what a user would write for speed, each line split by hand (the input has no
+# quoting) and state in a dict. The DictReader twins below read the same rows as dicts.
 
 
 def plain_running(path: Path, batch: int) -> list[Any]:
     totals: dict[str, list] = {}
     get = totals.get
-    for row in _rows(path):
-        key = row["key"]
-        acc = get(key)
-        if acc is None:
-            totals[key] = [1, row["amount"]]
-        else:
-            acc[0] += 1
-            acc[1] += row["amount"]
+    with open(path) as f:
+        next(f)
+        for line in f:
+            key, _, amount = line.split(",")
+            acc = get(key)
+            if acc is None:
+                totals[key] = [1, float(amount)]
+            else:
+                acc[0] += 1
+                acc[1] += float(amount)
     return [(k, a[0], round(a[1], 2)) for k, a in totals.items()]
 
 
 def plain_ttl(path: Path, batch: int) -> list[Any]:
     totals: dict[str, list] = {}
     get = totals.get
-    starts = []
-    wm = -(2**63)
-    max_ts = wm
-    for row in _rows(path):
-        key = row["key"]
-        ts = row["ts"]
-        acc = get(key)
-        if acc is None or acc[2] <= wm:
-            totals[key] = [1, row["amount"], ts + TTL_MS]
-            starts.append((key, ts))
-        else:
-            acc[0] += 1
-            acc[1] += row["amount"]
-            acc[2] = ts + TTL_MS
-        if ts > max_ts:
-            max_ts = ts
-            wm = max_ts - DELAY - 1
-    return starts
+    out = []
+    wm = max_ts = -(2**63)
+    with open(path) as f:
+        next(f)
+        for line in f:
+            key, ts, amount = line.split(",")
+            ts = int(ts)
+            acc = get(key)
+            if acc is None:
+                totals[key] = [1, float(amount), ts + TTL_MS]
+            elif acc[2] <= wm:
+                out.append((key, acc[0], round(acc[1], 2)))
+                totals[key] = [1, float(amount), ts + TTL_MS]
+            else:
+                acc[0] += 1
+                acc[1] += float(amount)
+                acc[2] = ts + TTL_MS
+            if ts > max_ts:
+                max_ts = ts
+                wm = max_ts - DELAY - 1
+    out.extend((k, a[0], round(a[1], 2)) for k, a in totals.items())
+    return out
 
 
 def plain_tumbling(path: Path, batch: int) -> list[Any]:
+    with open(path) as f:
+        next(f)
+        return _tumbling(line.split(",") for line in f)
+
+
+def _tumbling(rows: Any) -> list[Any]:
     windows: dict[int, dict[str, list]] = {}
     out = []
     max_ts = -(2**63)
     first_end = END  # the last ms of the earliest open window
-    for row in _rows(path):
-        key = row["key"]
-        ts = row["ts"]
+    for key, ts, amount in rows:
+        ts = int(ts)
         start = ts - ts % 60_000
         per_key = windows.get(start)
         if per_key is None:
@@ -165,10 +205,10 @@ def plain_tumbling(path: Path, batch: int) -> list[Any]:
             first_end = min(first_end, start + 60_000 - 1)
         acc = per_key.get(key)
         if acc is None:
-            per_key[key] = [1, row["amount"]]
+            per_key[key] = [1, float(amount)]
         else:
             acc[0] += 1
-            acc[1] += row["amount"]
+            acc[1] += float(amount)
         if ts > max_ts:
             max_ts = ts
             wm = max_ts - DELAY - 1
@@ -186,8 +226,69 @@ def plain_tumbling(path: Path, batch: int) -> list[Any]:
     return out
 
 
+def _rows(path: Path):
+    """Rows as dicts with ts and amount converted: the events a user's code sees."""
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            row["ts"] = int(row["ts"])
+            row["amount"] = float(row["amount"])
+            yield row
+
+
+def dictreader_running(path: Path, batch: int) -> list[Any]:
+    totals: dict[str, list] = {}
+    get = totals.get
+    for row in _rows(path):
+        key = row["key"]
+        acc = get(key)
+        if acc is None:
+            totals[key] = [1, row["amount"]]
+        else:
+            acc[0] += 1
+            acc[1] += row["amount"]
+    return [(k, a[0], round(a[1], 2)) for k, a in totals.items()]
+
+
+def dictreader_ttl(path: Path, batch: int) -> list[Any]:
+    totals: dict[str, list] = {}
+    get = totals.get
+    out = []
+    wm = max_ts = -(2**63)
+    for row in _rows(path):
+        key = row["key"]
+        ts = row["ts"]
+        acc = get(key)
+        if acc is None:
+            totals[key] = [1, row["amount"], ts + TTL_MS]
+        elif acc[2] <= wm:
+            out.append((key, acc[0], round(acc[1], 2)))
+            totals[key] = [1, row["amount"], ts + TTL_MS]
+        else:
+            acc[0] += 1
+            acc[1] += row["amount"]
+            acc[2] = ts + TTL_MS
+        if ts > max_ts:
+            max_ts = ts
+            wm = max_ts - DELAY - 1
+    out.extend((k, a[0], round(a[1], 2)) for k, a in totals.items())
+    return out
+
+
+def dictreader_tumbling(path: Path, batch: int) -> list[Any]:
+    return _tumbling((r["key"], r["ts"], r["amount"]) for r in _rows(path))
+
+
 PLAIN: dict[str, Callable[[Path, int], list[Any]]] = {
     "running": plain_running,
     "tumbling": plain_tumbling,
     "ttl": plain_ttl,
+    "ttl_manual": plain_ttl,
 }
+"""The lean plain loop of each job (``ttl_manual`` computes what ``ttl`` does)."""
+DICTREADER: dict[str, Callable[[Path, int], list[Any]]] = {
+    "running": dictreader_running,
+    "tumbling": dictreader_tumbling,
+    "ttl": dictreader_ttl,
+    "ttl_manual": dictreader_ttl,
+}
+"""The same loops over ``csv.DictReader`` rows (the second column)."""

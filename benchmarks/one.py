@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import eddies as ed
-from benchmarks.jobs import PLAIN, eddies_job, normalize
+from benchmarks.jobs import DICTREADER, PLAIN, eddies_job, normalize
 
 BATCH = 2_000
 
@@ -29,16 +29,16 @@ def digest(name: str, results: list) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.one", description=__doc__)
     parser.add_argument("--job", required=True, choices=sorted(PLAIN))
-    parser.add_argument("--impl", required=True, choices=["plain", "memory", "rocksdb"])
+    parser.add_argument("--impl", required=True, choices=["plain", "dictreader", "memory", "rocksdb"])
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
     parser.add_argument("--sweep-lag-ms", type=int, default=None)
     args = parser.parse_args(argv)
 
-    if args.impl == "plain":
+    if args.impl in ("plain", "dictreader"):
         t = time.perf_counter()
-        results = PLAIN[args.job](args.input, BATCH)
+        results = (PLAIN if args.impl == "plain" else DICTREADER)[args.job](args.input, BATCH)
         elapsed = time.perf_counter() - t
     else:
         job, out = eddies_job(args.job, args.input)

@@ -13,6 +13,7 @@ that matters.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import time as _time
 from collections.abc import Callable
 from itertools import islice, repeat
@@ -31,6 +32,7 @@ from eddies.operators.functions import (
 from eddies.runtime.timers import EVENT, PROCESSING, Timers, wall_ms
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
+from eddies.state.handles import MISSING as _MISSING
 from eddies.state.keys import encode_key, state_key
 from eddies.state.store import KeyedStateStore
 from eddies.state.ttl import MIN_TIME, TtlConfig
@@ -162,6 +164,75 @@ class BatchCut:
         self.due = False
 
 
+class _Expiries:
+    """The event-time work of states declared with ``on_expire=True``: each handle's
+    ``expiring`` heap holds at least one entry at or before each stored value's stamp (a
+    rewrite with a later stamp adds none; the entry finds the later stamp when it comes due
+    and moves to it). Due entries fire in (time, stored key, state name) order, so the calls
+    depend on the input alone, not on batches, checkpoints or restarts; the heaps are
+    rebuilt from the stored stamps whenever timers are loaded (restore, Kafka partitions)."""
+
+    def __init__(self, op: KeyedOperator, handles: list[Any]) -> None:
+        on_expire = getattr(op.function, "on_expire", None)
+        if not callable(on_expire):
+            names = ", ".join(repr(h.name) for h in handles)
+            raise ConfigError(
+                f"operator {op.name!r}: state {names} is declared with on_expire=True, so "
+                f"{type(op.function).__name__} must define on_expire(self, state_name, value, "
+                "ctx)")
+        self.op = op
+        self.handles = handles
+        self.on_expire = on_expire
+        for handle in handles:
+            handle.on_arm = op.note_event_time
+
+    @staticmethod
+    def loader(handles: list[Any]) -> Callable[[Any, bytes | None, bytes | None], int]:
+        def load(backend: Any, lower: bytes | None, upper: bytes | None) -> int:
+            return sum(h.load_expiring(backend, lower, upper) for h in handles)
+        return load
+
+    def next_time(self) -> int | None:
+        at = None
+        for handle in self.handles:
+            heap = handle.expiring
+            armed = handle.armed
+            while heap and armed.get(heap[0][2]) != heap[0][0]:
+                heapq.heappop(heap)  # stale: the key was re-armed earlier or has fired
+            if heap and (at is None or heap[0][0] < at):
+                at = heap[0][0]
+        return at
+
+    def fire_next(self, time: int, out: list[Any]) -> None:
+        due = []
+        for handle in self.handles:
+            heap = handle.expiring
+            while heap and heap[0][0] == time:
+                _, prefix, key = heapq.heappop(heap)
+                due.append((prefix, handle.name, key, handle))
+        if len(self.handles) > 1:
+            due.sort(key=itemgetter(0, 1))
+        op = self.op
+        store = op.store
+        ctx = op.ctx
+        on_expire = self.on_expire
+        for _, name, key, handle in due:
+            store.key = key
+            store.timestamp = time
+            value = handle.take_expired(key, time)
+            if value is _MISSING:
+                continue
+            ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key
+            ctx.timestamp = time
+            result = on_expire(name, value, ctx)
+            if result is not None:
+                t = type(result)
+                if t is list or t is tuple or t is GeneratorType:
+                    out.extend(result)
+                else:
+                    out.append(result)
+
+
 class KeyedOperator:
     """One keyed function bound to state over ``backend``, with its timers and watermark."""
 
@@ -214,6 +285,9 @@ class KeyedOperator:
         self.is_broadcast = isinstance(function, KeyedBroadcastProcessFunction)
         self.hook: EventTimeHook | None = None
         """Event-time work of the function's own (see :meth:`add_event_time_hook`)."""
+        expiring = [h for h in self.handles.values() if getattr(h, "expiring", None) is not None]
+        if expiring:
+            self.add_event_time_hook(_Expiries(self, expiring), loader=_Expiries.loader(expiring))
         # An internal function (the window operator) may take part in the runtime: it gets
         # the operator, its state bound, before the first event (add_event_time_hook).
         attach = getattr(function, "attach_operator", None)
@@ -267,20 +341,23 @@ class KeyedOperator:
         self.restore()
         self.function.open()
 
-    def restore(self, meta: dict[bytes, bytes] | None = None) -> None:
+    def restore(self, meta: dict[bytes, bytes] | None = None, *,
+                preloaded: bool = False) -> None:
         """Load timers (one range scan), the watermark and broadcast state.
 
         ``meta`` is the checkpoint metadata column family already read in bulk by the
-        driver; without it the watermark costs one point read.
+        driver; without it the watermark costs one point read. ``preloaded``: timers and
+        broadcast state were loaded with every operator's (``runtime/preload.py``).
         """
-        self.timers.load(self.backend.inner)
+        if not preloaded:
+            self.timers.load(self.backend.inner)
         if meta is None:
             data = self.backend.inner.get(META_CF, self._meta_key)
         else:
             data = meta.get(self._meta_key)
         if data is not None:
             self.set_watermark(unpack(data))
-        for handle in self.handles.values():
+        for handle in () if preloaded else self.handles.values():
             preload = getattr(handle, "preload", None)
             if preload is not None:
                 preload()

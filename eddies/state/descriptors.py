@@ -107,6 +107,9 @@ class StateDescriptor:
         self.renamed_from = renamed_from
         """The name this state had in the job a savepoint was taken from."""
         self.attr: str | None = None
+        self.on_expire = False
+        """Whether expired values are handed to the function's ``on_expire`` (ValueState
+        and ReducingState)."""
 
     def __set_name__(self, owner: type, attr: str) -> None:
         self.attr = attr
@@ -129,16 +132,31 @@ class ValueState(StateDescriptor):
     """One value per key: ``get(default)``, ``set(v)``, ``clear()``.
 
     ``default`` is what ``get()`` returns for a key with no value.
+
+    ``on_expire=True`` (with an event-time ``ttl``) calls the function's
+    ``on_expire(state_name, value, ctx)`` once for each value that expires, with ``ctx.key``
+    its key, when the watermark reaches its expiry and before any record or timer beyond
+    it; what it returns or yields is emitted as ``on_timer``'s outputs are. Expiries fire
+    in time order (then by stored key, then state name), after the timers due at the same
+    time, and the value is deleted before the call (``on_expire`` may set a new one).
+
+    >>> ValueState("acc", ttl=Ttl(minutes=10), on_expire=True).on_expire
+    True
+    >>> ValueState("acc", on_expire=True)
+    Traceback (most recent call last):
+    ...
+    eddies.errors.ConfigError: ValueState 'acc': on_expire=True needs an event-time ttl, ...
     """
 
     kind = "value"
 
     def __init__(self, name: str, default: Any = None, *, ttl: Ttl | None = None,
-                 version: int = 1,
+                 on_expire: bool = False, version: int = 1,
                  migrate: Callable[[Any, int], Any] | None = None,
                  renamed_from: str | None = None) -> None:
         super().__init__(name, ttl=ttl, version=version, migrate=migrate, renamed_from=renamed_from)
         self.default = default
+        self.on_expire = _check_on_expire(self, on_expire)
 
 
 class ListState(StateDescriptor):
@@ -161,16 +179,19 @@ class MapState(StateDescriptor):
 
 
 class ReducingState(StateDescriptor):
-    """One value per key folded with an associative ``fn(acc, value)`` on every ``add``."""
+    """One value per key folded with an associative ``fn(acc, value)`` on every ``add``;
+    ``on_expire=True`` as for :class:`ValueState`."""
 
     kind = "reducing"
 
     def __init__(
         self, name: str, fn: Callable[[Any, Any], Any], *, ttl: Ttl | None = None,
-        version: int = 1, migrate: Callable[[Any, int], Any] | None = None,
+        on_expire: bool = False, version: int = 1,
+        migrate: Callable[[Any, int], Any] | None = None,
         renamed_from: str | None = None,
     ) -> None:
         super().__init__(name, ttl=ttl, version=version, migrate=migrate, renamed_from=renamed_from)
+        self.on_expire = _check_on_expire(self, on_expire)
         if not callable(fn):
             raise ConfigError(f"ReducingState {name!r}: fn must be callable, e.g. max or operator.add")
         self.fn = fn
@@ -191,6 +212,18 @@ class BroadcastState(StateDescriptor):
                  renamed_from: str | None = None) -> None:
         super().__init__(name, version=version, migrate=migrate, renamed_from=renamed_from)
         self.max_bytes = max_bytes
+
+
+def _check_on_expire(descriptor: StateDescriptor, on_expire: bool) -> bool:
+    if on_expire not in (True, False):
+        raise ConfigError(f"{type(descriptor).__name__} {descriptor.name!r}: on_expire must be "
+                          f"True or False, got {on_expire!r}")
+    if on_expire and (descriptor.ttl is None or descriptor.ttl.time != "event"):
+        raise ConfigError(
+            f"{type(descriptor).__name__} {descriptor.name!r}: on_expire=True needs an "
+            "event-time ttl, e.g. ttl=Ttl(minutes=10) (expiries fire as the watermark "
+            "passes them)")
+    return bool(on_expire)
 
 
 def declared_states(obj: object) -> dict[str, StateDescriptor]:

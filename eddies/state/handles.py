@@ -14,6 +14,7 @@ Cached mutable values are shared with the caller: after changing a list or dict 
 from __future__ import annotations
 
 import copy
+import heapq
 import struct
 from collections.abc import Iterable
 from itertools import repeat
@@ -21,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from eddies.errors import StateSerializationError
 from eddies.state.backend import DELETE, PUT, Batch
-from eddies.state.keys import Key, decode_element, encode_key, prefix_upper_bound
+from eddies.state.keys import (
+    Key,
+    decode_element,
+    decode_user_key,
+    encode_key,
+    prefix_upper_bound,
+)
 from eddies.state.store import check_value
 from eddies.state.values import NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
@@ -198,7 +205,30 @@ class ValueHandle(Handle):
         # need not decode the keys it deletes to evict them, unless expired values stay
         # visible until deleted.
         self.evicts_swept = ttl is not None and ttl.visibility == "expired_if_present"
+        self.expiring: list[tuple[int, bytes, Key]] | None = (
+            [] if getattr(descriptor, "on_expire", False) else None)
+        """With ``on_expire``: a heap of ``(time, stored-key prefix, key)``, at least one at or
+        before each stored value's stamp (the operator fires them, see
+        ``eddies.runtime.keyed``); such a state writes no expiry index, for its expiries
+        delete its values. None otherwise."""
+        self.armed: dict[Key, int] = {}
+        """Per key, the time of its live entry in ``expiring``."""
+        self.on_arm: Any = None
+        """``on_arm(time)``, told of each entry put in ``expiring`` (the operator cuts its
+        batch when records being pushed reach it)."""
         self._install_fast_paths()
+
+    def arm(self, key: Key, time: int) -> None:
+        """Put ``key``'s expiry at ``time`` in ``expiring`` unless an entry at or before it is
+        there already (the one there is moved on when it fires and finds a later stamp)."""
+        armed = self.armed
+        at = armed.get(key)
+        if at is None or time < at:
+            armed[key] = time
+            heapq.heappush(self.expiring,  # type: ignore[arg-type]
+                           (time, self.store.prefix(key), key))
+            if self.on_arm is not None:
+                self.on_arm(time)
 
     def _install_fast_paths(self) -> None:
         """Give this handle ``get`` and ``set`` closures for its common case (a cached value;
@@ -248,6 +278,37 @@ class ValueHandle(Handle):
                 return slow_get(default)
 
             unindexed = self._unindexed.add
+            if self.expiring is not None:
+                armed_get = self.armed.get
+                arm = self.arm
+
+                def set_(value: Any) -> None:
+                    ts = store.timestamp
+                    if ts is None:
+                        slow_set(value)
+                        return
+                    expires_at = ts + ttl_ms  # type: ignore[operator]
+                    if not 0 <= expires_at < NEVER:
+                        slow_set(value)
+                        return
+                    try:
+                        payload = pack(value)
+                    except (TypeError, ValueError, OverflowError):
+                        slow_set(value)  # raises, naming state, key and type
+                        return
+                    key = store.key
+                    cache[key] = value
+                    expiry[key] = expires_at
+                    dirty[key] = stamp(expires_at) + payload
+                    at = armed_get(key)
+                    if at is None or expires_at < at:
+                        arm(key, expires_at)
+
+                if type(self) is ValueHandle:
+                    self.get = get  # type: ignore[method-assign]
+                self.set = set_  # type: ignore[method-assign]
+                self.update = set_  # type: ignore[method-assign]
+                return
 
             def set_(value: Any) -> None:
                 ts = store.timestamp
@@ -322,6 +383,10 @@ class ValueHandle(Handle):
         entry: not when its previous stamp is no later and above the index horizon, for the
         stored value with that stamp has an entry at or before it (ttl.py's invariant) and a
         dirty one was vouched for the same way or is noted already."""
+        if self.expiring is not None:
+            self.arm(key, expires_at)
+            self._expiry[key] = expires_at
+            return
         old = self._expiry.get(key)
         if (old is None or expires_at < old
                 or old <= self.backend.index_horizon(self.name)):
@@ -417,7 +482,8 @@ class ValueHandle(Handle):
             batch.put_many(name, prefixes, list(dirty.values()))
         unindexed = self._unindexed
         if unindexed:
-            target = self.backend.index_target(name)
+            # A state with on_expire is indexed by its ``expiring`` heap.
+            target = None if self.expiring is not None else self.backend.index_target(name)
             if target is not None:
                 # Cleared keys and writes without a TTL (no stamp) need no entry.
                 expiry = self._expiry
@@ -444,6 +510,9 @@ class ValueHandle(Handle):
         self._expiry.clear()
         self._dirty.clear()
         self._unindexed.clear()
+        if self.expiring is not None:  # rebuilt from the store by the operator's loader
+            self.expiring.clear()
+            self.armed.clear()
         self._cleared = False
         self._complete = None
 
@@ -464,6 +533,44 @@ class ValueHandle(Handle):
         if key not in self._dirty:
             self._cache.pop(key, None)
             self._expiry.pop(key, None)
+
+    def take_expired(self, key: Key, time: int) -> Any:
+        """For the entry ``(time, _, key)`` just taken from ``expiring``, with ``key`` the
+        store's current key: the value, cleared, if it expired at or before ``time``;
+        MISSING if the entry is stale or the value was rewritten later (then re-armed at
+        its stamp) or is gone."""
+        armed = self.armed
+        if armed.get(key) != time:
+            return MISSING
+        del armed[key]
+        value = self._cache.get(key, MISSING)
+        if value is MISSING:
+            value = self._load(key)
+        if value is ABSENT:
+            return MISSING
+        expires_at = self._expiry.get(key, NEVER)
+        if expires_at > time:
+            if expires_at != NEVER:
+                self.arm(key, expires_at)
+            return MISSING
+        self.clear()
+        return value
+
+    def load_expiring(self, backend: Any, lower: bytes | None, upper: bytes | None) -> int:
+        """Arm the stamped values stored in ``[lower, upper)`` (all without bounds), in one
+        scan; returns how many. Keys keep the key group they are stored under."""
+        pin = self.store.pin_prefix
+        arm = self.arm
+        count = 0
+        for stored, data in backend.iterate(self.name, lower, upper):
+            expires_at = read_stamp(data)
+            if expires_at == NEVER:
+                continue
+            key, split = decode_user_key(stored, 2)
+            pin(key, stored[:split], replace=False)
+            arm(key, expires_at)
+            count += 1
+        return count
 
 
 class ReducingHandle(ValueHandle):
