@@ -203,6 +203,56 @@ class _Expiries:
                 at = heap[0][0]
         return at
 
+    def fire_until(self, limit: int, out: list[Any],
+                   emit: Callable[[Any, int], None] | None) -> None:
+        """Fire every expiry at or before ``limit`` in order (one state: in one pass), with
+        the TTL clock at each one's time; outputs as in ``advance_watermark``."""
+        if len(self.handles) > 1:
+            while (at := self.next_time()) is not None and at <= limit:
+                self.op.ctx.watermark = at if at > self.op.watermark else self.op.watermark
+                self.op.backend.set_watermark(self.op.ctx.watermark)
+                self.fire_next(at, out)
+                if emit is not None and out:
+                    self.op.emitted += len(out)
+                    for value in out:
+                        emit(value, at)
+                    out.clear()
+            return
+        op = self.op
+        store = op.store
+        ctx = op.ctx
+        on_expire = self.on_expire
+        handle = self.handles[0]
+        name = handle.name
+        set_clock = op.backend.set_watermark
+        current = op.watermark
+        last = [None]
+        emitted = [0]
+
+        def fire(time: int, key: Any, value: Any) -> None:
+            if time != last[0]:
+                last[0] = time
+                ctx.watermark = current if current > time else time
+                set_clock(ctx.watermark)
+            store.timestamp = time
+            ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key
+            ctx.timestamp = time
+            result = on_expire(name, value, ctx)
+            if result is not None:
+                t = type(result)
+                if t is list or t is tuple or t is GeneratorType:
+                    out.extend(result)
+                else:
+                    out.append(result)
+                if emit is not None and out:
+                    emitted[0] += len(out)
+                    for item in out:
+                        emit(item, time)
+                    out.clear()
+
+        handle.expire_until(limit, fire)
+        op.emitted += emitted[0]
+
     def fire_next(self, time: int, out: list[Any]) -> None:
         due = []
         for handle in self.handles:
@@ -540,10 +590,19 @@ class KeyedOperator:
         ctx = self.ctx
         set_clock = self.backend.set_watermark
         current = self.watermark
+        fire_until = getattr(hook, "fire_until", None)
+        next_timer = self.timers.event.next_time
         while True:
             at = next_time()
             if at is not None and at > watermark:
                 at = None
+            if at is not None and fire_until is not None:
+                # Expiries up to the next timer (timers at a time fire first) in one pass.
+                timer_at = next_timer()
+                if timer_at is None or timer_at > at:
+                    fire_until(watermark if timer_at is None or timer_at > watermark
+                               else timer_at - 1, out, emit)
+                    continue
             due = pop_due(watermark if at is None else at)
             if due is not None:
                 time = due[0]

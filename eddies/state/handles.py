@@ -556,6 +556,46 @@ class ValueHandle(Handle):
         self.clear()
         return value
 
+    def expire_until(self, limit: int, fire: Any) -> None:
+        """Take every entry of ``expiring`` at or before ``limit`` in order and, for each
+        value that expired by its entry's time, clear it and call ``fire(time, key, value)``
+        with the key current; entries that find a later stamp move to it."""
+        heap = self.expiring
+        assert heap is not None
+        armed = self.armed
+        armed_get = armed.get
+        cache = self._cache
+        cache_get = cache.get
+        expiry = self._expiry
+        dirty = self._dirty
+        store = self.store
+        pop = heapq.heappop
+        push = heapq.heappush
+        while heap and heap[0][0] <= limit:
+            entry = pop(heap)
+            time, _, key = entry
+            if armed_get(key) != time:
+                continue  # stale: re-armed earlier, or fired
+            del armed[key]
+            value = cache_get(key, MISSING)
+            if value is MISSING:
+                store.key = key
+                value = self._load(key)
+            if value is ABSENT:
+                continue
+            expires_at = expiry.get(key, NEVER)
+            if expires_at > time:
+                if expires_at != NEVER:
+                    armed[key] = expires_at
+                    push(heap, (expires_at, entry[1], key))
+                continue
+            store.key = key
+            cache[key] = ABSENT  # clear(), inlined
+            del expiry[key]
+            dirty[key] = ABSENT
+            self._cleared = True
+            fire(time, key, value)
+
     def load_expiring(self, backend: Any, lower: bytes | None, upper: bytes | None) -> int:
         """Arm the stamped values stored in ``[lower, upper)`` (all without bounds), in one
         scan; returns how many. Keys keep the key group they are stored under."""
