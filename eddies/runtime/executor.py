@@ -41,6 +41,7 @@ from eddies.runtime.builders import BUILDERS, Builder, fan_out
 from eddies.runtime.failures import io_error
 from eddies.runtime.graph import KEYED_KINDS, Job, Node
 from eddies.runtime.keyed import NEVER_DUE, RECORD_ERRORS, BatchCut, KeyedOperator
+from eddies.runtime.preload import preload_operators
 from eddies.runtime.timers import wall_ms
 from eddies.runtime.watermarks import MAX_TIME, MIN_TIME, PartitionWatermark, merge_watermarks
 from eddies.state.backend import Batch, StateBackend
@@ -759,11 +760,14 @@ class Executor:
         self._note_time(wm)
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def open_operators(self, meta: dict[bytes, bytes] | None = None) -> None:
+    def open_operators(self, meta: dict[bytes, bytes] | None = None,
+                       first: dict[KeyedOperator, list[Any]] | None = None) -> None:
         """Restore every operator's timers, watermark and broadcast state, then call the
-        functions' open(). ``meta``: the ``__meta__`` column family, if already read."""
+        functions' open(). ``meta``: the ``__meta__`` column family, if already read;
+        ``first``: keys by operator whose state to read ahead (``runtime/preload.py``)."""
+        preload_operators(self.operators.values(), first)
         for op in self.operators.values():
-            op.restore(meta)
+            op.restore(meta, preloaded=True)
             try:
                 op.function.open()
             except EddiesError:

@@ -58,14 +58,16 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import count, groupby, islice, starmap
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import rocksdict
 
@@ -110,6 +112,8 @@ _STEPS = 8
 """Entries a forward range read takes one by one before it hands over to rocksdict's items():
 short scans (a key's map entries) are cheapest on a raw iterator, long ones in Rust."""
 _STEP_RANGE = range(_STEPS)
+_T = TypeVar("_T")
+_NOT_AHEAD = object()  # a get of a key not read ahead
 
 # Names RocksDB, rocksdict and eddies put in a state dir.
 _STATE_FILE = re.compile(
@@ -534,6 +538,11 @@ class RocksDbStateBackend(StateBackend):
             _write_marker(self.path, self._marker(closed_cleanly=False))
         self._cfs: dict[str, rocksdict.Rdict] = {}
         self._handles: dict[str, rocksdict.ColumnFamily] = {}
+        # What a startup preload read ahead (see read_together): values by (state, stored
+        # key) and emptiness by state, answered without a read until the next write.
+        self._ahead: dict[tuple[str, bytes], bytes | None] = {}
+        self._empty_ahead: dict[str, bool] = {}
+        self._group: threading.local | None = None
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = durability
         self._sync_opts = rocksdict.WriteOptions()
@@ -645,6 +654,73 @@ class RocksDbStateBackend(StateBackend):
         )
 
     # -- reads ---------------------------------------------------------------------------------
+    def _trip(self) -> None:
+        """Count one read that waits for storage: a round trip, or one step of the calling
+        thread's chain inside :meth:`read_together`."""
+        group = self._group
+        if group is None:
+            self.round_trips += 1
+        else:
+            group.calls = getattr(group, "calls", 0) + 1
+
+    def read_together(self, reads: Sequence[Callable[[], _T]]) -> list[_T]:
+        """Run ``reads`` all at once, one thread each, and return their results in order.
+
+        Each read is a callable making backend reads (a range scan, a multi-get) and
+        consuming them before it returns. They are issued together, so they cost the round
+        trips of the longest chain of reads one thread made in sequence: one when each makes
+        a single read (startup's preload: timers, broadcast tables, emptiness probes and the
+        first keys' values). The first error raised is raised here.
+
+        >>> import tempfile
+        >>> with RocksDbStateBackend(tempfile.mkdtemp()) as db:
+        ...     before = db.round_trips
+        ...     got = db.read_together([lambda: db.is_empty("a"), lambda: db.get("b", b"k")])
+        ...     (got, db.round_trips - before)
+        ([True, None], 1)
+        """
+        if not reads:
+            return []
+        group = threading.local()
+        chains: list[int] = []
+
+        def run(read: Callable[[], _T]) -> _T:
+            group.calls = 0
+            try:
+                return read()
+            finally:
+                chains.append(group.calls)
+
+        self._group = group
+        try:
+            with ThreadPoolExecutor(max_workers=len(reads),
+                                    thread_name_prefix="eddies-preload") as pool:
+                futures = [pool.submit(run, read) for read in reads]
+                return [future.result() for future in futures]
+        finally:
+            self._group = None
+            self.round_trips += max(chains, default=0)
+
+    def read_ahead(self, cf: str, keys: list[bytes]) -> None:
+        """Read ``keys`` of state ``cf`` in one multi-get and keep them: the next
+        :meth:`get` of each is answered from here (once), until the next write."""
+        if keys:
+            self._ahead.update(zip(((cf, k) for k in keys), self.multi_get(cf, keys),
+                                   strict=True))
+
+    def probe_empty(self, cf: str) -> bool:
+        """Whether ``cf`` is empty (one step of a range read), kept for :meth:`is_empty`
+        until the next write."""
+        self._empty_ahead.pop(cf, None)
+        empty = self._empty_ahead[cf] = self.is_empty(cf)
+        return empty
+
+    def is_empty(self, cf: str) -> bool:
+        ahead = self._empty_ahead.get(cf)
+        if ahead is not None:
+            return ahead
+        return super().is_empty(cf)
+
     def _cf(self, cf: str) -> rocksdict.Rdict | None:
         return self._cfs.get(cf)
 
@@ -659,7 +735,11 @@ class RocksDbStateBackend(StateBackend):
         return handle
 
     def get(self, cf: str, key: bytes) -> bytes | None:
-        self.round_trips += 1
+        if self._ahead:
+            ahead = self._ahead.pop((cf, key), _NOT_AHEAD)
+            if ahead is not _NOT_AHEAD:
+                return ahead
+        self._trip()
         table: Any = self._cfs.get(cf)
         if table is None:
             return None
@@ -670,7 +750,7 @@ class RocksDbStateBackend(StateBackend):
             raise self._error(exc, cf, "point read") from exc
 
     def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
-        self.round_trips += 1
+        self._trip()
         table: Any = self._cfs.get(cf)
         if table is None:
             return [None] * len(keys)
@@ -681,7 +761,7 @@ class RocksDbStateBackend(StateBackend):
             raise self._error(exc, cf, "multi-key read") from exc
 
     def keys(self, cf: str, lower: bytes | None, upper: bytes | None, limit: int) -> list[bytes]:
-        self.round_trips += 1
+        self._trip()
         table: Any = self._cfs.get(cf)
         if table is None:
             return []
@@ -706,7 +786,7 @@ class RocksDbStateBackend(StateBackend):
         upper: bytes | None = None,
         reverse: bool = False,
     ) -> Iterator[tuple[bytes, bytes]]:
-        self.round_trips += 1
+        self._trip()
         table = self._cfs.get(cf)
         if table is None:
             return iter(())
@@ -809,6 +889,9 @@ class RocksDbStateBackend(StateBackend):
 
     # -- writes --------------------------------------------------------------------------------
     def _apply(self, batch: Batch, sync: bool) -> None:
+        if self._ahead or self._empty_ahead:  # a write ends what was read ahead
+            self._ahead.clear()
+            self._empty_ahead.clear()
         if self.read_only:
             raise BackendError(
                 f"RocksDB dir {self.path} is open read-only (a snapshot view); open it without "

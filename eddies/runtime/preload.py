@@ -1,0 +1,99 @@
+"""Startup's bulk preload: everything the operators need before their first event, in one
+round trip after the checkpoint metadata.
+
+A restart reads the ``__meta__`` column family (positions, watermarks, sink lengths: one
+range read), then issues these reads together (one thread each, see
+:meth:`~eddies.state.rocksdb.RocksDbStateBackend.read_together`), which count as one round
+trip:
+
+- each operator's timers, one range scan (the nearest ``cache_entries`` per domain stay in
+  memory), and its event-time hook's index (a window operator's);
+- each broadcast state's table;
+- an emptiness probe of each keyed state (one step of a range read), so that a key of a
+  fresh state costs no read;
+- the values of the first keys in one multi-get per ValueState and ReducingState: the keys
+  of the first records the local runner read from each source, for the operators a
+  ``key_by`` feeds straight from that source.
+
+The probes and first values are kept by the backend until it is asked or written to.
+Everything else is read lazily, as events need it: other keys' values, MapState and
+ListState entries, and the keys of operators behind a map, a filter or another operator.
+Backends without ``read_together`` (the memory backend) make the same reads one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any
+
+from eddies.runtime.keyed import KeyedOperator
+from eddies.state.handles import Handle, ValueHandle
+from eddies.state.keys import state_key
+
+__all__ = ["first_keys", "preload_operators"]
+
+
+def preload_operators(
+    operators: Iterable[KeyedOperator], first: Mapping[KeyedOperator, list[Any]] | None = None
+) -> None:
+    """Load the timers, hook indexes and broadcast tables of ``operators`` and read ahead
+    what the keys in ``first`` (user keys by operator) need, all reads issued together."""
+    reads: list[Callable[[], Any]] = []
+    together: Callable[[list[Callable[[], Any]]], list[Any]] | None = None
+    for op in operators:
+        inner = op.backend.inner
+        together = getattr(inner, "read_together", None)
+        reads.append(partial(op.timers.load, inner, loaders=False))
+        reads.extend(partial(loader, inner, None, None) for loader in op.timers.loaders)
+        read_ahead = getattr(inner, "read_ahead", None)
+        prefixes = _prefixes(op, (first or {}).get(op, ()))
+        for handle in op.handles.values():
+            preload = getattr(handle, "preload", None)
+            if preload is not None:
+                reads.append(preload)
+            elif read_ahead is not None and isinstance(handle, Handle):
+                reads.append(partial(inner.probe_empty, handle.name))
+                if prefixes and isinstance(handle, ValueHandle):
+                    reads.append(partial(read_ahead, handle.name, prefixes))
+    if together is None:
+        for read in reads:
+            read()
+    else:
+        together(reads)
+
+
+def _prefixes(op: KeyedOperator, keys: Iterable[Any]) -> list[bytes]:
+    """The distinct stored-key prefixes of ``keys`` (those the codec cannot store are left
+    to the push, which sends their records to dead letters)."""
+    out: dict[bytes, None] = {}
+    store = op.store
+    for key in keys:
+        try:
+            out[store.prefix(state_key(key))] = None
+        except Exception:  # noqa: BLE001 - the push reports a bad key with its record
+            continue
+    return list(out)
+
+
+def first_keys(
+    operators: Mapping[Any, KeyedOperator], records: Mapping[Any, list[Any]]
+) -> dict[KeyedOperator, list[Any]]:
+    """The keys of ``records`` (first records by source node) for each operator whose keyed
+    input is a ``key_by`` straight on that source. A record the key function fails on is
+    skipped: the push rejects it or stops the job as it would have."""
+    out: dict[KeyedOperator, list[Any]] = {}
+    for node, op in operators.items():
+        for port, parent in enumerate(node.inputs):
+            if node.kind == "broadcast_process" and port == 1:
+                continue
+            if parent.kind != "key_by" or parent.inputs[0] not in records:
+                continue
+            key_fn = parent.params["key"]
+            keys = out.setdefault(op, [])
+            for record in records[parent.inputs[0]]:
+                try:
+                    keys.append(key_fn(record))
+                except Exception:  # noqa: BLE001, S112 - see the docstring
+                    continue
+    return out
