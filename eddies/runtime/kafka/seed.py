@@ -212,11 +212,20 @@ async def _seed(path: str | os.PathLike[str], job: Job, bootstrap: str,
     partitions = await _partition_count(bootstrap, plan, job)
     sp = read_savepoint(path)
     digest = savepoint_digest(path)
+    # Restored in memory before any claim: a savepoint that does not fit is refused
+    # without leaving a claim behind.
+    backend = InMemoryStateBackend()
+    operators = {n.name: KeyedOperator(n.name, n.params["fn"], backend)
+                 for n in plan.job.nodes if n.kind in KEYED_KINDS}
+    dropped = restore_savepoint(path, job, backend, operators, {}, max_parallelism=1,
+                                allow_non_restored_state=allow_non_restored_state,
+                                where=f"job {job.name!r} on {bootstrap}",
+                                key_group=_partitioner(plan, partitions))
     topic = seed_topic(job.name)
     await create_topics(bootstrap, {topic: 1})
     log = await _read_seed_log(bootstrap, topic)
     me = claimant or f"savepoint restore on {socket.gethostname()} pid {os.getpid()}"
-    seeded = {"partitions": partitions, "records": 0, "dropped": [], "seeded": False}
+    seeded = {"partitions": partitions, "records": 0, "dropped": dropped, "seeded": False}
     if log.first is not None and log.first["digest"] != digest:
         raise _other_state(job, bootstrap, plan.checkpoint_topic, log, digest, path)
     if log.done is not None:
@@ -254,25 +263,18 @@ async def _seed(path: str | os.PathLike[str], job: Job, bootstrap: str,
             await asyncio.sleep(0.5)
             log = await _read_seed_log(bootstrap, topic)
         return {**seeded, "records": log.done["records"]}
-    done = await _write_seed(sp, path, job, plan, bootstrap, partitions,
-                             allow_non_restored_state, offset, digest)
+    records = await _write_seed(sp, backend, job, plan, bootstrap, partitions, offset,
+                                digest)
     await _append(bootstrap, topic, b"done",
-                  {"digest": digest, "claimant": me, "records": done["records"]})
-    return {**done, "seeded": True}
+                  {"digest": digest, "claimant": me, "records": records})
+    return {**seeded, "records": records, "seeded": True}
 
 
-async def _write_seed(sp: Any, path: str | os.PathLike[str], job: Job, plan: Any,
-                      bootstrap: str, partitions: int, allow_non_restored_state: bool,
-                      offset: int, digest: str) -> dict[str, Any]:
+async def _write_seed(sp: Any, backend: InMemoryStateBackend, job: Job, plan: Any,
+                      bootstrap: str, partitions: int, offset: int, digest: str) -> int:
+    """Write the restored ``backend`` as the first checkpoint; returns the delta count."""
     from aiokafka import AIOKafkaProducer
 
-    backend = InMemoryStateBackend()
-    operators = {n.name: KeyedOperator(n.name, n.params["fn"], backend)
-                 for n in plan.job.nodes if n.kind in KEYED_KINDS}
-    dropped = restore_savepoint(path, job, backend, operators, {}, max_parallelism=1,
-                                allow_non_restored_state=allow_non_restored_state,
-                                where=f"job {job.name!r} on {bootstrap}",
-                                key_group=_partitioner(plan, partitions))
     topics = plan.changelog_topics()
     await create_topics(bootstrap, {**{t: partitions for t in topics.values()},
                                     plan.checkpoint_topic: partitions})
@@ -308,7 +310,7 @@ async def _write_seed(sp: Any, path: str | os.PathLike[str], job: Job, plan: Any
             await send
     finally:
         await producer.stop()
-    return {"partitions": partitions, "records": records, "dropped": dropped}
+    return records
 
 
 def seed_kafka_job(path: str | os.PathLike[str], job: Job, bootstrap: str, *,
