@@ -62,7 +62,6 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import count, groupby, islice, starmap
 from operator import itemgetter
@@ -682,24 +681,34 @@ class RocksDbStateBackend(StateBackend):
         if not reads:
             return []
         group = threading.local()
-        chains: list[int] = []
+        chains: list[int] = [0] * len(reads)
+        results: list[Any] = [None] * len(reads)
+        errors: list[BaseException | None] = [None] * len(reads)
 
-        def run(read: Callable[[], _T]) -> _T:
+        def run(i: int) -> None:
             group.calls = 0
             try:
-                return read()
+                results[i] = reads[i]()
+            except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
+                errors[i] = exc
             finally:
-                chains.append(group.calls)
+                chains[i] = group.calls
 
+        threads = [threading.Thread(target=run, args=(i,), name=f"eddies-preload-{i}",
+                                    daemon=True) for i in range(len(reads))]
         self._group = group
         try:
-            with ThreadPoolExecutor(max_workers=len(reads),
-                                    thread_name_prefix="eddies-preload") as pool:
-                futures = [pool.submit(run, read) for read in reads]
-                return [future.result() for future in futures]
+            for thread in threads:  # all started before any is waited for
+                thread.start()
+            for thread in threads:
+                thread.join()
         finally:
             self._group = None
             self.round_trips += max(chains, default=0)
+        for error in errors:
+            if error is not None:
+                raise error
+        return results
 
     def read_ahead(self, cf: str, keys: list[bytes]) -> None:
         """Read ``keys`` of state ``cf`` in one multi-get and keep them: the next

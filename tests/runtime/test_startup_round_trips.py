@@ -90,14 +90,14 @@ def test_read_together_counts_the_longest_chain_of_reads(tmp_path: Path) -> None
         for i in range(10):
             batch.put("s", b"k%d" % i, b"v%d" % i)
         db.write(batch)
-        threads: set[int] = set()
+        threads: set[str] = set()
 
         def scan() -> int:
-            threads.add(threading.get_ident())
+            threads.add(threading.current_thread().name)
             return len(list(db.iterate("s")))
 
         def two_in_a_row() -> bytes | None:
-            threads.add(threading.get_ident())
+            threads.add(threading.current_thread().name)
             db.get("s", b"k1")
             return db.get("s", b"k2")
 
@@ -106,6 +106,7 @@ def test_read_together_counts_the_longest_chain_of_reads(tmp_path: Path) -> None
             10, 10, [b"v3"]]
         assert db.round_trips - before == 1
         assert len(threads) == 2  # each read on a thread of its own
+        assert threading.current_thread().name not in threads
         before = db.round_trips
         assert db.read_together([scan, two_in_a_row]) == [10, b"v2"]
         assert db.round_trips - before == 2
@@ -113,6 +114,14 @@ def test_read_together_counts_the_longest_chain_of_reads(tmp_path: Path) -> None
         db.get("s", b"k1")
         db.iterate("s")
         assert db.round_trips - before == 2  # outside a group, every call is one
+
+        def fails() -> None:
+            db.iterate("s")
+            raise ValueError("in a read")
+
+        with pytest.raises(ValueError, match="in a read"):
+            db.read_together([scan, fails])
+        assert db.get("s", b"k1") == b"v1"  # the group is over: reads count again
 
 
 def test_what_is_read_ahead_is_answered_once_and_dropped_at_a_write(tmp_path: Path) -> None:
