@@ -1,0 +1,167 @@
+"""``on_expire``: each expired value of a state declared with ``on_expire=True`` reaches the
+function once, in expiry-time order, before the watermark moves past it, whatever the batch
+sizes, checkpoints and restarts."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+import eddies as ed
+from eddies.errors import ConfigError
+from eddies.testing import Harness
+
+TTL = 1_000
+BOUND = 200
+
+
+class Sessions(ed.KeyedProcessFunction):
+    """A running count per key that starts over after TTL ms of quiet; every run is reported
+    when its state expires, together with what the function saw then."""
+
+    acc = ed.ValueState("acc", ttl=ed.Ttl(ms=TTL), on_expire=True)
+    total = ed.ReducingState("total", lambda a, b: a + b, ttl=ed.Ttl(ms=2 * TTL),
+                             on_expire=True)
+
+    def on_event(self, event, ctx):
+        self.acc.set((self.acc.get() or 0) + 1)
+        self.total.add(event["v"])
+
+    def on_timer(self, timestamp, ctx):
+        yield ("timer", ctx.key, timestamp)
+
+    def on_expire(self, state, value, ctx):
+        # The expired value is gone before the call; the other state is as of ctx.watermark.
+        yield ("expired", state, ctx.key, value, ctx.timestamp, ctx.watermark,
+               self.acc.get() if state == "acc" else None)
+
+
+def reference(events: list[dict[str, Any]]) -> list[tuple]:
+    """What a hand-written loop over the same events reports (watermark = max ts - BOUND - 1,
+    advanced after each record; a write stamps ts + ttl)."""
+    state: dict[tuple[str, Any], list] = {}  # (state, key) -> [value, expires_at]
+    out = []
+    wm = -(2**63)
+
+    def expire_up_to(limit: int) -> None:
+        due = sorted((e[1], name, key) for (name, key), e in state.items() if e[1] <= limit)
+        for at, name, key in sorted(due, key=lambda d: (d[0], ed.state.encode_key(d[2]), d[1])):
+            value = state.pop((name, key))[0]
+            acc = state.get(("acc", key))
+            out.append(("expired", name, key, value, at, at,
+                        acc[0] if name == "acc" and acc and acc[1] > at else None))
+
+    for e in events:
+        key, ts = e["key"], e["ts"]
+        a = state.get(("acc", key))
+        state[("acc", key)] = [(a[0] if a else 0) + 1, ts + TTL]
+        t = state.get(("total", key))
+        state[("total", key)] = [(t[0] if t else 0) + e["v"], ts + 2 * TTL]
+        new_wm = max(wm, ts - BOUND - 1)
+        if new_wm > wm:
+            expire_up_to(new_wm)
+            wm = new_wm
+    expire_up_to(2**62)
+    return out
+
+
+def make_events(seed: int, n: int = 400) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    t = 10_000
+    events = []
+    for _ in range(n):
+        t += rng.choice([0, 1, 5, 60, 400])
+        events.append({"key": rng.choice(["a", "b", "c", "d", 7]),
+                       "ts": t - rng.randint(0, BOUND), "v": rng.randint(1, 9)})
+    return events
+
+
+def run(events: list[dict[str, Any]], state: str, batch_size: int, interval: int) -> list:
+    job = ed.Job("sessions")
+    out = ed.sinks.collect()
+    (job.source(ed.sources.iterable(events), timestamp="ts",
+                watermarks=ed.BoundedOutOfOrderness(BOUND))
+     .key_by("key").process(Sessions(), name="sessions").sink(out))
+    ed.run_local(job, state, batch_size=batch_size, checkpoint_interval=interval)
+    return out.items
+
+
+def test_expiries_come_in_time_order_once_each_with_the_value_deleted() -> None:
+    h = Harness(Sessions())
+    h.event({"v": 1}, key="b", timestamp=100)
+    h.event({"v": 2}, key="a", timestamp=100)
+    h.event({"v": 3}, key="a", timestamp=500)  # moves a's acc expiry to 1500
+    assert h.watermark(1099) == []
+    # b's acc expires at 1100; a's moved on to 1500 and fires only then.
+    assert h.watermark(1100) == [("expired", "acc", "b", 1, 1100, 1100, None)]
+    assert h.state("acc", "b") is None
+    assert h.watermark(5000) == [
+        ("expired", "acc", "a", 2, 1500, 1500, None),
+        ("expired", "total", "b", 1, 2100, 2100, None),
+        ("expired", "total", "a", 5, 2500, 2500, None),
+    ]
+    assert h.watermark(9000) == []  # once per value
+
+
+def test_timers_at_the_same_time_fire_first_and_outputs_are_emitted() -> None:
+    class WithTimer(Sessions):
+        def on_event(self, event, ctx):
+            super().on_event(event, ctx)
+            ctx.timers.register_event_time(ctx.timestamp + TTL)
+
+    h = Harness(WithTimer())
+    h.event({"v": 1}, key="k", timestamp=0)
+    assert h.watermark(TTL) == [("timer", "k", TTL), ("expired", "acc", "k", 1, TTL, TTL, None)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_results_equal_a_hand_written_loop_for_every_batch_size_and_backend(
+    seed: int, tmp_path: Any
+) -> None:
+    events = make_events(seed)
+    expected = reference(events)
+    assert len(expected) >= 20
+    for i, (size, interval) in enumerate([(1, 1), (7, 13), (64, 50), (5_000, 100_000)]):
+        assert run(events, "memory", size, interval) == expected, (size, interval)
+        assert run(events, f"rocksdb:{tmp_path / str(i)}", size, interval) == expected
+
+
+def test_a_restored_snapshot_fires_what_the_uninterrupted_run_fires(tmp_path: Any) -> None:
+    events = make_events(4, 300)
+    whole = Harness(Sessions(), f"rocksdb:{tmp_path / 'whole'}")
+    first = Harness(Sessions(), f"rocksdb:{tmp_path / 'first'}")
+    expected, got = [], []
+    wm = -(2**63)
+    for i, e in enumerate(events):
+        if i == 150:
+            snap = first.snapshot()
+            first.close()
+            first = Harness(Sessions(), f"rocksdb:{tmp_path / 'second'}")
+            first.restore(snap)
+        for h in (whole, first):
+            h.event({"v": e["v"]}, key=e["key"], timestamp=e["ts"])
+        if e["ts"] - BOUND - 1 > wm:
+            wm = e["ts"] - BOUND - 1
+            expected += whole.watermark(wm)
+            got += first.watermark(wm)
+    expected += whole.watermark(2**62)
+    got += first.watermark(2**62)
+    assert got == expected
+    assert len([o for o in expected if o[1] == "acc"]) > 20
+
+
+def test_on_expire_needs_the_method_and_an_event_time_ttl() -> None:
+    class NoMethod(ed.KeyedProcessFunction):
+        acc = ed.ValueState("acc", ttl=ed.Ttl(ms=5), on_expire=True)
+
+        def on_event(self, event, ctx):
+            pass
+
+    with pytest.raises(ConfigError, match="must define on_expire"):
+        Harness(NoMethod())
+    with pytest.raises(ConfigError, match="event-time ttl"):
+        ed.ValueState("x", ttl=ed.Ttl(ms=5, time="processing"), on_expire=True)
+    with pytest.raises(ConfigError, match="event-time ttl"):
+        ed.ReducingState("x", max, on_expire=True)
