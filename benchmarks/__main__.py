@@ -49,40 +49,68 @@ def _names(allowed: tuple[str, ...]) -> Any:
     return parse
 
 
+def _eps(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[float]:
+    return [args.n / r["elapsed_s"] for r in runs]
+
+
 def throughput(args: argparse.Namespace, path: Path, workdir: Path) -> tuple[list, bool]:
+    """Per job, rounds of fresh processes: the lean plain loop, its DictReader twin, each
+    backend, and for job 3 each backend again with the hand-written TTL check
+    (``ttl_manual``), which gives the TTL-overhead row."""
     rows = []
     ok = True
     backends = args.backends.split(",")
     for name in args.jobs.split(","):
-        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in ["plain", *backends]}
+        cells = [(name, impl) for impl in ["plain", "dictreader", *backends]]
+        if name == "ttl":
+            cells += [("ttl_manual", backend) for backend in backends]
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {cell: [] for cell in cells}
         for _ in range(args.runs):
-            for impl in runs:
-                runs[impl].append(_child(
-                    "benchmarks.one", "--job", name, "--impl", impl, "--input", str(path),
+            for job, impl in cells:
+                runs[(job, impl)].append(_child(
+                    "benchmarks.one", "--job", job, "--impl", impl, "--input", str(path),
                     "--workdir", str(workdir),
                     "--checkpoint-interval", str(args.checkpoint_interval),
                     *(() if args.sweep_lag_ms is None
                       else ("--sweep-lag-ms", str(args.sweep_lag_ms)))))
-        plain_eps = [args.n / r["elapsed_s"] for r in runs["plain"]]
-        expected = {r["digest"] for r in runs["plain"]}
-        for backend in backends:
-            eps = [args.n / r["elapsed_s"] for r in runs[backend]]
-            equal = len(expected) == 1 and {r["digest"] for r in runs[backend]} == expected
+        plain_eps = _eps(args, runs[(name, "plain")])
+        dict_eps = _eps(args, runs[(name, "dictreader")])
+        expected = {r["digest"] for r in runs[(name, "plain")]}
+        ok = ok and {r["digest"] for r in runs[(name, "dictreader")]} == expected
+        for job, impl in cells[2:]:
+            eps = _eps(args, runs[(job, impl)])
+            equal = len(expected) == 1 and {r["digest"] for r in runs[(job, impl)]} == expected
             ok = ok and equal
+            label = JOBS[name] + (", hand-written check" if job == "ttl_manual" else "")
             rows.append({
-                "job": JOBS[name], "backend": backend, "events": args.n, "runs": args.runs,
+                "job": label, "backend": impl, "events": args.n, "runs": args.runs,
                 "eddies_eps_min": min(eps), "eddies_eps_median": statistics.median(eps),
                 "plain_eps_min": min(plain_eps), "plain_eps_median": statistics.median(plain_eps),
+                "dictreader_eps_median": statistics.median(dict_eps),
                 "ratio_median": statistics.median(eps) / statistics.median(plain_eps),
                 "ratio_min": min(eps) / min(plain_eps),
-                "results": runs[backend][0]["results"],
+                "ratio_dictreader": statistics.median(eps) / statistics.median(dict_eps),
+                "results": runs[(job, impl)][0]["results"],
                 "results_equal": equal,
             })
             r = rows[-1]
-            print(f"{r['job']:<22} {backend:<8} eddies {r['eddies_eps_median']:>10,.0f}/s "
-                  f"(min {r['eddies_eps_min']:,.0f})  plain {r['plain_eps_median']:>10,.0f}/s "
+            print(f"{r['job']:<42} {impl:<8} eddies {r['eddies_eps_median']:>9,.0f}/s "
+                  f"(min {r['eddies_eps_min']:,.0f})  lean {r['plain_eps_median']:>9,.0f}/s "
                   f"(min {r['plain_eps_min']:,.0f})  ratio {r['ratio_median']:.2f}  "
-                  f"equal={equal}", flush=True)
+                  f"DictReader {r['dictreader_eps_median']:,.0f}/s ratio "
+                  f"{r['ratio_dictreader']:.2f}  equal={equal}", flush=True)
+        if name == "ttl":
+            for backend in backends:
+                built = _eps(args, runs[("ttl", backend)])
+                manual = _eps(args, runs[("ttl_manual", backend)])
+                rows.append({
+                    "job": "TTL overhead: job 3 built-in / hand-written", "backend": backend,
+                    "ratio_median": statistics.median(built) / statistics.median(manual),
+                    "ratio_min": min(built) / min(manual),
+                })
+                r = rows[-1]
+                print(f"{r['job']:<42} {backend:<8} ratio {r['ratio_median']:.2f} "
+                      f"(of mins {r['ratio_min']:.2f})", flush=True)
     return rows, ok
 
 
