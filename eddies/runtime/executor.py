@@ -761,11 +761,13 @@ class Executor:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open_operators(self, meta: dict[bytes, bytes] | None = None,
-                       first: dict[KeyedOperator, list[Any]] | None = None) -> None:
+                       first: dict[KeyedOperator, list[Any]] | None = None
+                       ) -> dict[str, float]:
         """Restore every operator's timers, watermark and broadcast state, then call the
         functions' open(). ``meta``: the ``__meta__`` column family, if already read;
-        ``first``: keys by operator whose state to read ahead (``runtime/preload.py``)."""
-        preload_operators(self.operators.values(), first)
+        ``first``: keys by operator whose state to read ahead (``runtime/preload.py``).
+        Returns each operator's preload seconds."""
+        preloaded = preload_operators(self.operators.values(), first)
         for op in self.operators.values():
             op.restore(meta, preloaded=True)
             try:
@@ -776,6 +778,7 @@ class Executor:
                 raise UserFunctionError(
                     f"operator {op.name!r} failed in open(): {type(exc).__name__}: {exc}"
                 ) from exc
+        return preloaded
 
     def checkpoint_ops(self, batch: Batch) -> None:
         """Add every operator's expired-entry deletions, then its dirty state and timers."""

@@ -142,6 +142,10 @@ class LocalRunner(Executor):
         self.dropped_states: list[str] = []
         """Saved states a restore from a savepoint dropped (allow_non_restored_state)."""
         self.observer: Observer | None = None
+        self.operator_startup: dict[str, dict[str, float]] = {}
+        """Startup per keyed operator, by name, once its first event is processed: the
+        job's ``open_s`` and ``restore_s``, its own ``preload_s`` (its longest read in the
+        preload), ``first_event_s`` and the backend ``round_trips`` made until then."""
         self._inspector = None
         self.nothing_to_do: str | None = None
         """Set when the run found its state dir at the end of input that has not grown: why
@@ -407,11 +411,27 @@ class LocalRunner(Executor):
                 if read is not None:
                     records.setdefault(part.node, []).extend(read[0])
             t = _time.perf_counter()
-            self.open_operators(stored, first_keys(self.operators, records))
+            by_op = self.open_operators(stored, first_keys(self.operators, records))
             preload_s = _time.perf_counter() - t
             stats.startup = {"open_s": self._open_s, "restore_s": restore_s,
                              "preload_s": preload_s}
             ready = _time.perf_counter() - read_s
+            # Per operator: the job's open and restore, its own reads in the preload, and
+            # its first event, seen at the job's first event or else after the round it
+            # came in (see operator_startup).
+            waiting = {name: {"open_s": self._open_s, "restore_s": restore_s,
+                              "preload_s": seconds} for name, seconds in by_op.items()}
+
+            def operators_started() -> None:
+                now = _time.perf_counter()
+                for name in [n for n in waiting if self.counts.get(n, (0,))[0]]:
+                    phases = self.operator_startup[name] = waiting.pop(name)
+                    phases["first_event_s"] = now - ready
+                    phases["round_trips"] = self.backend.round_trips - self._round_trips0
+                    if self.observer is not None:
+                        self.observer.operator_startup(
+                            name, {k.removesuffix("_s"): v for k, v in phases.items()
+                                   if k.endswith("_s")}, int(phases["round_trips"]))
 
             if self._inspector is not None:
                 self.observer = Observer(self, self.backend, server=self._inspector)
@@ -429,6 +449,7 @@ class LocalRunner(Executor):
                         {k.removesuffix("_s"): v for k, v in stats.startup.items()
                          if k.endswith("_s") and k != "total_s"},
                         int(stats.startup["round_trips"]))
+                operators_started()
 
             self.on_first_event = first_event
             following = any(p.reader.follow for p in self.partitions)
@@ -440,6 +461,8 @@ class LocalRunner(Executor):
             while True:
                 n = self._read_round(first)
                 first = None
+                if waiting and self.on_first_event is None:
+                    operators_started()
                 since_checkpoint += n
                 done = all(p.reader.done for p in self.partitions)
                 self.advance_time(self._source_watermarks(self.clock()))

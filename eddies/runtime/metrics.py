@@ -37,13 +37,19 @@ names are counters)::
                                               # observation per batch (s: the batch's mean)
     m.startup_phase("restore", seconds)       # eddies_startup_phase_seconds{job,phase}
     m.backend_round_trips(n, phase="startup") # eddies_backend_round_trips_total{job,phase}
+    m.operator_startup("Fraud", phases, n)    # eddies_operator_startup_phase_seconds
+                                              # {job,operator,phase} and
+                                              # eddies_operator_startup_round_trips{job,operator}
     m.render() -> bytes                       # text exposition; m.content_type for the header
 
 Startup phases are ``open`` (open the backend), ``restore`` (timers, watermarks, positions),
 ``preload`` (bulk reads of what key groups need) and ``first_event`` (from start to the first
 event processed); each is a gauge of seconds, absent until recorded, so a scrape shows which
 phases ran. Call ``backend_round_trips(n, phase="startup")`` once startup is done and
-with the default ``phase="run"`` afterwards. Watermarks are event-time ms; before the first
+with the default ``phase="run"`` afterwards. Per operator, ``operator_startup`` records the
+same phases, ``open`` and ``restore`` being the job's (one backend, one metadata read),
+``preload`` its own reads within the job's preload and ``first_event`` until its own first
+event, with the backend round trips made until then. Watermarks are event-time ms; before the first
 one the watermark and lag read NaN, and at the end of bounded input (watermark +infinity)
 the watermark reads +Inf and the lag 0.
 """
@@ -183,6 +189,14 @@ class Metrics:
                                     ["job", "phase"], registry=r)
         self._round_trips.labels(job, "startup")
         self._round_trips.labels(job, "run")
+        self._op_phases = Gauge("eddies_operator_startup_phase_seconds",
+                                "Duration of a startup phase of one operator (open and "
+                                "restore are the job's)", ["job", "operator", "phase"],
+                                registry=r)
+        self._op_round_trips = Gauge("eddies_operator_startup_round_trips",
+                                     "Backend round trips from opening the state until the "
+                                     "operator's first event was processed",
+                                     ["job", "operator"], registry=r)
 
     # -- flow ----------------------------------------------------------------------------------
     def events_in(self, operator: str, n: int) -> None:
@@ -279,6 +293,19 @@ class Metrics:
                 f"{', '.join(STARTUP_PHASES)}"
             )
         self._phases.labels(self.job, phase).set(seconds)
+
+    def operator_startup(self, operator: str, phases: dict[str, float],
+                         round_trips: int) -> None:
+        """Record one operator's startup phases (seconds, see :data:`STARTUP_PHASES`) and the
+        backend round trips made until its first event."""
+        for phase, seconds in phases.items():
+            if not _PHASE.match(phase):
+                raise ConfigError(
+                    f"startup phase {phase!r} of operator {operator!r}: use a "
+                    f"lower_snake_case name such as {', '.join(STARTUP_PHASES)}"
+                )
+            self._op_phases.labels(self.job, operator, phase).set(seconds)
+        self._op_round_trips.labels(self.job, operator).set(round_trips)
 
     def backend_round_trips(self, n: int, phase: str = "run") -> None:
         """Count ``n`` more backend calls, made during ``phase`` ("startup" or "run")."""

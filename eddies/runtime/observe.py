@@ -119,6 +119,14 @@ class Observer:
         log.info("startup phases %s, %d backend round trips",
                  {k: round(v, 4) for k, v in phases.items()}, round_trips)
 
+    def operator_startup(self, operator: str, phases: dict[str, float],
+                         round_trips: int) -> None:
+        """Record one operator's startup phases (seconds) and round trips until its first
+        event (see :meth:`Metrics.operator_startup`)."""
+        self.metrics.operator_startup(operator, phases, round_trips)
+        log.debug("operator %s started: phases %s, %d backend round trips", operator,
+                  {k: round(v, 4) for k, v in phases.items()}, round_trips)
+
     def after_batch(self) -> None:
         """Update flow metrics, then answer waiting state queries (runner thread)."""
         stats = self.executor.stats

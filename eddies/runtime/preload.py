@@ -23,6 +23,7 @@ Backends without ``read_together`` (the memory backend) make the same reads one 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
@@ -36,31 +37,48 @@ __all__ = ["first_keys", "preload_operators"]
 
 def preload_operators(
     operators: Iterable[KeyedOperator], first: Mapping[KeyedOperator, list[Any]] | None = None
-) -> None:
+) -> dict[str, float]:
     """Load the timers, hook indexes and broadcast tables of ``operators`` and read ahead
-    what the keys in ``first`` (user keys by operator) need, all reads issued together."""
-    reads: list[Callable[[], Any]] = []
+    what the keys in ``first`` (user keys by operator) need, all reads issued together;
+    returns each operator's preload time (its longest read), by operator name."""
+    reads: list[tuple[str, Callable[[], Any]]] = []
     together: Callable[[list[Callable[[], Any]]], list[Any]] | None = None
-    for op in operators:
+    ops = list(operators)
+    for op in ops:
         inner = op.backend.inner
         together = getattr(inner, "read_together", None)
-        reads.append(partial(op.timers.load, inner, loaders=False))
-        reads.extend(partial(loader, inner, None, None) for loader in op.timers.loaders)
+        mine: list[Callable[[], Any]] = [partial(op.timers.load, inner, loaders=False)]
+        mine.extend(partial(loader, inner, None, None) for loader in op.timers.loaders)
         read_ahead = getattr(inner, "read_ahead", None)
         prefixes = _prefixes(op, (first or {}).get(op, ()))
         for handle in op.handles.values():
             preload = getattr(handle, "preload", None)
             if preload is not None:
-                reads.append(preload)
+                mine.append(preload)
             elif read_ahead is not None and isinstance(handle, Handle):
-                reads.append(partial(inner.probe_empty, handle.name))
+                mine.append(partial(inner.probe_empty, handle.name))
                 if prefixes and isinstance(handle, ValueHandle):
-                    reads.append(partial(read_ahead, handle.name, prefixes))
+                    mine.append(partial(read_ahead, handle.name, prefixes))
+        reads.extend((op.name, read) for read in mine)
+    seconds = [0.0] * len(reads)
+    timed = [partial(_timed, read, seconds, i) for i, (_, read) in enumerate(reads)]
     if together is None:
-        for read in reads:
+        for read in timed:
             read()
     else:
-        together(reads)
+        together(timed)
+    out = dict.fromkeys((op.name for op in ops), 0.0)
+    for (name, _), took in zip(reads, seconds, strict=True):
+        out[name] = max(out[name], took)
+    return out
+
+
+def _timed(read: Callable[[], Any], seconds: list[float], i: int) -> Any:
+    started = time.perf_counter()
+    try:
+        return read()
+    finally:
+        seconds[i] = time.perf_counter() - started
 
 
 def _prefixes(op: KeyedOperator, keys: Iterable[Any]) -> list[bytes]:

@@ -155,3 +155,53 @@ def test_first_keys_that_cannot_be_stored_go_to_dead_letters_as_before(
     result = ed.run_local(job(evs, out), f"rocksdb:{tmp_path / 'db'}", dead_letters=dead)
     assert result.stats.dead_letters == 1
     assert [k for k, _, _ in out.items] == ["ok"]
+
+
+class Doubled(ed.KeyedProcessFunction):
+    seen = ed.ValueState("seen", default=0)
+
+    def on_event(self, event, ctx):
+        self.seen.set(self.seen.get() + 1)
+        yield {"k": event["k"], "n": self.seen.get()}
+
+
+def test_each_operator_reports_its_startup_and_exports_it(tmp_path: Path) -> None:
+    from eddies.runtime.kafka.tansu import free_port
+    from eddies.runtime.local import LocalRunner
+
+    def two_ops(evs: list[dict]) -> ed.Job:
+        j = ed.Job("per-op")
+        (j.source(ed.sources.iterable(evs), timestamp="ts")
+            .key_by("k").process(Totals(), name="totals").sink(ed.sinks.collect()))
+        (j.source(ed.sources.iterable(evs), timestamp="ts", name="again")
+            .map(lambda e: {**e, "k": e["k"].upper()}).key_by("k")
+            .process(Doubled(), name="behind_a_map").sink(ed.sinks.collect()))
+        return j
+
+    evs = keyed_events([f"u{i}" for i in range(50)], 300)
+    state = f"rocksdb:{tmp_path / 'db'}"
+    run_until(two_ops(evs), state, 1, checkpoint_interval=100, batch_size=50)
+    runner = LocalRunner(two_ops(evs), state, checkpoint_interval=100, batch_size=50,
+                         metrics_port=free_port())
+    observers: list[Any] = []
+    runner.on_progress = lambda stats: observers.append(runner.observer)
+    result = runner.run()
+    assert result.stats.resumed
+    assert result.startup["round_trips"] == 2
+    per_op = runner.operator_startup
+    assert set(per_op) == {"totals", "behind_a_map"}
+    for phases in per_op.values():
+        assert set(phases) == {"open_s", "restore_s", "preload_s", "first_event_s",
+                               "round_trips"}
+        assert phases["open_s"] == result.startup["open_s"]
+        assert 0 <= phases["preload_s"] <= result.startup["preload_s"]
+    assert per_op["totals"]["round_trips"] == 2
+    # Its keys come out of a map: read per key when its first event comes.
+    assert per_op["behind_a_map"]["round_trips"] > 2
+    metrics = observers[-1].metrics  # the run's, as /metrics served it
+    for name, phases in per_op.items():
+        assert metrics.value("eddies_operator_startup_round_trips",
+                             operator=name) == phases["round_trips"]
+        for phase in ("open", "restore", "preload", "first_event"):
+            assert metrics.value("eddies_operator_startup_phase_seconds", operator=name,
+                                 phase=phase) == phases[f"{phase}_s"]
