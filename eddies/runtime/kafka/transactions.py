@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +48,8 @@ from eddies.runtime.kafka.topics import changelog_topic
 __all__ = ["ExactlyOnceOutputs", "ProducerFencedError", "TransactionalProducer",
            "check_transactions", "end_offset", "last_announced", "partition_key",
            "transactional_id", "transactions_topic"]
+
+log = logging.getLogger("eddies.worker")
 
 class ProducerFencedError(EddiesError):
     """Another worker took this worker's partitions over; its transaction was aborted."""
@@ -200,6 +203,8 @@ class ExactlyOnceOutputs:
             await fence.start()  # InitProducerId: aborts txn_id's open transaction
             await fence.stop()
             self.fenced.append(txn_id)
+            log.info("fenced transactional id %s (the previous owner of %s)", txn_id,
+                     ", ".join(k.decode() for k in sorted(wanted) if last.get(k) == txn_id))
 
     async def reassigned(self) -> None:
         """The worker's partitions changed: stop the producer (its transaction was committed
