@@ -46,6 +46,13 @@ before the first event, with :data:`KAFKA_FIX` as the way out. A renamed job has
 topics of its own, so only a job of the same name with other operators or states meets it.
 Markers written before carry none and are accepted.
 
+A dir's keyed state is stored by key group (``crc32(user key) % max_parallelism``), and its
+checkpoint records the ``max_parallelism`` it was written with: a run with another one would
+look its keys up in other groups and find no state, so it is refused too
+(:func:`check_max_parallelism`); the way to another ``max_parallelism`` is a savepoint,
+whose restore recomputes the key groups. A checkpoint that records none was written before
+the record existed, with the default of 128 unless the job said otherwise, and is accepted.
+
 Dirs written before identities existed have the job's checkpoint but no identity: a run of
 the same job name resumes them (operators and inputs cannot be checked) and writes the
 identity at its next checkpoint; a run of another job name is refused as above, since the
@@ -82,6 +89,7 @@ __all__ = [
     "PartitionInput",
     "check_ended",
     "check_identity",
+    "check_max_parallelism",
     "decode_identity",
     "encode_identity",
     "generated_names",
@@ -287,6 +295,31 @@ def check_identity(stored: dict[str, Any], job: Job,
             f"{'; '.join(changed)}. The positions the job would resume from mean nothing in "
             f"the input as it is now: put the input back as it was, or run the job on a new "
             f"state dir ({_NEW_DIR}) to read it from the start")
+
+
+def check_max_parallelism(saved: int | None, max_parallelism: int, job: Job,
+                          where: str) -> None:
+    """Raise :class:`StateIdentityError` when the checkpoint's key groups (``saved``: the
+    ``max_parallelism`` it records, None if it records none) are not the ones a run with
+    ``max_parallelism`` would read.
+
+    >>> check_max_parallelism(128, 128, Job("demo"), "state dir st")
+    >>> check_max_parallelism(7, 128, Job("demo"), "state dir st")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    eddies.errors.StateIdentityError: state dir st holds job 'demo' with its keyed state ...
+    """
+    if saved is None or saved == max_parallelism:
+        return
+    raise StateIdentityError(
+        f"{where} holds job {job.name!r} with its keyed state in key groups of "
+        f"max_parallelism {saved}, and this run has max_parallelism {max_parallelism}: its "
+        "keys would be looked up in other key groups and their state not found. Resume it "
+        f"with max_parallelism={saved}, or move the state to max_parallelism "
+        f"{max_parallelism} through a savepoint, which recomputes the key groups: eddies "
+        "savepoint create DIR SP, then run the job on a new state dir from it "
+        f"(run_local(job, 'rocksdb:NEW_DIR', from_savepoint=SP, max_parallelism="
+        f"{max_parallelism}))")
 
 
 def check_ended(parts: Sequence[PartitionInput], job: Job, where: str,

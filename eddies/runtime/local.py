@@ -57,6 +57,7 @@ from eddies.runtime.identity import (
     PartitionInput,
     check_ended,
     check_identity,
+    check_max_parallelism,
     decode_identity,
     encode_identity,
     job_identity,
@@ -231,6 +232,9 @@ class LocalRunner(Executor):
             for part in self.partitions:
                 readers.setdefault(part.node.name, []).append(part.reader)
             check_identity(decode_identity(data, self._where), self.job, readers, self._where)
+            if self._job_key in stored:  # its keys' groups: the same max_parallelism
+                check_max_parallelism(unpack(stored[self._job_key]).get("max_parallelism"),
+                                      self.max_parallelism, self.job, self._where)
             return
         # Written before identities were: its checkpoint is under its job's name.
         others = [name for name in stored_job_names(stored) if name != self.job.name]

@@ -278,7 +278,7 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
     try:
         _write_state(sp, backend, targets, operators, max_parallelism, touched, key_group)
         if key_group is None:
-            _write_meta(sp, job, backend, operators, readers)
+            _write_meta(sp, job, backend, operators, readers, max_parallelism)
     except BaseException:
         undo = Batch()
         for cf in touched:
@@ -391,7 +391,7 @@ def _flush(backend: StateBackend, ttl: Any, cf: str, keys: list[bytes], values: 
 
 def _write_meta(sp: Savepoint, job: Job, backend: StateBackend,
                 operators: dict[str, KeyedOperator],
-                readers: dict[str, list[SourceReader]]) -> None:
+                readers: dict[str, list[SourceReader]], max_parallelism: int) -> None:
     batch = Batch()
     for name in operators:
         wm = sp.watermarks.get(name)
@@ -414,7 +414,8 @@ def _write_meta(sp: Savepoint, job: Job, backend: StateBackend,
     if meta is not None:
         sink_names = {n.name for n in job.nodes if n.kind == "sink"} | {"__dead_letters__"}
         meta = {**meta, "sinks": {k: v for k, v in meta.get("sinks", {}).items()
-                                  if k in sink_names}}
+                                  if k in sink_names},
+                "max_parallelism": max_parallelism}  # the key groups written here
         batch.put(META_CF, encode_key(("job", job.name)), pack(meta))
     batch.put(META_CF, IDENTITY_KEY, encode_identity(job_identity(job, fingerprints)))
     backend.write(batch)
