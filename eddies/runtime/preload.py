@@ -7,7 +7,8 @@ range read), then issues these reads together (one thread each, see
 trip:
 
 - each operator's timers, one range scan (the nearest ``cache_entries`` per domain stay in
-  memory), and its event-time hook's index (a window operator's);
+  memory), followed in the same thread by its event-time hook's index (a window operator's
+  windows, read after the window marks the timers scan loads: one more round trip);
 - each broadcast state's table;
 - an emptiness probe of each keyed state (one step of a range read), so that a key of a
   fresh state costs no read;
@@ -47,8 +48,9 @@ def preload_operators(
     for op in ops:
         inner = op.backend.inner
         together = getattr(inner, "read_together", None)
-        mine: list[Callable[[], Any]] = [partial(op.timers.load, inner, loaders=False)]
-        mine.extend(partial(loader, inner, None, None) for loader in op.timers.loaders)
+        # The hook's loaders run after the timers, in the same thread: a window operator's
+        # reads the window marks the timers scan loads (a chain of two reads).
+        mine: list[Callable[[], Any]] = [partial(op.timers.load, inner)]
         read_ahead = getattr(inner, "read_ahead", None)
         prefixes = _prefixes(op, (first or {}).get(op, ()))
         for handle in op.handles.values():

@@ -577,13 +577,11 @@ class Timers:
         self.processing.collect(batch, self.cf, PROCESSING)
 
     def load(
-        self, backend: StateBackend, lower: bytes | None = None, upper: bytes | None = None,
-        *, loaders: bool = True,
+        self, backend: StateBackend, lower: bytes | None = None, upper: bytes | None = None
     ) -> int:
         """Load persisted timers (optionally one key-group range) with one scan, the nearest
         ``limit`` per domain into memory and every mark; returns how many timers the range
-        holds. User keys stay undecoded until their timer fires. ``loaders=False`` leaves
-        :attr:`loaders` to the caller (startup's preload runs them alongside)."""
+        holds. User keys stay undecoded until their timer fires."""
         heaps = {EVENT[0]: self.event, PROCESSING[0]: self.processing}
         for domain, heap in ((EVENT, self.event), (PROCESSING, self.processing)):
             heap.attach(backend, self.cf, domain, self.limit, lower, upper)
@@ -618,9 +616,8 @@ class Timers:
                 bucket.update(zip(piece, repeat(None)))
                 count -= len(piece) - (len(bucket) - before)  # less those already in memory
                 heap.loaded(len(bucket) - before)
-        if loaders:
-            for loader in self.loaders:
-                loader(backend, lower, upper)
+        for loader in self.loaders:
+            loader(backend, lower, upper)
         return count
 
     def pending(self, key: Key | None = None) -> Iterator[tuple[str, int, Any]]:
