@@ -68,6 +68,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -358,16 +359,10 @@ class _FileWriter:
         """Write ``items`` (flat: ``per_entry`` items per entry) as chunks; returns entries."""
         offset = self.file.tell()
         write = self.file.write
-        chunk: list[Any] = []
         limit = CHUNK * per_entry
         n = 0
-        for item in items:
-            chunk.append(item)
-            if len(chunk) >= limit:
-                write(pack(chunk))
-                n += len(chunk)
-                chunk = []
-        if chunk:
+        it = iter(items)
+        while chunk := list(islice(it, limit)):  # C-level loops: no Python step per item
             write(pack(chunk))
             n += len(chunk)
         entries = n // per_entry
@@ -411,9 +406,7 @@ def write_savepoint_file(path: Path, header: dict[str, Any],
 
 
 def _flat(pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
-    for key, value in pairs:
-        yield key
-        yield value
+    return chain.from_iterable(pairs)
 
 
 def _open_source(state: str | os.PathLike[str] | StateBackend) -> tuple[StateBackend, bool]:
@@ -498,6 +491,11 @@ class SavepointWriter:
     one (``base=``), which keeps its positions, watermarks, timers and every state not
     replaced with :meth:`state` or removed with :meth:`drop`.
 
+    Keys are stored in key groups of ``max_parallelism`` (128 for a new savepoint). A copy
+    keeps the stored keys of its base, so it keeps the base's ``max_parallelism`` (None for
+    a Kafka job's savepoint, whose groups are its partitions; keys added to it go to group
+    0); another one is refused. Restoring recomputes the groups for the target anyway.
+
     :meth:`state` takes entries as :class:`SavepointEntry` (what :meth:`Savepoint.entries`
     yields) or as tuples: ``(key, value)`` for ValueState and ReducingState, ``(key,
     map_key, value)`` for MapState, ``(key, [values])`` for ListState, ``(map_key, value)``
@@ -519,14 +517,27 @@ class SavepointWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, job: str | None = None,
-                 base: Savepoint | None = None, max_parallelism: int = 128) -> None:
+                 base: Savepoint | None = None, max_parallelism: int | None = None) -> None:
         if job is None and base is None:
             raise SavepointError("SavepointWriter needs job= (the name of the job it is for) "
                                  "or base= (a Savepoint to transform)")
         self.path = Path(path)
         self.base = base
         self.job: str = job if job is not None else base.job  # type: ignore[union-attr]
-        self.max_parallelism = max_parallelism
+        if base is None:
+            self.max_parallelism: int | None = 128 if max_parallelism is None else max_parallelism
+        elif max_parallelism is None or max_parallelism == base.max_parallelism:
+            # The copy keeps the base's stored keys, so it keeps their key groups too.
+            self.max_parallelism = base.max_parallelism
+        else:
+            grouped = ("by the partitions of the Kafka job it was taken from"
+                       if base.max_parallelism is None
+                       else f"by max_parallelism {base.max_parallelism}")
+            raise SavepointError(
+                f"{base.where} groups its keys {grouped}, and a transformed copy keeps its "
+                f"stored keys, so it cannot be written with max_parallelism "
+                f"{max_parallelism}: leave max_parallelism out (a restore recomputes the key "
+                "groups for whatever max_parallelism or partitions it restores into)")
         self._operators: dict[str, dict[str, Any]] = {}
         self._sections: dict[tuple[str, str], tuple[str, int, Any]] = {}
         self.watermarks: dict[str, int] = {}
@@ -543,6 +554,8 @@ class SavepointWriter:
         if kind == "broadcast":
             return b"\x00\x00" + encode_element(())
         element = encode_element(state_key(key))
+        if self.max_parallelism is None:  # a Kafka base: every restore recomputes the groups
+            return b"\x00\x00" + element
         return (zlib.crc32(element) % self.max_parallelism).to_bytes(2, "big") + element
 
     def state(self, operator: str, name: str, kind: str, rows: Iterable[Any], *,
