@@ -311,6 +311,10 @@ def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
         cf = target.descriptor.name
         convert = _migrator(target)
         ttl = target.operator.store.backend
+        if target.saved.kind == "map" and ttl.index_target(cf) is None:
+            # Entries put with expire_at= and no Ttl: indexed and swept on the default
+            # clock, the one MapState.put(expire_at=) registers.
+            ttl.register_clock(cf, ttl.time_domain(cf))
         indexed = ttl.index_target(cf) is not None
         track = target.saved.operator in marked
         if convert is None and (same_groups or (
