@@ -59,6 +59,8 @@ async def _read(bootstrap: str, topic: str, isolation: str) -> list[Any]:
     from eddies.runtime.kafka.transactions import end_offset
 
     n = await topic_partitions(bootstrap, topic) or 0
+    if not n:
+        return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 isolation_level=isolation, fetch_max_wait_ms=100)
     await consumer.start()

@@ -51,6 +51,7 @@ __all__ = ["ExactlyOnceOutputs", "ProducerFencedError", "TransactionalProducer",
 
 log = logging.getLogger("eddies.worker")
 
+
 class ProducerFencedError(EddiesError):
     """Another worker took this worker's partitions over; its transaction was aborted."""
 
