@@ -497,6 +497,7 @@ class _CsvReader(_LineReader):
         # A header row still being written (no newline yet) is read at the first read: by
         # then the reader knows whether it follows the file (and waits for the newline).
         self._header_pending = given is None
+        self._header_end = 0  # the offset after the header row, once it is read
         if given is None:
             header = self._file.readline()
             self._file.seek(0)
@@ -514,7 +515,7 @@ class _CsvReader(_LineReader):
         self._header_pending = False
         if not header:  # an empty file
             return True
-        self._offset = len(header)
+        self._offset = self._header_end = len(header)
         self._line = 1
         self.fields = next(_csv.reader([header.decode("utf-8-sig")]))
         self._fast_path()
@@ -530,6 +531,10 @@ class _CsvReader(_LineReader):
     def seek(self, position: Any) -> None:
         if self._header_pending:
             self._read_header()
+        if position[0] < self._header_end:
+            # Saved before the header was there (an empty file, or a header still without
+            # its newline): the first record is the line after the header.
+            position = [self._header_end, 1]
         super().seek(position)
 
     def read(self, max_records: int) -> tuple[list[Any], list[DeadLetter]]:
