@@ -61,6 +61,7 @@ from eddies.state.backend import PUT, Batch, StateBackend
 from eddies.state.descriptors import StateDescriptor, declared_states
 from eddies.state.entries import decode_payload, payload
 from eddies.state.keys import decode_key, decode_user_key, encode_key
+from eddies.state.rocksdb import RocksDbStateBackend
 from eddies.state.values import NEVER_STAMP, pack
 
 __all__ = ["restore_savepoint"]
@@ -294,16 +295,20 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
 def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
                  operators: dict[str, KeyedOperator], max_parallelism: int,
                  touched: set[str], key_group: Callable[[bytes], int] | None) -> None:
+    crc32 = zlib.crc32
+    groups = [g.to_bytes(2, "big") for g in range(max_parallelism)]
     if key_group is not None:
         def group_of(element: bytes) -> bytes:
             return key_group(element).to_bytes(2, "big")
     else:
-        crc32 = zlib.crc32
-        groups = [g.to_bytes(2, "big") for g in range(max_parallelism)]
-
         def group_of(element: bytes) -> bytes:
             return groups[crc32(element) % max_parallelism]
     same_groups = key_group is None and sp.max_parallelism == max_parallelism
+
+    def regroup(chunk: list[bytes]) -> list[bytes]:
+        if key_group is not None:
+            return [group_of(k[2:]) + k[2:] for k in chunk]
+        return [groups[crc32(e) % max_parallelism] + e for e in [k[2:] for k in chunk]]
     marked = set() if same_groups else {
         name for name in operators if any(k[2:3] == WINDOW for k in sp.raw_timers(name))}
     moves: dict[str, set[bytes]] = {}  # operator: (old group + new group) of its keys
@@ -322,8 +327,7 @@ def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
             # A chunk at a time: the stored keys as they are (same key groups), or regrouped
             # without decoding (the user key element is all of the key after its group).
             _copy_chunks(sp, target.saved, backend, ttl, cf, indexed, touched,
-                         None if same_groups else lambda chunk: [
-                             group_of(k[2:]) + k[2:] for k in chunk])
+                         None if same_groups else regroup)
             continue
         moved = moves.setdefault(target.saved.operator, set())
         broadcast = target.saved.kind == "broadcast"
@@ -368,6 +372,13 @@ def _copy_chunks(sp: Savepoint, info: StateInfo, backend: StateBackend, ttl: Any
                  indexed: bool, touched: set[str],
                  regroup: Callable[[list[bytes]], list[bytes]] | None) -> None:
     touched.add(cf)
+    if not indexed and isinstance(backend, RocksDbStateBackend):
+        # A new dir: written past the WAL and flushed once (the dir's identity, which makes
+        # it a job's, is written after).
+        runs = sp.raw_chunks(info)
+        backend.load(cf, runs if regroup is None else (
+            (regroup(keys), values) for keys, values in runs))
+        return
     keys: list[bytes] = []
     values: list[bytes] = []
     for chunk_keys, chunk_values in sp.raw_chunks(info):
