@@ -118,3 +118,32 @@ def test_a_worker_from_a_savepoint_refuses_a_job_with_other_state(kafka_broker, 
                 "or give the job a new name (ed.Job('...')) to start it from the savepoint"
             in log), log
     assert records(kafka_broker, seed_topic("wra")) == []
+
+
+def test_two_seeders_at_once_write_one_seed(kafka_broker, tmp_path: Path) -> None:
+    """Two would-be seeders in the same instant (threads): the first claim in the seed
+    topic's log wins, the other waits for its done record; one seed's deltas, not two."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eddies.runtime.kafka.seed import seed_if_new
+    from eddies.savepoint import SavepointWriter
+    from examples.kafka_totals import build
+
+    produce(kafka_broker, write(tmp_path / "in.jsonl", events(0, 10)), "wrc-in", "account",
+            partitions=4)
+    sp = tmp_path / "plain.sp"
+    with SavepointWriter(sp, job="plain") as w:
+        w.state("Totals", "totals", "value", [(f"a{i}", [i, 2 * i]) for i in range(50)])
+
+    def seed(claimant: str) -> dict:
+        return seed_if_new(sp, build("wrc-in", "wrc-out", "wrc"), kafka_broker, claimant)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(seed, ["host:/one", "host:/two"]))
+    assert sorted(r["seeded"] for r in results) == [False, True]
+    assert results[0]["records"] == results[1]["records"] >= 50
+    stored = records(kafka_broker, "wrc-totals-changelog")
+    assert len(stored) == 50 and len({k for k, _ in stored}) == 50
+    seed_log = [(k, msgpack.unpackb(v)) for k, v in records(kafka_broker, seed_topic("wrc"))]
+    assert [k for k, _ in seed_log].count(b"done") == 1
+    assert seed(results[0]["seeded"] and "host:/one" or "host:/two")["seeded"] is False
