@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from eddies.runtime.kafka.changelog import InputPosition, Marker, decode_marker,
 from eddies.runtime.kafka.plan import plan_job
 from eddies.state.keys import encode_key
 
-from .conftest import produce, read_topic, wait_until
+from .conftest import Worker, produce, read_topic, wait_until
 from .join_jobs import build_local
 
 TARGET = "tests/kafka/join_jobs.py:job"
@@ -80,6 +81,12 @@ def reference(tmp_path: Path, lefts: list[Path], rights: list[Path]) -> tuple[se
 def env(name: str, **more: str) -> dict[str, str]:
     return {"EDDIES_JOB": name, "EDDIES_LEFT": f"{name}-left", "EDDIES_RIGHT": f"{name}-right",
             "EDDIES_OUT": f"{name}-out", **more}
+
+
+def checkpoints(worker: Worker) -> int:
+    """The checkpoints ``worker`` took, from its last progress line."""
+    counts = re.findall(r"([\d,]+) checkpoints", worker.log.read_text())
+    return int(counts[-1].replace(",", "")) if counts else 0
 
 
 def results(bootstrap: str, name: str) -> tuple[set[str], set[str]]:
@@ -162,11 +169,12 @@ def test_two_workers_kill9_and_restart_equal_the_local_runner(
     produce(kafka_broker, l1, f"{name}-left", left_key or None, partitions=PARTITIONS)
     produce(kafka_broker, r1, f"{name}-right", "k", partitions=PARTITIONS)
     e = env(name, EDDIES_LEFT_KEY=left_key)
-    a = workers(TARGET, kafka_broker, "a", e, "--checkpoint-interval", "5000")
-    b = workers(TARGET, kafka_broker, "b", e, "--checkpoint-interval", "5000")
+    args = ("--checkpoint-interval", "5000", "--progress-every", "0.5")
+    a = workers(TARGET, kafka_broker, "a", e, *args)
+    b = workers(TARGET, kafka_broker, "b", e, *args)
     wait_until(lambda: len(b.restores()) > 0 and len(a.restores()) > 0
-               and read_topic(kafka_broker, f"{name}-out-asof"), 180,
-               "both workers to own partitions and emit")
+               and checkpoints(b) >= 2 and read_topic(kafka_broker, f"{name}-out-asof"), 180,
+               "both workers to own partitions, checkpoint and emit")
     b_groups = {r["partition"] for r in b.restores()}
     b.kill9()
     produce(kafka_broker, l2, f"{name}-left", left_key or None)
@@ -176,7 +184,7 @@ def test_two_workers_kill9_and_restart_equal_the_local_runner(
                "worker a to restore the lost worker's key groups from the changelog")
     taken = [r for r in a.restores() if r["partition"] in b_groups]
     assert all(len(r.get("topics", [r["topic"]])) == 2 for r in taken), taken
-    b2 = workers(TARGET, kafka_broker, "b", e, "--checkpoint-interval", "5000")
+    b2 = workers(TARGET, kafka_broker, "b", e, *args)
     interval, asof = reference(tmp_path, [l1, l2], [r1, r2])
     assert len(interval) > n // 10 and len(asof) == n
     wait_until(lambda: results(kafka_broker, name) == (interval, asof), 300,
