@@ -7,14 +7,14 @@ Then, each in this process and timed with ``perf_counter``:
   ``items()``), the least any savepoint must do to read it;
 - **create**: ``create_savepoint(dir, out)``, a savepoint of the whole dir;
 - **write**: a bare rocksdict loop writing the same entries into a new dir (``WriteBatch``
-  of 50,000 puts each), the least any restore must do;
+  of 50,000 puts each, through the WAL as a run's writes go; the restore skips the WAL);
 - **restore**: the restore half of ``run_local(..., from_savepoint=)`` into a new dir
   with the same max_parallelism (stored keys kept as they are), nothing else run;
 - **rescale**: the same into max_parallelism 256 (every key group recomputed).
 
 It prints the median and the minimum of ``--runs`` runs (default 3) of each time and ratio
-(ratios to the scan, and restore to the write, each taken within its run), and checks that the restored
-dirs hold the same entries as the original.
+(ratios to the scan, and restore to the write, each taken within its run), and checks that
+the restored dirs hold the same entries as the original.
 
     python -m benchmarks.savepoint_bench              # 1M keys
     python -m benchmarks.savepoint_bench --n 20000 --runs 1   # a smoke run

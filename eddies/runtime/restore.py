@@ -29,6 +29,10 @@ into a new, empty state dir (or memory), before the first event and before any s
   the beginning; a saved source the job lacks needs ``allow_non_restored_state``. Sinks of
   the same name resume at their saved length (as a restart would); others start fresh.
 
+Into RocksDB, a state copied as stored (no migration, no TTL index) is loaded past the
+write-ahead log and flushed once (``RocksDbStateBackend.load``): the dir is new, and is a
+job's only once the restore has written its identity, last.
+
 Errors name the operator and state and say what to do; all of them come before anything is
 written. A restore that fails while writing (a ``migrate`` that raises) deletes what it
 wrote, so the dir is empty again.
