@@ -33,7 +33,7 @@ from eddies.runtime.keyed import KeyedOperator
 from eddies.state.handles import Handle, ValueHandle
 from eddies.state.keys import state_key
 
-__all__ = ["first_keys", "preload_operators"]
+__all__ = ["first_keys", "load_key_groups", "preload_operators"]
 
 
 def preload_operators(
@@ -117,3 +117,30 @@ def first_keys(
                 except Exception:  # noqa: BLE001, S112 - see the docstring
                     continue
     return out
+
+
+def load_key_groups(operators: Iterable[KeyedOperator], groups: list[int]) -> None:
+    """Load every operator's timers of key ``groups`` (a Kafka worker's partitions: one range
+    scan per group, an operator's in sequence since they fill the same heaps) and probe
+    each keyed state for emptiness; the operators' reads and the probes are issued
+    together."""
+    reads: list[Callable[[], Any]] = []
+    together: Callable[[list[Callable[[], Any]]], list[Any]] | None = None
+    for op in operators:
+        inner = op.backend.inner
+        together = getattr(inner, "read_together", None)
+        reads.append(partial(_load_groups, op, inner, groups))
+        if together is not None:
+            reads.extend(partial(inner.probe_empty, handle.name)
+                         for handle in op.handles.values()
+                         if isinstance(handle, Handle) and not hasattr(handle, "preload"))
+    if together is None:
+        for read in reads:
+            read()
+    else:
+        together(reads)
+
+
+def _load_groups(op: KeyedOperator, backend: Any, groups: list[int]) -> None:
+    for g in groups:
+        op.timers.load(backend, g.to_bytes(2, "big"), (g + 1).to_bytes(2, "big"))

@@ -86,6 +86,7 @@ from eddies.runtime.kafka.transactions import (
 )
 from eddies.runtime.keyed import META_CF
 from eddies.runtime.observe import Observer, listen_inspector
+from eddies.runtime.preload import load_key_groups
 from eddies.runtime.watermarks import (
     MIN_TIME,
     BoundedOutOfOrderness,
@@ -445,12 +446,14 @@ class KafkaWorker:
             if self.outputs is not None:  # fence the previous owners before reading markers
                 await self.outputs.take_over(pending)
             now = self.executor.clock()
+            restoring = sorted({p for topic, p in pending if topic in self._stateful})
+            trips = self.backend.round_trips
             for topic, p in pending:
                 if topic not in self._stateful:
                     # A stateless stage: the reader starts it at the group's committed offset.
                     self.marks[(topic, p)] = self._new_mark(topic, now)
                     self.ready.add((topic, p))
-            for p in sorted({p for topic, p in pending if topic in self._stateful}):
+            for p in restoring:
                 if self._stop:  # stopping: the rest resume from their last checkpoint
                     break
                 together = {(topic, p) for topic in self.plan.stateful_topics}
@@ -468,6 +471,8 @@ class KafkaWorker:
                 await self.outputs.reassigned()
             self._assign_reader()
             self._reload_timers()
+            log.info("restored key groups %s in %d backend round trips", restoring,
+                     self.backend.round_trips - trips)
             self._rewind_watermarks()
             # Operators take the restored watermarks now, before the partitions' first
             # records: else those would be judged (late data, windows, TTL) against the
@@ -616,8 +621,9 @@ class KafkaWorker:
             op.timers.event = type(op.timers.event)()
             op.timers.processing = type(op.timers.processing)()
             op.store.clear_cache()
-            for g in groups:
-                op.timers.load(self.backend, g.to_bytes(2, "big"), (g + 1).to_bytes(2, "big"))
+        # Every operator's groups and an emptiness probe per state, issued together.
+        load_key_groups(self.executor.operators.values(), groups)
+        for op in self.executor.operators.values():
             for heap in (op.timers.event, op.timers.processing):
                 for _, order, key in heap.heap:
                     op.store.pin_prefix(key, order)  # a timer's key keeps its key group
