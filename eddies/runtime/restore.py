@@ -266,6 +266,7 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
     max_parallelism`` (a Kafka deployment's partitions); input positions are then neither
     checked nor restored (``readers`` is ignored)."""
     sp = read_savepoint(path)
+    sp.verify()  # a damaged file is refused before anything is written
     for cf in backend.column_families():
         if cf != "default" and not backend.is_empty(cf):
             data = backend.get(META_CF, IDENTITY_KEY)

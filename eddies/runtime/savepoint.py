@@ -6,12 +6,14 @@ state of a million keys never sits in memory), renamed into place when complete,
 or uploaded as one object. It holds the stored bytes of every entry, so it reads and
 restores without RocksDB and whatever backend wrote it::
 
-    +-------------+----------+-------------------------+--------+------------------+-------------+
-    | "EDDIESSP"  | header   | sections (chunks)       | footer | footer offset    | "EDDIESSP"  |
-    | 8 B magic   | msgpack  | msgpack arrays          | msgpack| 8 B, big-endian  | 8 B magic   |
-    +-------------+----------+-------------------------+--------+------------------+-------------+
+    +-----------+---------+-------+-------------------+--------------+-------------+-----------+
+    | "EDDIESSP"| header  | CRC32 | sections (chunks) | footer       | footer      | "EDDIESSP"|
+    | 8 B magic | msgpack | 4 B BE| framed arrays     | framed map   | offset 8 B  | 8 B magic |
+    +-----------+---------+-------+-------------------+--------------+-------------+-----------+
 
-    header  {"format": 1, "key_layout": 2, "job": NAME, "max_parallelism": N or None,
+    frame   length (4 B, big-endian) | CRC32 of the msgpack bytes (4 B, BE) | msgpack bytes
+
+    header  {"format": 2, "key_layout": 2, "job": NAME, "max_parallelism": N or None,
              "identity": <the job's identity (identity.py), with its sources' fingerprints>,
              "watermarks": {operator: watermark},
              "sources": {source: [[position, watermark], ...]},   one pair per partition
@@ -20,8 +22,8 @@ restores without RocksDB and whatever backend wrote it::
     footer  {"sections": [[what, operator, state, kind, version, entries, offset], ...],
              "entries": total}
             what is "state" (state is its name) or "timers" (state and kind None, version 0);
-            offset is the section's first byte in the file
-    section chunks of up to 1,024 entries, each a flat msgpack array:
+            offset is the section's first byte in the file (its first chunk's frame)
+    section chunks of up to 1,024 entries, each a frame of a flat msgpack array:
             state:  [key, value, key, value, ...]   (bin, bin)
             timers: [key, key, ...]                 (bin)
 
@@ -31,8 +33,13 @@ element | map key or list index`` and ``expires_at (8 B LE) | msgpack payload`` 
 entry with metadata: ``c1 | [metadata, value]``). So TTL stamps and metadata travel as they
 were, and a savepoint restored and taken again is byte-equal. ``key_layout`` is the key
 codec's version (``eddies.state.keys.KEY_LAYOUT_VERSION``); another one, or another
-``format``, is refused, never misread. ``max_parallelism`` says the key groups are
-``crc32(user key element) % N`` (None: another layout, such as a Kafka job's partitions);
+``format``, is refused, never misread. Whatever the version, the header is the msgpack map
+right after the magic, so a reader learns the version before anything else (a newer file
+is "of another version", not "damaged"). The header, every chunk and the footer carry a
+CRC32 of their bytes: a damaged file is refused with the byte offset of the damage, never
+restored with wrong values. Format 1 (the same without checksums) is refused.
+``max_parallelism`` says the key groups are ``crc32(user key element) % N`` (None: another
+layout, such as a Kafka job's partitions);
 a restore with the same N keeps the stored keys as they are, any other recomputes them.
 
 Restoring one (``run_local(..., from_savepoint=PATH)``, ``eddies run --from-savepoint``)
@@ -66,6 +73,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -109,11 +117,13 @@ __all__ = [
 
 MAGIC = b"EDDIESSP"
 """The first and last 8 bytes of every savepoint file."""
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """The savepoint layout drawn above; a file of another version is refused."""
 CHUNK = 1024
 """Entries per chunk of a section."""
 _trailer = struct.Struct(">Q")
+_frame = struct.Struct(">II")  # length, CRC32 of the msgpack bytes that follow
+_crc = struct.Struct(">I")
 _KEYED_KINDS = ("process", "broadcast_process", "co_process")
 
 
@@ -175,6 +185,7 @@ class Savepoint:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         where = f"savepoint {str(self.path)!r}"
+        self.where = where
         try:
             with open(self.path, "rb") as f:
                 head = f.read(len(MAGIC))
@@ -183,35 +194,57 @@ class Savepoint:
                     raise SavepointError(
                         f"{where} is not an eddies savepoint (it does not start with "
                         f"{MAGIC!r}); give the file `eddies savepoint create` wrote")
-                if size < 2 * len(MAGIC) + _trailer.size:
+                # The header first, whatever the version: a file of another version says so
+                # (its trailer may be laid out otherwise) rather than "truncated".
+                f.seek(len(MAGIC))
+                unpacker = _unpacker(f)
+                try:
+                    header = next(unpacker)
+                except StopIteration:
+                    raise self._truncated(where) from None
+                except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                    raise self._damaged(len(MAGIC), "header", f"unreadable ({exc})") from exc
+                if not isinstance(header, dict):
+                    raise self._damaged(len(MAGIC), "header", "not a map")
+                if header.get("format") != FORMAT_VERSION:
+                    raise SavepointError(
+                        f"{where} is in savepoint format version {header.get('format')!r}, "
+                        "which this eddies does not read (it reads version "
+                        f"{FORMAT_VERSION}): restore it with the eddies version that wrote "
+                        "it, and take a new savepoint there")
+                header_end = len(MAGIC) + unpacker.tell()
+                f.seek(len(MAGIC))
+                crc = zlib.crc32(f.read(header_end - len(MAGIC)))
+                stored = f.read(_crc.size)
+                if len(stored) < _crc.size:
+                    raise self._truncated(where)
+                if _crc.unpack(stored)[0] != crc:
+                    raise self._damaged(len(MAGIC), "header", "its checksum does not match")
+                if size < header_end + _crc.size + _trailer.size + len(MAGIC):
                     raise self._truncated(where)
                 f.seek(size - len(MAGIC) - _trailer.size)
                 tail = f.read(_trailer.size + len(MAGIC))
                 if tail[_trailer.size:] != MAGIC:
                     raise self._truncated(where)
                 footer_at = _trailer.unpack(tail[:_trailer.size])[0]
-                f.seek(len(MAGIC))
-                header = next(_unpacker(f))
-                if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-                    version = header.get("format") if isinstance(header, dict) else None
-                    raise SavepointError(
-                        f"{where} is in savepoint format version {version!r}, which this "
-                        f"eddies does not read (it reads version {FORMAT_VERSION}): restore it "
-                        "with the eddies version that wrote it, and take a new savepoint there")
+                end = size - len(MAGIC) - _trailer.size
+                if not header_end + _crc.size <= footer_at < end:
+                    raise self._truncated(where)
                 f.seek(footer_at)
-                footer = next(_unpacker(f))
+                footer, _ = self._frame(f, footer_at, end, "footer")
+                if not isinstance(footer, dict):
+                    raise self._damaged(footer_at, "footer", "not a map")
         except SavepointError:
             raise
         except OSError as exc:
             raise SavepointError(f"cannot read {where}: {exc}") from exc
-        except (ValueError, StopIteration, msgpack.UnpackException) as exc:
-            raise self._truncated(where) from exc
+        self._footer_at = footer_at
+        self._data_at = header_end + _crc.size
         if header.get("key_layout") != KEY_LAYOUT_VERSION:
             raise SavepointError(
                 f"{where} stores keys in key layout version {header.get('key_layout')!r}; "
                 f"this eddies uses version {KEY_LAYOUT_VERSION}: restore it with the eddies "
                 "version that wrote it")
-        self.where = where
         self.header: dict[str, Any] = header
         self.job: str = header["job"]
         self.max_parallelism: int | None = header["max_parallelism"]
@@ -228,12 +261,39 @@ class Savepoint:
                 self.states.append(StateInfo(op, name, kind, version, entries, offset))
             else:
                 self._timers[op] = (entries, offset)
+        # Where each section ends: at the next section that starts later, or the footer.
+        starts = sorted({row[6] for row in footer["sections"]} | {footer_at})
+        self._ends = dict(zip(starts, starts[1:], strict=False))
 
     @staticmethod
     def _truncated(where: str) -> SavepointError:
         return SavepointError(
             f"{where} is truncated or damaged (its end marker or index is missing or "
             "unreadable): it was not written to the end; take the savepoint again")
+
+    def _damaged(self, at: int, what: str, reason: str) -> SavepointError:
+        return SavepointError(
+            f"{self.where} is damaged at byte {at} ({what}: {reason}): take the "
+            "savepoint again, or use an intact copy of the file")
+
+    def _frame(self, f: IO[bytes], at: int, limit: int, what: str) -> tuple[Any, int]:
+        """The msgpack object of the frame at byte ``at`` of ``f`` (positioned there), which
+        ends by ``limit``, checked against its CRC32; and the offset after the frame."""
+        head = f.read(_frame.size)
+        if len(head) < _frame.size:
+            raise self._damaged(at, what, "the file ends inside it")
+        length, crc = _frame.unpack(head)
+        after = at + _frame.size + length
+        if after > limit:
+            raise self._damaged(at, what, f"its length {length} runs past its section")
+        data = f.read(length)
+        if len(data) < length or zlib.crc32(data) != crc:
+            raise self._damaged(at, what, "its checksum does not match")
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext,
+                                   use_list=True), after
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise self._damaged(at, what, f"unreadable ({exc})") from exc
 
     @property
     def operators(self) -> list[OperatorInfo]:
@@ -256,35 +316,93 @@ class Savepoint:
                              + (f" in operator {operator!r}" if operator else "")
                              + f"; it holds: {known}")
 
-    def _chunks(self, offset: int, entries: int) -> Iterator[list[Any]]:
-        if not entries:
+    def _chunks(self, offset: int, items: int, what: str,
+                per_entry: int) -> Iterator[list[Any]]:
+        """The chunks of the section at ``offset``: ``items`` msgpack items in all, ``per_entry``
+        per entry; each checked against its CRC32 before it is yielded."""
+        if not items:
             return
+        end = self._ends.get(offset, self._footer_at)
         with open(self.path, "rb") as f:
             f.seek(offset)
+            at = offset
             seen = 0
-            for chunk in _unpacker(f):
-                yield chunk
+            while seen < items:
+                if at >= end:
+                    raise self._damaged(at, what, f"{seen // per_entry} entries where its "
+                                        f"index says {items // per_entry}")
+                chunk, after = self._frame(f, at, end, what)
+                if not isinstance(chunk, list) or not chunk or len(chunk) % per_entry:
+                    raise self._damaged(at, what, "a chunk that is not a list of entries")
                 seen += len(chunk)
-                if seen >= entries:
-                    return
-        raise self._truncated(self.where)
+                if seen > items:
+                    raise self._damaged(at, what, "more entries than its index says")
+                yield chunk
+                at = after
+
+    def verify(self) -> None:
+        """Check every chunk against its CRC32, and each section's number of entries against
+        the index, without decoding entries; raises :class:`~eddies.errors.SavepointError`
+        (``damaged at byte N``) at the first difference. A restore runs it before writing
+        anything, so a damaged savepoint leaves the new state dir empty."""
+        sections = [(s.offset, s.entries * 2, self._what(s), 2) for s in self.states]
+        sections += [(offset, entries, f"timers of operator {op!r}", 1)
+                     for op, (entries, offset) in self._timers.items()]
+        owners = sorted((offset, what) for offset, items, what, _ in sections if items)
+        starts = [offset for offset, _ in owners]
+        frames: dict[int, tuple[int, int]] = {}  # offset: (items, offset after)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_at)
+            at = self._data_at
+            while at < self._footer_at:
+                owner = bisect_right(starts, at) - 1
+                what = owners[owner][1] if owner >= 0 else "a chunk before the first section"
+                head = f.read(_frame.size)
+                if len(head) < _frame.size:
+                    raise self._damaged(at, what, "the file ends inside it")
+                length, crc = _frame.unpack(head)
+                after = at + _frame.size + length
+                if after > self._footer_at:
+                    raise self._damaged(at, what, f"its length {length} runs past its section")
+                data = f.read(length)
+                if zlib.crc32(data) != crc:
+                    raise self._damaged(at, what, "its checksum does not match")
+                frames[at] = (_array_length(data), after)
+                at = after
+        for offset, items, what, per_entry in sections:
+            at, seen = offset, 0
+            end = self._ends.get(offset, self._footer_at)
+            while items and at < end:
+                if at not in frames:
+                    raise self._damaged(at, what, "no chunk starts where its index says")
+                count, after = frames[at]
+                if count <= 0 or count % per_entry:
+                    raise self._damaged(at, what, "a chunk that is not a list of entries")
+                seen, at = seen + count, after
+            if seen != items:
+                raise self._damaged(offset, what, f"{seen // per_entry} entries where its "
+                                    f"index says {items // per_entry}")
+
+    @staticmethod
+    def _what(info: StateInfo) -> str:
+        return f"state {info.name!r} of operator {info.operator!r}"
 
     def raw_entries(self, state: StateInfo | str) -> Iterator[tuple[bytes, bytes]]:
         """``(stored key, stored value)`` of each entry of ``state``, in stored-key order."""
         info = self.state(state) if isinstance(state, str) else state
-        for chunk in self._chunks(info.offset, info.entries * 2):
+        for chunk in self._chunks(info.offset, info.entries * 2, self._what(info), 2):
             it = iter(chunk)
             yield from zip(it, it, strict=True)
 
     def raw_chunks(self, state: StateInfo) -> Iterator[tuple[list[bytes], list[bytes]]]:
         """The stored keys and values of ``state``, a chunk (up to 1,024 entries) at a time."""
-        for chunk in self._chunks(state.offset, state.entries * 2):
+        for chunk in self._chunks(state.offset, state.entries * 2, self._what(state), 2):
             yield chunk[0::2], chunk[1::2]
 
     def raw_timers(self, operator: str) -> Iterator[bytes]:
         """The stored keys of ``operator``'s timers and window marks (``timers.py``)."""
         entries, offset = self._timers.get(operator, (0, 0))
-        for chunk in self._chunks(offset, entries):
+        for chunk in self._chunks(offset, entries, f"timers of operator {operator!r}", 1):
             yield from chunk
 
     def entries(self, state: StateInfo | str) -> Iterator[SavepointEntry]:
@@ -332,6 +450,18 @@ class Savepoint:
 _be = struct.Struct(">Q")
 
 
+def _array_length(data: bytes) -> int:
+    """The number of items of the msgpack array ``data`` (-1: not an array)."""
+    first = data[:1]
+    if first and 0x90 <= first[0] <= 0x9F:
+        return first[0] & 0x0F
+    if first == b"\xdc" and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big")
+    if first == b"\xdd" and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big")
+    return -1
+
+
 def read_savepoint(path: str | os.PathLike[str]) -> Savepoint:
     """Open the savepoint at ``path`` (raises :class:`~eddies.errors.SavepointError` for a
     file that is not one, is truncated, or is of another format version)."""
@@ -348,9 +478,19 @@ class _FileWriter:
                                  "give a new path (or delete the old savepoint first)")
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
-        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        if not path.parent.is_dir():
+            raise SavepointError(f"cannot write savepoint {str(path)!r}: directory "
+                                 f"{str(path.parent)!r} does not exist; create it first, or "
+                                 "give a path in an existing directory")
+        try:
+            self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        except OSError as exc:
+            raise SavepointError(f"cannot write savepoint {str(path)!r}: {exc}; give a path "
+                                 "in a directory you can write to") from exc
         self.file.write(MAGIC)
-        self.file.write(pack(header))
+        data = pack(header)
+        self.file.write(data)
+        self.file.write(_crc.pack(zlib.crc32(data)))
         self.sections: list[list[Any]] = []
         self.total = 0
 
@@ -362,8 +502,11 @@ class _FileWriter:
         limit = CHUNK * per_entry
         n = 0
         it = iter(items)
+        head, crc32 = _frame.pack, zlib.crc32
         while chunk := list(islice(it, limit)):  # C-level loops: no Python step per item
-            write(pack(chunk))
+            data = pack(chunk)
+            write(head(len(data), crc32(data)))
+            write(data)
             n += len(chunk)
         entries = n // per_entry
         self.sections.append([what, operator, name, kind, version, entries, offset])
@@ -372,7 +515,9 @@ class _FileWriter:
 
     def finish(self) -> None:
         footer_at = self.file.tell()
-        self.file.write(pack({"sections": self.sections, "entries": self.total}))
+        data = pack({"sections": self.sections, "entries": self.total})
+        self.file.write(_frame.pack(len(data), zlib.crc32(data)))
+        self.file.write(data)
         self.file.write(_trailer.pack(footer_at) + MAGIC)
         self.file.flush()
         os.fsync(self.file.fileno())

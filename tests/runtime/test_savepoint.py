@@ -181,28 +181,35 @@ def test_golden_bytes_of_a_written_savepoint(tmp_path):
 
 
 GOLDEN_WRITTEN = (
-    # magic "EDDIESSP", then the header map
+    # magic "EDDIESSP", then the header map (format 2)
     "4544444945535350"
-    "88a6666f726d617401aa6b65795f6c61796f757402a36a6f62a167"
+    "88a6666f726d617402aa6b65795f6c61796f757402a36a6f62a167"
     "af6d61785f706172616c6c656c69736d04"
     "a86964656e74697479"
     "84a776657273696f6e01a36a6f62a167a96f70657261746f72739183a46e616d65a24f70"
     "a673746174657392""92a16da36d6170""92a16ea576616c7565"
     "a876657273696f6e7381a16d02a7736f757263657390"
     "aa77617465726d61726b7380a7736f757263657380a46d657461c0"
-    # states in name order. 'm' at 170: one chunk [key, value]: key group 1 | ("a",) |
-    # ("x",), and expires 9 | c1 | [{"e": 1}, 2]
+    # the header's CRC32, big-endian
+    "07f6fdca"
+    # states in name order. 'm' at 174: one chunk framed as length (30) | CRC32 | the
+    # msgpack array [key, value]: key group 1 | ("a",) | ("x",), and expires 9 | c1 |
+    # [{"e": 1}, 2]
+    "0000001e2af8fa74"
     "92c40a00010502610000027800c40f0900000000000000c19281a1650102"
-    # 'n' at 200: key group 1 | ("a",), and never | 1
+    # 'n' at 212: length (21) | CRC32 | [key group 1 | ("a",), never | 1]
+    "0000001578afa517"
     "92c40700010502610000c409ffffffffffffffff01"
-    # timers of 'Op' at 221: none. Footer: the sections with their offsets, 2 entries
+    # timers of 'Op' at 241: none. Footer at 241, framed (79 bytes): the sections with their
+    # offsets, 2 entries
+    "0000004f7f47a37e"
     "82a873656374696f6e7393"
-    "97a57374617465a24f70a16da36d61700201ccaa"
-    "97a57374617465a24f70a16ea576616c75650101ccc8"
-    "97a674696d657273a24f70c0c00000ccdd"
+    "97a57374617465a24f70a16da36d61700201ccae"
+    "97a57374617465a24f70a16ea576616c75650101ccd4"
+    "97a674696d657273a24f70c0c00000ccf1"
     "a7656e747269657302"
-    # the footer's offset (221), big-endian, and the magic again
-    "00000000000000dd4544444945535350"
+    # the footer's offset (241), big-endian, and the magic again
+    "00000000000000f14544444945535350"
 )
 
 
@@ -231,7 +238,7 @@ def test_golden_bytes_of_a_job_savepoint(tmp_path):
     (fingerprint,) = sp.identity["sources"][0]["partitions"]
     assert fingerprint["path"] == str(src) and fingerprint["size"] == 87
     assert sp.header == {
-        "format": 1, "key_layout": 2, "job": "golden", "max_parallelism": 128,
+        "format": 2, "key_layout": 2, "job": "golden", "max_parallelism": 128,
         "identity": {"version": 1, "job": "golden",
                      "operators": [{"name": "seen", "states": [["last", "value"]]}],
                      "sources": [{"name": "in", "kind": "jsonl", "partitions": [fingerprint]}]},
@@ -260,10 +267,10 @@ def _one(tmp_path) -> Path:
 def test_unknown_format_version_is_refused(tmp_path):
     path = _one(tmp_path)
     data = path.read_bytes()
-    at = data.index(b"\xa6format\x01") + len(b"\xa6format")
+    at = data.index(b"\xa6format\x02") + len(b"\xa6format")
     path.write_bytes(data[:at] + b"\x07" + data[at + 1:])
     with pytest.raises(SavepointError, match=r"format version 7, which this eddies does not "
-                                             r"read \(it reads version 1\)"):
+                                             r"read \(it reads version 2\)"):
         read_savepoint(path)
 
 
