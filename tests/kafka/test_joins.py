@@ -187,6 +187,6 @@ def test_two_workers_kill9_and_restart_equal_the_local_runner(
     b2 = workers(TARGET, kafka_broker, "b", e, *args)
     interval, asof = reference(tmp_path, [l1, l2], [r1, r2])
     assert len(interval) > n // 10 and len(asof) == n
-    wait_until(lambda: results(kafka_broker, name) == (interval, asof), 300,
+    wait_until(lambda: results(kafka_broker, name) == (interval, asof), max(300, n // 400),
                "the join results to equal the local runner's")
     assert a.stop() == 0 and b2.stop() == 0
