@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.resources
 import json
 import os
@@ -38,6 +39,11 @@ def kafka_broker() -> Iterator[str]:
         yield bootstrap
 
 
+def _stop_with_parent() -> None:  # in the child: SIGTERM when pytest dies, even by kill -9
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def noida_broker(ready_timeout: float = 15.0) -> Iterator[str]:
     """noida-db's Kafka service alone on a free 127.0.0.1 port, its data in a temporary dir."""
@@ -51,7 +57,8 @@ def noida_broker(ready_timeout: float = 15.0) -> Iterator[str]:
             proc = subprocess.Popen(
                 [str(binary), "start", "--only", "kafka", "--kafka-port", str(port),
                  "--host", "127.0.0.1", "--data-dir", str(Path(data) / "db")],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_stop_with_parent)
         try:
             deadline = time.monotonic() + ready_timeout
             while True:

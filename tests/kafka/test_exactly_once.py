@@ -98,6 +98,15 @@ def env(name: str) -> dict[str, str]:
     return {"EDDIES_JOB": name, "EDDIES_INPUT": f"{name}-in", "EDDIES_OUTPUT": f"{name}-out"}
 
 
+def test_exactly_once_must_be_a_bool():
+    import eddies as ed
+    from eddies.errors import ConfigError
+
+    assert ed.sinks.kafka("out").exactly_once is False  # at-least-once stays the default
+    with pytest.raises(ConfigError, match="exactly_once must be True or False, got 'yes'"):
+        ed.sinks.kafka("out", exactly_once="yes")
+
+
 def test_exactly_once_is_refused_on_a_broker_without_transactions(kafka_broker, workers,
                                                                     tmp_path):
     produce(kafka_broker, make_events(tmp_path / "e.jsonl", 10, 2, seed=1), "eos-refused-in",
