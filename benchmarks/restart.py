@@ -3,9 +3,11 @@
 The state comes from job 1 (running count+sum, with its end-of-input timer per key) stopped
 right after a checkpoint once every key has been seen: one ValueState entry and one timer per
 key, plus source positions and watermarks. A restart then opens the dir, reads the checkpoint
-metadata, loads the timers, and processes one event. The yardstick, in the same run, is a raw
-``rocksdict`` full scan of every column family of the same dir (open, iterate, close), the
-least any recovery that reads its timers could do.
+metadata (one round trip), reads its first batch of input, preloads the timers, an
+emptiness probe of the state and that batch's keys' values in reads issued together (one
+round trip, ``eddies/runtime/preload.py``), and processes one event. The yardstick, in the
+same run, is a raw ``rocksdict`` full scan of every column family of the same dir (open,
+iterate, close), the least any recovery that reads its timers could do.
 """
 
 from __future__ import annotations
