@@ -207,6 +207,16 @@ class _Expiries:
                    emit: Callable[[Any, int], None] | None) -> None:
         """Fire every expiry at or before ``limit`` in order (one state: in one pass), with
         the TTL clock at each one's time; outputs as in ``advance_watermark``."""
+        for handle in self.handles:  # reads during the calls check stamps
+            handle.hold_checks()
+        try:
+            self._fire_until(limit, out, emit)
+        finally:
+            for handle in self.handles:
+                handle.release_checks(limit)
+
+    def _fire_until(self, limit: int, out: list[Any],
+                    emit: Callable[[Any, int], None] | None) -> None:
         if len(self.handles) > 1:
             while (at := self.next_time()) is not None and at <= limit:
                 self.op.ctx.watermark = at if at > self.op.watermark else self.op.watermark
@@ -597,11 +607,12 @@ class KeyedOperator:
             if at is not None and at > watermark:
                 at = None
             if at is not None and fire_until is not None:
-                # Expiries up to the next timer (timers at a time fire first) in one pass.
+                # Expiries up to the next timer in one pass; at one time, expiries go first,
+                # so that timers see no expired value of a state with on_expire.
                 timer_at = next_timer()
-                if timer_at is None or timer_at > at:
+                if timer_at is None or timer_at >= at:
                     fire_until(watermark if timer_at is None or timer_at > watermark
-                               else timer_at - 1, out, emit)
+                               else timer_at, out, emit)
                     continue
             due = pop_due(watermark if at is None else at)
             if due is not None:
@@ -820,6 +831,8 @@ class KeyedOperator:
             start = 0
             direct = False  # advance this operator here (see the docstring)
             set_clock = clock.set_watermark
+            expiries = isinstance(op.hook, _Expiries)
+            continue_at = False  # the direct advance was done by _advance_with_hook
             emitted_timers = 0
             timers = 0  # advancing (1: directly, 2: through advance()): an error is a timer's
             source = driver.cur_source
@@ -840,11 +853,18 @@ class KeyedOperator:
                                 # (as after every record, see TtlStateBackend.set_watermark).
                                 timers = 1
                                 driver.cur_source = None  # records made by timers have none
+                                if expiries:  # timers and on_expire calls in time order
+                                    self._advance_with_hook(watermark, timer_out, emit)
+                                    driver.cur_source = source
+                                    direct_at = j
+                                    timers = 0
+                                    due = due_at()
+                                    continue_at = True
                                 heap = op.timers.event
                                 pop_due = heap.pop_due
                                 current = op.watermark
                                 last = None
-                                while True:
+                                while not continue_at:
                                     fired = pop_due(watermark)
                                     if fired is None:
                                         break
@@ -871,21 +891,24 @@ class KeyedOperator:
                                             for item in timer_out:
                                                 emit(item, time)
                                             timer_out.clear()
-                                op.watermark = watermark
-                                driver.cur_source = source
-                                direct_at = j
-                                timers = 0
-                                # due_watermark: nothing is due at the watermark now.
-                                times = heap.times
-                                at = (times[0] if times and heap.buckets.get(times[0])
-                                      else heap.next_time())
-                                due = NEVER_DUE if at is None else at
+                                if not continue_at:
+                                    op.watermark = watermark
+                                    driver.cur_source = source
+                                    direct_at = j
+                                    timers = 0
+                                    # due_watermark: nothing is due at the watermark now.
+                                    times = heap.times
+                                    at = (times[0] if times and heap.buckets.get(times[0])
+                                          else heap.next_time())
+                                    due = NEVER_DUE if at is None else at
+                                continue_at = False
                             else:
                                 timers = 2
                                 due = advance(j)  # type: ignore[misc]
                                 timers = 0
                                 direct = (timing is not None and timing.advanced
-                                          and not timing.pinned and op.hook is None)
+                                          and not timing.pinned
+                                          and (op.hook is None or expiries))
                                 if op.watermark > watermark:
                                     wms = respan(j, wms)
                                     watermark = wms[j]

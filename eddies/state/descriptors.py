@@ -137,7 +137,7 @@ class ValueState(StateDescriptor):
     ``on_expire(state_name, value, ctx)`` once for each value that expires, with ``ctx.key``
     its key, when the watermark reaches its expiry and before any record or timer beyond
     it; what it returns or yields is emitted as ``on_timer``'s outputs are. Expiries fire
-    in time order (then by stored key, then state name), after the timers due at the same
+    in time order (then by stored key, then state name), before the timers due at the same
     time, and the value is deleted before the call (``on_expire`` may set a new one).
 
     >>> ValueState("acc", ttl=Ttl(minutes=10), on_expire=True).on_expire

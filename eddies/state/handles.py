@@ -214,6 +214,9 @@ class ValueHandle(Handle):
         self.armed: dict[Key, int] = {}
         """Per key, the time of its live entry in ``expiring``."""
         self.on_arm: Any = None
+        self._checked_get: Any = None
+        self._fast_get: Any = None
+        self._born_until = -(2**63)  # the latest stamp of a value written already expired
         """``on_arm(time)``, told of each entry put in ``expiring`` (the operator cuts its
         batch when records being pushed reach it)."""
         self._install_fast_paths()
@@ -227,8 +230,27 @@ class ValueHandle(Handle):
             armed[key] = time
             heapq.heappush(self.expiring,  # type: ignore[arg-type]
                            (time, self.store.prefix(key), key))
+            if time <= self.backend.watermark:
+                # Written expired (a record later than the TTL): reads check stamps until it
+                # has fired, at the next advance of event time.
+                if time > self._born_until:
+                    self._born_until = time
+                self.hold_checks()
             if self.on_arm is not None:
                 self.on_arm(time)
+
+    def hold_checks(self) -> None:
+        """Make reads compare stamps with the clock. A state with ``on_expire`` reads
+        without: every value expired by the watermark has fired and been deleted, except
+        while expiries fire and while a value written expired waits for the next advance."""
+        if self._checked_get is not None:
+            self.get = self._checked_get  # type: ignore[method-assign]
+
+    def release_checks(self, fired_up_to: int) -> None:
+        """Expiries up to ``fired_up_to`` have fired: reads go back to the fast path
+        unless a value written expired is still waiting."""
+        if self._checked_get is not None and fired_up_to >= self._born_until:
+            self.get = self._fast_get  # type: ignore[method-assign]
 
     def _install_fast_paths(self) -> None:
         """Give this handle ``get`` and ``set`` closures for its common case (a cached value;
@@ -281,6 +303,18 @@ class ValueHandle(Handle):
             if self.expiring is not None:
                 armed_get = self.armed.get
                 arm = self.arm
+
+                def fast_get(default: Any = MISSING) -> Any:
+                    # No stamp to check: see hold_checks.
+                    value = cache_get(store.key, MISSING)
+                    if value is MISSING or value is ABSENT:
+                        return slow_get(default)
+                    return value
+
+                if type(self) is ValueHandle:
+                    self._checked_get = get
+                    self._fast_get = fast_get
+                    get = fast_get
 
                 def set_(value: Any) -> None:
                     ts = store.timestamp

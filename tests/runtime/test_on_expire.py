@@ -30,7 +30,7 @@ class Sessions(ed.KeyedProcessFunction):
         self.total.add(event["v"])
 
     def on_timer(self, timestamp, ctx):
-        yield ("timer", ctx.key, timestamp)
+        yield ("timer", ctx.key, timestamp, self.acc.get())
 
     def on_expire(self, state, value, ctx):
         # The expired value is gone before the call; the other state is as of ctx.watermark.
@@ -105,7 +105,7 @@ def test_expiries_come_in_time_order_once_each_with_the_value_deleted() -> None:
     assert h.watermark(9000) == []  # once per value
 
 
-def test_timers_at_the_same_time_fire_first_and_outputs_are_emitted() -> None:
+def test_expiries_fire_before_timers_at_the_same_time() -> None:
     class WithTimer(Sessions):
         def on_event(self, event, ctx):
             super().on_event(event, ctx)
@@ -113,7 +113,30 @@ def test_timers_at_the_same_time_fire_first_and_outputs_are_emitted() -> None:
 
     h = Harness(WithTimer())
     h.event({"v": 1}, key="k", timestamp=0)
-    assert h.watermark(TTL) == [("timer", "k", TTL), ("expired", "acc", "k", 1, TTL, TTL, None)]
+    h.event({"v": 1}, key="j", timestamp=1)
+    # At one time expiries go first: the timer sees no expired value.
+    assert h.watermark(TTL) == [("expired", "acc", "k", 1, TTL, TTL, None),
+                                ("timer", "k", TTL, None)]
+    assert h.watermark(TTL + 1) == [("expired", "acc", "j", 1, TTL + 1, TTL + 1, None),
+                                    ("timer", "j", TTL + 1, None)]
+
+
+def test_a_value_written_already_expired_is_never_read_and_fires_once() -> None:
+    class ReadBack(Sessions):
+        def on_event(self, event, ctx):
+            super().on_event(event, ctx)
+            yield ("read", ctx.key, self.acc.get())
+
+    h = Harness(ReadBack())
+    h.watermark(5_000)
+    # A record later than the TTL: its value is expired as it is written.
+    assert h.event({"v": 1}, key="late", timestamp=100) == [("read", "late", None)]
+    assert h.event({"v": 1}, key="live", timestamp=5_000) == [("read", "live", 1)]
+    # It fires when the watermark next moves (ctx.watermark is then past its stamp), once.
+    assert h.watermark(5_001) == [("expired", "acc", "late", 1, 1100, 5_000, None),
+                                  ("expired", "total", "late", 1, 2100, 5_000, None)]
+    assert h.watermark(9_000) == [("expired", "acc", "live", 1, 6_000, 6_000, None),
+                                  ("expired", "total", "live", 1, 7_000, 7_000, None)]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
