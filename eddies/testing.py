@@ -88,7 +88,8 @@ class Harness:
     (:meth:`~eddies.runtime.keyed.KeyedOperator.compile`): the same key validation, the
     same outputs. Where a runner sends a record to dead letters (a key or a value the
     state cannot hold), the harness raises the error. ``stats.late_events`` counts events
-    at or behind the watermark.
+    at or behind the watermark, and ``stats.late_dropped`` those of them a window or a join
+    dropped (no ``late=`` tag), as in ``run_local``.
     """
 
     def __init__(
@@ -161,6 +162,11 @@ class Harness:
             return list(self._out)
         finally:
             self._out.clear()
+            self._count_late()
+
+    def _count_late(self) -> None:
+        # As the runners count them: what the function dropped (windows, joins) so far.
+        self.stats.late_dropped = getattr(self.function, "late_dropped", 0)
 
     def _collect(self, value: Any, ts: Any) -> None:
         self._out.append(value)
@@ -183,6 +189,7 @@ class Harness:
         out: list[Any] = []
         self.operator.advance_watermark(ms, out)
         self.checkpoint()
+        self._count_late()
         return out
 
     def processing_time(self, ms: int) -> list[Any]:

@@ -9,10 +9,10 @@ interleave or how they are batched:
   bounds inclusive, as in Flink) is emitted once, with timestamp ``max(left.ts, right.ts)``.
   A pair whose later timestamp is the side that arrived first waits in state until the
   watermark reaches that timestamp; every other pair goes out when its second event arrives.
-  Buffered events sit in a MapState by the time they can be dropped (a list of events per
-  timestamp and side), and an event-time timer drops them once the watermark makes a match
-  impossible: a left event at ``t`` at watermark ``t + upper``, a right one at ``t`` at
-  ``t - lower``. No TTL is involved and nothing is left once input ends.
+  Buffered events sit in a MapState, one entry each, by side and the time they can be
+  dropped, and an event-time timer drops them once the watermark makes a match impossible:
+  a left event at ``t`` at watermark ``t + upper``, a right one at ``t`` at ``t - lower``.
+  No TTL is involved and nothing is left once input ends.
 - As-of join: a left event at ``t`` is joined with the right event of its key with the
   greatest timestamp ``<= t`` (several at that timestamp: the last in the right input's
   order), once the watermark reaches ``t``, so a right version that arrives after the left
@@ -23,7 +23,15 @@ interleave or how they are batched:
 - An event at or below the operator's watermark (the minimum of the two inputs') is late:
   it goes, as it is, to the ``late`` side output, or is dropped and counted in
   ``RunStats.late_dropped``. A result is ``fn(left, right)``, or by default
-  ``{"key": key, "left": left, "right": right}``.
+  ``{"key": key, "left": left, "right": right}``, ``key`` as the state holds it (keys equal
+  in Python are one key: ``1``, ``1.0`` and ``True`` come out as ``1``), whichever input
+  came last.
+- Buffers hold each event as its msgpack bytes, and every result gets copies decoded for it
+  alone (as Flink copies records between operators): what ``fn`` or a later operator does
+  to a result never shows in another one, and results are the same whether the buffers
+  stayed cached or were read back. An event the state cannot hold (a set, a datetime) goes
+  to dead letters before anything is buffered, leaving the others at its key and time as
+  they were.
 
 >>> import eddies as ed
 >>> h = ed.testing.Harness(interval_join_function("ij", lower=-5, upper=5))
@@ -41,6 +49,8 @@ from typing import Any
 from eddies.errors import ConfigError
 from eddies.operators.functions import Context, KeyedCoProcessFunction, OutputTag
 from eddies.state.descriptors import MapState
+from eddies.state.store import check_value
+from eddies.state.values import pack, unpack
 
 __all__ = [
     "AsOfJoinFunction",
@@ -49,10 +59,15 @@ __all__ = [
     "interval_join_function",
 ]
 
-_TS_LIMIT = 2**62
-END = _TS_LIMIT + 1
+TS_LIMIT = 2**62
+"""Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64
+(the runtime dead-letters records beyond it)."""
+END = TS_LIMIT + 1
 """An event-time timer that fires only at the end of input: timestamps are at most 2**62, so
 no watermark reaches it before the final one (as-of: the last right version goes then)."""
+
+_PAIR = 2
+"""The side number of a held pair's entries (0 and 1 are the left and right events')."""
 
 Joiner = Callable[[Any, Any], Any]
 
@@ -62,8 +77,44 @@ def _no_time(kind: str) -> ConfigError:
                        "(a field name or a function returning epoch ms)")
 
 
+def _next_seq(buffer: Any, side: int, t: int) -> int:
+    """The first free sequence number at ``(side, t)``. The entries there are numbered from
+    0 in arrival order and dropped together, so the numbers in use are ``0..n-1``: found
+    with a few lookups (doubling, then bisecting), never a read of them all."""
+    contains = buffer.contains
+    if not contains((side, t, 0)):
+        return 0
+    lo, hi = 0, 1  # lo in use; hi: the first known free one once the doubling stops
+    while contains((side, t, hi)):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if contains((side, t, mid)):
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _take(buffer: Any, side: int, t: int) -> list[Any]:
+    """Remove the entries at ``(side, t)``; returns their values in arrival order."""
+    get, remove = buffer.get, buffer.remove
+    out: list[Any] = []
+    i = 0
+    while True:
+        k = (side, t, i)
+        v = get(k)
+        if v is None:
+            return out
+        remove(k)
+        out.append(v)
+        i += 1
+
+
 class _Join(KeyedCoProcessFunction):
-    """What both joins share: the output shape and late events."""
+    """What both joins share: the output shape, late events, and events kept as bytes."""
+
+    buffer: Any
 
     def __init__(self, fn: Joiner | None, late: OutputTag | None) -> None:
         if fn is not None and not callable(fn):
@@ -81,26 +132,63 @@ class _Join(KeyedCoProcessFunction):
         else:
             self.late_dropped += 1
 
+    def _encode(self, event: Any, side: str) -> bytes:
+        """``event`` as the msgpack bytes its buffer holds. An event state cannot hold raises
+        :class:`~eddies.errors.StateSerializationError` here, before any state changed: the
+        record goes to dead letters and the others at its key and time are untouched."""
+        try:
+            return pack(event)  # type: ignore[no-any-return]
+        except (TypeError, ValueError, OverflowError):
+            buffer = self.buffer
+            check_value(event, lambda: f"{buffer.store.where(buffer.descriptor)}, {side} event")
+            raise
+
+    def _key(self) -> Any:
+        """The current key as the state holds it, the same whichever input or timer is
+        handled (keys equal in Python are one key: ``1.0`` and ``True`` come out as ``1``)."""
+        key = self.buffer.store.key
+        return key[0] if type(key) is tuple and len(key) == 1 else key
+
+    def _results(self, lefts: list[bytes], right: bytes | None) -> list[Any]:
+        """One result per left event, each with copies of its own (nothing shared with the
+        buffers, the inputs or another result)."""
+        fn = self.fn
+        if right is None:
+            if fn is None:
+                key = self._key()
+                return [{"key": key, "left": unpack(a), "right": None} for a in lefts]
+            return [fn(unpack(a), None) for a in lefts]
+        if fn is None:
+            key = self._key()
+            return [{"key": key, "left": unpack(a), "right": unpack(right)} for a in lefts]
+        return [fn(unpack(a), unpack(right)) for a in lefts]
+
+    def _pairs(self, pairs: list[tuple[bytes, bytes]]) -> list[Any]:
+        fn = self.fn
+        if fn is None:
+            key = self._key()
+            return [{"key": key, "left": unpack(a), "right": unpack(b)} for a, b in pairs]
+        return [fn(unpack(a), unpack(b)) for a, b in pairs]
+
 
 class IntervalJoinFunction(_Join):
     """The interval join's operator function (see the module docstring); built by
     :meth:`~eddies.KeyedStream.interval_join` through :func:`interval_join_function`, which
     names its state after the operator.
 
-    State per key: one MapState ``buffer`` keyed by the time its entry is due, the
-    watermark at which it goes: ``[lefts, rights, pairs]`` holds the left events at
-    ``due - upper``, the right events at ``due + lower`` (each list in arrival order, None
-    when empty) and the pairs whose timestamp is ``due``, held for it. One event-time timer
-    per entry, at its key, emits the pairs and drops the entry. Both sides' matches for an
-    event at ``t`` lie in the entries due in ``[t, t + upper - lower]``: one range read.
+    State per key: one MapState ``buffer`` keyed by ``(due, side, seq)``, ``due`` being the
+    watermark at which the entry goes: a left event at ``t`` (side 0) is due at
+    ``t + upper``, a right one (side 1) at ``t - lower``, a held pair (side 2, the two
+    events' bytes) at its timestamp; ``seq`` numbers the entries at one ``(due, side)`` in
+    arrival order. One event-time timer per ``due`` emits its pairs and drops its entries.
+    An event at ``t`` finds its matches in the entries due in ``[t, t + upper - lower]``:
+    one range read as wide as the interval.
     """
-
-    buffer: Any
 
     def __init__(self, lower: int, upper: int, fn: Joiner | None = None,
                  late: OutputTag | None = None) -> None:
         for what, bound in (("lower", lower), ("upper", upper)):
-            if type(bound) is not int or not -_TS_LIMIT < bound < _TS_LIMIT:
+            if type(bound) is not int or not -TS_LIMIT < bound < TS_LIMIT:
                 raise ConfigError(f"interval_join: {what} must be an int of ms, got {bound!r}")
         if lower > upper:
             raise ConfigError(f"interval_join: lower={lower} is above upper={upper}; a right "
@@ -122,82 +210,53 @@ class IntervalJoinFunction(_Join):
         if t <= ctx.watermark:
             self._late(event, ctx)
             return None
+        data = self._encode(event, "right" if side else "left")
         lower, upper = self.lower, self.upper
-        # This event's entry is due at t + upper (left) or t - lower (right); the other
-        # side's events it matches sit in the entries due in [t, t + upper - lower], at
-        # their timestamp plus upper (left) or minus lower (right).
-        due = t + upper if side == 0 else t - lower
-        last = t + upper - lower
+        due = t - lower if side else t + upper
         other = 1 - side
-        shift = lower if side == 0 else -upper  # from an entry's key to the other's ts
+        shift = -upper if side else lower  # from an entry's due to its event's timestamp
         buffer = self.buffer
-        own = None
-        out: list[Any] | None = None
-        later: list[tuple[int, Any]] | None = None
-        for k, entry in buffer.entries(start=min(t, due), end=max(last, due) + 1):
-            if k == due:
-                own = entry
-            matches = entry[other]
-            if matches is None or k < t or k > last:
-                continue
-            ts = k + shift
+        now: list[bytes] | None = None
+        later: dict[int, list[bytes]] | None = None
+        for k, m in buffer.entries(start=(other, t), end=(other, t + upper - lower + 1)):
+            ts = k[1] + shift
             if ts <= t:  # the pair's timestamp is this event's: out now
-                if out is None:
-                    out = []
-                out.extend(self._pairs(ctx.key, event, matches, side))
+                if now is None:
+                    now = [m]
+                else:
+                    now.append(m)
             else:  # the pair's timestamp is the other event's, not reached yet
                 if later is None:
-                    later = []
-                later.append((ts, matches))
-        if own is None:
-            own = [None, None, None]
-            own[side] = [event]
-            ctx.timers.register_event_time(due)
-        elif own[side] is None:
-            own[side] = [event]
-        else:
-            own[side].append(event)
-        buffer.put(due, own)
-        if later is not None:
-            for ts, matches in later:
-                pairs = ([[event, m] for m in matches] if side == 0
-                         else [[m, event] for m in matches])
-                held = buffer.get(ts)
+                    later = {}
+                held = later.get(ts)
                 if held is None:
-                    buffer.put(ts, [None, None, pairs])
-                    ctx.timers.register_event_time(ts)
+                    later[ts] = [m]
                 else:
-                    if held[2] is None:
-                        held[2] = pairs
-                    else:
-                        held[2].extend(pairs)
-                    buffer.put(ts, held)
-        return out
-
-    def _pairs(self, key: Any, event: Any, matches: list[Any], side: int) -> list[Any]:
-        fn = self.fn
-        if side == 0:
-            if fn is None:
-                return [{"key": key, "left": event, "right": m} for m in matches]
-            return [fn(event, m) for m in matches]
-        if fn is None:
-            return [{"key": key, "left": m, "right": event} for m in matches]
-        return [fn(m, event) for m in matches]
+                    held.append(m)
+        seq = _next_seq(buffer, side, due)
+        buffer.put((side, due, seq), data)
+        if seq == 0:
+            ctx.timers.register_event_time(due)
+        if later is not None:
+            for ts, ms in later.items():
+                seq = _next_seq(buffer, _PAIR, ts)
+                if seq == 0:
+                    ctx.timers.register_event_time(ts)
+                for m in ms:
+                    buffer.put((_PAIR, ts, seq), [m, data] if side else [data, m])
+                    seq += 1
+        if now is None:
+            return None
+        if side:
+            return self._pairs([(m, data) for m in now])
+        return self._pairs([(data, m) for m in now])
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
         buffer = self.buffer
-        entry = buffer.get(timestamp)
-        if entry is None:
-            return None
-        buffer.remove(timestamp)
-        pairs = entry[2]
-        if pairs is None:
-            return None
-        fn = self.fn
-        if fn is None:
-            key = ctx.key
-            return [{"key": key, "left": a, "right": b} for a, b in pairs]
-        return [fn(a, b) for a, b in pairs]
+        _take(buffer, 0, timestamp)
+        _take(buffer, 1, timestamp)
+        pairs = _take(buffer, _PAIR, timestamp)
+        return self._pairs(pairs) if pairs else None
 
 
 class AsOfJoinFunction(_Join):
@@ -205,14 +264,12 @@ class AsOfJoinFunction(_Join):
     :meth:`~eddies.KeyedStream.join_asof` through :func:`asof_join_function`, which names
     its state after the operator.
 
-    State per key: one MapState ``buffer`` keyed by timestamp, ``[lefts, has_right,
-    right]``: the left events waiting at that time (None when none) and the right version
-    at it (the last to arrive). One event-time timer per timestamp emits its left events and
-    drops the versions before the latest one at or below it; one at the end of input
-    (registered when a key's first version is kept) drops the last.
+    State per key: one MapState ``buffer``: the left events waiting at ``t`` under
+    ``(t, 0, seq)`` (numbered in arrival order) and the right version at ``t`` under
+    ``(t, 1)`` (the last to arrive). One event-time timer per timestamp emits its left
+    events and drops the versions before the latest one at or below it; one at the end of
+    input (registered when a key's first version is kept) drops the last.
     """
-
-    buffer: Any
 
     def __init__(self, how: str = "inner", fn: Joiner | None = None,
                  late: OutputTag | None = None) -> None:
@@ -228,17 +285,12 @@ class AsOfJoinFunction(_Join):
         if t <= ctx.watermark:
             self._late(event, ctx)
             return None
+        data = self._encode(event, "left")
         buffer = self.buffer
-        entry = buffer.get(t)
-        if entry is None:
-            buffer.put(t, [[event], False, None])
+        seq = _next_seq(buffer, 0, t)
+        buffer.put((0, t, seq), data)
+        if seq == 0:
             ctx.timers.register_event_time(t)
-        else:
-            if entry[0] is None:
-                entry[0] = [event]
-            else:
-                entry[0].append(event)
-            buffer.put(t, entry)
         return None
 
     def on_event2(self, event: Any, ctx: Context) -> Iterable[Any] | None:
@@ -248,16 +300,9 @@ class AsOfJoinFunction(_Join):
         if t <= ctx.watermark:
             self._late(event, ctx)
             return None
-        buffer = self.buffer
-        entry = buffer.get(t)
-        if entry is None:
-            buffer.put(t, [None, True, event])
-            # Older versions go once the watermark reaches t.
-            ctx.timers.register_event_time(t)
-        else:
-            entry[1] = True
-            entry[2] = event
-            buffer.put(t, entry)
+        self.buffer.put((1, t), self._encode(event, "right"))
+        # Older versions go once the watermark reaches t.
+        ctx.timers.register_event_time(t)
         return None
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
@@ -265,34 +310,25 @@ class AsOfJoinFunction(_Join):
         if timestamp == END:
             buffer.clear()
             return None
-        # At or below the watermark there is this timer's entry and, before it, at most the
-        # one kept version (every other entry went at its own, earlier, timer).
-        newest = list(buffer.entries(end=timestamp + 1, reverse=True, limit=2))
-        if not newest or newest[0][0] != timestamp:
+        lefts = _take(buffer, 0, timestamp)
+        version = buffer.get((1, timestamp))
+        if version is None and not lefts:
             return None
-        entry = newest[0][1]
-        lefts = entry[0]
-        older = newest[1] if len(newest) > 1 else None
-        if entry[1]:  # a version at this time: it is the latest; the older one goes
-            match, found = entry[2], True
+        # Below this time there is at most the one kept version (every other went at its
+        # own, earlier, timer).
+        older = next(buffer.entries(start=(1,), end=(1, timestamp), reverse=True, limit=1),
+                     None)
+        if version is not None:  # a version at this time: it is the latest; the older goes
+            match = version
             if older is not None:
                 buffer.remove(older[0])
             else:  # the key's first kept version: it goes at the end of input
                 ctx.timers.register_event_time(END)
-            if lefts is not None:
-                buffer.put(timestamp, [None, True, match])
         else:
-            buffer.remove(timestamp)
-            found, match = False, None
-            if older is not None and older[1][1]:
-                found, match = True, older[1][2]
-        if lefts is None or not (found or self.how == "left"):
+            match = None if older is None else older[1]
+        if not lefts or (match is None and self.how == "inner"):
             return None
-        fn = self.fn
-        if fn is None:
-            key = ctx.key
-            return [{"key": key, "left": a, "right": match} for a in lefts]
-        return [fn(a, match) for a in lefts]
+        return self._results(lefts, match)
 
 
 def interval_join_function(name: str, lower: int, upper: int, fn: Joiner | None = None,
