@@ -35,6 +35,7 @@ from eddies.errors import (
     StateSerializationError,
     UserFunctionError,
 )
+from eddies.operators.joins import TS_LIMIT as _TS_LIMIT
 from eddies.operators.sinks import CollectSink, Sink
 from eddies.operators.sources import DeadLetter
 from eddies.runtime.builders import BUILDERS, Builder, fan_out
@@ -54,8 +55,6 @@ _DEAD_LETTER_KEEP = 100_000
 _DEAD_LETTER_KEEP_BYTES = 16 * 2**20
 """Dead letters kept in memory (``result.dead_letters``, and the sink's buffer between two
 writes) are bounded by their raw text and reason, as well as by count."""
-_TS_LIMIT = 2**62
-"""Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64."""
 _TIMER: Any = object()  # stands for "no record: a timer fired" in error messages
 _NO_TIMESTAMP: Any = object()  # stands for "the record's timestamp is being read"
 
@@ -80,7 +79,8 @@ class RunStats:
     dead_letters: int = 0
     late_events: int = 0
     late_dropped: int = 0
-    """Events a window dropped as too late (no late= tag given); counted, not lost silently."""
+    """Events a window or a join dropped as too late (no late= tag given); counted, not lost
+    silently."""
     checkpoints: int = 0
     watermark: int = MIN_TIME
     resumed: bool = False

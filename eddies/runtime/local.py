@@ -344,7 +344,8 @@ class LocalRunner(Executor):
             reader = part.reader
             read = None if first is None else first[i]
             if read is None:
-                if reader.done:
+                if reader.done:  # done before it was ever read (an empty partition) too
+                    part.wm.finish()
                     continue
                 read = reader.read(batch_size)
             values, bad = read
@@ -407,11 +408,11 @@ class LocalRunner(Executor):
             # The first round is read before the preload, which reads ahead the state of
             # its keys (runtime/preload.py); its reading counts towards the first event.
             t = _time.perf_counter()
-            first = [None if p.reader.done else p.reader.read(self.batch_size)
-                     for p in self.partitions]
+            first_read = [None if p.reader.done else p.reader.read(self.batch_size)
+                          for p in self.partitions]
             read_s = _time.perf_counter() - t
             records: dict[Any, list[Any]] = {}
-            for part, read in zip(self.partitions, first, strict=True):
+            for part, read in zip(self.partitions, first_read, strict=True):
                 if read is not None:
                     records.setdefault(part.node, []).extend(read[0])
             t = _time.perf_counter()
@@ -460,6 +461,7 @@ class LocalRunner(Executor):
             total = [p.reader.size_hint() for p in self.partitions]
             stats.bytes_total = (sum(t for t in total if t) if all(total) and not following
                                  else None)
+            first: list[tuple[list[Any], list[Any]] | None] | None = list(first_read)
             since_checkpoint = 0
             out_at_checkpoint = stats.events_out
             while True:
