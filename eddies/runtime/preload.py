@@ -52,18 +52,20 @@ def preload_operators(
         # reads the window marks the timers scan loads (a chain of two reads).
         mine: list[Callable[[], Any]] = [partial(op.timers.load, inner)]
         read_ahead = getattr(inner, "read_ahead", None)
+        probe_empty = getattr(inner, "probe_empty", None)
         prefixes = _prefixes(op, (first or {}).get(op, ()))
         for handle in op.handles.values():
             preload = getattr(handle, "preload", None)
             if preload is not None:
                 mine.append(preload)
-            elif read_ahead is not None and isinstance(handle, Handle):
-                mine.append(partial(inner.probe_empty, handle.name))
-                if prefixes and isinstance(handle, ValueHandle):
+            elif probe_empty is not None and isinstance(handle, Handle):
+                mine.append(partial(probe_empty, handle.name))
+                if prefixes and read_ahead is not None and isinstance(handle, ValueHandle):
                     mine.append(partial(read_ahead, handle.name, prefixes))
         reads.extend((op.name, read) for read in mine)
     seconds = [0.0] * len(reads)
-    timed = [partial(_timed, read, seconds, i) for i, (_, read) in enumerate(reads)]
+    timed: list[Callable[[], Any]] = [partial(_timed, read, seconds, i)
+                                      for i, (_, read) in enumerate(reads)]
     if together is None:
         for read in timed:
             read()
@@ -130,8 +132,9 @@ def load_key_groups(operators: Iterable[KeyedOperator], groups: list[int]) -> No
         inner = op.backend.inner
         together = getattr(inner, "read_together", None)
         reads.append(partial(_load_groups, op, inner, groups))
-        if together is not None:
-            reads.extend(partial(inner.probe_empty, handle.name)
+        probe_empty = getattr(inner, "probe_empty", None)
+        if probe_empty is not None:
+            reads.extend(partial(probe_empty, handle.name)
                          for handle in op.handles.values()
                          if isinstance(handle, Handle) and not hasattr(handle, "preload"))
     if together is None:

@@ -539,7 +539,7 @@ class RocksDbStateBackend(StateBackend):
         self._handles: dict[str, rocksdict.ColumnFamily] = {}
         # What a startup preload read ahead (see read_together): values by (state, stored
         # key) and emptiness by state, answered without a read until the next write.
-        self._ahead: dict[tuple[str, bytes], bytes | None] = {}
+        self._ahead: dict[tuple[str, bytes], object] = {}
         self._empty_ahead: dict[str, bool] = {}
         self._group: threading.local | None = None
         self._write_opts = rocksdict.WriteOptions()
@@ -782,7 +782,7 @@ class RocksDbStateBackend(StateBackend):
         if self._ahead:
             ahead = self._ahead.pop((cf, key), _NOT_AHEAD)
             if ahead is not _NOT_AHEAD:
-                return ahead
+                return cast("bytes | None", ahead)
         self._trip()
         table: Any = self._cfs.get(cf)
         if table is None:
