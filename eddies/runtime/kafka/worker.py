@@ -301,6 +301,8 @@ class KafkaWorker:
         self.partitions = 0
         self.topic_counts: dict[str, int] = {}
         """Partition counts of the input topics (not repartition topics: ``partitions``)."""
+        self._apart: set[int] = set()
+        """Key groups this assignment gave only some of the stateful topics of (warned)."""
         self._wm_sent: dict[tuple[str, str], tuple[int, bool]] = {}
         """(repartition topic, upstream partition) -> the watermark last produced into it."""
         self.owned: set[tuple[str, int]] = set()
@@ -427,6 +429,7 @@ class KafkaWorker:
 
     async def _on_assigned(self, assigned: set[tuple[str, int]]) -> None:
         self._assignment_done = False
+        self._apart.clear()
         self.owned = set(assigned)
         log.info("assigned %s", sorted(self.owned))
 
@@ -460,10 +463,12 @@ class KafkaWorker:
                 if not together <= self.owned:
                     # faust assigns co-partitioned topics together; a member whose metadata
                     # lacked one of them would not: wait for the rebalance that fixes it.
-                    log.warning("partition %d of %s assigned without %s: not restored until a "
-                                "rebalance assigns them together", p,
-                                sorted(t for t, _ in together & self.owned),
-                                sorted(t for t, _ in together - self.owned))
+                    if p not in self._apart:
+                        self._apart.add(p)
+                        log.warning("partition %d of %s assigned without %s: not restored until "
+                                    "a rebalance assigns them together", p,
+                                    sorted(t for t, _ in together & self.owned),
+                                    sorted(t for t, _ in together - self.owned))
                     continue
                 await self._restore_key_group(p)
                 self.ready |= together
