@@ -71,44 +71,87 @@ _PAIR = 2
 
 Joiner = Callable[[Any, Any], Any]
 
+# Map keys: one int per entry (an int encodes in one element, several times cheaper than a
+# tuple of three, and this is the hot path), sorting as the tuple it packs:
+#
+#   interval: side (2 bits) | due + 2**64 (66 bits) | seq (32 bits)
+#   as-of:    time + 2**64 (66 bits) | kind (1 bit: 0 left event, 1 right version) | seq (32)
+#
+# ``seq`` numbers the entries of one (side, due) or one time in arrival order; a time is
+# within +-2**63 (timestamps within +-TS_LIMIT, bounds below it), so ``+ 2**64`` is positive.
+_SEQ_BITS = 32
+_OFFSET = 2**64
+_TIME_MASK = 2**66 - 1
+
+
+def interval_key(side: int, due: int, seq: int = 0) -> int:
+    """The interval join's map key of an entry (see the layout above).
+
+    >>> interval_key(1, 110, 2) < interval_key(1, 111) < interval_key(2, -(2**63))
+    True
+    >>> split_interval_key(interval_key(1, -110, 2))
+    (1, -110, 2)
+    """
+    return (side << 98) | ((due + _OFFSET) << _SEQ_BITS) | seq
+
+
+def split_interval_key(key: int) -> tuple[int, int, int]:
+    """``(side, due, seq)`` of an interval join's map key."""
+    return key >> 98, ((key >> _SEQ_BITS) & _TIME_MASK) - _OFFSET, key & 0xFFFFFFFF
+
+
+def asof_key(t: int, kind: int, seq: int = 0) -> int:
+    """The as-of join's map key of an entry: kind 0 a left event, 1 the right version.
+
+    >>> split_asof_key(asof_key(-5, 1)), asof_key(7, 0, 3) < asof_key(7, 1) < asof_key(8, 0)
+    ((-5, 1, 0), True)
+    """
+    return ((t + _OFFSET) << (_SEQ_BITS + 1)) | (kind << _SEQ_BITS) | seq
+
+
+def split_asof_key(key: int) -> tuple[int, int, int]:
+    """``(time, kind, seq)`` of an as-of join's map key."""
+    return ((key >> (_SEQ_BITS + 1)) - _OFFSET, (key >> _SEQ_BITS) & 1,
+            key & 0xFFFFFFFF)
+
 
 def _no_time(kind: str) -> ConfigError:
     return ConfigError(f"{kind} needs event time: give both sources timestamp=... "
                        "(a field name or a function returning epoch ms)")
 
 
-def _next_seq(buffer: Any, side: int, t: int) -> int:
-    """The first free sequence number at ``(side, t)``. The entries there are numbered from
-    0 in arrival order and dropped together, so the numbers in use are ``0..n-1``: found
-    with a few lookups (doubling, then bisecting), never a read of them all."""
+def _next_seq(buffer: Any, base: int) -> int:
+    """The first free sequence number of the entries keyed ``base + seq``. They are
+    numbered from 0 in arrival order and dropped together, so the numbers in use are
+    ``0..n-1``: found with a few lookups (doubling, then bisecting), never a read of them
+    all."""
     contains = buffer.contains
-    if not contains((side, t, 0)):
+    if not contains(base):
         return 0
     lo, hi = 0, 1  # lo in use; hi: the first known free one once the doubling stops
-    while contains((side, t, hi)):
+    while contains(base + hi):
         lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if contains((side, t, mid)):
+        if contains(base + mid):
             lo = mid
         else:
             hi = mid
     return hi
 
 
-def _take(buffer: Any, side: int, t: int) -> list[Any]:
-    """Remove the entries at ``(side, t)``; returns their values in arrival order."""
+def _take(buffer: Any, base: int) -> list[Any]:
+    """Remove the entries keyed ``base + seq``; returns their values in arrival order."""
     get, remove = buffer.get, buffer.remove
     out: list[Any] = []
-    i = 0
+    k = base
     while True:
-        k = (side, t, i)
         v = get(k)
         if v is None:
             return out
         remove(k)
         out.append(v)
-        i += 1
+        k += 1
 
 
 class _Join(KeyedCoProcessFunction):
@@ -176,12 +219,13 @@ class IntervalJoinFunction(_Join):
     :meth:`~eddies.KeyedStream.interval_join` through :func:`interval_join_function`, which
     names its state after the operator.
 
-    State per key: one MapState ``buffer`` keyed by ``(due, side, seq)``, ``due`` being the
-    watermark at which the entry goes: a left event at ``t`` (side 0) is due at
-    ``t + upper``, a right one (side 1) at ``t - lower``, a held pair (side 2, the two
-    events' bytes) at its timestamp; ``seq`` numbers the entries at one ``(due, side)`` in
-    arrival order. One event-time timer per ``due`` emits its pairs and drops its entries.
-    An event at ``t`` finds its matches in the entries due in ``[t, t + upper - lower]``:
+    State per key: one MapState ``buffer`` keyed by ``(side, due, seq)`` (packed in one
+    int: :func:`interval_key`), ``due`` being the watermark at which the entry goes: a left
+    event at ``t`` (side 0) is due at ``t + upper``, a right one (side 1) at ``t - lower``,
+    a held pair (side 2, the two events' bytes) at its timestamp; ``seq`` numbers the
+    entries of one ``(side, due)`` in arrival order. One event-time timer per ``due`` emits
+    its pairs and drops its entries. An event at ``t`` finds its matches in the other
+    side's entries due in ``[t, t + upper - lower]``, contiguous by the key order:
     one range read as wide as the interval.
     """
 
@@ -218,8 +262,9 @@ class IntervalJoinFunction(_Join):
         buffer = self.buffer
         now: list[bytes] | None = None
         later: dict[int, list[bytes]] | None = None
-        for k, m in buffer.entries(start=(other, t), end=(other, t + upper - lower + 1)):
-            ts = k[1] + shift
+        for k, m in buffer.entries(start=interval_key(other, t),
+                                   end=interval_key(other, t + upper - lower + 1)):
+            ts = ((k >> _SEQ_BITS) & _TIME_MASK) - _OFFSET + shift
             if ts <= t:  # the pair's timestamp is this event's: out now
                 if now is None:
                     now = [m]
@@ -233,17 +278,19 @@ class IntervalJoinFunction(_Join):
                     later[ts] = [m]
                 else:
                     held.append(m)
-        seq = _next_seq(buffer, side, due)
-        buffer.put((side, due, seq), data)
+        base = interval_key(side, due)
+        seq = _next_seq(buffer, base)
+        buffer.put(base + seq, data)
         if seq == 0:
             ctx.timers.register_event_time(due)
         if later is not None:
             for ts, ms in later.items():
-                seq = _next_seq(buffer, _PAIR, ts)
+                base = interval_key(_PAIR, ts)
+                seq = _next_seq(buffer, base)
                 if seq == 0:
                     ctx.timers.register_event_time(ts)
                 for m in ms:
-                    buffer.put((_PAIR, ts, seq), [m, data] if side else [data, m])
+                    buffer.put(base + seq, [m, data] if side else [data, m])
                     seq += 1
         if now is None:
             return None
@@ -253,10 +300,16 @@ class IntervalJoinFunction(_Join):
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
         buffer = self.buffer
-        _take(buffer, 0, timestamp)
-        _take(buffer, 1, timestamp)
-        pairs = _take(buffer, _PAIR, timestamp)
-        return self._pairs(pairs) if pairs else None
+        bases = [interval_key(side, timestamp) for side in (0, 1, _PAIR)]
+        pairs = None
+        # One lookup per side (a timer's due usually holds one event of one side).
+        for base, first in zip(bases, buffer.get_many(bases), strict=True):
+            if first is not None:
+                buffer.remove(base)
+                more = _take(buffer, base + 1)
+                if base == bases[2]:
+                    pairs = [first, *more]
+        return None if pairs is None else self._pairs(pairs)
 
 
 class AsOfJoinFunction(_Join):
@@ -264,10 +317,12 @@ class AsOfJoinFunction(_Join):
     :meth:`~eddies.KeyedStream.join_asof` through :func:`asof_join_function`, which names
     its state after the operator.
 
-    State per key: one MapState ``buffer``: the left events waiting at ``t`` under
-    ``(t, 0, seq)`` (numbered in arrival order) and the right version at ``t`` under
-    ``(t, 1)`` (the last to arrive). One event-time timer per timestamp emits its left
-    events and drops the versions before the latest one at or below it; one at the end of
+    State per key: one MapState ``buffer`` (keys packed in one int: :func:`asof_key`): the
+    left events waiting at ``t`` under ``(t, 0, seq)`` (numbered in arrival order) and the
+    right version at ``t`` under ``(t, 1)`` (the last to arrive), so that one reverse range
+    read from ``t`` finds a timer's left events, its version and the version kept from
+    before. One event-time timer per timestamp emits its left events and drops the versions
+    before the latest one at or below it; one at the end of
     input (registered when a key's first version is kept) drops the last.
     """
 
@@ -287,8 +342,9 @@ class AsOfJoinFunction(_Join):
             return None
         data = self._encode(event, "left")
         buffer = self.buffer
-        seq = _next_seq(buffer, 0, t)
-        buffer.put((0, t, seq), data)
+        base = asof_key(t, 0)
+        seq = _next_seq(buffer, base)
+        buffer.put(base + seq, data)
         if seq == 0:
             ctx.timers.register_event_time(t)
         return None
@@ -300,7 +356,7 @@ class AsOfJoinFunction(_Join):
         if t <= ctx.watermark:
             self._late(event, ctx)
             return None
-        self.buffer.put((1, t), self._encode(event, "right"))
+        self.buffer.put(asof_key(t, 1), self._encode(event, "right"))
         # Older versions go once the watermark reaches t.
         ctx.timers.register_event_time(t)
         return None
@@ -310,14 +366,20 @@ class AsOfJoinFunction(_Join):
         if timestamp == END:
             buffer.clear()
             return None
-        lefts = _take(buffer, 0, timestamp)
-        version = buffer.get((1, timestamp))
-        if version is None and not lefts:
-            return None
-        # Below this time there is at most the one kept version (every other went at its
-        # own, earlier, timer).
-        older = next(buffer.entries(start=(1,), end=(1, timestamp), reverse=True, limit=1),
-                     None)
+        # At or below the watermark there are this timer's entries and, before them, at most
+        # the one kept version (every other entry went at its own, earlier, timer).
+        lefts: list[Any] = []  # keys and values, newest first
+        version = older = None
+        lowest = asof_key(timestamp, 0)
+        for k, v in buffer.entries(end=asof_key(timestamp + 1, 0), reverse=True):
+            if k < lowest:
+                older = k, v
+                break
+            if k & (1 << _SEQ_BITS):
+                version = v
+            else:
+                lefts.append(k)
+                lefts.append(v)
         if version is not None:  # a version at this time: it is the latest; the older goes
             match = version
             if older is not None:
@@ -326,9 +388,13 @@ class AsOfJoinFunction(_Join):
                 ctx.timers.register_event_time(END)
         else:
             match = None if older is None else older[1]
-        if not lefts or (match is None and self.how == "inner"):
+        if not lefts:
             return None
-        return self._results(lefts, match)
+        for k in lefts[::2]:
+            buffer.remove(k)
+        if match is None and self.how == "inner":
+            return None
+        return self._results(lefts[-1::-2], match)
 
 
 def interval_join_function(name: str, lower: int, upper: int, fn: Joiner | None = None,
