@@ -4,8 +4,9 @@ A click in ``data/ad_clicks.jsonl`` is attributed to every impression of the sam
 to the same user (``data/impressions.jsonl``) from 10 minutes before the click up to 1 s
 after it (clocks of the ad server and the click tracker disagree by up to a second). Both
 bounds are inclusive and each pair goes out once, at the later of its two timestamps,
-however the two files interleave. Clicks that arrive more than the 10 s of allowed disorder
-behind the watermark go to ``out/late_ad_events.jsonl``.
+however the two files interleave. An impression or a click at or below the join's watermark
+when it arrives (the lower of the two inputs' watermarks, each 10 s behind the highest
+timestamp of its file) is late and goes to ``out/late_ad_events.jsonl``.
 """
 
 from __future__ import annotations

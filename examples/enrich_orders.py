@@ -3,10 +3,10 @@
 An as-of (temporal) join: each order in ``data/orders.jsonl`` is joined with the latest
 profile update of its customer (``data/profiles.jsonl``) whose timestamp is at or before the
 order's, so an order placed before an upgrade gets the old tier and discount, whatever order
-the two files are read in. An order goes out once the watermark of both inputs has passed its
-time (profile updates for it may still arrive until then); orders of customers with no
-profile yet keep ``profile: null`` (``how="left"``). The total is the amount after the tier's
-discount.
+the two files are read in. An order goes out when the join's watermark (the lower of its two
+inputs') reaches its time (profile updates for it may still arrive until then); orders of
+customers with no profile yet keep ``profile: null`` (``how="left"``). The total is the
+amount after the tier's discount.
 """
 
 from __future__ import annotations
