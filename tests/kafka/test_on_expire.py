@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -25,24 +26,37 @@ def write(path: Path, events: list[dict]) -> Path:
 
 
 def make_events(n: int, seed: int, t0: int, i0: int = 0) -> list[dict]:
-    """Bursts: 5 accounts active for 200 events (7.4 s), then quiet for a minute, far longer
-    than the TTL, so that each burst expires at a time no partition's lag can blur."""
+    """Bursts: 5 accounts active for 200 events (7.4 s), each burst with accounts of its own,
+    which then go quiet for good: each expires once, with the same value and time however
+    far each partition's watermark lags (a worker reads a backlog one partition at a time,
+    so an account that came back could find its old value unexpired). Between them, 60 ``n``
+    accounts that never go quiet keep every partition's watermark moving."""
     rng = random.Random(seed)
-    return [{"account": f"a{((i0 + i) // 200) % 10}-{rng.randrange(5)}",
-             "ts": t0 + i * 37 - rng.randint(0, 900), "amount": rng.randint(1, 100)}
-            for i in range(n)]
+    events = []
+    for i in range(n):
+        ts = t0 + i * 37
+        events.append({"account": f"a{(i0 + i) // 200}-{rng.randrange(5)}",
+                       "ts": ts - rng.randint(0, 900), "amount": rng.randint(1, 100)})
+        events.append({"account": f"n{i % 60}", "ts": ts - rng.randint(0, 900), "amount": 1})
+    return events
+
+
+def checkpointed(log: Path) -> bool:
+    """Whether the worker's progress line shows events in and a checkpoint after them."""
+    lines = re.findall(r"progress: ([\d,]+) events in.*?, (\d+) checkpoints", log.read_text())
+    return bool(lines) and int(lines[-1][0].replace(",", "")) > 0 and int(lines[-1][1]) > 0
 
 
 def reported(items: list[dict]) -> set[tuple]:
     return {(r["account"], r["count"], r["sum"], r["at"]) for r in items
-            if not r["account"].startswith("flush")}
+            if r["account"].startswith("a")}
 
 
 def test_expiries_survive_a_killed_worker_and_match_the_local_runner(
         kafka_broker, workers, tmp_path):
     first = make_events(3_000, seed=1, t0=1_000_000)
     second = make_events(3_000, seed=2, t0=1_000_000 + 3_000 * 37, i0=3_000)
-    end = second[-1]["ts"] + 10_000_000
+    end = max(e["ts"] for e in second) + 10_000_000
     flush = [{"account": k, "ts": end, "amount": 0} for k in FLUSH]
     env = {"EDDIES_JOB": "quiet", "EDDIES_INPUT": "quiet-in", "EDDIES_OUTPUT": "quiet-out"}
     out = ed.sinks.collect()
@@ -56,16 +70,23 @@ def test_expiries_survive_a_killed_worker_and_match_the_local_runner(
     a = workers(TARGET, kafka_broker, "a", env)
     b = workers(TARGET, kafka_broker, "b", env)
     wait_until(lambda: len(b.restores()) > 0 and len(a.restores()) > 0
-               and len(reported(read_topic(kafka_broker, "quiet-out"))) > 20, 120,
-               "both workers to own partitions and report the first expiries")
+               and len(reported(read_topic(kafka_broker, "quiet-out"))) > 20
+               and checkpointed(b.log), 120,
+               "both workers to own partitions, checkpoint and report the first expiries")
     b_partitions = {r["partition"] for r in b.restores()}
     b.kill9()
     produce(kafka_broker, write(tmp_path / "e2.jsonl", second + flush), "quiet-in", "account")
     wait_until(lambda: b_partitions <= {r["partition"] for r in a.restores()
                                         if r["source"] == "changelog"}, 120,
                "worker a to restore the lost worker's partitions")
-    wait_until(lambda: reported(read_topic(kafka_broker, "quiet-out")) >= expected, 180,
-               "every expiry the local runner reports")
+    try:
+        wait_until(lambda: reported(read_topic(kafka_broker, "quiet-out")) >= expected, 180,
+                   "every expiry the local runner reports")
+    except AssertionError:
+        got = reported(read_topic(kafka_broker, "quiet-out"))
+        raise AssertionError(f"missing {sorted(expected - got)[:10]} "
+                             f"({len(expected - got)}), extra {sorted(got - expected)[:10]} "
+                             f"({len(got - expected)})") from None
     assert a.stop() == 0
     # Nothing reported that the local runner does not (sinks are at-least-once: repeats of
     # the same expiry after the kill are the same record).
