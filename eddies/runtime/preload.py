@@ -13,8 +13,9 @@ trip:
 - an emptiness probe of each keyed state (one step of a range read), so that a key of a
   fresh state costs no read;
 - the values of the first keys in one multi-get per ValueState and ReducingState: the keys
-  of the first records the local runner read from each source, for the operators a
-  ``key_by`` feeds straight from that source.
+  of the first records the local runner read from each source (a Kafka worker: the first
+  batch it fetched from the partitions it restored, see :func:`load_key_groups`), for the
+  operators a ``key_by`` feeds straight from that source.
 
 The probes and first values are kept by the backend until it is asked or written to.
 Everything else is read lazily, as events need it: other keys' values, MapState and
@@ -33,7 +34,7 @@ from eddies.runtime.keyed import KeyedOperator
 from eddies.state.handles import Handle, ValueHandle
 from eddies.state.keys import state_key
 
-__all__ = ["first_keys", "load_key_groups", "preload_operators"]
+__all__ = ["first_keys", "group_prefixes", "load_key_groups", "preload_operators"]
 
 
 def preload_operators(
@@ -121,10 +122,32 @@ def first_keys(
     return out
 
 
-def load_key_groups(operators: Iterable[KeyedOperator], groups: list[int]) -> None:
+def group_prefixes(
+    operators: Mapping[Any, KeyedOperator], records: Mapping[int, Mapping[Any, list[Any]]]
+) -> dict[KeyedOperator, list[bytes]]:
+    """The stored-key prefixes of the keys of ``records`` (by key group, then source node:
+    a Kafka worker's first records of each partition) for each operator whose keyed input is
+    a ``key_by`` straight on that source, each key under the group its records came in."""
+    out: dict[KeyedOperator, dict[bytes, None]] = {}
+    for group, by_node in records.items():
+        for op, keys in first_keys(operators, by_node).items():
+            store = op.store
+            before = store.key_group
+            store.key_group = group
+            try:
+                out.setdefault(op, {}).update(dict.fromkeys(_prefixes(op, keys)))
+            finally:
+                store.key_group = before
+    return {op: list(prefixes) for op, prefixes in out.items()}
+
+
+def load_key_groups(operators: Iterable[KeyedOperator], groups: list[int],
+                    first: Mapping[KeyedOperator, list[bytes]] | None = None) -> None:
     """Load every operator's timers of key ``groups`` (a Kafka worker's partitions: one range
-    scan per group, an operator's in sequence since they fill the same heaps) and probe
-    each keyed state for emptiness; the operators' reads and the probes are issued
+    scan per group, an operator's in sequence since they fill the same heaps), probe each
+    keyed state for emptiness and read ahead the values of the stored-key prefixes in
+    ``first`` (by operator, see :func:`group_prefixes`: one multi-get per ValueState and
+    ReducingState); the operators' reads, the probes and the multi-gets are issued
     together."""
     reads: list[Callable[[], Any]] = []
     together: Callable[[list[Callable[[], Any]]], list[Any]] | None = None
@@ -133,10 +156,15 @@ def load_key_groups(operators: Iterable[KeyedOperator], groups: list[int]) -> No
         together = getattr(inner, "read_together", None)
         reads.append(partial(_load_groups, op, inner, groups))
         probe_empty = getattr(inner, "probe_empty", None)
-        if probe_empty is not None:
-            reads.extend(partial(probe_empty, handle.name)
-                         for handle in op.handles.values()
-                         if isinstance(handle, Handle) and not hasattr(handle, "preload"))
+        read_ahead = getattr(inner, "read_ahead", None)
+        prefixes = (first or {}).get(op)
+        if probe_empty is None:
+            continue
+        for handle in op.handles.values():
+            if isinstance(handle, Handle) and not hasattr(handle, "preload"):
+                reads.append(partial(probe_empty, handle.name))
+                if prefixes and read_ahead is not None and isinstance(handle, ValueHandle):
+                    reads.append(partial(read_ahead, handle.name, prefixes))
     if together is None:
         for read in reads:
             read()

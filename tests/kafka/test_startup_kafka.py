@@ -1,4 +1,5 @@
-"""A Kafka worker restoring from local state: two backend round trips per partition."""
+"""A Kafka worker restoring from local state: two backend round trips per partition, up to
+the first events of every partition it restored."""
 
 from __future__ import annotations
 
@@ -53,5 +54,14 @@ def test_a_restore_from_local_state_takes_two_round_trips_per_partition(
                        w2.log.read_text())
     assert len(found) == 2, w2.log.read_text()[-2000:]  # both runs log to w.log
     groups, trips = found[-1]
+    assert [int(g) for g in groups.split(",")] == list(range(PARTITIONS))
+    assert int(trips) == 2 * PARTITIONS
+    # The first batch is fetched before that preload, which reads its keys' values ahead
+    # (one multi-get per state, in the same group): nothing is read per key until every
+    # partition's first batch went through.
+    first = re.findall(r"first events of key groups \[([\d, ]+)\] after (\d+) backend round "
+                       r"trips", w2.log.read_text())
+    assert len(first) == 2, w2.log.read_text()[-2000:]
+    groups, trips = first[-1]
     assert [int(g) for g in groups.split(",")] == list(range(PARTITIONS))
     assert int(trips) == 2 * PARTITIONS

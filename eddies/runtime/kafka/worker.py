@@ -86,7 +86,7 @@ from eddies.runtime.kafka.transactions import (
 )
 from eddies.runtime.keyed import META_CF
 from eddies.runtime.observe import Observer, listen_inspector
-from eddies.runtime.preload import load_key_groups
+from eddies.runtime.preload import group_prefixes, load_key_groups
 from eddies.runtime.watermarks import (
     MIN_TIME,
     BoundedOutOfOrderness,
@@ -303,6 +303,9 @@ class KafkaWorker:
         """Partition counts of the input topics (not repartition topics: ``partitions``)."""
         self._apart: set[int] = set()
         """Key groups this assignment gave only some of the stateful topics of (warned)."""
+        self._restore_trips: int | None = None
+        """Backend round trips when the last restore began, until the first batch of the
+        partitions it restored was pushed (logged then, see ``_round``)."""
         self._wm_sent: dict[tuple[str, str], tuple[int, bool]] = {}
         """(repartition topic, upstream partition) -> the watermark last produced into it."""
         self.owned: set[tuple[str, int]] = set()
@@ -437,9 +440,12 @@ class KafkaWorker:
         # Restores run in the data task (faust starts app tasks only after this returns).
         self._assignment_done = True
 
-    async def _restore_pending(self) -> None:
+    async def _restore_pending(self) -> dict[Any, list[Any]] | None:
+        """Restore the partitions assigned and not ready yet; returns the first batch read
+        from the ready partitions (the restored ones' first records, whose keys' state the
+        restore read ahead), None if no key group was restored."""
         if not self._assignment_done or not self.owned - self.ready:
-            return
+            return None
         async with self._lock:
             # Restoring clears the state caches: what partitions kept from before the
             # rebalance changed since the last checkpoint is written first. (With the eager
@@ -475,9 +481,13 @@ class KafkaWorker:
             if self.outputs is not None:
                 await self.outputs.reassigned()
             self._assign_reader()
-            self._reload_timers()
+            # The first batch is read before the preload, which reads ahead the state of its
+            # keys: nothing is read per key before the restored partitions' first events.
+            first = await self.reader.getmany(timeout_ms=200) if restoring else None
+            self._reload_timers(first)
             log.info("restored key groups %s in %d backend round trips", restoring,
                      self.backend.round_trips - trips)
+            self._restore_trips = trips if restoring else None
             self._rewind_watermarks()
             # Operators take the restored watermarks now, before the partitions' first
             # records: else those would be judged (late data, windows, TTL) against the
@@ -486,6 +496,7 @@ class KafkaWorker:
             # that the previous owner did not fire already.
             now = self.executor.clock()
             self.executor.advance_time(self._source_watermarks(now), now)
+            return first
 
     async def _checkpoint_before_clearing(self) -> bool:
         """Checkpoint if the state caches hold anything not written yet, since a rebalance is
@@ -619,19 +630,42 @@ class KafkaWorker:
         _restore_log(self.state_dir, entry)
         log.info("restored %s", entry)
 
-    def _reload_timers(self) -> None:
-        """Timers in memory = the persisted timers of the key groups owned now."""
+    def _reload_timers(self, first: dict[Any, list[Any]] | None = None) -> None:
+        """Timers in memory = the persisted timers of the key groups owned now; the state of
+        the keys of ``first`` (records fetched, not pushed yet) is read ahead."""
         groups = sorted({p for t, p in self.ready if t in self._stateful})
         for op in self.executor.operators.values():
             op.timers.event = type(op.timers.event)()
             op.timers.processing = type(op.timers.processing)()
             op.store.clear_cache()
-        # Every operator's groups and an emptiness probe per state, issued together.
-        load_key_groups(self.executor.operators.values(), groups)
+        # Every operator's groups, an emptiness probe per state and a multi-get per state of
+        # the first records' keys, issued together.
+        ahead = group_prefixes(self.executor.operators, self._first_values(first or {}))
+        load_key_groups(self.executor.operators.values(), groups, ahead)
         for op in self.executor.operators.values():
             for heap in (op.timers.event, op.timers.processing):
                 for _, order, key in heap.heap:
                     op.store.pin_prefix(key, order)  # a timer's key keeps its key group
+
+    def _first_values(self, records: dict[Any, list[Any]]) -> dict[int, dict[Node, list[Any]]]:
+        """The decoded values of ``records`` from stateful partitions, by partition (the key
+        group) and source node; watermark control records and undecodable ones are left out
+        (the push handles them)."""
+        out: dict[int, dict[Node, list[Any]]] = {}
+        for tp, batch in records.items():
+            if tp.topic not in self._stateful or (tp.topic, tp.partition) not in self.ready:
+                continue
+            node = self.plan.source_of_topic[tp.topic]
+            fmt = node.params["source"].value_format
+            values = out.setdefault(tp.partition, {}).setdefault(node, [])
+            for record in batch:
+                if record.value is None:
+                    continue
+                try:
+                    values.append(decode(fmt, record.value))
+                except (ValueError, TypeError):
+                    continue
+        return out
 
     async def _read_all(self, topic: str, p: int) -> list[tuple[Any, Any, Any]]:
         """Every record of ``topic``/``p`` up to the fetch high watermark."""
@@ -804,9 +838,11 @@ class KafkaWorker:
         return consumer
 
     async def _round(self) -> None:
-        await self._restore_pending()
+        first = await self._restore_pending()
         records: dict[Any, list[Any]] = {}
-        if self.ready:
+        if first is not None:
+            records = first
+        elif self.ready:
             records = await self.reader.getmany(timeout_ms=200)
         else:
             await asyncio.sleep(0.05)
@@ -822,6 +858,13 @@ class KafkaWorker:
             for tp, batch in records.items():
                 if (tp.topic, tp.partition) in self.ready:
                     n += self._push(tp.topic, tp.partition, batch, now)
+            if first is not None and self._restore_trips is not None:
+                groups = sorted({tp.partition for tp, batch in records.items()
+                                 if batch and tp.topic in self._stateful})
+                if groups:
+                    log.info("first events of key groups %s after %d backend round trips",
+                             groups, self.backend.round_trips - self._restore_trips)
+                self._restore_trips = None
             self.executor.stats.events_in += n
             self.executor.advance_time(self._source_watermarks(now), now)
             self.executor.flush_sinks()
