@@ -13,7 +13,6 @@ that matters.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import time as _time
 from collections.abc import Callable
 from itertools import islice, repeat
@@ -195,12 +194,12 @@ class _Expiries:
     def next_time(self) -> int | None:
         at = None
         for handle in self.handles:
-            heap = handle.expiring
+            queue = handle.expiring
             armed = handle.armed
-            while heap and armed.get(heap[0][2]) != heap[0][0]:
-                heapq.heappop(heap)  # stale: the key was re-armed earlier or has fired
-            if heap and (at is None or heap[0][0] < at):
-                at = heap[0][0]
+            while (entry := queue.peek()) is not None and armed.get(entry[2]) != entry[0]:
+                queue.pop()  # stale: the key was re-armed earlier or has fired
+            if entry is not None and (at is None or entry[0] < at):
+                at = entry[0]
         return at
 
     def fire_until(self, limit: int, out: list[Any],
@@ -266,9 +265,9 @@ class _Expiries:
     def fire_next(self, time: int, out: list[Any]) -> None:
         due = []
         for handle in self.handles:
-            heap = handle.expiring
-            while heap and heap[0][0] == time:
-                _, prefix, key = heapq.heappop(heap)
+            queue = handle.expiring
+            while (entry := queue.peek()) is not None and entry[0] == time:
+                _, prefix, key = queue.pop()
                 due.append((prefix, handle.name, key, handle))
         if len(self.handles) > 1:
             due.sort(key=itemgetter(0, 1))

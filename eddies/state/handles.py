@@ -13,6 +13,7 @@ Cached mutable values are shared with the caller: after changing a list or dict 
 
 from __future__ import annotations
 
+import bisect
 import copy
 import heapq
 import struct
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from eddies.state.store import KeyedStateStore
     from eddies.state.ttl import Ttl
 
-__all__ = ["ListHandle", "ReducingHandle", "ValueHandle"]
+__all__ = ["ExpiryQueue", "ListHandle", "ReducingHandle", "ValueHandle"]
 
 
 class _Absent:
@@ -65,6 +66,73 @@ def _prefixes_of(store: KeyedStateStore, keys: list[Key]) -> list[bytes]:
     except ValueError:
         pass
     return prefixes
+
+
+class ExpiryQueue:
+    """Entries ``(time, stored-key prefix, key)`` taken in order: a heap of coarse buckets
+    (``time >> SHIFT``), each a list appended to in O(1) and sorted only when it comes due.
+    Entries pushed into the bucket being taken (or earlier) are inserted in order.
+
+    >>> q = ExpiryQueue(); q.push((5000, b"b", "b")); q.push((10, b"a", "a"))
+    >>> q.push((4999, b"c", "c"))
+    >>> times = []
+    >>> while q.peek() is not None:
+    ...     times.append(q.pop()[0])
+    >>> times
+    [10, 4999, 5000]
+    """
+
+    SHIFT = 10  # buckets of 1,024 ms
+    __slots__ = ("buckets", "order", "cur", "pos", "bucket")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[tuple[int, bytes, Key]]] = {}
+        self.order: list[int] = []  # heap of bucket numbers in ``buckets``
+        self.cur: list[tuple[int, bytes, Key]] = []  # the open bucket, sorted; taken up to pos
+        self.pos = 0
+        self.bucket: int | None = None  # the open bucket's number
+
+    def push(self, entry: tuple[int, bytes, Key]) -> None:
+        b = entry[0] >> self.SHIFT
+        bucket = self.bucket
+        if bucket is not None and b <= bucket:
+            bisect.insort(self.cur, entry, lo=self.pos)
+            return
+        entries = self.buckets.get(b)
+        if entries is None:
+            self.buckets[b] = [entry]
+            heapq.heappush(self.order, b)
+        else:
+            entries.append(entry)
+
+    def peek(self) -> tuple[int, bytes, Key] | None:
+        """The next entry, or None."""
+        while self.pos >= len(self.cur):
+            if not self.order:
+                self.cur = []
+                self.pos = 0
+                self.bucket = None
+                return None
+            b = heapq.heappop(self.order)
+            entries = self.buckets.pop(b)
+            entries.sort()
+            self.cur = entries
+            self.pos = 0
+            self.bucket = b
+        return self.cur[self.pos]
+
+    def pop(self) -> tuple[int, bytes, Key]:
+        """Take the entry :meth:`peek` returned."""
+        entry = self.cur[self.pos]
+        self.pos += 1
+        return entry
+
+    def clear(self) -> None:
+        self.buckets.clear()
+        self.order.clear()
+        self.cur = []
+        self.pos = 0
+        self.bucket = None
 
 
 class Handle:
@@ -205,9 +273,9 @@ class ValueHandle(Handle):
         # need not decode the keys it deletes to evict them, unless expired values stay
         # visible until deleted.
         self.evicts_swept = ttl is not None and ttl.visibility == "expired_if_present"
-        self.expiring: list[tuple[int, bytes, Key]] | None = (
-            [] if getattr(descriptor, "on_expire", False) else None)
-        """With ``on_expire``: a heap of ``(time, stored-key prefix, key)``, at least one at or
+        self.expiring: ExpiryQueue | None = (
+            ExpiryQueue() if getattr(descriptor, "on_expire", False) else None)
+        """With ``on_expire``: a queue of ``(time, stored-key prefix, key)``, at least one at or
         before each stored value's stamp (the operator fires them, see
         ``eddies.runtime.keyed``); such a state writes no expiry index, for its expiries
         delete its values. None otherwise."""
@@ -228,8 +296,7 @@ class ValueHandle(Handle):
         at = armed.get(key)
         if at is None or time < at:
             armed[key] = time
-            heapq.heappush(self.expiring,  # type: ignore[arg-type]
-                           (time, self.store.prefix(key), key))
+            self.expiring.push((time, self.store.prefix(key), key))  # type: ignore[union-attr]
             if time <= self.backend.watermark:
                 # Written expired (a record later than the TTL): reads check stamps until it
                 # has fired, at the next advance of event time.
@@ -594,8 +661,8 @@ class ValueHandle(Handle):
         """Take every entry of ``expiring`` at or before ``limit`` in order and, for each
         value that expired by its entry's time, clear it and call ``fire(time, key, value)``
         with the key current; entries that find a later stamp move to it."""
-        heap = self.expiring
-        assert heap is not None
+        queue = self.expiring
+        assert queue is not None
         armed = self.armed
         armed_get = armed.get
         cache = self._cache
@@ -603,10 +670,22 @@ class ValueHandle(Handle):
         expiry = self._expiry
         dirty = self._dirty
         store = self.store
-        pop = heapq.heappop
-        push = heapq.heappush
-        while heap and heap[0][0] <= limit:
-            entry = pop(heap)
+        peek = queue.peek
+        push = queue.push
+        while True:
+            # queue.peek and pop, inlined for the open bucket
+            cur = queue.cur
+            pos = queue.pos
+            if pos < len(cur):
+                entry = cur[pos]
+            else:
+                entry = peek()  # type: ignore[assignment]
+                if entry is None:
+                    break
+                pos = queue.pos
+            if entry[0] > limit:
+                break
+            queue.pos = pos + 1
             time, _, key = entry
             if armed_get(key) != time:
                 continue  # stale: re-armed earlier, or fired
@@ -621,7 +700,7 @@ class ValueHandle(Handle):
             if expires_at > time:
                 if expires_at != NEVER:
                     armed[key] = expires_at
-                    push(heap, (expires_at, entry[1], key))
+                    push((expires_at, entry[1], key))
                 continue
             store.key = key
             cache[key] = ABSENT  # clear(), inlined
