@@ -27,9 +27,10 @@ interleave or how they are batched:
   in Python are one key: ``1``, ``1.0`` and ``True`` come out as ``1``), whichever input
   came last.
 - Buffers hold each event as its msgpack bytes, and every result gets copies decoded for it
-  alone (as Flink copies records between operators): what ``fn`` or a later operator does
-  to a result never shows in another one, and results are the same whether the buffers
-  stayed cached or were read back. An event the state cannot hold (a set, a datetime) goes
+  alone (as Flink copies records between operators; tuples in an event come out as lists,
+  as state gives values back, whichever input came first): what ``fn`` or a later operator
+  does to a result never shows in another one, and results are the same whether the
+  buffers stayed cached or were read back. An event the state cannot hold (a set, a datetime) goes
   to dead letters before anything is buffered, leaving the others at its key and time as
   they were.
 
