@@ -235,7 +235,7 @@ class _Expiries:
         name = handle.name
         set_clock = op.backend.set_watermark
         current = op.watermark
-        last = [None]
+        last: list[int | None] = [None]
         emitted = [0]
 
         def fire(time: int, key: Any, value: Any) -> None:
