@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib.resources
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ pytest.importorskip("faust")
 pytest.importorskip("aiokafka")
 
 from eddies.runtime.kafka.commands import produce_file  # noqa: E402
-from eddies.runtime.kafka.tansu import free_port, tansu_broker  # noqa: E402
+from eddies.runtime.kafka.tansu import broker_process, free_port, tansu_broker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,11 +37,6 @@ def kafka_broker() -> Iterator[str]:
         yield bootstrap
 
 
-def _stop_with_parent() -> None:  # in the child: SIGTERM when pytest dies, even by kill -9
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @contextlib.contextmanager
 def noida_broker(ready_timeout: float = 15.0) -> Iterator[str]:
     """noida-db's Kafka service alone on a free 127.0.0.1 port, its data in a temporary dir."""
@@ -51,36 +44,13 @@ def noida_broker(ready_timeout: float = 15.0) -> Iterator[str]:
     binary = importlib.resources.files(noida).joinpath("noida-db")
     os.chmod(str(binary), 0o755)  # wheels may drop the exec bit
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="noida-") as data:
-        log = Path(data) / "log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [str(binary), "start", "--only", "kafka", "--kafka-port", str(port),
-                 "--host", "127.0.0.1", "--data-dir", str(Path(data) / "db")],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_stop_with_parent)
-        try:
-            deadline = time.monotonic() + ready_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"noida-db exited with {proc.returncode}: "
-                                       f"{log.read_text()}")
-                with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", port), 0.2
-                ):
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"noida-db not ready in {ready_timeout}s: "
-                                       f"{log.read_text()}")
-                time.sleep(0.02)
-            yield f"127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with tempfile.TemporaryDirectory(prefix="noida-") as data, broker_process(
+        "noida-db",
+        [str(binary), "start", "--only", "kafka", "--kafka-port", str(port),
+         "--host", "127.0.0.1", "--data-dir", str(Path(data) / "db")],
+        port, log_dir=data, ready_timeout=ready_timeout,
+    ) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(scope="session")

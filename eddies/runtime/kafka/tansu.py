@@ -26,7 +26,7 @@ from pathlib import Path
 
 from eddies.errors import ConfigError
 
-__all__ = ["free_port", "tansu_binary", "tansu_broker"]
+__all__ = ["broker_process", "free_port", "tansu_binary", "tansu_broker"]
 
 _ENV_SETTINGS = ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID")
 
@@ -60,32 +60,30 @@ def _die_with_parent() -> None:  # runs in the child: stop tansu if Python is ki
 
 
 @contextlib.contextmanager
-def tansu_broker(port: int | None = None, ready_timeout: float = 15.0) -> Iterator[str]:
-    """Run a broker on 127.0.0.1; yields ``"127.0.0.1:PORT"`` and stops it on exit."""
-    port = port or free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_SETTINGS}
-    proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/", "--cluster-id", "eddies"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        preexec_fn=_die_with_parent,
-    )
+def broker_process(name: str, argv: list[str], port: int, *, log_dir: str | None = None,
+                   ready_marker: str | None = None, env: dict[str, str] | None = None,
+                   ready_timeout: float = 15.0) -> Iterator[str]:
+    """Run a broker process listening on ``127.0.0.1:port``; yields ``"127.0.0.1:PORT"`` once
+    it accepts connections (and, with ``ready_marker``, once its log says so), and stops it on
+    exit. It is stopped with its parent too, even after ``kill -9``. ``name`` is the broker
+    named in errors, which quote its log."""
+    log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", dir=log_dir,  # noqa: SIM115
+                                      delete=False)
+    log_text = Path(log.name).read_text
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"tansu exited with {proc.returncode}: "
-                                   f"{Path(log.name).read_text()}")
-            if "ready in" in Path(log.name).read_text():
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {log_text()}")
+            if ready_marker is None or ready_marker in log_text():
                 with contextlib.suppress(OSError), socket.create_connection(
                     ("127.0.0.1", port), 0.2
                 ):
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"tansu not ready in {ready_timeout}s: "
-                                   f"{Path(log.name).read_text()}")
+                raise TimeoutError(f"{name} not ready in {ready_timeout}s: {log_text()}")
             time.sleep(0.02)
         yield f"127.0.0.1:{port}"
     finally:
@@ -98,6 +96,21 @@ def tansu_broker(port: int | None = None, ready_timeout: float = 15.0) -> Iterat
         log.close()
         with contextlib.suppress(OSError):
             os.unlink(log.name)
+
+
+@contextlib.contextmanager
+def tansu_broker(port: int | None = None, ready_timeout: float = 15.0) -> Iterator[str]:
+    """Run a broker on 127.0.0.1; yields ``"127.0.0.1:PORT"`` and stops it on exit."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_SETTINGS}
+    with broker_process(
+        "tansu",
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/", "--cluster-id", "eddies"],
+        port, ready_marker="ready in", env=env, ready_timeout=ready_timeout,
+    ) as bootstrap:
+        yield bootstrap
 
 
 def main() -> None:  # pragma: no cover - interactive helper
