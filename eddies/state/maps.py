@@ -515,32 +515,25 @@ class MapHandle(Handle):
         else:
             lower, upper = range_bounds(prefix, start, start_after, end)
             encs = m.between(lower, upper, reverse)
+        live = self._live(m, encs, limit)
         if with_metadata:
-            yield from self._entries_with_metadata(m, encs, limit)
+            meta = m.meta
+            for enc, item in live:
+                expires_at = item[2]
+                yield self._key_of(enc, item), Entry(
+                    item[1], None if meta is None else meta.get(enc),
+                    None if expires_at == NEVER else expires_at)
             return
-        produced = 0
-        entries = m.entries
-        for enc in encs:
-            if limit is not None and produced >= limit:
-                return
-            item = entries.get(enc)
-            if item is None:
-                continue
-            expires_at = item[2]
-            if expires_at != NEVER and not self._visible(expires_at):
-                continue
-            produced += 1
-            key = item[0]
-            if key is None:
-                key = item[0] = public_key(decode_key(enc))
-            yield key, item[1]
+        key_of = self._key_of
+        for enc, item in live:
+            yield key_of(enc, item), item[1]
 
-    def _entries_with_metadata(
-        self, m: _Map, encs: list[bytes], limit: int | None
-    ) -> Iterator[tuple[Any, Entry]]:
+    def _live(self, m: _Map, encs: list[bytes],
+              limit: int | None) -> Iterator[tuple[bytes, list[Any]]]:
+        """The ``(encoded key, item)`` of ``encs`` that are present and not expired, at most
+        ``limit`` of them."""
         produced = 0
         entries = m.entries
-        meta = m.meta
         for enc in encs:
             if limit is not None and produced >= limit:
                 return
@@ -551,9 +544,7 @@ class MapHandle(Handle):
             if expires_at != NEVER and not self._visible(expires_at):
                 continue
             produced += 1
-            yield self._key_of(enc, item), Entry(
-                item[1], None if meta is None else meta.get(enc),
-                None if expires_at == NEVER else expires_at)
+            yield enc, item
 
     def items(self, **bounds: Any) -> Iterator[tuple[Any, Any]]:
         """Alias of :meth:`entries`."""
