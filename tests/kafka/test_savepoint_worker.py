@@ -17,22 +17,10 @@ from eddies.runtime.kafka.savepoint import create_kafka_savepoint, read_topic_re
 from eddies.runtime.kafka.seed import savepoint_digest, seed_topic
 
 from .conftest import produce, read_topic, wait_until
+from .test_savepoint import events, totals
 
 pytestmark = pytest.mark.kafka
 TARGET = "examples/kafka_totals.py:job"
-
-
-def events(start: int, stop: int) -> list[dict]:
-    return [{"account": f"a{i % 20}", "ts": i * 10, "amount": i % 7} for i in range(start, stop)]
-
-
-def totals(evs: list[dict]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for e in evs:
-        acc = out.setdefault(e["account"], [0, 0])
-        acc[0] += 1
-        acc[1] += e["amount"]
-    return out
 
 
 def write(path: Path, evs: list[dict]) -> Path:
