@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import eddies as ed
+
+from .kill import kill_while_writing
 
 N_EVENTS = 30_000  # a side
 KILLS = 4
@@ -90,19 +90,8 @@ def test_joins_kill_9_and_resume_give_the_same_results(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     cmd = [*run, "--state", f"rocksdb:{tmp_path / 'state'}"]
     run_env = dict(env, EDDIES_TEST_OUT=str(out))
-    for _ in range(KILLS):
-        before = out.stat().st_size if out.exists() else 0
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        target = before + rng.randint(1, 150_000)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            if out.exists() and out.stat().st_size > target:
-                break
-            time.sleep(0.002)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_while_writing(cmd, cwd=tmp_path, env=run_env, out=out, rng=rng, kills=KILLS,
+                       grow=150_000, wait_s=60)
     done = subprocess.run(cmd, cwd=tmp_path, env=run_env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from .kill import kill_while_writing
 
 N_EVENTS = 60_000
 KILLS = 5
@@ -88,19 +88,8 @@ def test_windows_kill_9_and_resume_give_the_same_windows(tmp_path: Path) -> None
            "--state", f"rocksdb:{tmp_path / 'state'}", "--checkpoint-interval", "2000",
            "--quiet"]
     run_env = dict(env, EDDIES_TEST_OUT=str(out))
-    for _ in range(KILLS):
-        before = out.stat().st_size if out.exists() else 0
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        target = before + rng.randint(1, 60_000)
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            if out.exists() and out.stat().st_size > target:
-                break
-            time.sleep(0.002)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_while_writing(cmd, cwd=tmp_path, env=run_env, out=out, rng=rng, kills=KILLS,
+                       grow=60_000, wait_s=30)
     done = subprocess.run(cmd, cwd=tmp_path, env=run_env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
