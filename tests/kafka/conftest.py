@@ -64,31 +64,35 @@ def produce(bootstrap: str, path: Path, topic: str, key: str | None, partitions:
     return asyncio.run(produce_file(bootstrap, path, topic, key, partitions))
 
 
-async def _read(bootstrap: str, topic: str) -> list[Any]:
+async def read_topic_async(bootstrap: str, topic: str, isolation: str = "read_uncommitted",
+                           timeout_s: float = 60) -> list[Any]:
+    """Every record of ``topic`` a consumer with ``isolation`` sees now, decoded from JSON: to
+    the high watermark, or the last stable offset under read_committed."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from eddies.runtime.kafka.topics import topic_partitions
+    from eddies.runtime.kafka.transactions import end_offset
 
     n = await topic_partitions(bootstrap, topic)
     if not n:
         return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=100)
+                                isolation_level=isolation, fetch_max_wait_ms=100)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(n)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[Any] = []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             got = await consumer.getmany(timeout_ms=300, max_records=50_000)
             for records in got.values():
                 out.extend(json.loads(r.value) for r in records)
             done = True
             for tp in tps:
-                high = consumer.highwater(tp)
-                if high is None or await consumer.position(tp) < high:
+                end = end_offset(consumer, tp, isolation == "read_committed")
+                if end is None or await consumer.position(tp) < end:
                     done = False
             if done:
                 return out
@@ -98,7 +102,7 @@ async def _read(bootstrap: str, topic: str) -> list[Any]:
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    return asyncio.run(_read(bootstrap, topic))
+    return asyncio.run(read_topic_async(bootstrap, topic))
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -29,7 +29,7 @@ from eddies.runtime.kafka.transactions import (
     transactions_topic,
 )
 
-from .conftest import produce, wait_until
+from .conftest import produce, read_topic_async, wait_until
 
 pytestmark = pytest.mark.kafka
 TARGET = "tests/kafka/exactly_once_job.py:job"
@@ -51,44 +51,10 @@ def results(*paths: Path) -> Counter[tuple[str, int]]:
     return Counter((a, c) for a, n in per_account.items() for c in range(1, n + 1))
 
 
-async def _read(bootstrap: str, topic: str, isolation: str) -> list[Any]:
-    """Every record of ``topic`` a consumer with ``isolation`` sees now, to the last stable
-    offset (read_committed) or the high watermark."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from eddies.runtime.kafka.topics import topic_partitions
-    from eddies.runtime.kafka.transactions import end_offset
-
-    n = await topic_partitions(bootstrap, topic) or 0
-    if not n:
-        return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level=isolation, fetch_max_wait_ms=100)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(n)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        for _ in range(600):
-            got = await consumer.getmany(timeout_ms=200, max_records=50_000)
-            for records in got.values():
-                out.extend(json.loads(r.value) for r in records)
-            done = True
-            for tp in tps:
-                end = end_offset(consumer, tp, isolation == "read_committed")
-                if end is None or await consumer.position(tp) < end:
-                    done = False
-            if done:
-                return out
-        raise TimeoutError(f"could not read {topic} to its end")
-    finally:
-        await consumer.stop()
-
-
 async def aseen(bootstrap: str, topic: str, isolation: str = "read_committed") -> Counter[Any]:
     """How many times a consumer with ``isolation`` sees each (account, count) result."""
-    return Counter((r["account"], r["count"]) for r in await _read(bootstrap, topic, isolation))
+    return Counter((r["account"], r["count"]) for r in await read_topic_async(
+        bootstrap, topic, isolation, timeout_s=120))
 
 
 def seen(bootstrap: str, topic: str, isolation: str = "read_committed") -> Counter[Any]:
