@@ -40,6 +40,11 @@ names are counters)::
     m.operator_startup("Fraud", phases, n)    # eddies_operator_startup_phase_seconds
                                               # {job,operator,phase} and
                                               # eddies_operator_startup_round_trips{job,operator}
+    m.restore(p, records, seconds)            # eddies_restore_records / _seconds{job,partition}:
+                                              # the last restore of a key group (gauges)
+    m.standby_lag(p, records)                 # eddies_standby_lag_records{job,partition}: a
+                                              # standby copy's changelog records not applied
+                                              # yet (None: no longer a standby)
     m.render() -> bytes                       # text exposition; m.content_type for the header
 
 Startup phases are ``open`` (open the backend), ``restore`` (timers, watermarks, positions),
@@ -193,6 +198,14 @@ class Metrics:
                                 "Duration of a startup phase of one operator (open and "
                                 "restore are the job's)", ["job", "operator", "phase"],
                                 registry=r)
+        by_group = ["job", "partition"]
+        self._restore_records = Gauge("eddies_restore_records", "Changelog records the last "
+                                      "restore of a key group replayed", by_group, registry=r)
+        self._restore_seconds = Gauge("eddies_restore_seconds", "Duration of the last restore "
+                                      "of a key group", by_group, registry=r)
+        self._standby_lag = Gauge("eddies_standby_lag_records", "Changelog records a standby "
+                                  "copy of a key group has not applied yet", by_group, registry=r)
+        self._standby_partitions: set[tuple[str, str]] = set()
         self._op_round_trips = Gauge("eddies_operator_startup_round_trips",
                                      "Backend round trips from opening the state until the "
                                      "operator's first event was processed",
@@ -310,6 +323,22 @@ class Metrics:
     def backend_round_trips(self, n: int, phase: str = "run") -> None:
         """Count ``n`` more backend calls, made during ``phase`` ("startup" or "run")."""
         self._round_trips.labels(self.job, phase).inc(n)
+
+    def restore(self, partition: int, records: int, seconds: float) -> None:
+        """Record the last restore of key group ``partition``: changelog records replayed
+        and seconds taken."""
+        self._restore_records.labels(self.job, str(partition)).set(records)
+        self._restore_seconds.labels(self.job, str(partition)).set(seconds)
+
+    def standby_lag(self, partition: int, records: int | None) -> None:
+        """Set a standby key group's lag in changelog records (None: drop the series)."""
+        if records is None:
+            if (self.job, str(partition)) in self._standby_partitions:
+                self._standby_lag.remove(self.job, str(partition))
+                self._standby_partitions.discard((self.job, str(partition)))
+        else:
+            self._standby_partitions.add((self.job, str(partition)))
+            self._standby_lag.labels(self.job, str(partition)).set(records)
 
     # -- output --------------------------------------------------------------------------------
     def render(self) -> bytes:

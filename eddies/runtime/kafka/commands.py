@@ -41,6 +41,9 @@ __all__ = ["produce", "produce_file", "worker"]
 @click.option("--session-timeout", default=10.0, show_default=True, type=float,
               help="Consumer group session timeout in seconds (how fast a dead worker is "
                    "noticed).")
+@click.option("--standbys", default=0, show_default=True, type=int,
+              help="Other workers that keep each partition's state warm by tailing its "
+                   "changelog, so the one taking it over replays only the tail.")
 @inspector_options
 @click.option("--progress-every", default=5.0, show_default=True, type=float,
               help="Seconds between progress lines on stderr (0: none).")
@@ -50,6 +53,7 @@ __all__ = ["produce", "produce_file", "worker"]
 def worker(target: str, broker: str, state_dir: str, group: str | None,
            checkpoint_interval: int, from_savepoint: str | None,
            allow_non_restored_state: bool, checkpoint_ms: int, session_timeout: float,
+           standbys: int,
            metrics_port: int | None, bind: str, token: str | None, progress_every: float,
            log_level: str) -> None:
     """Run TARGET (file.py:job or module:job) as a Kafka worker; start more to scale out.
@@ -86,7 +90,8 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
                        err=True)
         kw = KafkaWorker(job, broker, state_dir, group=group,
                          checkpoint_interval=checkpoint_interval, checkpoint_ms=checkpoint_ms,
-                         session_timeout=session_timeout, metrics_port=metrics_port, bind=bind,
+                         session_timeout=session_timeout, standbys=standbys,
+                         metrics_port=metrics_port, bind=bind,
                          token=token, on_progress=_ProgressLines(progress_every))
         kw.run()
     except Exception as exc:

@@ -11,6 +11,7 @@ module only::
     group.run()                                # blocks: faust's worker, until stopped
     group.stop()                               # leave the group (from the event loop)
     await group.commit({(topic, p): offset})   # group offsets, fenced by the generation
+    group.standbys()                           # partitions to keep warm (standby replicas)
 
 Records never come through faust: ``eddies.runtime.kafka.reader.PartitionReader``, a plain
 aiokafka consumer in the worker's own event loop, reads exactly the partitions the group
@@ -128,7 +129,10 @@ class FaustGroup:
         callbacks: GroupCallbacks,
         *,
         session_timeout: float,
+        standbys: int = 0,
     ) -> None:
+        """``standbys``: how many members besides its owner keep each partition warm
+        (faust's assignor places them, and promotes one to owner when the owner leaves)."""
         self.callbacks = callbacks
         self.topics = set(topics)
         self.stop_timeout = session_timeout + 9.0
@@ -147,7 +151,10 @@ class FaustGroup:
             datadir=str(datadir),
             web_enabled=False,
             topic_replication_factor=1,
-            table_standby_replicas=0,
+            # faust's assignor computes standbys for every co-partitioned topic, tables or
+            # not; only table changelogs get a Kafka assignment, so this member is assigned
+            # its standby partitions in name only (``standbys()``): the worker tails them.
+            table_standby_replicas=standbys,
             broker_session_timeout=session_timeout,
             broker_heartbeat_interval=1.0,
             broker_rebalance_timeout=session_timeout + 4,
@@ -202,6 +209,11 @@ class FaustGroup:
         """Begin stopping faust, which leaves the group (call from the event loop; once)."""
         if self._worker is not None and self.stopping is None:
             self.stopping = asyncio.ensure_future(self._worker.stop())
+
+    def standbys(self) -> set[Partition]:
+        """The partitions this member keeps warm for others, as of the last assignment
+        (never one it is assigned)."""
+        return self._mine(self.app.assignor.assigned_standbys())
 
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit the group's offsets of partitions this member is still assigned."""

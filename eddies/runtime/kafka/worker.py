@@ -77,6 +77,7 @@ from eddies.runtime.kafka.changelog import (
 from eddies.runtime.kafka.faust_io import FaustGroup, GroupCallbacks
 from eddies.runtime.kafka.plan import Plan, describe, plan_job
 from eddies.runtime.kafka.reader import PartitionReader
+from eddies.runtime.kafka.standby import Standbys, read_position, standby_key
 from eddies.runtime.kafka.topics import create_topics, topic_partitions
 from eddies.runtime.kafka.transactions import (
     ExactlyOnceOutputs,
@@ -248,6 +249,7 @@ class KafkaWorker:
         checkpoint_ms: int = 1_000,
         session_timeout: float = 10.0,
         batch_records: int = 5_000,
+        standbys: int = 0,
         metrics_port: int | None = None,
         bind: str = "127.0.0.1",
         token: str | None = None,
@@ -335,7 +337,18 @@ class KafkaWorker:
             GroupCallbacks(on_assigned=self._on_assigned, on_revoked=self._on_revoked,
                            on_rebalance_complete=self._on_rebalance_complete, main=self._main,
                            install_signal_handlers=self._install_signal_handlers),
-            session_timeout=session_timeout)
+            session_timeout=session_timeout, standbys=standbys)
+        self._standby: Standbys | None = None
+        """With ``standbys``: tails the changelogs of the key groups kept warm for other
+        workers (``standby.py``), so taking one over replays only the changelog's tail."""
+        if standbys and self.plan.stateful_topics:
+            self._standby = Standbys(
+                self.bootstrap, self.plan.checkpoint_topic, self.plan.changelog_topics(),
+                self.backend, self._write_quietly,
+                isolation_level="read_committed" if any(s.exactly_once for s in self.kafka_sinks)
+                else "read_uncommitted",
+                on_warm=lambda entry: _restore_log(self.state_dir, {**entry, "pid": os.getpid()}),
+                on_lag=self._standby_lag)
         self.reader = PartitionReader(self.bootstrap, self.group, batch_records=batch_records)
 
     @property
@@ -435,6 +448,10 @@ class KafkaWorker:
         self._apart.clear()
         self.owned = set(assigned)
         log.info("assigned %s", sorted(self.owned))
+        if self._standby is not None:  # never a key group this worker owns
+            warm = {p for t, p in self.membership.standbys() if t in self._stateful}
+            self._standby.assign(warm - {p for _, p in assigned})
+            log.info("standby key groups %s", sorted(self._standby.partitions))
 
     async def _on_rebalance_complete(self) -> None:
         # Restores run in the data task (faust starts app tasks only after this returns).
@@ -444,6 +461,8 @@ class KafkaWorker:
         """Restore the partitions assigned and not ready yet; returns the first batch read
         from the ready partitions (the restored ones' first records, whose keys' state the
         restore read ahead), None if no key group was restored."""
+        if self._standby is not None and not self._standby.started:
+            await self._standby.start()
         if not self._assignment_done or not self.owned - self.ready:
             return None
         async with self._lock:
@@ -559,6 +578,7 @@ class KafkaWorker:
         """Restore key group ``p``: the state, then every stateful topic's partition ``p``
         (position, watermark, dedup) as of the last marker."""
         started = time.monotonic()
+        at = time.time()
         now = self.executor.clock()
         topics = self.plan.stateful_topics
         for topic in topics:
@@ -578,32 +598,47 @@ class KafkaWorker:
         entry: dict[str, Any] = {"topic": topics[0], "partition": p, "pid": os.getpid()}
         if len(topics) > 1:
             entry["topics"] = topics
+        # A standby copy (standby.py) holds the changelog applied up to its offsets: only
+        # the tail after them is replayed. Its last marker must be this changelog's.
+        standby = read_position(self.backend, p) if last is not None else None
+        if standby is not None and (
+                set(standby.offsets) != set(self.plan.changelog_topics().values())
+                or (standby.token is not None and standby.token not in markers.committed)):
+            standby = None
         if last is not None and local_token == last.token:
             entry["source"] = "local"
             entry["records"] = 0
         else:
             batch = Batch()
-            group = p.to_bytes(2, "big")
-            upper = (p + 1).to_bytes(2, "big")
-            for cf in self.plan.changelog_cfs:
-                if not cf.startswith("__expiry"):
-                    batch.delete_range(cf, group, upper)
-            applied = ignored = 0
+            if standby is None:
+                group = p.to_bytes(2, "big")
+                upper = (p + 1).to_bytes(2, "big")
+                for cf in self.plan.changelog_cfs:
+                    if not cf.startswith("__expiry"):
+                        batch.delete_range(cf, group, upper)
+            applied = ignored = read = 0
             if last is not None:
                 for cf, cl_topic in self.plan.changelog_topics().items():
-                    records = await self._read_all(cl_topic, p)
+                    start = 0 if standby is None else standby.offsets[cl_topic]
+                    records = await self._read_all(cl_topic, p, start)
+                    read += len(records)
                     n, skipped = apply_deltas(records, cf, markers.committed, batch)
                     applied += n
                     ignored += skipped
             batch.put(META_CF, meta_key, msgpack.packb(last.token if last else None))
+            batch.delete(META_CF, standby_key(p))  # the copy is this worker's own from now on
             self._in_checkpoint = True
             try:
                 self.backend.write(batch)
             finally:
                 self._in_checkpoint = False
-            entry["source"] = "changelog" if last is not None else "empty"
+            entry["source"] = ("standby" if standby is not None
+                               else "changelog" if last is not None else "empty")
             entry["records"] = applied
             entry["ignored"] = ignored
+            entry["read"] = read  # changelog records fetched
+            if standby is not None:  # changelog records the standby copy had applied
+                entry["skipped"] = sum(standby.offsets.values())
         for topic in topics:
             position = None if last is None else last.position(topic)
             if last is not None and (position is None or (last.inputs is None
@@ -626,8 +661,11 @@ class KafkaWorker:
         for op in self.executor.operators.values():
             op.store.clear_cache()
         entry["seconds"] = round(time.monotonic() - started, 3)
+        entry["at"] = round(at, 3)  # wall clock when the restore began (failover timing)
         entry["marker_offset"] = last.offset if last else None
         _restore_log(self.state_dir, entry)
+        if self.observer is not None:
+            self.observer.metrics.restore(p, entry["records"], entry["seconds"])
         log.info("restored %s", entry)
 
     def _reload_timers(self, first: dict[Any, list[Any]] | None = None) -> None:
@@ -667,12 +705,16 @@ class KafkaWorker:
                     continue
         return out
 
-    async def _read_all(self, topic: str, p: int) -> list[tuple[Any, Any, Any]]:
-        """Every record of ``topic``/``p`` up to the fetch high watermark."""
+    async def _read_all(self, topic: str, p: int, start: int = 0) -> list[tuple[Any, Any, Any]]:
+        """Every record of ``topic``/``p`` from offset ``start`` up to the fetch high
+        watermark."""
         consumer = self._restore_consumer
         tp = TopicPartition(topic, p)
         consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
+        if start:
+            consumer.seek(tp, start)
+        else:
+            await consumer.seek_to_beginning(tp)
         out: list[tuple[Any, Any, Any]] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -683,6 +725,18 @@ class KafkaWorker:
             if high is not None and await consumer.position(tp) >= high:
                 return out
         raise EddiesError(f"could not read {topic}[{p}] to its end within 120 s")
+
+    def _write_quietly(self, batch: Batch) -> None:
+        """Write ``batch`` locally without changelogging it (restores, standby copies)."""
+        self._in_checkpoint = True
+        try:
+            self.backend.write(batch)
+        finally:
+            self._in_checkpoint = False
+
+    def _standby_lag(self, p: int, records: int | None) -> None:
+        if self.observer is not None:
+            self.observer.metrics.standby_lag(p, records)
 
     # -- the data path -------------------------------------------------------------------------
     def _on_local_write(self, batch: Batch) -> None:
@@ -761,6 +815,8 @@ class KafkaWorker:
             if self.outputs is not None:
                 await self.outputs.close()  # an open transaction is aborted
             await self.producer.stop()
+            if self._standby is not None:
+                await self._standby.stop()
             await self._restore_consumer.stop()
             await self.reader.stop()
             if self._broadcast is not None:

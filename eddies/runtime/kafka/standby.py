@@ -1,0 +1,321 @@
+"""Standby replicas: warm local copies of partitions other workers own, kept by tailing
+their changelogs, so that taking one over after a failure replays only the changelog's tail.
+
+faust's assignor picks the standbys (``table_standby_replicas``: for each partition, up to
+N members other than its owner, and on a rebalance it promotes a standby to owner where it
+can); ``FaustGroup.standbys()`` hands them to the worker, which calls ``Standbys.assign``
+with the key groups to keep warm, never one it owns. The tail follows the restore rules of
+``changelog.py``: a delta is applied only once its checkpoint's marker has been read.
+
+A standby key group starts from what the local RocksDB dir holds: if the last write to that
+key group was a standby's (its checkpoint token is None and a standby position is stored),
+tailing resumes at that position; else the key group is wiped and the changelog replayed
+from its start, in the background. Each applied batch writes, in the same RocksDB batch::
+
+    __meta__ ("kafka-standby", p)    msgpack {"token": last marker read or None,
+                                              "offsets": {changelog topic: resume offset}}
+    __meta__ ("kafka-checkpoint", p) msgpack None (the key group is not at a checkpoint of
+                                     its own: the owner's checkpoints overwrite it with a token)
+
+The resume offset of a changelog partition is the first record not applied yet: everything
+before it was applied (its marker was read) or is known never to be committed (a later
+checkpoint's delta in the same partition was applied: checkpoints of one owner are
+sequential, so an earlier checkpoint's marker precedes the later one's). Replaying a
+changelog from the resume offsets on, with every marker's token, therefore gives the state
+a full replay would; that is how the worker takes over a standby key group
+(``KafkaWorker._restore_key_group``, source ``standby``).
+
+Deltas read before their marker wait in memory: in steady state, about one checkpoint per
+key group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from eddies.runtime.kafka.changelog import MarkerLog, apply_deltas, read_token
+from eddies.runtime.keyed import META_CF
+from eddies.state.backend import Batch, StateBackend
+from eddies.state.keys import encode_key
+
+__all__ = ["StandbyPosition", "Standbys", "read_position", "standby_key"]
+
+log = logging.getLogger("eddies.standby")
+
+
+def standby_key(p: int) -> bytes:
+    """The ``__meta__`` key of key group ``p``'s standby position."""
+    return encode_key(("kafka-standby", p))
+
+
+def checkpoint_key(p: int) -> bytes:
+    """The ``__meta__`` key of key group ``p``'s last local checkpoint token."""
+    return encode_key(("kafka-checkpoint", p))
+
+
+@dataclass(frozen=True)
+class StandbyPosition:
+    """Where a standby copy of a key group stands in its changelog."""
+
+    token: int | None
+    """The last marker the standby read (None: none yet)."""
+    offsets: dict[str, int]
+    """Per changelog topic, the first offset not applied yet (resume there)."""
+
+    def encode(self) -> bytes:
+        """
+        >>> StandbyPosition.decode(StandbyPosition(7, {"t": 3}).encode())
+        StandbyPosition(token=7, offsets={'t': 3})
+        """
+        return msgpack.packb({"token": self.token, "offsets": self.offsets})
+
+    @staticmethod
+    def decode(data: bytes) -> StandbyPosition:
+        d = msgpack.unpackb(data, raw=False)
+        return StandbyPosition(d["token"], dict(d["offsets"]))
+
+
+def read_position(backend: StateBackend, p: int) -> StandbyPosition | None:
+    """Key group ``p``'s standby position, if the last write to its local copy was a
+    standby's (else None: the local copy is at a checkpoint of its own, or absent)."""
+    token = backend.get(META_CF, checkpoint_key(p))
+    if token is None or msgpack.unpackb(token) is not None:
+        return None
+    data = backend.get(META_CF, standby_key(p))
+    return None if data is None else StandbyPosition.decode(data)
+
+
+@dataclass
+class _Tail:
+    """One standby key group: what was read of its markers and changelogs."""
+
+    p: int
+    markers: MarkerLog
+    next: dict[str, int]
+    """Per topic (the checkpoint topic and every changelog topic), the next offset to read."""
+    pending: dict[str, list[tuple[int, Any, Any, Any, int | None]]] = field(default_factory=dict)
+    """Per changelog cf, deltas read before their marker: (offset, key, value, headers,
+    token), in changelog order."""
+    started: float = field(default_factory=time.monotonic)
+    applied: int = 0
+    warm: bool = False
+    """Caught up with the changelog's end once (logged to restores.jsonl)."""
+
+
+class Standbys:
+    """Keeps the assigned standby key groups of a job warm in the local backend.
+
+    ``write(batch)`` writes to the local backend without changelogging the batch;
+    ``on_warm(entry)`` is told once a key group caught up (for ``restores.jsonl``);
+    ``on_lag(p, records)`` gets each key group's lag after every poll (None: dropped).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        checkpoint_topic: str,
+        changelog_topics: dict[str, str],
+        backend: StateBackend,
+        write: Callable[[Batch], None],
+        *,
+        isolation_level: str = "read_uncommitted",
+        on_warm: Callable[[dict[str, Any]], None] | None = None,
+        on_lag: Callable[[int, int | None], None] | None = None,
+    ) -> None:
+        self.checkpoint_topic = checkpoint_topic
+        self.cf_of = {topic: cf for cf, topic in changelog_topics.items()}
+        self.backend = backend
+        self.write = write
+        self.on_warm = on_warm
+        self.on_lag = on_lag
+        self.tails: dict[int, _Tail] = {}
+        self._options: dict[str, Any] = dict(
+            bootstrap_servers=bootstrap, enable_auto_commit=False,
+            isolation_level=isolation_level, fetch_max_wait_ms=200,
+            max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest")
+        self._consumer: Any = None
+        self._wanted: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def started(self) -> bool:
+        return self._consumer is not None
+
+    @property
+    def partitions(self) -> set[int]:
+        """The key groups kept warm now."""
+        return set(self.tails)
+
+    def lag(self) -> dict[int, int]:
+        """Per standby key group: changelog records not applied yet (as of the last fetch)."""
+        return {p: self._lag(t) for p, t in self.tails.items()}
+
+    def _lag(self, tail: _Tail) -> int:
+        total = 0
+        for topic in self.cf_of:
+            high = self._consumer.highwater(TopicPartition(topic, tail.p))
+            if high is not None:
+                total += max(0, high - self._resume(tail, topic))
+        return total
+
+    def _resume(self, tail: _Tail, topic: str) -> int:
+        pending = tail.pending.get(self.cf_of[topic])
+        return pending[0][0] if pending else tail.next[topic]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect and start tailing (in the worker's event loop)."""
+        self._consumer = AIOKafkaConsumer(**self._options)
+        await self._consumer.start()
+        self._task = asyncio.ensure_future(self._run())
+        self.assign(self._wanted)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def assign(self, groups: set[int]) -> None:
+        """Keep exactly ``groups`` warm from now on (call before restoring any key group
+        this worker was given to own: none of its records is applied after this returns)."""
+        self._wanted = set(groups)
+        if self._consumer is None:  # not started: start() assigns them
+            return
+        for p in set(self.tails) - groups:
+            del self.tails[p]
+            if self.on_lag is not None:
+                self.on_lag(p, None)
+            log.info("standby key group %d dropped", p)
+        for p in sorted(groups - set(self.tails)):
+            self.tails[p] = self._begin(p)
+        tps = [TopicPartition(t, p) for p in sorted(self.tails)
+               for t in [self.checkpoint_topic, *self.cf_of]]
+        if not self._consumer.assignment() and not tps:
+            return
+        self._consumer.assign(tps)
+        for p, tail in self.tails.items():  # a new assignment forgets every position
+            for topic, offset in tail.next.items():
+                self._consumer.seek(TopicPartition(topic, p), offset)
+        self._wake.set()
+
+    def _begin(self, p: int) -> _Tail:
+        """Start tailing ``p``: where its local standby copy stands, else from the start of
+        the changelog, over a wiped key group."""
+        markers = MarkerLog(f"topic {self.checkpoint_topic!r} partition {p}")
+        position = read_position(self.backend, p)
+        nxt = {self.checkpoint_topic: 0}  # markers: all of them, for the committed tokens
+        if position is not None and set(position.offsets) == set(self.cf_of):
+            nxt.update(position.offsets)
+            log.info("standby key group %d resumes at %s", p, position.offsets)
+        else:
+            nxt.update({topic: 0 for topic in self.cf_of})
+            batch = Batch()
+            group, upper = p.to_bytes(2, "big"), (p + 1).to_bytes(2, "big")
+            for cf in self.cf_of.values():
+                if not cf.startswith("__expiry"):
+                    batch.delete_range(cf, group, upper)
+            batch.put(META_CF, checkpoint_key(p), msgpack.packb(None))
+            batch.put(META_CF, standby_key(p), StandbyPosition(
+                None, {topic: 0 for topic in self.cf_of}).encode())
+            self.write(batch)
+            log.info("standby key group %d replays its changelog from the start", p)
+        return _Tail(p, markers, nxt)
+
+    # -- tailing -------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while not self._stopping:
+            if not self.tails:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            got = await self._consumer.getmany(timeout_ms=500, max_records=50_000)
+            self.apply(got)
+
+    def apply(self, got: dict[Any, list[Any]]) -> int:
+        """Apply a fetch's records to the standby key groups they belong to (records of a
+        key group no longer kept warm are dropped); returns the deltas applied."""
+        batch = Batch()
+        touched: set[int] = set()
+        # Markers first: a fetch may hold a checkpoint's deltas and its marker.
+        for tp, records in sorted(got.items(), key=lambda kv: kv[0].topic != self.checkpoint_topic):
+            tail = self.tails.get(tp.partition)
+            if tail is None or not records or records[-1].offset < tail.next.get(tp.topic, 0):
+                continue
+            records = [r for r in records if r.offset >= tail.next[tp.topic]]
+            tail.next[tp.topic] = records[-1].offset + 1
+            touched.add(tail.p)
+            if tp.topic == self.checkpoint_topic:
+                for r in records:
+                    if r.value is not None:
+                        tail.markers.add(r.value)
+                for cf in tail.pending:
+                    tail.applied += self._flush(tail, cf, batch)
+            else:
+                cf = self.cf_of[tp.topic]
+                tail.pending.setdefault(cf, []).extend(
+                    (r.offset, r.key, r.value, r.headers, read_token(r.headers)[0])
+                    for r in records)
+                tail.applied += self._flush(tail, cf, batch)
+        applied = len(batch)
+        for p in touched:
+            tail = self.tails[p]
+            last = tail.markers.last
+            batch.put(META_CF, checkpoint_key(p), msgpack.packb(None))
+            batch.put(META_CF, standby_key(p), StandbyPosition(
+                None if last is None else last.token,
+                {topic: self._resume(tail, topic) for topic in self.cf_of}).encode())
+        if touched:
+            self.write(batch)
+        for p, tail in self.tails.items():
+            lag = self._lag(tail)
+            if self.on_lag is not None:
+                self.on_lag(p, lag)
+            if not tail.warm and lag == 0 and self._caught_up(tail):
+                tail.warm = True
+                if self.on_warm is not None:
+                    self.on_warm({"partition": p, "standby": "caught_up",
+                                  "records": tail.applied,
+                                  "seconds": round(time.monotonic() - tail.started, 3)})
+        return applied
+
+    def _caught_up(self, tail: _Tail) -> bool:
+        """Every partition of the key group was fetched up to its high watermark."""
+        for topic in [self.checkpoint_topic, *self.cf_of]:
+            high = self._consumer.highwater(TopicPartition(topic, tail.p))
+            if high is None or tail.next[topic] < high:
+                return False
+        return True
+
+    @staticmethod
+    def _flush(tail: _Tail, cf: str, batch: Batch) -> int:
+        """Apply ``cf``'s pending deltas up to the last one whose marker was read; the
+        unmarked ones before it are dropped (never committed: see the module docstring)."""
+        pending = tail.pending.get(cf)
+        if not pending:
+            return 0
+        committed = tail.markers.committed
+        last = len(pending) - 1
+        while last >= 0 and pending[last][4] not in committed:
+            last -= 1
+        if last < 0:
+            return 0
+        applied, _ = apply_deltas(((k, v, h) for _, k, v, h, _ in pending[: last + 1]), cf,
+                                  committed, batch)
+        del pending[: last + 1]
+        return applied
