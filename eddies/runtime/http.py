@@ -1,8 +1,11 @@
-"""The live inspector: ``/metrics`` and range queries over a running job's state, over HTTP.
+"""The live inspector: ``/metrics``, ``/healthz`` and range queries over a running job's state,
+over HTTP.
 
 An :class:`InspectorServer` serves on a daemon thread (stdlib ``ThreadingHTTPServer``)::
 
     GET /metrics          Prometheus text (Metrics.render)
+    GET /healthz          200 {"status": "ok", ...} once the job is processing, else 503
+                          {"status": "starting"|"rebalancing"|"restoring"|..., "reason": ...}
     GET /state            {"states": [names], "checkpoint": n}
     GET /state/{state}?key=&prefix=&start=&start_after=&end=&reverse=&limit=&cursor=
                           {"entries": [{"key": [...], "map_key": [...]|null, "value": ...,
@@ -16,7 +19,9 @@ listed, and answer an empty page, before their first checkpoint.
 
 Query parameters follow ``eddies state ls``: keys and bounds are JSON when the text parses as
 JSON (``key=["user",7]``), else a bare string (``key=alice``); see ``inspection.py`` for what
-the range options mean with and without ``key``. Errors are ``{"error": reason}``: 400 for a
+the range options mean with and without ``key``. ``/healthz`` asks the runner's ``health()``
+(see :data:`Health`) on the HTTP thread, so it answers at once even while the job is busy in a
+restore; without one, it answers 200 whenever the server serves. Errors are ``{"error": reason}``: 400 for a
 bad query (unknown state or parameter, malformed key, cursor or limit), 401 for a missing or
 wrong token, 421 with ``"owner": "host:port"`` (or null when unknown) for a key whose
 partition another worker owns, 503 when the job did not take the query in time or has
@@ -94,6 +99,7 @@ from eddies.state.keys import as_tuple
 __all__ = [
     "MAX_KEY_DEPTH",
     "MAX_PARAM_CHARS",
+    "Health",
     "InspectorServer",
     "Owner",
     "QueryQueue",
@@ -104,6 +110,10 @@ __all__ = [
 T = TypeVar("T")
 Owner = Callable[[tuple[Any, ...]], "str | None"]
 """``owner(key)``: another worker's "host:port" if it owns ``key``'s partition, else None."""
+Health = Callable[[], "tuple[bool, dict[str, Any]]"]
+"""``health() -> (ready, body)``: whether the job is processing (``/healthz`` answers 200, else
+503) and the JSON body that says why, with at least ``"status"``. Called on HTTP threads: it
+must only read what the runner publishes (no I/O, no state reads) and return at once."""
 
 log = logging.getLogger("eddies.inspector")
 
@@ -306,7 +316,8 @@ class InspectorServer:
     ``max_connections`` (default: from the descriptor limit, 4..64) and ``request_timeout``
     (seconds to send a request, and for each read or write) bound what clients can hold.
     ``states()`` gives the job's declared state names and ``checkpoints()`` how many
-    checkpoints it has written; both are called on the runner thread.
+    checkpoints it has written; both are called on the runner thread. ``health()`` answers
+    ``/healthz`` (see :data:`Health`), on the HTTP thread.
     """
 
     def __init__(
@@ -325,6 +336,7 @@ class InspectorServer:
         request_timeout: float = 5.0,
         states: Callable[[], Iterable[str]] | None = None,
         checkpoints: Callable[[], int] | None = None,
+        health: Health | None = None,
     ) -> None:
         check_exposure(host, token)
         if not 0 < max_limit <= MAX_LIMIT:
@@ -349,6 +361,7 @@ class InspectorServer:
         self.request_timeout = request_timeout
         self.states = states
         self.checkpoints = checkpoints
+        self.health = health
         self._httpd: _Server4 | None = None
         self._thread: threading.Thread | None = None
 
@@ -442,14 +455,16 @@ class InspectorServer:
         """(status, body) for a GET: body is bytes (metrics) or a JSON-able object."""
         parts = [unquote(p) for p in path.split("/") if p]
         if not parts:
-            return 200, {"endpoints": ["/metrics", "/state", "/state/{state}"]}
+            return 200, {"endpoints": ["/metrics", "/healthz", "/state", "/state/{state}"]}
         if parts == ["metrics"]:
             if self.metrics is None:
                 return 404, {"error": "metrics are not enabled on this inspector"}
             return 200, self.metrics.render()
+        if parts == ["healthz"]:
+            return self._health()
         if parts[0] != "state" or len(parts) > 2:
-            return 404, {"error": f"no endpoint {_clip(path)!r}; try /metrics, /state, "
-                                  "/state/NAME"}
+            return 404, {"error": f"no endpoint {_clip(path)!r}; try /metrics, /healthz, "
+                                  "/state, /state/NAME"}
         backend = self.backend
         if backend is None:
             return 404, {"error": "state inspection is not enabled on this inspector"}
@@ -474,6 +489,19 @@ class InspectorServer:
                       _clip(str(exc)))
             log.debug("inspector query %s?%s failed", path, query, exc_info=True)
             return 500, {"error": f"internal error: {type(exc).__name__}: {_clip(str(exc))}"}
+
+    def _health(self) -> tuple[int, dict[str, Any]]:
+        """(status, body) of ``GET /healthz`` (HTTP thread)."""
+        if self.health is None:
+            return 200, {"status": "ok"}
+        try:
+            ready, body = self.health()
+        except Exception as exc:  # a bug in the probe: say so, never pass for healthy
+            log.error("inspector health check failed: %s: %s", type(exc).__name__, exc)
+            return 503, {"status": "error",
+                         "reason": f"the health check failed: {type(exc).__name__}: "
+                                   f"{_clip(str(exc))}"}
+        return (200 if ready else 503), body
 
     def _list(self, backend: StateBackend) -> dict[str, Any]:
         """The body of ``GET /state`` (runner thread)."""

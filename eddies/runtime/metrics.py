@@ -45,6 +45,9 @@ names are counters)::
     m.standby_lag(p, records)                 # eddies_standby_lag_records{job,partition}: a
                                               # standby copy's changelog records not applied
                                               # yet (None: no longer a standby)
+    m.consumer_lag({("orders", 3): n})        # eddies_consumer_lag{job,topic,partition}:
+                                              # records behind the high watermark (gauges;
+                                              # partitions left out of the call are dropped)
     m.render() -> bytes                       # text exposition; m.content_type for the header
 
 Startup phases are ``open`` (open the backend), ``restore`` (timers, watermarks, positions),
@@ -64,7 +67,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -206,6 +209,10 @@ class Metrics:
         self._standby_lag = Gauge("eddies_standby_lag_records", "Changelog records a standby "
                                   "copy of a key group has not applied yet", by_group, registry=r)
         self._standby_partitions: set[tuple[str, str]] = set()
+        self._consumer_lag = Gauge("eddies_consumer_lag",
+                                   "Records of an input partition behind its high watermark "
+                                   "(Kafka workers)", ["job", "topic", "partition"], registry=r)
+        self._lag_partitions: set[tuple[str, int]] = set()
         self._op_round_trips = Gauge("eddies_operator_startup_round_trips",
                                      "Backend round trips from opening the state until the "
                                      "operator's first event was processed",
@@ -339,6 +346,16 @@ class Metrics:
         else:
             self._standby_partitions.add((self.job, str(partition)))
             self._standby_lag.labels(self.job, str(partition)).set(records)
+
+    def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Set each input ``(topic, partition)``'s lag (records behind its high watermark);
+        partitions of the previous call that ``lags`` leaves out (revoked) are dropped."""
+        gauge = self._consumer_lag
+        for topic, partition in self._lag_partitions - lags.keys():
+            gauge.remove(self.job, topic, str(partition))
+        for (topic, partition), lag in lags.items():
+            gauge.labels(self.job, topic, str(partition)).set(lag)
+        self._lag_partitions = set(lags)
 
     # -- output --------------------------------------------------------------------------------
     def render(self) -> bytes:

@@ -21,6 +21,15 @@ What the per-operator and per-state numbers mean:
   each checkpoint; on the memory backend the exact count, and bytes estimated from its first
   1,000 entries.
 
+- ``eddies_consumer_lag{topic,partition}`` (Kafka workers): per input partition the worker
+  reads, its high watermark as of the last fetch response less the worker's next offset to
+  process, set once per round (:meth:`Observer.consumer_lag`); :func:`lag_text` is its
+  summary on the worker's progress line.
+
+``/healthz`` answers what the runner's ``health()`` says (``http.Health``): the Kafka worker's
+is 503 until its assigned partitions are restored and it is processing them (and again while
+a rebalance moves them), then 200. The local runner serves only once restored: 200.
+
 A runner that must fail before creating anything on a bad inspector address calls
 :func:`listen_inspector` first and hands its server to the Observer later.
 """
@@ -28,20 +37,41 @@ A runner that must fail before creating anything on a bad inspector address call
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import Any
 
 from eddies.runtime.executor import Executor
-from eddies.runtime.http import InspectorServer
+from eddies.runtime.http import Health, InspectorServer
 from eddies.runtime.metrics import Metrics
 from eddies.state.backend import StateBackend
 
-__all__ = ["Observer", "listen_inspector"]
+__all__ = ["Observer", "lag_text", "listen_inspector"]
 
 log = logging.getLogger("eddies.metrics")
 
 _SIZE_SAMPLE = 1_000
+
+
+def lag_text(lags: Mapping[tuple[str, int], int]) -> str:
+    """Consumer lag for a progress line: the total, and the worst partition when several lag.
+
+    >>> lag_text({("orders", 0): 0, ("orders", 1): 1_200, ("orders", 2): 300})
+    'lag 1,500 (worst orders[1] 1,200 of 3 partitions)'
+    >>> lag_text({("orders", 0): 7}), lag_text({("orders", 0): 0, ("orders", 1): 0})
+    ('lag 7 (orders[0])', 'lag 0 (2 partitions)')
+    >>> lag_text({})
+    'lag - (no partitions)'
+    """
+    if not lags:
+        return "lag - (no partitions)"
+    total = sum(lags.values())
+    (topic, p), worst = max(lags.items(), key=lambda item: (item[1], item[0]))
+    if len(lags) == 1:
+        return f"lag {total:,} ({topic}[{p}])"
+    if not worst:
+        return f"lag 0 ({len(lags)} partitions)"
+    return f"lag {total:,} (worst {topic}[{p}] {worst:,} of {len(lags)} partitions)"
 
 
 def listen_inspector(
@@ -71,7 +101,10 @@ class Observer:
         token: str | None = None,
         owner: Callable[[tuple[Any, ...]], str | None] | None = None,
         server: InspectorServer | None = None,
+        health: Health | None = None,
     ) -> None:
+        """``health()`` answers ``/healthz`` (default: 200 while served); ``owner`` routes
+        key queries (see ``InspectorServer``)."""
         self.executor = executor
         self.backend = backend
         self.metrics = Metrics(executor.job.name)
@@ -92,6 +125,8 @@ class Observer:
                 server.owner = owner
             server.states = self.state_names
             server.checkpoints = self._checkpoints
+            if health is not None:
+                server.health = health
             self.server = server.start()
             log.info("metrics and state inspector on %s", self.server.url)
 
@@ -159,6 +194,10 @@ class Observer:
             last_t[0], last_t[1] = seconds, timed
         if self.server is not None:
             self.server.queue.drain()
+
+    def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Set the lag of each input partition read (the ones left out are dropped)."""
+        self.metrics.consumer_lag(lags)
 
     def after_checkpoint(self, duration_s: float, size_bytes: int) -> None:
         """Checkpoint, TTL, cache and state-size metrics."""

@@ -88,11 +88,13 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
             click.echo(f"{job.name}: {'seeded' if seeded['seeded'] else 'already started'} "
                        f"from savepoint {from_savepoint} ({seeded['partitions']} partitions)",
                        err=True)
+        progress = _ProgressLines(progress_every)
         kw = KafkaWorker(job, broker, state_dir, group=group,
                          checkpoint_interval=checkpoint_interval, checkpoint_ms=checkpoint_ms,
                          session_timeout=session_timeout, standbys=standbys,
                          metrics_port=metrics_port, bind=bind,
-                         token=token, on_progress=_ProgressLines(progress_every))
+                         token=token, on_progress=progress)
+        progress.line = kw.progress_line
         kw.run()
     except Exception as exc:
         report_error(exc, debug=level == "DEBUG")
@@ -114,17 +116,20 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
 
 
 class _ProgressLines:
-    """A ``progress:`` line on stderr every ``every`` seconds (plain text, never escapes)."""
+    """A ``progress:`` line on stderr every ``every`` seconds (plain text, never escapes):
+    ``line()`` (the worker's, with events/s and consumer lag), else the stats' summary."""
 
     def __init__(self, every: float) -> None:
         self.every = every
+        self.line: Any = None
         self._last = time.monotonic()
 
     def __call__(self, stats: Any) -> None:
         now = time.monotonic()
         if self.every > 0 and now - self._last >= self.every:
             self._last = now
-            click.echo(f"progress: {stats.summary()}", err=True)
+            text = self.line() if self.line is not None else stats.summary()
+            click.echo(f"progress: {text}", err=True)
 
 
 async def produce_file(bootstrap: str, path: Path, topic: str, key: str | None,

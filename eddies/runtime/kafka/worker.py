@@ -86,7 +86,7 @@ from eddies.runtime.kafka.transactions import (
     transactions_topic,
 )
 from eddies.runtime.keyed import META_CF
-from eddies.runtime.observe import Observer, listen_inspector
+from eddies.runtime.observe import Observer, lag_text, listen_inspector
 from eddies.runtime.preload import group_prefixes, load_key_groups
 from eddies.runtime.watermarks import (
     MIN_TIME,
@@ -285,6 +285,12 @@ class KafkaWorker:
         self.bind = bind
         self.token = token
         self.observer: Observer | None = None
+        self.consumer_lag: dict[tuple[str, int], int] = {}
+        """Per input partition read: records behind its high watermark (as of the last fetch
+        response) from the next offset to process; updated after every round."""
+        self._processing = False
+        """Whether the last round ended with every assigned partition restored (/healthz)."""
+        self._rate_at = (time.monotonic(), 0)
         self.dead_topic = f"{job.name}-dead-letters"
         self.dead_sink = KafkaSink(self.dead_topic, None, "json", "__dead_letters__")
         self.dead_sink.bound = True
@@ -415,15 +421,21 @@ class KafkaWorker:
     def run(self) -> None:
         """Create topics, then run the faust worker until SIGTERM/SIGINT."""
         asyncio.run(self.prepare_topics())
+        if self._inspector is not None:  # /healthz answers 503 while the group forms
+            self.observer = Observer(self.executor, self.backend, server=self._inspector,
+                                     owner=self._owner, health=self.health)
         log.info("eddies worker for job %s: %s", self.job.name, describe(self.plan))
         self._run_started = time.monotonic()
         try:
             self.membership.run()
         finally:
+            if self.observer is not None:  # stopped before the data task ran
+                self.observer.close()
             self.backend.close()
 
     # -- rebalance -----------------------------------------------------------------------------
     async def _on_revoked(self, gone: set[tuple[str, int]]) -> None:
+        self._assignment_done = False  # a rebalance began (/healthz: 503 until restored)
         if not self._started.is_set() or self._closed:  # closed: stopping, checkpoint taken
             self.owned -= gone
             return
@@ -618,9 +630,11 @@ class KafkaWorker:
                         batch.delete_range(cf, group, upper)
             applied = ignored = read = 0
             if last is not None:
-                for cf, cl_topic in self.plan.changelog_topics().items():
-                    start = 0 if standby is None else standby.offsets[cl_topic]
-                    records = await self._read_all(cl_topic, p, start)
+                cl_topics = self.plan.changelog_topics()
+                tails = await self._read_ends(p, {
+                    t: 0 if standby is None else standby.offsets[t] for t in cl_topics.values()})
+                for cf, cl_topic in cl_topics.items():
+                    records = tails[cl_topic]
                     read += len(records)
                     n, skipped = apply_deltas(records, cf, markers.committed, batch)
                     applied += n
@@ -705,26 +719,37 @@ class KafkaWorker:
                     continue
         return out
 
-    async def _read_all(self, topic: str, p: int, start: int = 0) -> list[tuple[Any, Any, Any]]:
-        """Every record of ``topic``/``p`` from offset ``start`` up to the fetch high
-        watermark."""
+    async def _read_all(self, topic: str, p: int) -> list[tuple[Any, Any, Any]]:
+        """Every record of ``topic``/``p`` up to the fetch high watermark."""
+        return (await self._read_ends(p, {topic: 0}))[topic]
+
+    async def _read_ends(self, p: int, starts: dict[str, int]
+                         ) -> dict[str, list[tuple[Any, Any, Any]]]:
+        """Per topic, every record of its partition ``p`` from its offset in ``starts`` up
+        to the fetch high watermark; the topics are read together."""
         consumer = self._restore_consumer
-        tp = TopicPartition(topic, p)
-        consumer.assign([tp])
-        if start:
-            consumer.seek(tp, start)
-        else:
-            await consumer.seek_to_beginning(tp)
-        out: list[tuple[Any, Any, Any]] = []
+        tps = {TopicPartition(topic, p): topic for topic in starts}
+        consumer.assign(list(tps))
+        for tp, topic in tps.items():
+            if starts[topic]:
+                consumer.seek(tp, starts[topic])
+            else:  # the log's start, which retention may have moved past 0
+                await consumer.seek_to_beginning(tp)
+        out: dict[str, list[tuple[Any, Any, Any]]] = {topic: [] for topic in starts}
+        left = set(tps)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            got = await consumer.getmany(tp, timeout_ms=200, max_records=20_000)
-            for record in got.get(tp, []):
-                out.append((record.key, record.value, record.headers))
-            high = end_offset(consumer, tp, self.outputs is not None)
-            if high is not None and await consumer.position(tp) >= high:
+            got = await consumer.getmany(*left, timeout_ms=50, max_records=20_000)
+            for tp, records in got.items():
+                out[tps[tp]].extend((r.key, r.value, r.headers) for r in records)
+            for tp in list(left):
+                high = end_offset(consumer, tp, self.outputs is not None)
+                if high is not None and await consumer.position(tp) >= high:
+                    left.discard(tp)
+            if not left:
                 return out
-        raise EddiesError(f"could not read {topic}[{p}] to its end within 120 s")
+        raise EddiesError(f"could not read partition {p} of {sorted(map(str, left))} to its "
+                          "end within 120 s")
 
     def _write_quietly(self, batch: Batch) -> None:
         """Write ``batch`` locally without changelogging it (restores, standby copies)."""
@@ -786,9 +811,7 @@ class KafkaWorker:
         trips = self.backend.round_trips
         self.executor.open_operators()
         self._reload_timers()
-        if self._inspector is not None:
-            self.observer = Observer(self.executor, self.backend, server=self._inspector,
-                                     owner=self._owner)
+        if self.observer is not None:
             self.observer.startup({"restore": time.monotonic() - opened},
                                   self.backend.round_trips - trips)
         self._started.set()
@@ -800,7 +823,7 @@ class KafkaWorker:
         try:
             while not self._stop:
                 await self._round()
-                self._progress()
+                await self._progress()
             async with self._lock:
                 if self.ready:
                     await self.checkpoint()
@@ -828,10 +851,53 @@ class KafkaWorker:
             # app cancels its own tasks (this one) while stopping; faust's shutdown waits.
             self.membership.stop()
 
-    def _progress(self) -> None:
+    async def _progress(self) -> None:
+        """After every round: the consumer lag (gauges), whether the worker is processing
+        (``/healthz``), then ``on_progress``. A few lookups per partition, not per event; the
+        reader's position is the worker's, since a round pushes every record it reads."""
+        self.consumer_lag = lags = await self.reader.lag()
+        self._processing = self._assignment_done and not self.owned - self.ready
+        if self.observer is not None:
+            self.observer.consumer_lag(lags)
+        self.executor.stats.elapsed_s = time.monotonic() - self._run_started
         if self.on_progress is not None:
-            self.executor.stats.elapsed_s = time.monotonic() - self._run_started
             self.on_progress(self.executor.stats)
+
+    def progress_line(self) -> str:
+        """A progress line: this run's counts and watermark, events/s since the last line,
+        and the consumer lag (total and worst partition)."""
+        stats = self.executor.stats
+        now = time.monotonic()
+        then, events = self._rate_at
+        self._rate_at = (now, stats.events_in)
+        rate = (stats.events_in - events) / (now - then) if now > then else 0.0
+        return f"{stats.summary()}; {rate:,.0f} events/s now, {lag_text(self.consumer_lag)}"
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``/healthz``: ready once every partition assigned to this worker is restored and a
+        round has processed them; not while the group forms, a rebalance moves partitions or
+        the worker stops. Called on the inspector's HTTP thread: it only reads (each set is
+        copied in one C-level call, atomic under the GIL)."""
+        if self._stop or self._closed:
+            return False, {"status": "stopping",
+                           "reason": "the worker is stopping (final checkpoint, leaving the "
+                                     "group)"}
+        if not self._started.is_set():
+            return False, {"status": "starting",
+                           "reason": "joining the consumer group and opening the state"}
+        if not self._assignment_done:
+            return False, {"status": "rebalancing",
+                           "reason": "a rebalance is assigning the group's partitions"}
+        owned, ready = frozenset(self.owned), frozenset(self.ready)
+        pending = owned - ready
+        if pending or not self._processing:
+            return False, {"status": "restoring",
+                           "reason": (f"restoring {len(pending)} of {len(owned)} assigned "
+                                      "partitions" if pending else
+                                      "partitions restored; the first round is running"),
+                           "restoring": sorted(f"{t}[{p}]" for t, p in pending)}
+        return True, {"status": "ok", "partitions": sorted(f"{t}[{p}]" for t, p in owned),
+                      "lag": sum(self.consumer_lag.values())}
 
     def request_stop(self) -> None:
         """End the data task after its round, with a final checkpoint, then stop the worker."""
