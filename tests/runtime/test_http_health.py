@@ -14,7 +14,6 @@ import eddies as ed
 from eddies.runtime.http import InspectorServer
 from eddies.runtime.kafka.tansu import free_port
 from eddies.runtime.metrics import Metrics
-from eddies.runtime.observe import lag_text
 
 
 def get(url: str, token: str | None = None) -> tuple[int, dict[str, str], Any]:
@@ -67,6 +66,8 @@ def test_healthz_needs_the_token_like_every_endpoint() -> None:
 
 
 def test_consumer_lag_gauges_per_partition_and_revoked_ones_dropped() -> None:
+    from eddies.runtime.observe import lag_text
+
     m = Metrics("lagged")
     m.consumer_lag({("orders", 0): 120, ("orders", 1): 0})
     text = m.render().decode()
