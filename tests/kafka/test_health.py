@@ -1,5 +1,6 @@
-"""A worker's /healthz (503 until its partitions are restored, then 200), its consumer lag gauge
-(above 0 over an unprocessed backlog, 0 once caught up) and its progress line."""
+"""A worker's /healthz (503 until its partitions are restored, then 200, and 503 again while a
+rebalance restores them), its consumer lag gauge (above 0 over an unprocessed backlog, 0 once
+caught up, gone for a partition that moved) and its progress line."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def lags(base: str) -> dict[int, float]:
     return out
 
 
-def test_healthz_and_consumer_lag_of_a_worker(kafka_broker, tmp_path):
+def test_healthz_and_consumer_lag_of_a_worker(kafka_broker, workers, tmp_path):
     events = make_events(tmp_path / "e.jsonl", 3_000, 200, seed=11)
     produce(kafka_broker, events, "health-in", "account", partitions=2)
     port = free_port()
@@ -93,6 +94,23 @@ def test_healthz_and_consumer_lag_of_a_worker(kafka_broker, tmp_path):
                                for line in log.read_text().splitlines()
                                if line.startswith("progress: 3,000 events in")), 30,
                    "a progress line with the lag caught up")
+
+        # A second worker joins: the rebalance's restore is held, /healthz says so.
+        restore_gate.unlink()
+        other = workers("examples/kafka_totals.py:job", kafka_broker, "other",
+                        {"EDDIES_JOB": "health", "EDDIES_INPUT": "health-in",
+                         "EDDIES_OUTPUT": "health-out"})
+        wait_until(lambda: (get(f"{base}/healthz")[1] or {}).get("status") == "restoring", 60,
+                   "the rebalance to assign the first worker its share")
+        status, body = get(f"{base}/healthz")
+        assert status == 503 and len(body["restoring"]) == 1
+        kept = int(body["restoring"][0].removeprefix("health-in[").removesuffix("]"))
+        restore_gate.touch()
+        wait_until(lambda: get(f"{base}/healthz")[0] == 200, 60, "/healthz to answer 200 again")
+        assert get(f"{base}/healthz")[1]["partitions"] == [f"health-in[{kept}]"]
+        wait_until(lambda: lags(base) == {kept: 0.0, -1: 3_000.0}, 60,
+                   "the lag of the moved partition to be dropped")
+        assert other.stop() == 0
     finally:
         restore_gate.touch()
         round_gate.touch()
