@@ -596,7 +596,15 @@ class KafkaWorker:
         for topic in topics:
             self.marks[(topic, p)] = self._new_mark(topic, now)
         markers = MarkerLog(f"topic {self.plan.checkpoint_topic!r} partition {p}")
-        for _, value, _ in await self._read_all(self.plan.checkpoint_topic, p):
+        cl_topics = self.plan.changelog_topics()
+        # A standby copy (standby.py) holds the changelog applied up to its offsets: only the
+        # tail after them is replayed, read together with the markers.
+        position = read_position(self.backend, p)
+        if position is not None and set(position.offsets) != set(cl_topics.values()):
+            position = None
+        ends = await self._read_ends(p, {self.plan.checkpoint_topic: 0,
+                                         **(position.offsets if position else {})})
+        for _, value, _ in ends[self.plan.checkpoint_topic]:
             if value is not None:
                 markers.add(value)
         meta_key = encode_key(("kafka-checkpoint", p))
@@ -610,12 +618,9 @@ class KafkaWorker:
         entry: dict[str, Any] = {"topic": topics[0], "partition": p, "pid": os.getpid()}
         if len(topics) > 1:
             entry["topics"] = topics
-        # A standby copy (standby.py) holds the changelog applied up to its offsets: only
-        # the tail after them is replayed. Its last marker must be this changelog's.
-        standby = read_position(self.backend, p) if last is not None else None
-        if standby is not None and (
-                set(standby.offsets) != set(self.plan.changelog_topics().values())
-                or (standby.token is not None and standby.token not in markers.committed)):
+        standby = position if last is not None else None
+        if standby is not None and standby.token is not None and (
+                standby.token not in markers.committed):  # another changelog's copy
             standby = None
         if last is not None and local_token == last.token:
             entry["source"] = "local"
@@ -630,9 +635,8 @@ class KafkaWorker:
                         batch.delete_range(cf, group, upper)
             applied = ignored = read = 0
             if last is not None:
-                cl_topics = self.plan.changelog_topics()
-                tails = await self._read_ends(p, {
-                    t: 0 if standby is None else standby.offsets[t] for t in cl_topics.values()})
+                tails = ends if standby is not None else await self._read_ends(
+                    p, {t: 0 for t in cl_topics.values()})
                 for cf, cl_topic in cl_topics.items():
                     records = tails[cl_topic]
                     read += len(records)
@@ -718,10 +722,6 @@ class KafkaWorker:
                 except (ValueError, TypeError):
                     continue
         return out
-
-    async def _read_all(self, topic: str, p: int) -> list[tuple[Any, Any, Any]]:
-        """Every record of ``topic``/``p`` up to the fetch high watermark."""
-        return (await self._read_ends(p, {topic: 0}))[topic]
 
     async def _read_ends(self, p: int, starts: dict[str, int]
                          ) -> dict[str, list[tuple[Any, Any, Any]]]:
