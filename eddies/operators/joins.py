@@ -10,9 +10,9 @@ interleave or how they are batched:
   A pair whose later timestamp is the side that arrived first waits in state until the
   watermark reaches that timestamp; every other pair goes out when its second event arrives.
   Buffered events sit in a MapState, one entry each, by side and the time they can be
-  dropped, and an event-time timer drops them once the watermark makes a match impossible:
-  a left event at ``t`` at watermark ``t + upper``, a right one at ``t`` at ``t - lower``.
-  No TTL is involved and nothing is left once input ends.
+  dropped, and go once the watermark makes a match impossible: a left event at ``t`` at
+  watermark ``t + upper``, a right one at ``t`` at ``t - lower``. No TTL is involved and
+  nothing is left once input ends.
 - As-of join: a left event at ``t`` is joined with the right event of its key with the
   greatest timestamp ``<= t`` (several at that timestamp: the last in the right input's
   order), once the watermark reaches ``t``, so a right version that arrives after the left
@@ -30,9 +30,15 @@ interleave or how they are batched:
   alone (as Flink copies records between operators; tuples in an event come out as lists,
   as state gives values back, whichever input came first): what ``fn`` or a later operator
   does to a result never shows in another one, and results are the same whether the
-  buffers stayed cached or were read back. An event the state cannot hold (a set, a datetime) goes
-  to dead letters before anything is buffered, leaving the others at its key and time as
-  they were.
+  buffers stayed cached or were read back. An event the state cannot hold (a set, a
+  datetime) goes to dead letters before anything is buffered, leaving the others at its key
+  and time as they were.
+- No timer per key: the buffer is a :class:`~eddies.state.buffers.JoinBuffers`, which holds
+  the entries in memory by key and indexes them by the time they are due; the operator
+  takes the due times in order as the watermark passes, across keys, as windows fire. A
+  checkpoint writes the entries added since the last one and deletes the stored ones
+  dropped since: an entry that comes and goes between two checkpoints never reaches the
+  backend. A restore rebuilds the index with one scan of the buffer's key groups.
 
 >>> import eddies as ed
 >>> h = ed.testing.Harness(interval_join_function("ij", lower=-5, upper=5))
@@ -44,11 +50,13 @@ interleave or how they are batched:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from eddies.errors import ConfigError
 from eddies.operators.functions import Context, KeyedCoProcessFunction, OutputTag
+from eddies.state.buffers import JoinBuffers
 from eddies.state.descriptors import MapState
 from eddies.state.store import check_value
 from eddies.state.values import pack, unpack
@@ -64,7 +72,7 @@ TS_LIMIT = 2**62
 """Timestamps must lie within +-2**62 ms: watermarks, timer keys and TTL stamps are int64
 (the runtime dead-letters records beyond it)."""
 END = TS_LIMIT + 1
-"""An event-time timer that fires only at the end of input: timestamps are at most 2**62, so
+"""A due time reached only at the end of input: timestamps are at most 2**62, so
 no watermark reaches it before the final one (as-of: the last right version goes then)."""
 
 _PAIR = 2
@@ -121,42 +129,22 @@ def _no_time(kind: str) -> ConfigError:
                        "(a field name or a function returning epoch ms)")
 
 
-def _next_seq(buffer: Any, base: int) -> int:
-    """The first free sequence number of the entries keyed ``base + seq``. They are
-    numbered from 0 in arrival order and dropped together, so the numbers in use are
-    ``0..n-1``: found with a few lookups (doubling, then bisecting), never a read of them
-    all."""
-    contains = buffer.contains
-    if not contains(base):
-        return 0
-    lo, hi = 0, 1  # lo in use; hi: the first known free one once the doubling stops
-    while contains(base + hi):
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if contains(base + mid):
-            lo = mid
-        else:
-            hi = mid
-    return hi
+_SEQ = 1 << _SEQ_BITS
+_VERSION = 1 << _SEQ_BITS  # the kind bit of an as-of right version's key
+_AFTER = _OFFSET + 1  # asof_key(t + 1, 0) == (t + _AFTER) << 33
 
 
-def _take(buffer: Any, base: int) -> list[Any]:
-    """Remove the entries keyed ``base + seq``; returns their values in arrival order."""
-    get, remove = buffer.get, buffer.remove
-    out: list[Any] = []
-    k = base
-    while True:
-        v = get(k)
-        if v is None:
-            return out
-        remove(k)
-        out.append(v)
-        k += 1
+def _public(key: Any) -> Any:
+    """A state key as results carry it (keys equal in Python are one key: ``1.0`` and
+    ``True`` come out as ``1``), whichever input or time is handled."""
+    return key[0] if type(key) is tuple and len(key) == 1 else key
 
 
 class _Join(KeyedCoProcessFunction):
-    """What both joins share: the output shape, late events, and events kept as bytes."""
+    """What both joins share: the output shape, late events, events kept as bytes, and the
+    buffers (a :class:`~eddies.state.buffers.JoinBuffers` in place of the declared MapState
+    once an operator runs the function), whose due times the operator takes in time order
+    as the watermark passes (this function is its ``EventTimeHook``): no timer per key."""
 
     buffer: Any
 
@@ -169,7 +157,62 @@ class _Join(KeyedCoProcessFunction):
         self.late_tag = late
         self.late_dropped = 0
         """Late events dropped (no ``late`` tag); the runtime adds them to its counters."""
+        self._op: Any = None
 
+    def attach_operator(self, op: Any) -> None:
+        """Called by the KeyedOperator that runs this function, with its state bound: the
+        buffer becomes a JoinBuffers, which the operator drains as the watermark passes
+        (``op.add_event_time_hook``)."""
+        handle = self.buffer
+        state = JoinBuffers(op.store, handle.descriptor)
+        state.note_due = op.note_event_time
+        state.on_load = self._index_loaded
+        op.add_event_time_hook(self, handle=state, loader=state.load)
+        self.buffer = state
+        self._op = op
+
+    # -- EventTimeHook -------------------------------------------------------------------------
+    def next_time(self) -> int | None:
+        """The earliest time an entry is due, or None."""
+        return self.buffer.next_time()  # type: ignore[no-any-return]
+
+    def fire_next(self, time: int, out: list[Any]) -> None:
+        """Emit and drop what is due at ``time`` (== ``next_time()``)."""
+        due = self.buffer.pop_due(time)
+        if due is not None:
+            out.extend(self._fire(*due))
+
+    def fire_until(self, limit: int, out: list[Any],
+                   emit: Callable[[Any, int], None] | None) -> None:
+        """Every due time at or before ``limit`` in order, in one pass; each one's results
+        go to ``emit(value, time)`` (to ``out`` without ``emit``)."""
+        pop_due = self.buffer.pop_due
+        fire = self._fire
+        emitted = 0
+        while (due := pop_due(limit)) is not None:
+            results = fire(*due)
+            if results:
+                if emit is None:
+                    out.extend(results)
+                else:
+                    emitted += len(results)
+                    time = due[0]
+                    for value in results:
+                        emit(value, time)
+        if emitted:
+            self._op.emitted += emitted
+
+    def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
+        """Nothing: the buffers' due times are the operator's event-time hook."""
+        return None
+
+    def _fire(self, time: int, items: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _index_loaded(self, key: Any, mk: int) -> None:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
     def _late(self, event: Any, ctx: Context) -> None:
         if self.late_tag is not None:
             ctx.output(self.late_tag, event)
@@ -187,30 +230,24 @@ class _Join(KeyedCoProcessFunction):
             check_value(event, lambda: f"{buffer.store.where(buffer.descriptor)}, {side} event")
             raise
 
-    def _key(self) -> Any:
-        """The current key as the state holds it, the same whichever input or timer is
-        handled (keys equal in Python are one key: ``1.0`` and ``True`` come out as ``1``)."""
-        key = self.buffer.store.key
-        return key[0] if type(key) is tuple and len(key) == 1 else key
-
-    def _results(self, lefts: list[bytes], right: bytes | None) -> list[Any]:
+    def _results(self, key: Any, lefts: list[bytes], right: bytes | None) -> list[Any]:
         """One result per left event, each with copies of its own (nothing shared with the
         buffers, the inputs or another result)."""
         fn = self.fn
         if right is None:
             if fn is None:
-                key = self._key()
+                key = _public(key)
                 return [{"key": key, "left": unpack(a), "right": None} for a in lefts]
             return [fn(unpack(a), None) for a in lefts]
         if fn is None:
-            key = self._key()
+            key = _public(key)
             return [{"key": key, "left": unpack(a), "right": unpack(right)} for a in lefts]
         return [fn(unpack(a), unpack(right)) for a in lefts]
 
-    def _pairs(self, pairs: list[tuple[bytes, bytes]]) -> list[Any]:
+    def _pairs(self, key: Any, pairs: list[tuple[bytes, bytes]]) -> list[Any]:
         fn = self.fn
         if fn is None:
-            key = self._key()
+            key = _public(key)
             return [{"key": key, "left": unpack(a), "right": unpack(b)} for a, b in pairs]
         return [fn(unpack(a), unpack(b)) for a, b in pairs]
 
@@ -224,10 +261,11 @@ class IntervalJoinFunction(_Join):
     int: :func:`interval_key`), ``due`` being the watermark at which the entry goes: a left
     event at ``t`` (side 0) is due at ``t + upper``, a right one (side 1) at ``t - lower``,
     a held pair (side 2, the two events' bytes) at its timestamp; ``seq`` numbers the
-    entries of one ``(side, due)`` in arrival order. One event-time timer per ``due`` emits
-    its pairs and drops its entries. An event at ``t`` finds its matches in the other
-    side's entries due in ``[t, t + upper - lower]``, contiguous by the key order:
-    one range read as wide as the interval.
+    entries of one ``(side, due)`` in arrival order. Each entry is indexed at its due time
+    (see :class:`_Join`): a pair goes out then, every entry is dropped then. An event at
+    ``t`` finds its matches in the other side's entries due in ``[t, t + upper - lower]``,
+    contiguous by the key order: one range of the key's sorted map keys, as wide as the
+    interval.
     """
 
     def __init__(self, lower: int, upper: int, fn: Joiner | None = None,
@@ -257,60 +295,78 @@ class IntervalJoinFunction(_Join):
             return None
         data = self._encode(event, "right" if side else "left")
         lower, upper = self.lower, self.upper
-        due = t - lower if side else t + upper
-        other = 1 - side
-        shift = -upper if side else lower  # from an entry's due to its event's timestamp
         buffer = self.buffer
+        key = buffer.store.key
+        values = buffer.values
+        order = buffer.held.get(key)
         now: list[bytes] | None = None
         later: dict[int, list[bytes]] | None = None
-        for k, m in buffer.entries(start=interval_key(other, t),
-                                   end=interval_key(other, t + upper - lower + 1)):
-            ts = ((k >> _SEQ_BITS) & _TIME_MASK) - _OFFSET + shift
-            if ts <= t:  # the pair's timestamp is this event's: out now
-                if now is None:
-                    now = [m]
-                else:
-                    now.append(m)
-            else:  # the pair's timestamp is the other event's, not reached yet
-                if later is None:
-                    later = {}
-                held = later.get(ts)
-                if held is None:
-                    later[ts] = [m]
-                else:
-                    held.append(m)
-        base = interval_key(side, due)
-        seq = _next_seq(buffer, base)
-        buffer.put(base + seq, data)
-        if seq == 0:
-            ctx.timers.register_event_time(due)
+        if order is not None:
+            other = (1 - side) << 98
+            i = bisect_left(order, other | ((t + _OFFSET) << _SEQ_BITS))
+            j = bisect_left(order, other | ((t + upper - lower + 1 + _OFFSET) << _SEQ_BITS))
+            if i < j:
+                shift = (-upper if side else lower) - _OFFSET  # from an entry's due to its ts
+                for k in order[i:j]:
+                    m = values[(key, k)]
+                    ts = ((k >> _SEQ_BITS) & _TIME_MASK) + shift
+                    if ts <= t:  # the pair's timestamp is this event's: out now
+                        if now is None:
+                            now = [m]
+                        else:
+                            now.append(m)
+                    else:  # the pair's timestamp is the other event's, not reached yet
+                        if later is None:
+                            later = {}
+                        held = later.get(ts)
+                        if held is None:
+                            later[ts] = [m]
+                        else:
+                            held.append(m)
+        due = t - lower if side else t + upper
+        item = (key, _first_free(buffer, key, (side << 98) | ((due + _OFFSET) << _SEQ_BITS)))
+        buffer.add(item, data)
+        buffer.at(due, item)
         if later is not None:
             for ts, ms in later.items():
-                base = interval_key(_PAIR, ts)
-                seq = _next_seq(buffer, base)
-                if seq == 0:
-                    ctx.timers.register_event_time(ts)
+                mk = _first_free(buffer, key, (_PAIR << 98) | ((ts + _OFFSET) << _SEQ_BITS))
                 for m in ms:
-                    buffer.put(base + seq, [m, data] if side else [data, m])
-                    seq += 1
+                    pair = (key, mk)
+                    buffer.add(pair, [m, data] if side else [data, m])
+                    buffer.at(ts, pair)
+                    mk += 1
         if now is None:
             return None
         if side:
-            return self._pairs([(m, data) for m in now])
-        return self._pairs([(data, m) for m in now])
+            return self._pairs(key, [(m, data) for m in now])
+        return self._pairs(key, [(data, m) for m in now])
 
-    def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
-        buffer = self.buffer
-        bases = [interval_key(side, timestamp) for side in (0, 1, _PAIR)]
-        pairs = None
-        # One lookup per side (a timer's due usually holds one event of one side).
-        for base, first in zip(bases, buffer.get_many(bases), strict=True):
-            if first is not None:
-                buffer.remove(base)
-                more = _take(buffer, base + 1)
-                if base == bases[2]:
-                    pairs = [first, *more]
-        return None if pairs is None else self._pairs(pairs)
+    def _fire(self, time: int, items: list[Any]) -> list[Any]:
+        """Drop the entries due at ``time``; the held pairs among them go out."""
+        remove = self.buffer.remove
+        out: list[Any] | None = None
+        for item in items:
+            value = remove(item)
+            if value is not None and item[1] >> 98 == _PAIR:
+                results = self._pairs(item[0], [value])
+                if out is None:
+                    out = results
+                else:
+                    out += results
+        return out or []
+
+    def _index_loaded(self, key: Any, mk: int) -> None:
+        self.buffer.at(((mk >> _SEQ_BITS) & _TIME_MASK) - _OFFSET, (key, mk))
+
+
+def _first_free(buffer: Any, key: Any, base: int) -> int:
+    """The first free map key ``base + seq`` of ``key``: entries keyed ``base + seq`` are
+    numbered from 0 in arrival order and dropped together, so the numbers in use are
+    ``0..n-1`` (counted in the key's sorted map keys, never read one by one)."""
+    if (key, base) not in buffer.values:
+        return base
+    order = buffer.held[key]
+    return base + bisect_left(order, base + _SEQ) - bisect_left(order, base)
 
 
 class AsOfJoinFunction(_Join):
@@ -320,11 +376,11 @@ class AsOfJoinFunction(_Join):
 
     State per key: one MapState ``buffer`` (keys packed in one int: :func:`asof_key`): the
     left events waiting at ``t`` under ``(t, 0, seq)`` (numbered in arrival order) and the
-    right version at ``t`` under ``(t, 1)`` (the last to arrive), so that one reverse range
-    read from ``t`` finds a timer's left events, its version and the version kept from
-    before. One event-time timer per timestamp emits its left events and drops the versions
-    before the latest one at or below it; one at the end of
-    input (registered when a key's first version is kept) drops the last.
+    right version at ``t`` under ``(t, 1)`` (the last to arrive), so that the key's sorted
+    map keys just below ``(t + 1, 0)`` hold a due time's left events, its version and the
+    version kept from before. The key is indexed (see :class:`_Join`) at each time it has
+    entries: its left events there go out and the versions before the latest one at or
+    below it are dropped; and at the end of input once it keeps a version, which goes then.
     """
 
     def __init__(self, how: str = "inner", fn: Joiner | None = None,
@@ -343,11 +399,12 @@ class AsOfJoinFunction(_Join):
             return None
         data = self._encode(event, "left")
         buffer = self.buffer
-        base = asof_key(t, 0)
-        seq = _next_seq(buffer, base)
-        buffer.put(base + seq, data)
-        if seq == 0:
-            ctx.timers.register_event_time(t)
+        key = buffer.store.key
+        base = (t + _OFFSET) << (_SEQ_BITS + 1)
+        mk = _first_free(buffer, key, base)
+        if mk == base and (key, base | _VERSION) not in buffer.values:
+            buffer.at(t, key)  # the key's first entry at t
+        buffer.add((key, mk), data)
         return None
 
     def on_event2(self, event: Any, ctx: Context) -> Iterable[Any] | None:
@@ -357,45 +414,69 @@ class AsOfJoinFunction(_Join):
         if t <= ctx.watermark:
             self._late(event, ctx)
             return None
-        self.buffer.put(asof_key(t, 1), self._encode(event, "right"))
-        # Older versions go once the watermark reaches t.
-        ctx.timers.register_event_time(t)
+        data = self._encode(event, "right")
+        buffer = self.buffer
+        key = buffer.store.key
+        base = (t + _OFFSET) << (_SEQ_BITS + 1)
+        item = (key, base | _VERSION)
+        values = buffer.values
+        if item not in values and (key, base) not in values:
+            buffer.at(t, key)  # the key's first entry at t
+        buffer.add(item, data)
         return None
 
-    def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
+    def _fire(self, time: int, keys: list[Any]) -> list[Any]:
         buffer = self.buffer
-        if timestamp == END:
-            buffer.clear()
-            return None
-        # At or below the watermark there are this timer's entries and, before them, at most
-        # the one kept version (every other entry went at its own, earlier, timer).
-        lefts: list[Any] = []  # keys and values, newest first
-        version = older = None
-        lowest = asof_key(timestamp, 0)
-        for k, v in buffer.entries(end=asof_key(timestamp + 1, 0), reverse=True):
-            if k < lowest:
-                older = k, v
-                break
-            if k & (1 << _SEQ_BITS):
-                version = v
+        held = buffer.held
+        remove = buffer.remove
+        out: list[Any] = []
+        if time == END:  # no left event can come: the kept versions go
+            for key in keys:
+                order = held.get(key)
+                if order is not None:
+                    for mk in list(order):
+                        remove((key, mk))
+            return out
+        values = buffer.values
+        lowest = (time + _OFFSET) << (_SEQ_BITS + 1)
+        vkey = lowest | _VERSION
+        inner = self.how == "inner"
+        for key in keys:
+            order = held.get(key)
+            if order is None:
+                continue
+            # At or below the time there are its entries and, before them, at most the one
+            # kept version (every other entry went at its own, earlier, time).
+            i = bisect_left(order, lowest)
+            lefts = order[i:bisect_left(order, vkey)]
+            older = order[i - 1] if i else None
+            version = values.get((key, vkey))
+            if version is not None:  # a version at this time: the latest; the older goes
+                match = version
+                if older is not None:
+                    remove((key, older))
+                else:  # the key's first kept version: it goes at the end of input
+                    buffer.at(END, key)
             else:
-                lefts.append(k)
-                lefts.append(v)
-        if version is not None:  # a version at this time: it is the latest; the older goes
-            match = version
-            if older is not None:
-                buffer.remove(older[0])
-            else:  # the key's first kept version: it goes at the end of input
-                ctx.timers.register_event_time(END)
-        else:
-            match = None if older is None else older[1]
-        if not lefts:
-            return None
-        for k in lefts[::2]:
-            buffer.remove(k)
-        if match is None and self.how == "inner":
-            return None
-        return self._results(lefts[-1::-2], match)
+                match = None if older is None else values[(key, older)]
+            if not lefts:
+                continue
+            events = [remove((key, mk)) for mk in lefts]
+            if match is None and inner:
+                continue
+            out += self._results(key, events, match)
+        return out
+
+    def _index_loaded(self, key: Any, mk: int) -> None:
+        t = (mk >> (_SEQ_BITS + 1)) - _OFFSET
+        values = self.buffer.values
+        if mk & _VERSION:
+            self.buffer.at(END, key)  # a kept version goes at the end of input
+            if (key, mk ^ _VERSION) in values:
+                return  # indexed with its left events
+        elif mk & 0xFFFFFFFF:
+            return  # indexed with the first at its time
+        self.buffer.at(t, key)
 
 
 def interval_join_function(name: str, lower: int, upper: int, fn: Joiner | None = None,

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 import eddies as ed
+from eddies.operators import joins
 from eddies.operators.joins import asof_join_function, interval_join_function
 from eddies.operators.sources import DeadLetter, Source, SourceReader
-from eddies.state import maps
+from eddies.state import buffers
 from eddies.testing import Harness
 
 
@@ -89,16 +90,17 @@ def test_results_share_nothing_with_the_buffers_or_each_other(
 
 
 def packed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the bytes MapState packs (checking values at put, writing them at flush)."""
+    """Counts the bytes a join packs (each event as it is buffered, entries at checkpoints)."""
     packed = [0]
-    pack = maps.pack
+    pack = joins.pack
 
     def counting(value: Any) -> bytes:
         data = pack(value)
         packed[0] += len(data)
         return data
 
-    monkeypatch.setattr(maps, "pack", counting)
+    monkeypatch.setattr(joins, "pack", counting)
+    monkeypatch.setattr(buffers, "pack", counting)
     return packed
 
 
@@ -121,19 +123,23 @@ def test_many_events_at_one_time_cost_each_the_same(kind: str,
     assert len(got) == (0 if kind == "interval" else n)
 
 
-def test_interval_read_is_as_wide_as_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+class _CountingReads(dict):  # type: ignore[type-arg]
+    """A buffer's values, counting the reads of entries by key."""
+
+    reads = 0
+
+    def __getitem__(self, key: Any) -> Any:
+        _CountingReads.reads += 1
+        return super().__getitem__(key)
+
+
+def test_interval_read_is_as_wide_as_the_interval() -> None:
     """With ``lower = upper = 2000`` an event reads the entries of one timestamp, not the
     2000 ms of buffered events below its own due time."""
-    seen = [0]
-    entries = maps.MapHandle.entries
-
-    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        for item in entries(self, *args, **kwargs):
-            seen[0] += 1
-            yield item
-
-    monkeypatch.setattr(maps.MapHandle, "entries", counting)
-    h = Harness(interval_join_function("j", 2_000, 2_000), operator="j")
+    fn = interval_join_function("j", 2_000, 2_000)
+    h = Harness(fn, operator="j")
+    fn.buffer.values = _CountingReads()
+    _CountingReads.reads = 0
     n = 500
     results = []
     for i in range(n):
@@ -142,7 +148,7 @@ def test_interval_read_is_as_wide_as_the_interval(monkeypatch: pytest.MonkeyPatc
     results += h.watermark(2**62)
     assert sorted((r["left"]["l"], r["right"]["r"]) for r in results) == [
         (i, i) for i in range(n)]
-    assert seen[0] <= 2 * n
+    assert 0 < _CountingReads.reads <= 2 * n
 
 
 @pytest.mark.parametrize("kind", ["interval", "asof"])
