@@ -24,7 +24,8 @@ CLI_TOKEN_FIX = ("give --token TOKEN (or set EDDIES_TOKEN; clients then send "
 
 
 def inspector_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--metrics-port``, ``--bind`` and ``--token``: the live /metrics and /state server."""
+    """``--metrics-port``, ``--bind`` and ``--token``: the live /metrics, /healthz and /state
+    server."""
 
     @functools.wraps(command)
     def checked(*args: Any, **kwargs: Any) -> Any:
@@ -37,7 +38,8 @@ def inspector_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     for option in reversed([
         click.option("--metrics-port", type=int, default=None,
-                     help="Serve /metrics and /state on this port while the job runs."),
+                     help="Serve /metrics, /healthz and /state on this port while the job "
+                          "runs."),
         click.option("--bind", default="127.0.0.1", show_default=True,
                      help="Address of the metrics/inspector server; anything but loopback "
                           "needs --token."),
