@@ -47,6 +47,7 @@ import secrets
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import msgpack
@@ -57,10 +58,12 @@ from eddies.state.keys import KEY_LAYOUT_VERSION, decode_element
 
 __all__ = [
     "Delta",
+    "append_records",
     "InputPosition",
     "Marker",
     "MarkerLog",
     "apply_deltas",
+    "changelog_partitions",
     "changelog_records",
     "decode_marker",
     "encode_marker",
@@ -277,6 +280,87 @@ def changelog_records(
         elif kind == DELETE_RANGE:
             items.append((key, value, None, ranged, key[0] << 8 | key[1]))
     return out
+
+
+Record = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+"""A changelog record: ``(key, value, headers)``."""
+
+
+def changelog_partitions(
+    batch: Batch, topics: Mapping[str, str], skip: set[str], token: int
+) -> dict[str, dict[int, list[Record]]]:
+    """The records of :func:`changelog_records`, per changelog topic and partition, each
+    ``(key, value, headers)``, in the order ``changelog_records`` gives them within each
+    partition (the order a restore replays them in).
+
+    A checkpoint's puts come in runs of one key group (the worker pushes a partition's
+    records together), so the partition is looked up once per run, not once per record.
+
+    >>> b = Batch(); b.put_many("n", [b"\\x00\\x03k", b"\\x00\\x01j", b"\\x00\\x03i"], [b"1", b"2", b"3"])
+    >>> parts = changelog_partitions(b, {"n": "t"}, set(), 9)["t"]
+    >>> {p: [(k, v) for k, v, _ in records] for p, records in parts.items()}
+    {3: [(b'\\x00\\x03k', b'1'), (b'\\x00\\x03i', b'3')], 1: [(b'\\x00\\x01j', b'2')]}
+    """
+    plain = [token_header(token)]
+    ranged = [*plain, (OP_HEADER, RANGE)]
+    out: dict[str, dict[int, list[Record]]] = {}
+    for kind, cf, key, value in batch.ops:
+        if cf in skip or cf.startswith("__meta__"):
+            continue
+        parts = out.setdefault(topics[cf], {})
+        if cf.startswith("__expiry"):
+            for d in split_by_partition(Batch([(kind, cf, key, value)]), skip):
+                parts.setdefault(d.partition, []).append(
+                    (d.key, d.value, ranged if d.is_range else plain))
+        elif kind in (PUT_MANY, DELETE_MANY):  # the key group: the first two bytes
+            values = value if kind == PUT_MANY else [None] * len(key)
+            last = -1
+            run: list[Record] = []
+            for k, v in zip(key, values, strict=True):
+                group = k[0] << 8 | k[1]
+                if group != last:
+                    run = parts.setdefault(group, [])
+                    last = group
+                run.append((k, v, plain))
+        elif kind in (PUT, DELETE):
+            parts.setdefault(key[0] << 8 | key[1], []).append(
+                (key, value if kind == PUT else None, plain))
+        elif kind == DELETE_RANGE:
+            parts.setdefault(key[0] << 8 | key[1], []).append((key, value, ranged))
+    return out
+
+
+def append_records(batch: Any, records: list[Record], start: int = 0) -> int:
+    """Append ``records[start:]`` to ``batch`` (an aiokafka ``BatchBuilder``, from the
+    producer's ``create_batch``) until it is full; returns the index of the first record
+    left out (``len(records)``: every one went in). A full batch is closed.
+
+    The records go straight to the batch's record builder (C): ``BatchBuilder.append``
+    adds a keyword call, serializer hooks and bookkeeping per record, which a checkpoint
+    of many deltas pays for each. A batch that has serializers, or an aiokafka without
+    that builder, takes the plain ``append``.
+    """
+    builder = getattr(batch, "_builder", None)
+    if (builder is None or not isinstance(getattr(batch, "_relative_offset", None), int)
+            or getattr(batch, "_key_serializer", None) is not None
+            or getattr(batch, "_value_serializer", None) is not None or batch.closed()):
+        for i in range(start, len(records)):
+            key, value, headers = records[i]
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                return i
+        return len(records)
+    append = builder.append
+    first = offset = batch._relative_offset  # noqa: SLF001
+    full = False
+    for key, value, headers in islice(records, start, None):
+        if append(offset, None, key, value, headers) is None:
+            full = True
+            break
+        offset += 1
+    batch._relative_offset = offset  # noqa: SLF001 (what record_count() reports)
+    if full:
+        batch.close()
+    return start + offset - first
 
 
 class MarkerLog:

@@ -68,8 +68,9 @@ from eddies.runtime.kafka.changelog import (
     InputPosition,
     Marker,
     MarkerLog,
+    append_records,
     apply_deltas,
-    changelog_records,
+    changelog_partitions,
     encode_marker,
     new_token,
     token_header,
@@ -1178,6 +1179,22 @@ class KafkaWorker:
         return futures
 
     # -- checkpoints ---------------------------------------------------------------------------
+    async def _send_changelog(self, topic: str, parts: dict[int, list[Any]]) -> list[Any]:
+        """Produce a checkpoint's deltas for changelog ``topic`` (``changelog_partitions``:
+        records per partition), each partition's in as few batches as fit; returns the
+        delivery futures."""
+        producer = self.producer
+        if self.outputs is not None:
+            producer = await self.outputs.producer_for(topic, producer)
+        futures = []
+        for p, records in parts.items():
+            start = 0
+            while start < len(records):
+                batch = producer.create_batch()
+                start = append_records(batch, records, start)
+                futures.append(await producer.send_batch(batch, topic, partition=p))
+        return futures
+
     async def checkpoint(self) -> None:
         """Changelog deltas, then markers, then the local write, then the group commit.
 
@@ -1201,10 +1218,10 @@ class KafkaWorker:
         marker_acks: list[Any] = []
         if self.plan.stateful_topics:
             header = token_header(token)
-            per_topic = changelog_records(batch, self.plan.changelog_topics(),
-                                          set(self.plan.broadcast_cfs), token)
-            for topic, items in per_topic.items():
-                waits.extend(await self._send(topic, items, explicit=True))
+            per_topic = changelog_partitions(batch, self.plan.changelog_topics(),
+                                             set(self.plan.broadcast_cfs), token)
+            for topic, parts in per_topic.items():
+                waits.extend(await self._send_changelog(topic, parts))
             await asyncio.gather(*waits)  # outputs and deltas durable before the marker
             self.after_deltas(self.seq)
             markers = []
