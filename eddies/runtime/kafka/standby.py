@@ -239,13 +239,26 @@ class Standbys:
 
     # -- tailing -------------------------------------------------------------------------------
     async def _run(self) -> None:
-        while not self._stopping:
-            if not self.tails:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            got = await self._consumer.getmany(timeout_ms=500, max_records=50_000)
-            self.apply(got)
+        try:
+            while not self._stopping:
+                if not self.tails:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                got = await self._consumer.getmany(timeout_ms=500, max_records=50_000)
+                self.apply(got)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The data path goes on; taking over these key groups replays more of the
+            # changelog (from where their copies stand), never applies a wrong delta.
+            log.exception("standby replicas stopped tailing key groups %s; the worker goes "
+                          "on, and a takeover of them replays their changelog from where "
+                          "their copies stand", sorted(self.tails))
+            for p in list(self.tails):
+                if self.on_lag is not None:
+                    self.on_lag(p, None)
+            self.tails.clear()
 
     def apply(self, got: dict[Any, list[Any]]) -> int:
         """Apply a fetch's records to the standby key groups they belong to (records of a

@@ -18,14 +18,16 @@ round:
 
 On assignment a key group (partition ``p`` of every stateful topic: with a join of two Kafka
 sources, both inputs' partition ``p``, which faust assigns together) is restored from local
-RocksDB when its last local checkpoint token equals the last marker in the changelog, else by
-wiping the key group locally and replaying the changelog up to the last marker; each input is
-then sought to its offset in the marker, and its partition watermark restored. The operators'
-watermarks are then recomputed from the owned partitions', so they go back when a restored
-partition is behind the ones already owned (taking over a lost worker's partitions): else the
-restored partitions' records and timers would be judged against a watermark they never
-reached. Each restore is appended to ``<state-dir>/restores.jsonl`` (partition, source,
-records, seconds).
+RocksDB when its last local checkpoint token equals the last marker in the changelog, else
+from a standby copy (``--standbys``, ``standby.py``) by replaying the changelog's tail after
+it, else by wiping the key group locally and replaying the changelog up to the last marker;
+each input is then sought to its offset in the marker, and its partition watermark restored.
+The operators' watermarks are then recomputed from the owned partitions', so they go back
+when a restored partition is behind the ones already owned (taking over a lost worker's
+partitions): else the restored partitions' records and timers would be judged against a
+watermark they never reached. Each restore is appended to ``<state-dir>/restores.jsonl`` (partition, source:
+local, standby, changelog or empty; records replayed, seconds), and so is each standby copy's
+first catch-up with its changelog (``"standby": "caught_up"``).
 
 Stopping: the first SIGTERM or SIGINT ends the data task after its round with a final
 checkpoint whose offsets are committed (if it holds restored partitions: else there is nothing
@@ -598,9 +600,13 @@ class KafkaWorker:
             self.marks[(topic, p)] = self._new_mark(topic, now)
         markers = MarkerLog(f"topic {self.plan.checkpoint_topic!r} partition {p}")
         cl_topics = self.plan.changelog_topics()
+        meta_key = encode_key(("kafka-checkpoint", p))
+        local = self.backend.get(META_CF, meta_key)
+        local_token = msgpack.unpackb(local) if local is not None else None
         # A standby copy (standby.py) holds the changelog applied up to its offsets: only the
-        # tail after them is replayed, read together with the markers.
-        position = read_position(self.backend, p)
+        # tail after them is replayed, read together with the markers. (Its token is None.)
+        position = read_position(self.backend, p) if local is not None and local_token is None \
+            else None
         if position is not None and set(position.offsets) != set(cl_topics.values()):
             position = None
         ends = await self._read_ends(p, {self.plan.checkpoint_topic: 0,
@@ -608,9 +614,6 @@ class KafkaWorker:
         for _, value, _ in ends[self.plan.checkpoint_topic]:
             if value is not None:
                 markers.add(value)
-        meta_key = encode_key(("kafka-checkpoint", p))
-        local = self.backend.get(META_CF, meta_key)
-        local_token = msgpack.unpackb(local) if local is not None else None
         last = markers.last
         if last is not None and last.identity is not None:  # another job's checkpoints?
             check_identity(last.identity, self.job, None,
