@@ -10,19 +10,18 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from heapq import heappop, heappush
-from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from eddies.state.backend import DELETE, PUT, Batch, StateBackend
 from eddies.state.handles import Handle
-from eddies.state.keys import Key, decode_key, decode_user_key, encode_key
+from eddies.state.keys import Key, decode_key, decode_user_key
 from eddies.state.values import NEVER_STAMP, pack, unpack
 
 if TYPE_CHECKING:
     from eddies.state.descriptors import StateDescriptor
     from eddies.state.store import KeyedStateStore
 
-__all__ = ["JoinBuffers"]
+__all__ = ["JoinBuffers", "stored_map_key", "stored_value"]
 
 
 def _ignore_entry(key: Key, mk: int) -> None:
@@ -31,6 +30,36 @@ def _ignore_entry(key: Key, mk: int) -> None:
 
 def _ignore_time(time: int) -> None:
     pass
+
+
+_HEADS = [bytes((0x1D, n)) for n in range(256)]
+_BIN8 = [NEVER_STAMP + bytes((0xC4, n)) for n in range(256)]
+
+
+def stored_map_key(mk: int) -> bytes:
+    """``encode_key(mk)`` of an int map key above ``2**64`` (the joins' keys all are), as
+    MapState stores it, without the general codec's dispatch.
+
+    >>> from eddies.state.keys import encode_key
+    >>> all(stored_map_key(k) == encode_key(k) for k in (2**64, 2**64 + 1, 2**100 - 3))
+    True
+    """
+    n = (mk.bit_length() + 7) >> 3
+    return _HEADS[n] + mk.to_bytes(n, "big")
+
+
+def stored_value(value: Any) -> bytes:
+    """The stored bytes of a value that never expires: ``NEVER_STAMP + pack(value)``, a
+    bytes value of under 256 bytes (a buffered event, mostly) with its msgpack header
+    written here.
+
+    >>> all(stored_value(v) == NEVER_STAMP + pack(v) for v in (b"", b"x" * 255, b"y" * 256,
+    ...                                                       [b"a", b"b"]))
+    True
+    """
+    if type(value) is bytes and len(value) < 256:
+        return _BIN8[len(value)] + value
+    return NEVER_STAMP + pack(value)  # type: ignore[no-any-return]
 
 
 class JoinBuffers(Handle):
@@ -129,17 +158,18 @@ class JoinBuffers(Handle):
         """A DELETE per stored entry removed, then a PUT per entry added and still held."""
         ops = batch.ops
         name = self.name
+        prefixes = self.store.cached_prefixes
         prefix = self.store.prefix
         if self.deleted:
-            ops.extend(zip(repeat(DELETE), repeat(name),
-                           [prefix(key) + encode_key(mk) for key, mk in self.deleted],
-                           repeat(None)))
+            ops.extend([(DELETE, name, (prefixes.get(key) or prefix(key)) + stored_map_key(mk),
+                         None) for key, mk in self.deleted])
             self.deleted = []
         fresh = self.fresh
         if fresh:
             values = self.values
-            ops.extend([(PUT, name, prefix(item[0]) + encode_key(item[1]),
-                         NEVER_STAMP + pack(values[item])) for item in fresh])
+            ops.extend([(PUT, name, (prefixes.get(item[0]) or prefix(item[0]))
+                         + stored_map_key(item[1]), stored_value(values[item]))
+                        for item in fresh])
             fresh.clear()
 
     def cached_count(self) -> int:
