@@ -165,9 +165,9 @@ class BatchCut:
 
 class _Expiries:
     """The event-time work of states declared with ``on_expire=True``: each handle's
-    ``expiring`` heap holds at least one entry at or before each stored value's stamp (a
-    rewrite with a later stamp adds none; the entry finds the later stamp when it comes due
-    and moves to it). Due entries fire in (time, stored key, state name) order, so the calls
+    ``expiring`` queue holds one live entry at or before each stored value's stamp (a
+    rewrite with a later stamp adds none; the entry finds the later stamp in its key's slot
+    when it comes due and moves to it). Due entries fire in (time, stored key, state name) order, so the calls
     depend on the input alone, not on batches, checkpoints or restarts; the heaps are
     rebuilt from the stored stamps whenever timers are loaded (restore, Kafka partitions)."""
 
@@ -195,9 +195,8 @@ class _Expiries:
         at = None
         for handle in self.handles:
             queue = handle.expiring
-            armed = handle.armed
-            while (entry := queue.peek()) is not None and armed.get(entry[2]) != entry[0]:
-                queue.pop()  # stale: the key was re-armed earlier or has fired
+            while (entry := queue.peek()) is not None and entry[3][0] != entry[0]:
+                queue.pop()  # stale: the key was queued earlier since, or fired
             if entry is not None and (at is None or entry[0] < at):
                 at = entry[0]
         return at
@@ -267,18 +266,18 @@ class _Expiries:
         for handle in self.handles:
             queue = handle.expiring
             while (entry := queue.peek()) is not None and entry[0] == time:
-                _, prefix, key = queue.pop()
-                due.append((prefix, handle.name, key, handle))
+                _, prefix, key, slot = queue.pop()
+                due.append((prefix, handle.name, key, handle, slot))
         if len(self.handles) > 1:
             due.sort(key=itemgetter(0, 1))
         op = self.op
         store = op.store
         ctx = op.ctx
         on_expire = self.on_expire
-        for _, name, key, handle in due:
+        for _, name, key, handle, slot in due:
             store.key = key
             store.timestamp = time
-            value = handle.take_expired(key, time)
+            value = handle.take_expired(key, time, slot)
             if value is _MISSING:
                 continue
             ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key

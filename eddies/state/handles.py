@@ -69,7 +69,7 @@ def _prefixes_of(store: KeyedStateStore, keys: list[Key]) -> list[bytes]:
 
 
 class ExpiryQueue:
-    """Entries ``(time, stored-key prefix, key)`` taken in order: a heap of coarse buckets
+    """Entries ``(time, stored-key prefix, key, ...)`` taken in order: a heap of coarse buckets
     (``time >> SHIFT``), each a list appended to in O(1) and sorted only when it comes due.
     Entries pushed into the bucket being taken (or earlier) are inserted in order.
 
@@ -86,13 +86,13 @@ class ExpiryQueue:
     __slots__ = ("buckets", "order", "cur", "pos", "bucket")
 
     def __init__(self) -> None:
-        self.buckets: dict[int, list[tuple[int, bytes, Key]]] = {}
+        self.buckets: dict[int, list[tuple[Any, ...]]] = {}
         self.order: list[int] = []  # heap of bucket numbers in ``buckets``
-        self.cur: list[tuple[int, bytes, Key]] = []  # the open bucket, sorted; taken up to pos
+        self.cur: list[tuple[Any, ...]] = []  # the open bucket, sorted; taken up to pos
         self.pos = 0
         self.bucket: int | None = None  # the open bucket's number
 
-    def push(self, entry: tuple[int, bytes, Key]) -> None:
+    def push(self, entry: tuple[Any, ...]) -> None:
         b = entry[0] >> self.SHIFT
         bucket = self.bucket
         if bucket is not None and b <= bucket:
@@ -105,7 +105,7 @@ class ExpiryQueue:
         else:
             entries.append(entry)
 
-    def peek(self) -> tuple[int, bytes, Key] | None:
+    def peek(self) -> tuple[Any, ...] | None:
         """The next entry, or None."""
         while self.pos >= len(self.cur):
             if not self.order:
@@ -121,7 +121,7 @@ class ExpiryQueue:
             self.bucket = b
         return self.cur[self.pos]
 
-    def pop(self) -> tuple[int, bytes, Key]:
+    def pop(self) -> tuple[Any, ...]:
         """Take the entry :meth:`peek` returned."""
         entry = self.cur[self.pos]
         self.pos += 1
@@ -275,12 +275,17 @@ class ValueHandle(Handle):
         self.evicts_swept = ttl is not None and ttl.visibility == "expired_if_present"
         self.expiring: ExpiryQueue | None = (
             ExpiryQueue() if getattr(descriptor, "on_expire", False) else None)
-        """With ``on_expire``: a queue of ``(time, stored-key prefix, key)``, at least one at or
-        before each stored value's stamp (the operator fires them, see
+        """With ``on_expire``: a queue of ``(time, stored-key prefix, key, slot)``, one live
+        entry at or before each stored value's stamp (the operator fires them, see
         ``eddies.runtime.keyed``); such a state writes no expiry index, for its expiries
         delete its values. None otherwise."""
-        self.armed: dict[Key, int] = {}
-        """Per key, the time of its live entry in ``expiring``."""
+        self.armed: dict[Key, list[int]] = {}
+        """With ``on_expire``, per key with a stamped value: its slot ``[queued, stamp]``, the
+        time of its live entry in ``expiring`` and the value's stamp. Such a state keeps its
+        stamps here rather than in ``_expiry``: a write updates the slot it finds, and an
+        entry that comes due reads the stamp from the slot it carries, with no lookup. An
+        entry whose time is not its slot's ``queued`` is stale (the key was queued earlier
+        since, or its value fired or was cleared: ``queued`` is then -1)."""
         self.on_arm: Any = None
         self._checked_get: Any = None
         self._fast_get: Any = None
@@ -290,21 +295,39 @@ class ValueHandle(Handle):
         self._install_fast_paths()
 
     def arm(self, key: Key, time: int) -> None:
-        """Put ``key``'s expiry at ``time`` in ``expiring`` unless an entry at or before it is
-        there already (the one there is moved on when it fires and finds a later stamp)."""
-        armed = self.armed
-        at = armed.get(key)
-        if at is None or time < at:
-            armed[key] = time
-            self.expiring.push((time, self.store.prefix(key), key))  # type: ignore[union-attr]
-            if time <= self.backend.watermark:
-                # Written expired (a record later than the TTL): reads check stamps until it
-                # has fired, at the next advance of event time.
-                if time > self._born_until:
-                    self._born_until = time
-                self.hold_checks()
-            if self.on_arm is not None:
-                self.on_arm(time)
+        """Make ``time`` the stamp of ``key``'s value, and put an entry for it in ``expiring``
+        unless one at or before it is there already (that one moves on to the stamp when it
+        comes due)."""
+        slot = self.armed.get(key)
+        if slot is None:
+            slot = self.armed[key] = [time, time]
+        else:
+            slot[1] = time
+            if time >= slot[0]:
+                return
+            slot[0] = time
+        self.expiring.push((time, self.store.prefix(key), key, slot))  # type: ignore[union-attr]
+        if time <= self.backend.watermark:
+            # Written expired (a record later than the TTL): reads check stamps until it has
+            # fired, at the next advance of event time.
+            if time > self._born_until:
+                self._born_until = time
+            self.hold_checks()
+        if self.on_arm is not None:
+            self.on_arm(time)
+
+    def _disarm(self, key: Key) -> None:
+        """``key``'s value is gone (cleared, or fired): its entry in ``expiring`` is stale."""
+        slot = self.armed.pop(key, None)
+        if slot is not None:
+            slot[0] = -1
+
+    def _stamp_of(self, key: Key, default: Any = NEVER) -> Any:
+        """The cached stamp of ``key``'s value, or ``default``."""
+        if self.expiring is None:
+            return self._expiry.get(key, default)
+        slot = self.armed.get(key)
+        return default if slot is None else slot[1]
 
     def hold_checks(self) -> None:
         """Make reads compare stamps with the clock. A state with ``on_expire`` reads
@@ -378,8 +401,19 @@ class ValueHandle(Handle):
                         return slow_get(default)
                     return value
 
+                def checked_get(default: Any = MISSING) -> Any:
+                    # get, with the stamp in the key's slot (see ``armed``).
+                    key = store.key
+                    value = cache_get(key, MISSING)
+                    if value is MISSING or value is ABSENT:
+                        return slow_get(default)
+                    slot = armed_get(key)
+                    if slot is None or slot[1] > backend.watermark:
+                        return value
+                    return slow_get(default)
+
                 if type(self) is ValueHandle:
-                    self._checked_get = get
+                    self._checked_get = checked_get
                     self._fast_get = fast_get
                     get = fast_get
 
@@ -399,10 +433,12 @@ class ValueHandle(Handle):
                         return
                     key = store.key
                     cache[key] = value
-                    expiry[key] = expires_at
                     dirty[key] = stamp(expires_at) + payload
-                    at = armed_get(key)
-                    if at is None or expires_at < at:
+                    # arm(), inlined for a key whose queued entry is at or before the stamp
+                    slot = armed_get(key)
+                    if slot is not None and expires_at >= slot[0]:
+                        slot[1] = expires_at
+                    else:
                         arm(key, expires_at)
 
                 if type(self) is ValueHandle:
@@ -454,7 +490,10 @@ class ValueHandle(Handle):
         self._cache[key] = value
         expires_at = read_stamp(data)
         if expires_at != NEVER:
-            self._expiry[key] = expires_at
+            if self.expiring is not None:
+                self.arm(key, expires_at)  # armed already, unless restored without its entry
+            else:
+                self._expiry[key] = expires_at
         return value
 
     def _read(self) -> Any:
@@ -470,7 +509,7 @@ class ValueHandle(Handle):
         """``value`` as TTL lets the current read see it (ABSENT once expired)."""
         # A stamp written while the state had a TTL still counts after the TTL is switched
         # off, as it does for the sweep: the stored value carries its own expiry.
-        expires_at = self._expiry.get(key, NEVER)
+        expires_at = self._stamp_of(key)
         if not self._visible(expires_at):
             return ABSENT
         if self._refresh and not self._expired(expires_at):
@@ -486,7 +525,6 @@ class ValueHandle(Handle):
         dirty one was vouched for the same way or is noted already."""
         if self.expiring is not None:
             self.arm(key, expires_at)
-            self._expiry[key] = expires_at
             return
         old = self._expiry.get(key)
         if (old is None or expires_at < old
@@ -505,7 +543,7 @@ class ValueHandle(Handle):
             if self.ttl is None and not expiry:
                 return value
             if self._watermark_only:
-                expires_at = expiry.get(key)
+                expires_at = self._stamp_of(key, None)
                 if expires_at is None or expires_at > self.backend.watermark:
                     return value
             else:
@@ -552,6 +590,8 @@ class ValueHandle(Handle):
         key = self.store.key
         self._cache[key] = ABSENT
         self._expiry.pop(key, None)
+        if self.expiring is not None:
+            self._disarm(key)
         self._dirty[key] = ABSENT
         self._cleared = True
 
@@ -560,7 +600,7 @@ class ValueHandle(Handle):
         value = self._cache.get(key, MISSING)
         if value is MISSING:
             value = self._load(key)
-        if value is ABSENT or not self._visible(self._expiry.get(key, NEVER)):
+        if value is ABSENT or not self._visible(self._stamp_of(key)):
             return None
         return value
 
@@ -635,24 +675,23 @@ class ValueHandle(Handle):
             self._cache.pop(key, None)
             self._expiry.pop(key, None)
 
-    def take_expired(self, key: Key, time: int) -> Any:
-        """For the entry ``(time, _, key)`` just taken from ``expiring``, with ``key`` the
-        store's current key: the value, cleared, if it expired at or before ``time``;
-        MISSING if the entry is stale or the value was rewritten later (then re-armed at
-        its stamp) or is gone."""
-        armed = self.armed
-        if armed.get(key) != time:
+    def take_expired(self, key: Key, time: int, slot: list[int]) -> Any:
+        """For the entry ``(time, _, key, slot)`` just taken from ``expiring``, with ``key``
+        the store's current key: the value, cleared, if it expired at or before ``time``;
+        MISSING if the entry is stale or the value was rewritten later (its entry then
+        moves on to its stamp)."""
+        if slot[0] != time:
             return MISSING
-        del armed[key]
         value = self._cache.get(key, MISSING)
         if value is MISSING:
             value = self._load(key)
         if value is ABSENT:
+            self._disarm(key)
             return MISSING
-        expires_at = self._expiry.get(key, NEVER)
+        expires_at = slot[1]
         if expires_at > time:
-            if expires_at != NEVER:
-                self.arm(key, expires_at)
+            slot[0] = expires_at
+            self.expiring.push((expires_at, self.store.prefix(key), key, slot))  # type: ignore[union-attr]
             return MISSING
         self.clear()
         return value
@@ -660,14 +699,13 @@ class ValueHandle(Handle):
     def expire_until(self, limit: int, fire: Any) -> None:
         """Take every entry of ``expiring`` at or before ``limit`` in order and, for each
         value that expired by its entry's time, clear it and call ``fire(time, key, value)``
-        with the key current; entries that find a later stamp move to it."""
+        with the key current; entries that find a later stamp move to it. A moving entry
+        reads the stamp from its slot: only an expiring one looks its key up."""
         queue = self.expiring
         assert queue is not None
         armed = self.armed
-        armed_get = armed.get
         cache = self._cache
         cache_get = cache.get
-        expiry = self._expiry
         dirty = self._dirty
         store = self.store
         peek = queue.peek
@@ -683,28 +721,29 @@ class ValueHandle(Handle):
                 if entry is None:
                     break
                 pos = queue.pos
-            if entry[0] > limit:
+            time = entry[0]
+            if time > limit:
                 break
             queue.pos = pos + 1
-            time, _, key = entry
-            if armed_get(key) != time:
-                continue  # stale: re-armed earlier, or fired
-            del armed[key]
+            slot = entry[3]
+            if slot[0] != time:
+                continue  # stale: queued earlier since, or fired, or cleared
+            expires_at = slot[1]
+            if expires_at > time:
+                slot[0] = expires_at
+                push((expires_at, entry[1], entry[2], slot))
+                continue
+            key = entry[2]
             value = cache_get(key, MISSING)
             if value is MISSING:
                 store.key = key
                 value = self._load(key)
+            del armed[key]
+            slot[0] = -1
             if value is ABSENT:
-                continue
-            expires_at = expiry.get(key, NEVER)
-            if expires_at > time:
-                if expires_at != NEVER:
-                    armed[key] = expires_at
-                    push((expires_at, entry[1], key))
                 continue
             store.key = key
             cache[key] = ABSENT  # clear(), inlined
-            del expiry[key]
             dirty[key] = ABSENT
             self._cleared = True
             fire(time, key, value)

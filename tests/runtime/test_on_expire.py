@@ -151,6 +151,42 @@ def test_results_equal_a_hand_written_loop_for_every_batch_size_and_backend(
         assert run(events, f"rocksdb:{tmp_path / str(i)}", size, interval) == expected
 
 
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_values_dropped_from_the_cache_still_fire_in_order(backend: str, tmp_path: Any) -> None:
+    # With a cache of 2 keys, most values are read back from the backend when they expire
+    # or are rewritten: their queued expiries must still find them, once each.
+    events = make_events(5, 300)
+    job = ed.Job("sessions")
+    out = ed.sinks.collect()
+    (job.source(ed.sources.iterable(events), timestamp="ts",
+                watermarks=ed.BoundedOutOfOrderness(BOUND))
+     .key_by("key").process(Sessions(), name="sessions").sink(out))
+    state = "memory" if backend == "memory" else f"rocksdb:{tmp_path / 'db'}"
+    ed.run_local(job, state, batch_size=3, checkpoint_interval=2, cache_entries=2)
+    assert out.items == reference(events)
+
+
+def test_a_value_cleared_and_set_again_at_one_time_fires_once_for_the_new_value() -> None:
+    class Reset(ed.KeyedProcessFunction):
+        acc = ed.ValueState("acc", ttl=ed.Ttl(ms=TTL), on_expire=True)
+
+        def on_event(self, event, ctx):
+            if event.get("reset"):
+                self.acc.clear()
+            self.acc.set(event["v"])
+
+        def on_expire(self, state, value, ctx):
+            yield (ctx.key, value, ctx.timestamp)
+
+    h = Harness(Reset())
+    h.event({"v": 1}, key="k", timestamp=100)
+    h.event({"v": 2, "reset": True}, key="k", timestamp=100)  # same stamp, a new value
+    h.event({"v": 3}, key="j", timestamp=100)
+    h.event({"v": 4, "reset": True}, key="j", timestamp=50)  # an earlier stamp
+    assert h.watermark(5_000) == [("j", 4, 1050), ("k", 2, 1100)]
+    assert h.watermark(9_000) == []
+
+
 def test_a_restored_snapshot_fires_what_the_uninterrupted_run_fires(tmp_path: Any) -> None:
     events = make_events(4, 300)
     whole = Harness(Sessions(), f"rocksdb:{tmp_path / 'whole'}")
