@@ -21,6 +21,7 @@ from eddies.operators.sources import Source, SourceReader, loads_exact
 __all__ = ["KafkaSink", "KafkaSource", "kafka_sink", "kafka_source"]
 
 _FORMATS = ("json", "str", "bytes")
+_ISOLATION = ("read_uncommitted", "read_committed")
 
 
 def decode(value_format: str, data: bytes | None) -> Any:
@@ -54,12 +55,20 @@ def _check(topic: str, value_format: str, what: str) -> None:
 class KafkaSource(Source):
     """A Kafka topic as a source. ``key`` names the field the topic is partitioned by: a
     ``key_by`` on that field needs no repartitioning; any other key_by goes through an
-    internal repartition topic."""
+    internal repartition topic. ``isolation_level="read_committed"`` reads only records of
+    committed transactions (another job's ``exactly_once=True`` output), in order, up to the
+    last stable offset."""
 
     bounded = False
 
-    def __init__(self, topic: str, key: str | None, value_format: str, name: str | None) -> None:
+    def __init__(self, topic: str, key: str | None, value_format: str, name: str | None,
+                 isolation_level: str = "read_uncommitted") -> None:
         _check(topic, value_format, "sources.kafka")
+        if isolation_level not in _ISOLATION:
+            raise ConfigError(f"sources.kafka({topic!r}): isolation_level must be one of "
+                              f"{_ISOLATION}, got {isolation_level!r}; read another job's "
+                              "exactly-once output with isolation_level='read_committed'")
+        self.isolation_level = isolation_level
         self.topic = topic
         self.key = key
         self.value_format = value_format
@@ -72,7 +81,9 @@ class KafkaSource(Source):
         )
 
     def __repr__(self) -> str:
-        return f"kafka({self.topic!r}, key={self.key!r})"
+        committed = (", isolation_level='read_committed'"
+                     if self.isolation_level == "read_committed" else "")
+        return f"kafka({self.topic!r}, key={self.key!r}{committed})"
 
 
 class KafkaSink(Sink):
@@ -122,10 +133,18 @@ class KafkaSink(Sink):
 
 
 def kafka_source(
-    topic: str, *, key: str | None = None, value_format: str = "json", name: str | None = None
+    topic: str, *, key: str | None = None, value_format: str = "json", name: str | None = None,
+    isolation_level: str = "read_uncommitted",
 ) -> KafkaSource:
-    """Read ``topic`` (JSON values by default); ``key`` is the field it is partitioned by."""
-    return KafkaSource(topic, key, value_format, name)
+    """Read ``topic`` (JSON values by default); ``key`` is the field it is partitioned by.
+
+    ``isolation_level="read_committed"``: only records of committed transactions, as an
+    eddies job reading another job's ``sinks.kafka(..., exactly_once=True)`` output needs.
+
+    >>> kafka_source("totals", key="account", isolation_level="read_committed")
+    kafka('totals', key='account', isolation_level='read_committed')
+    """
+    return KafkaSource(topic, key, value_format, name, isolation_level)
 
 
 def kafka_sink(

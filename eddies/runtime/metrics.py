@@ -48,6 +48,12 @@ names are counters)::
     m.consumer_lag({("orders", 3): n})        # eddies_consumer_lag{job,topic,partition}:
                                               # records behind the high watermark (gauges;
                                               # partitions left out of the call are dropped)
+    m.flow(records, bytes, paused, pauses)    # Kafka backpressure: eddies_in_flight_records
+                                              # / eddies_in_flight_bytes{job} (produced, not
+                                              # acknowledged), eddies_fetch_paused{job} (1
+                                              # while fetching is paused),
+                                              # eddies_fetch_pauses_total{job} (pauses is
+                                              # the absolute count)
     m.render() -> bytes                       # text exposition; m.content_type for the header
 
 Startup phases are ``open`` (open the backend), ``restore`` (timers, watermarks, positions),
@@ -356,6 +362,28 @@ class Metrics:
         for (topic, partition), lag in lags.items():
             gauge.labels(self.job, topic, str(partition)).set(lag)
         self._lag_partitions = set(lags)
+
+    def flow(self, records: int, size_bytes: int, paused: bool, pauses: int) -> None:
+        """Set the produced records and bytes awaiting acks, whether fetching is paused, and
+        how many pauses there were since the start (absolute values)."""
+        if not hasattr(self, "_in_flight"):  # registered on first use: Kafka workers only
+            r, job = self.registry, self.job
+            self._in_flight = Gauge("eddies_in_flight_records", "Produced records not "
+                                    "acknowledged yet", ["job"], registry=r).labels(job)
+            self._in_flight_bytes = Gauge("eddies_in_flight_bytes", "Produced bytes not "
+                                          "acknowledged yet", ["job"], registry=r).labels(job)
+            self._paused = Gauge("eddies_fetch_paused", "1 while fetching is paused because "
+                                 "produced records await acks (backpressure)", ["job"],
+                                 registry=r).labels(job)
+            self._pauses = Counter("eddies_fetch_pauses", "Times fetching was paused by "
+                                   "backpressure", ["job"], registry=r).labels(job)
+            self._pauses_seen = 0
+        self._in_flight.set(records)
+        self._in_flight_bytes.set(size_bytes)
+        self._paused.set(1 if paused else 0)
+        if pauses > self._pauses_seen:
+            self._pauses.inc(pauses - self._pauses_seen)
+            self._pauses_seen = pauses
 
     # -- output --------------------------------------------------------------------------------
     def render(self) -> bytes:

@@ -41,6 +41,14 @@ __all__ = ["produce", "produce_file", "worker"]
 @click.option("--session-timeout", default=10.0, show_default=True, type=float,
               help="Consumer group session timeout in seconds (how fast a dead worker is "
                    "noticed).")
+@click.option("--max-in-flight-records", default=100_000, show_default=True, type=int,
+              help="Produced records awaiting acks before the worker pauses fetching "
+                   "(backpressure); it resumes when acks bring them to half.")
+@click.option("--max-in-flight-bytes", default=32 << 20, show_default=True, type=int,
+              help="The same bound in bytes of produced record batches.")
+@click.option("--max-fetch-bytes", default=64 << 20, show_default=True, type=int,
+              help="Largest fetch response (at most 4 MiB per partition): bounds records "
+                   "fetched ahead of processing.")
 @click.option("--standbys", default=0, show_default=True, type=int,
               help="Other workers that keep each partition's state warm by tailing its "
                    "changelog, so the one taking it over replays only the tail.")
@@ -54,6 +62,7 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
            checkpoint_interval: int, from_savepoint: str | None,
            allow_non_restored_state: bool, checkpoint_ms: int, session_timeout: float,
            standbys: int,
+           max_in_flight_records: int, max_in_flight_bytes: int, max_fetch_bytes: int,
            metrics_port: int | None, bind: str, token: str | None, progress_every: float,
            log_level: str) -> None:
     """Run TARGET (file.py:job or module:job) as a Kafka worker; start more to scale out.
@@ -72,6 +81,7 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
     if level != "DEBUG":  # faust's services log under the module that subclasses them
         logging.getLogger("eddies.runtime.kafka.faust_io").setLevel("WARNING")
     try:
+        from eddies.runtime.kafka.flow import FlowLimits
         from eddies.runtime.kafka.worker import KafkaWorker
     except ImportError as exc:
         click.echo(f"error: the Kafka worker needs the kafka extra: pip install 'eddies[kafka]' "
@@ -93,6 +103,8 @@ def worker(target: str, broker: str, state_dir: str, group: str | None,
                          checkpoint_interval=checkpoint_interval, checkpoint_ms=checkpoint_ms,
                          session_timeout=session_timeout, standbys=standbys,
                          metrics_port=metrics_port, bind=bind,
+                         flow=FlowLimits(max_in_flight_records, max_in_flight_bytes,
+                                         max_fetch_bytes),
                          token=token, on_progress=progress)
         progress.line = kw.progress_line
         kw.run()

@@ -4,6 +4,12 @@ partitions the group (``faust_io.FaustGroup``) gave this worker and that it has 
 It never joins the group: it takes no part in assignment and commits nothing (commits go
 through the group member, ``FaustGroup.commit``). Its group id only lets a partition without
 an explicit position start at the group's committed offset (else at the earliest).
+
+Topics read ``read_committed`` (``ed.sources.kafka(topic, isolation_level="read_committed")``,
+another job's exactly-once output) go through a second consumer with that isolation level;
+the others through the first, ``read_uncommitted``. :meth:`PartitionReader.pause` stops
+fetching every assigned partition (the worker's backpressure, ``flow.py``) until
+:meth:`PartitionReader.resume`.
 """
 
 from __future__ import annotations
@@ -16,35 +22,59 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 __all__ = ["PartitionReader"]
 
 Partition = tuple[str, int]
+_DEFAULT = "read_uncommitted"
 
 
 class PartitionReader:
-    """Reads batches of records from an explicit set of partitions."""
+    """Reads batches of records from an explicit set of partitions.
+
+    ``isolation``: the isolation level of topics not read ``read_uncommitted``.
+    ``fetch_max_bytes``: the largest fetch response; ``partition_fetch_bytes`` of it per
+    partition. aiokafka buffers at most one response per partition, and fetches a partition
+    again only once its records are taken.
+    """
 
     def __init__(self, bootstrap: str, group: str, *, batch_records: int,
-                 partition_fetch_bytes: int = 4 << 20) -> None:
+                 partition_fetch_bytes: int = 4 << 20, fetch_max_bytes: int = 64 << 20,
+                 isolation: Mapping[str, str] | None = None) -> None:
         self.batch_records = batch_records
         self._options: dict[str, Any] = dict(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
             auto_offset_reset="earliest", fetch_max_wait_ms=200,
-            max_partition_fetch_bytes=partition_fetch_bytes, fetch_max_bytes=64 << 20)
-        self._consumer: AIOKafkaConsumer | None = None
+            max_partition_fetch_bytes=min(partition_fetch_bytes, fetch_max_bytes),
+            fetch_max_bytes=fetch_max_bytes)
+        self._isolation = {t: level for t, level in (isolation or {}).items()
+                           if level != _DEFAULT}
+        self._consumers: dict[str, AIOKafkaConsumer] = {}
         self._assigned: set[Partition] = set()
+        self._paused = False
 
     async def start(self) -> None:
         """Connect (in the event loop that will read)."""
-        self._consumer = AIOKafkaConsumer(**self._options)
-        await self._consumer.start()
+        for level in sorted({_DEFAULT, *self._isolation.values()}, reverse=True):
+            consumer = AIOKafkaConsumer(**self._options, isolation_level=level)
+            await consumer.start()
+            self._consumers[level] = consumer
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
+        for consumer in self._consumers.values():
+            await consumer.stop()
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
+        """The ``read_uncommitted`` consumer (every topic not read ``read_committed``)."""
+        return self.consumer_for("")
+
+    def consumer_for(self, topic: str) -> AIOKafkaConsumer:
+        """The consumer that reads ``topic``."""
+        level = self._isolation.get(topic, _DEFAULT)
+        if level not in self._consumers:
             raise RuntimeError("PartitionReader.start() first")
-        return self._consumer
+        return self._consumers[level]
+
+    def isolation_level(self, topic: str) -> str:
+        """``read_committed`` or ``read_uncommitted``: how ``topic`` is read."""
+        return self._isolation.get(topic, _DEFAULT)
 
     def assign(self, partitions: set[Partition], positions: Mapping[Partition, int]) -> None:
         """Read ``partitions`` from now on; each one in ``positions`` from that offset, the
@@ -54,7 +84,14 @@ class PartitionReader:
         """
         if partitions == self._assigned:
             return
-        self.consumer.assign([TopicPartition(t, p) for t, p in sorted(partitions)])
+        by_level: dict[str, list[TopicPartition]] = {level: [] for level in self._consumers}
+        for t, p in sorted(partitions):
+            by_level[self.isolation_level(t)].append(TopicPartition(t, p))
+        for level, tps in by_level.items():
+            consumer = self._consumers[level]
+            consumer.assign(tps)
+            if self._paused and tps:  # a new assignment starts unpaused
+                consumer.pause(*tps)
         self._assigned = set(partitions)
         # A new assignment forgets every position: partitions the worker has read go on where
         # it is (their next offset), not back at the last commit.
@@ -64,25 +101,68 @@ class PartitionReader:
 
     async def lag(self) -> dict[Partition, int]:
         """Per assigned partition a fetch response came for: the records from its position
-        (the next one getmany returns) to its high watermark as of that response. For the
-        consumer lag: a few lookups per partition, no request."""
+        (the next one getmany returns) to its end as of that response (the high watermark,
+        or the last stable offset if read ``read_committed``). For the consumer lag: a few
+        lookups per partition, no request."""
         out = {}
-        consumer = self.consumer
         for t, p in self._assigned:
-            tp = TopicPartition(t, p)
-            end = consumer.highwater(tp)
+            consumer, tp = self.consumer_for(t), TopicPartition(t, p)
+            end = (consumer.highwater(tp) if self.isolation_level(t) == _DEFAULT
+                   else consumer.last_stable_offset(tp))
             if end is not None:  # a fetch answered, so the position is known: no wait
                 out[(t, p)] = max(0, end - await consumer.position(tp))
         return out
 
     def seek(self, partition: Partition, offset: int) -> None:
         """Read ``partition`` from ``offset`` on."""
-        self.consumer.seek(TopicPartition(*partition), offset)
+        self.consumer_for(partition[0]).seek(TopicPartition(*partition), offset)
+
+    @property
+    def paused(self) -> bool:
+        """Whether fetching is paused (:meth:`pause`)."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop fetching the assigned partitions (and any assigned later) until
+        :meth:`resume`. Positions stay where they are: records fetched and not returned yet
+        are fetched again after the resume, so nothing is skipped."""
+        if self._paused:
+            return
+        self._paused = True
+        for consumer in self._consumers.values():
+            tps = consumer.assignment()
+            if tps:
+                consumer.pause(*tps)
+
+    def resume(self) -> None:
+        """Fetch the assigned partitions again."""
+        if not self._paused:
+            return
+        self._paused = False
+        for consumer in self._consumers.values():
+            tps = consumer.assignment()
+            if tps:
+                consumer.resume(*tps)
 
     async def getmany(self, timeout_ms: int) -> dict[Any, list[Any]]:
         """Records fetched from the assigned partitions, by ``(topic, partition)``, at most
-        ``batch_records`` in all; waits up to ``timeout_ms`` when none are ready."""
-        if not self._assigned:
+        ``batch_records`` in all; waits up to ``timeout_ms`` when none are ready. Nothing
+        while paused."""
+        if not self._assigned or self._paused:
             return {}
-        return await self.consumer.getmany(timeout_ms=timeout_ms,
-                                            max_records=self.batch_records)
+        active = [c for c in self._consumers.values() if c.assignment()]
+        if len(active) == 1:
+            return await active[0].getmany(timeout_ms=timeout_ms,
+                                           max_records=self.batch_records)
+        out: dict[Any, list[Any]] = {}
+        # Two consumers: what either has ready now, else each waits its share of the timeout.
+        for wait in (0, max(1, timeout_ms // len(active))):
+            for consumer in active:
+                left = self.batch_records - sum(len(b) for b in out.values())
+                if left <= 0:
+                    return out
+                out.update(await consumer.getmany(timeout_ms=0 if out else wait,
+                                                  max_records=left))
+            if out:
+                return out
+        return out

@@ -78,6 +78,7 @@ from eddies.runtime.kafka.changelog import (
     token_header,
 )
 from eddies.runtime.kafka.faust_io import FaustGroup, GroupCallbacks
+from eddies.runtime.kafka.flow import DEFAULT_LIMITS, FlowLimits, InFlight
 from eddies.runtime.kafka.plan import Plan, describe, plan_job
 from eddies.runtime.kafka.reader import PartitionReader
 from eddies.runtime.kafka.standby import Standbys, read_position, standby_key
@@ -253,6 +254,7 @@ class KafkaWorker:
         session_timeout: float = 10.0,
         batch_records: int = 5_000,
         standbys: int = 0,
+        flow: FlowLimits = DEFAULT_LIMITS,
         metrics_port: int | None = None,
         bind: str = "127.0.0.1",
         token: str | None = None,
@@ -358,7 +360,13 @@ class KafkaWorker:
                 else "read_uncommitted",
                 on_warm=lambda entry: _restore_log(self.state_dir, {**entry, "pid": os.getpid()}),
                 on_lag=self._standby_lag)
-        self.reader = PartitionReader(self.bootstrap, self.group, batch_records=batch_records)
+        self.flow = InFlight(flow)
+        """Produced records not acknowledged yet, against the bounds that pause fetching."""
+        self.reader = PartitionReader(
+            self.bootstrap, self.group, batch_records=batch_records,
+            fetch_max_bytes=flow.max_fetch_bytes,
+            isolation={t: n.params["source"].isolation_level
+                       for t, n in self.plan.source_of_topic.items()})
 
     @property
     def left_group(self) -> bool:
@@ -939,8 +947,13 @@ class KafkaWorker:
     async def _start_broadcast(self) -> AIOKafkaConsumer | None:
         if not self.plan.broadcast_topics:
             return None
+        # One consumer reads every broadcast topic: read_committed if one of them asks
+        # (topics written without transactions read the same either way).
+        committed = any(self.reader.isolation_level(t) == "read_committed"
+                        for t in self.plan.broadcast_topics)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=100)
+                                    fetch_max_wait_ms=100, isolation_level="read_committed"
+                                    if committed else "read_uncommitted")
         await consumer.start()
         tps: list[TopicPartition] = []
         for topic in self.plan.broadcast_topics:
@@ -966,14 +979,15 @@ class KafkaWorker:
     async def _round(self) -> None:
         first = await self._restore_pending()
         records: dict[Any, list[Any]] = {}
+        held = await self._fetch_held()
         if first is not None:
             records = first
-        elif self.ready:
+        elif self.ready and not held:
             records = await self.reader.getmany(timeout_ms=200)
-        else:
+        elif not held:
             await asyncio.sleep(0.05)
         broadcast: dict[Any, list[Any]] = {}
-        if self._broadcast is not None:
+        if self._broadcast is not None and not held:
             broadcast = await self._broadcast.getmany(timeout_ms=0 if records else 50,
                                                       max_records=self.batch_records)
         async with self._lock:
@@ -1174,12 +1188,37 @@ class KafkaWorker:
             batch = producer.create_batch()
             for key, value, ts, headers, *_ in chunk:
                 if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                    futures.append(await self._send_batch(producer, batch, topic, p))
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=ts, headers=headers)
             if batch.record_count():
-                futures.append(await producer.send_batch(batch, topic, partition=p))
+                futures.append(await self._send_batch(producer, batch, topic, p))
         return futures
+
+    async def _send_batch(self, producer: Any, batch: Any, topic: str, p: int) -> Any:
+        """Hand one batch to the producer once the in-flight bounds leave room for it
+        (``flow.py``); it counts as in flight until acknowledged. Returns its delivery."""
+        if self.flow.full:
+            await self.flow.wait_for_room()
+        records, size = batch.record_count(), batch.size()
+        delivery = await producer.send_batch(batch, topic, partition=p)
+        self.flow.sent(delivery, records, size)
+        return delivery
+
+    async def _fetch_held(self) -> bool:
+        """Whether the round fetches nothing: produced records awaiting acks reached a bound
+        (``flow.py``). The reader's partitions are then paused, and the round waits up to
+        200 ms for the acks to drain the counts to half, when fetching resumes."""
+        flow = self.flow
+        if flow.hold():
+            self.reader.pause()
+            await flow.wait_drained(0.2)
+        held = flow.hold()
+        if not held:
+            self.reader.resume()
+        if self.observer is not None:
+            self.observer.metrics.flow(flow.records, flow.bytes, held, flow.pauses)
+        return held
 
     # -- checkpoints ---------------------------------------------------------------------------
     async def _send_changelog(self, topic: str, parts: dict[int, list[Any]]) -> list[Any]:
@@ -1195,7 +1234,7 @@ class KafkaWorker:
             while start < len(records):
                 batch = producer.create_batch()
                 start = append_records(batch, records, start)
-                futures.append(await producer.send_batch(batch, topic, partition=p))
+                futures.append(await self._send_batch(producer, batch, topic, p))
         return futures
 
     async def checkpoint(self) -> None:
