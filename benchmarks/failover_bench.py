@@ -13,8 +13,8 @@ job stamps the wall clock into its output), split into:
   (``restores.jsonl``: ``at``): the broker waits for the session timeout before it drops the
   dead member, then the group rebalances (Tansu holds a join for about half the session
   timeout);
-- **restore**: the lost partitions' restores (``seconds``), from the standby copy (the tail
-  only) or from the whole changelog;
+- **restore**: from there until the last lost partition is restored (``at`` + ``seconds``),
+  from the standby copy (the tail only) or from the whole changelog;
 - **first event**: the rest, until the first probe is processed.
 
 Rounds alternate without and with the standby; min and median of each over ``--rounds``.
@@ -217,7 +217,8 @@ def one_round(keys: int, events: Path, standbys: int, session_timeout: float,
             sources = {r["source"] for r in restores}
             first = min(r["at"] for r in found) - killed
             began = min(r["at"] for r in restores) - killed
-            restore = sum(r["seconds"] for r in restores)
+            # Restores read their markers together, so each one's seconds overlap the others'.
+            restore = max(r["at"] + r["seconds"] for r in restores) - killed - began
             return {"failover": first, "detection": began, "restore": restore,
                     "first_event": first - began - restore,
                     "replayed": sum(r["records"] for r in restores),

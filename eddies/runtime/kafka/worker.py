@@ -50,6 +50,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ from eddies.runtime.kafka.faust_io import FaustGroup, GroupCallbacks
 from eddies.runtime.kafka.flow import DEFAULT_LIMITS, FlowLimits, InFlight
 from eddies.runtime.kafka.plan import Plan, describe, plan_job
 from eddies.runtime.kafka.reader import PartitionReader
-from eddies.runtime.kafka.standby import Standbys, read_position, standby_key
+from eddies.runtime.kafka.standby import StandbyPosition, Standbys, read_position, standby_key
 from eddies.runtime.kafka.topics import create_topics, topic_partitions
 from eddies.runtime.kafka.transactions import (
     ExactlyOnceOutputs,
@@ -232,6 +233,19 @@ def _watermark_report(record: Any) -> tuple[str, int, bool] | None:
         return None
     watermark, idle = report.split(",")
     return src, int(watermark), idle == "1"
+
+
+@dataclass(frozen=True)
+class _RestoreReads:
+    """What a key group's restore read first (``KafkaWorker._restore_reads``)."""
+
+    token: Any
+    """The local checkpoint token (None: none, or the local copy is a standby's)."""
+    position: StandbyPosition | None
+    records: dict[str, list[tuple[Any, Any, Any]]]
+    """Per topic: the checkpoint markers, and after a standby position the changelogs' tails."""
+    started: float
+    at: float
 
 
 def _restore_log(state_dir: Path, entry: dict[str, Any]) -> None:
@@ -504,6 +518,7 @@ class KafkaWorker:
                     # A stateless stage: the reader starts it at the group's committed offset.
                     self.marks[(topic, p)] = self._new_mark(topic, now)
                     self.ready.add((topic, p))
+            reads: dict[int, _RestoreReads] = {}
             for p in restoring:
                 if self._stop:  # stopping: the rest resume from their last checkpoint
                     break
@@ -518,7 +533,10 @@ class KafkaWorker:
                                     sorted(t for t, _ in together & self.owned),
                                     sorted(t for t, _ in together - self.owned))
                     continue
-                await self._restore_key_group(p)
+                if p not in reads:  # every key group's first reads, together
+                    reads = await self._restore_reads([q for q in restoring if q >= p and {
+                        (t, q) for t in self.plan.stateful_topics} <= self.owned])
+                await self._restore_key_group(p, reads.pop(p))
                 self.ready |= together
             if self.outputs is not None:
                 await self.outputs.reassigned()
@@ -597,11 +615,37 @@ class KafkaWorker:
         node = self.plan.source_of_topic[topic]
         return node.params["watermarks"] or BoundedOutOfOrderness(0)
 
-    async def _restore_key_group(self, p: int) -> None:
+    async def _restore_reads(self, groups: list[int]) -> dict[int, _RestoreReads]:
+        """What restoring each of ``groups`` reads first, for all of them together: the local
+        checkpoint token, the standby position if the local copy is a standby's, and the
+        checkpoint markers (with the changelogs' tails after a standby position)."""
+        started, at = time.monotonic(), time.time()
+        cl_topics = set(self.plan.changelog_topics().values())
+        local: dict[int, tuple[Any, StandbyPosition | None]] = {}
+        starts: dict[tuple[str, int], int] = {}
+        for p in groups:
+            data = self.backend.get(META_CF, encode_key(("kafka-checkpoint", p)))
+            token = msgpack.unpackb(data) if data is not None else None
+            # A standby copy (standby.py) holds the changelog applied up to its offsets: only
+            # the tail after them is replayed. (Its checkpoint token is None.)
+            position = read_position(self.backend, p) if data is not None and token is None \
+                else None
+            if position is not None and set(position.offsets) != cl_topics:
+                position = None
+            local[p] = (token, position)
+            starts[(self.plan.checkpoint_topic, p)] = 0
+            starts.update({(t, p): off for t, off in (position.offsets if position else {}).items()})
+        ends = await self._read_ends(starts)
+        return {p: _RestoreReads(*local[p], {t: ends[(t, q)] for t, q in ends if q == p},
+                                 started, at) for p in groups}
+
+    async def _restore_key_group(self, p: int, reads: _RestoreReads | None = None) -> None:
         """Restore key group ``p``: the state, then every stateful topic's partition ``p``
         (position, watermark, dedup) as of the last marker."""
-        started = time.monotonic()
-        at = time.time()
+        if reads is None:
+            reads = (await self._restore_reads([p]))[p]
+        started, at = reads.started, reads.at
+        local_token, position, ends = reads.token, reads.position, reads.records
         now = self.executor.clock()
         topics = self.plan.stateful_topics
         for topic in topics:
@@ -609,16 +653,6 @@ class KafkaWorker:
         markers = MarkerLog(f"topic {self.plan.checkpoint_topic!r} partition {p}")
         cl_topics = self.plan.changelog_topics()
         meta_key = encode_key(("kafka-checkpoint", p))
-        local = self.backend.get(META_CF, meta_key)
-        local_token = msgpack.unpackb(local) if local is not None else None
-        # A standby copy (standby.py) holds the changelog applied up to its offsets: only the
-        # tail after them is replayed, read together with the markers. (Its token is None.)
-        position = read_position(self.backend, p) if local is not None and local_token is None \
-            else None
-        if position is not None and set(position.offsets) != set(cl_topics.values()):
-            position = None
-        ends = await self._read_ends(p, {self.plan.checkpoint_topic: 0,
-                                         **(position.offsets if position else {})})
         for _, value, _ in ends[self.plan.checkpoint_topic]:
             if value is not None:
                 markers.add(value)
@@ -647,8 +681,8 @@ class KafkaWorker:
                         batch.delete_range(cf, group, upper)
             applied = ignored = read = 0
             if last is not None:
-                tails = ends if standby is not None else await self._read_ends(
-                    p, {t: 0 for t in cl_topics.values()})
+                tails = ends if standby is not None else {t: records for (t, _), records in (
+                    await self._read_ends({(t, p): 0 for t in cl_topics.values()})).items()}
                 for cf, cl_topic in cl_topics.items():
                     records = tails[cl_topic]
                     read += len(records)
@@ -735,19 +769,19 @@ class KafkaWorker:
                     continue
         return out
 
-    async def _read_ends(self, p: int, starts: dict[str, int]
-                         ) -> dict[str, list[tuple[Any, Any, Any]]]:
-        """Per topic, every record of its partition ``p`` from its offset in ``starts`` up
-        to the fetch high watermark; the topics are read together."""
+    async def _read_ends(self, starts: dict[tuple[str, int], int]
+                         ) -> dict[tuple[str, int], list[tuple[Any, Any, Any]]]:
+        """Per (topic, partition), every record from its offset in ``starts`` up to the
+        fetch high watermark; the partitions are read together."""
         consumer = self._restore_consumer
-        tps = {TopicPartition(topic, p): topic for topic in starts}
+        tps = {TopicPartition(*tp): tp for tp in starts}
         consumer.assign(list(tps))
-        for tp, topic in tps.items():
-            if starts[topic]:
-                consumer.seek(tp, starts[topic])
+        for tp, key in tps.items():
+            if starts[key]:
+                consumer.seek(tp, starts[key])
             else:  # the log's start, which retention may have moved past 0
                 await consumer.seek_to_beginning(tp)
-        out: dict[str, list[tuple[Any, Any, Any]]] = {topic: [] for topic in starts}
+        out: dict[tuple[str, int], list[tuple[Any, Any, Any]]] = {key: [] for key in starts}
         left = set(tps)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -760,8 +794,8 @@ class KafkaWorker:
                     left.discard(tp)
             if not left:
                 return out
-        raise EddiesError(f"could not read partition {p} of {sorted(map(str, left))} to its "
-                          "end within 120 s")
+        raise EddiesError(f"could not read {sorted(f'{t.topic}[{t.partition}]' for t in left)} "
+                          "to the end within 120 s")
 
     def _write_quietly(self, batch: Batch) -> None:
         """Write ``batch`` locally without changelogging it (restores, standby copies)."""
