@@ -1,4 +1,5 @@
-"""A keyed running count for the backpressure test: one output per input event.
+"""A keyed running count for the backpressure and read_committed tests: one output per input
+event (``EDDIES_ISOLATION``: the source's isolation level).
 
 Each output carries the account's count and the event's ``seq``, so each account's outputs
 in topic order must be exactly its events in input order: a lost, repeated or reordered
@@ -25,7 +26,9 @@ class Count(ed.KeyedProcessFunction):
 
 
 job = ed.Job(os.environ.get("EDDIES_JOB", "bp"))
-(job.source(ed.sources.kafka(os.environ.get("EDDIES_INPUT", "bp-in"), key="account"))
+(job.source(ed.sources.kafka(os.environ.get("EDDIES_INPUT", "bp-in"), key="account",
+                             isolation_level=os.environ.get("EDDIES_ISOLATION",
+                                                            "read_uncommitted")))
     .key_by("account")
     .process(Count())
     .sink(ed.sinks.kafka(os.environ.get("EDDIES_OUTPUT", "bp-out"), key="account")))
