@@ -143,7 +143,6 @@ class Standbys:
             isolation_level=isolation_level, fetch_max_wait_ms=200,
             max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest")
         self._consumer: Any = None
-        self._wanted: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -163,6 +162,8 @@ class Standbys:
 
     def _lag(self, tail: _Tail) -> int:
         total = 0
+        if self._consumer is None:
+            return total
         for topic in self.cf_of:
             high = self._consumer.highwater(TopicPartition(topic, tail.p))
             if high is not None:
@@ -179,7 +180,7 @@ class Standbys:
         self._consumer = AIOKafkaConsumer(**self._options)
         await self._consumer.start()
         self._task = asyncio.ensure_future(self._run())
-        self.assign(self._wanted)
+        self._subscribe()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -194,9 +195,6 @@ class Standbys:
     def assign(self, groups: set[int]) -> None:
         """Keep exactly ``groups`` warm from now on (call before restoring any key group
         this worker was given to own: none of its records is applied after this returns)."""
-        self._wanted = set(groups)
-        if self._consumer is None:  # not started: start() assigns them
-            return
         for p in set(self.tails) - groups:
             del self.tails[p]
             if self.on_lag is not None:
@@ -204,6 +202,12 @@ class Standbys:
             log.info("standby key group %d dropped", p)
         for p in sorted(groups - set(self.tails)):
             self.tails[p] = self._begin(p)
+        if self._consumer is not None:  # else start() subscribes
+            self._subscribe()
+
+    def _subscribe(self) -> None:
+        """The consumer reads the markers and changelogs of the tails, each from its next
+        offset."""
         tps = [TopicPartition(t, p) for p in sorted(self.tails)
                for t in [self.checkpoint_topic, *self.cf_of]]
         if not self._consumer.assignment() and not tps:
@@ -309,6 +313,8 @@ class Standbys:
 
     def _caught_up(self, tail: _Tail) -> bool:
         """Every partition of the key group was fetched up to its high watermark."""
+        if self._consumer is None:
+            return False
         for topic in [self.checkpoint_topic, *self.cf_of]:
             high = self._consumer.highwater(TopicPartition(topic, tail.p))
             if high is None or tail.next[topic] < high:
