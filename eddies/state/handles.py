@@ -18,11 +18,13 @@ import copy
 import heapq
 import struct
 from collections.abc import Iterable
-from itertools import repeat
+from functools import partial
+from itertools import compress, repeat
+from operator import is_, not_
 from typing import TYPE_CHECKING, Any
 
 from eddies.errors import StateSerializationError
-from eddies.state.backend import DELETE, PUT, Batch
+from eddies.state.backend import PUT, Batch
 from eddies.state.keys import (
     Key,
     decode_element,
@@ -50,6 +52,7 @@ class _Absent:
 
 ABSENT: Any = _Absent()
 MISSING: Any = object()
+_is_absent = partial(is_, ABSENT)
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset})
 _be_pack = struct.Struct(">Q").pack
 
@@ -613,14 +616,17 @@ class ValueHandle(Handle):
         keys = list(dirty)
         prefixes = _prefixes_of(store, keys)
         name = self.name
+        values = list(dirty.values())
         if self._cleared:
+            # Puts and deletes as one op each (every key appears once, so their order does
+            # not matter), split by C-level passes rather than a tuple per entry.
             self._cleared = False
-            batch.ops.extend([
-                (DELETE, name, p, None) if data is ABSENT else (PUT, name, p, data)
-                for p, data in zip(prefixes, dirty.values(), strict=True)
-            ])
+            gone = list(map(_is_absent, values))
+            kept = list(map(not_, gone))
+            batch.put_many(name, list(compress(prefixes, kept)), list(compress(values, kept)))
+            batch.delete_many(name, list(compress(prefixes, gone)))
         else:
-            batch.put_many(name, prefixes, list(dirty.values()))
+            batch.put_many(name, prefixes, values)
         unindexed = self._unindexed
         if unindexed:
             # A state with on_expire is indexed by its ``expiring`` heap.
