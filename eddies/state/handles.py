@@ -716,6 +716,8 @@ class ValueHandle(Handle):
         store = self.store
         peek = queue.peek
         push = queue.push
+        buckets_get = queue.buckets.get
+        shift = queue.SHIFT
         while True:
             # queue.peek and pop, inlined for the open bucket
             cur = queue.cur
@@ -737,7 +739,13 @@ class ValueHandle(Handle):
             expires_at = slot[1]
             if expires_at > time:
                 slot[0] = expires_at
-                push((expires_at, entry[1], entry[2], slot))
+                # queue.push, inlined when the bucket exists (buckets holds only those
+                # after the open one, which are appended to)
+                later = buckets_get(expires_at >> shift)
+                if later is not None:
+                    later.append((expires_at, entry[1], entry[2], slot))
+                else:
+                    push((expires_at, entry[1], entry[2], slot))
                 continue
             key = entry[2]
             value = cache_get(key, MISSING)
