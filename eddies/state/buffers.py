@@ -12,7 +12,7 @@ from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
-from eddies.state.backend import DELETE, PUT, Batch, StateBackend
+from eddies.state.backend import Batch, StateBackend
 from eddies.state.handles import Handle
 from eddies.state.keys import Key, decode_key, decode_user_key
 from eddies.state.values import NEVER_STAMP, pack, unpack
@@ -155,22 +155,23 @@ class JoinBuffers(Handle):
 
     # -- the store's side: checkpoint, cache, restore ------------------------------------------
     def collect(self, batch: Batch, expiry_index: list[Any] | None = None) -> None:
-        """A DELETE per stored entry removed, then a PUT per entry added and still held."""
-        ops = batch.ops
+        """A DELETE per stored entry removed, then a PUT per entry added and still held (as
+        one op of each kind: no tuple per entry)."""
         name = self.name
         prefixes = self.store.cached_prefixes
         prefix = self.store.prefix
         if self.deleted:
-            ops.extend([(DELETE, name, (prefixes.get(key) or prefix(key)) + stored_map_key(mk),
-                         None) for key, mk in self.deleted])
+            batch.delete_many(name, [(prefixes.get(key) or prefix(key)) + stored_map_key(mk)
+                                     for key, mk in self.deleted])
             self.deleted = []
         fresh = self.fresh
         if fresh:
             values = self.values
-            ops.extend([(PUT, name, (prefixes.get(item[0]) or prefix(item[0]))
-                         + stored_map_key(item[1]), stored_value(values[item]))
-                        for item in fresh])
+            items = list(fresh)
             fresh.clear()
+            batch.put_many(name, [(prefixes.get(key) or prefix(key)) + stored_map_key(mk)
+                                  for key, mk in items],
+                           [stored_value(values[item]) for item in items])
 
     def cached_count(self) -> int:
         return len(self.held)

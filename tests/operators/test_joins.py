@@ -407,7 +407,7 @@ def recorded_writes(backend: ed.InMemoryStateBackend) -> list[tuple]:
     write = backend.write
 
     def recording(batch: Any, **kwargs: Any) -> Any:
-        seen.extend((op[0], op[2]) for op in batch.ops if op[1] == "j.buffer")
+        seen.extend((op[0], op[2]) for op in batch.singles() if op[1] == "j.buffer")
         return write(batch, **kwargs)
 
     backend.write = recording  # type: ignore[method-assign]
