@@ -29,7 +29,7 @@ __all__ = ["produce", "produce_file", "worker"]
 @click.option("--state-dir", required=True, type=click.Path(file_okay=False),
               help="Local RocksDB state and worker files; one per worker.")
 @click.option("--group", default=None, help="Consumer group (default eddies-<job>).")
-@click.option("--checkpoint-interval", default=20_000, show_default=True, type=int,
+@click.option("--checkpoint-interval", default=100_000, show_default=True, type=int,
               help="Events between checkpoints.")
 @click.option("--from-savepoint", "from_savepoint", type=click.Path(dir_okay=False),
               default=None, help="Seed a new deployment from this savepoint (once, whichever "

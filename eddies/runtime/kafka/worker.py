@@ -25,9 +25,9 @@ each input is then sought to its offset in the marker, and its partition waterma
 The operators' watermarks are then recomputed from the owned partitions', so they go back
 when a restored partition is behind the ones already owned (taking over a lost worker's
 partitions): else the restored partitions' records and timers would be judged against a
-watermark they never reached. Each restore is appended to ``<state-dir>/restores.jsonl`` (partition, source:
-local, standby, changelog or empty; records replayed, seconds), and so is each standby copy's
-first catch-up with its changelog (``"standby": "caught_up"``).
+watermark they never reached. Each restore is appended to ``<state-dir>/restores.jsonl``
+(partition, source: local, standby, changelog or empty; records replayed, seconds), and so is
+each standby copy's first catch-up with its changelog (``"standby": "caught_up"``).
 
 Stopping: the first SIGTERM or SIGINT ends the data task after its round with a final
 checkpoint whose offsets are committed (if it holds restored partitions: else there is nothing
@@ -263,7 +263,7 @@ class KafkaWorker:
         state_dir: str | os.PathLike[str],
         *,
         group: str | None = None,
-        checkpoint_interval: int = 20_000,
+        checkpoint_interval: int = 100_000,
         checkpoint_ms: int = 1_000,
         session_timeout: float = 10.0,
         batch_records: int = 5_000,
