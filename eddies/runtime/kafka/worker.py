@@ -11,7 +11,9 @@ round:
    ``<job>-dead-letters``), deduplicated if they come from a repartition topic, and pushed
    with the partition as key group;
 3. watermarks advance (min over owned partitions, idle ones left out), timers fire;
-4. outputs, repartitioned records and dead letters are produced;
+4. outputs, repartitioned records and dead letters are produced; every batch produced counts
+   as in flight until acknowledged, and while the in-flight records or bytes are at their
+   bound (``flow.py``) the reader's partitions are paused: a round then fetches nothing;
 5. every ``checkpoint_interval`` events or ``checkpoint_ms``: the checkpoint protocol of
    ``changelog.py`` (deltas, then a marker per owned partition, then the local RocksDB write,
    then the group commit).
