@@ -11,15 +11,17 @@ each batch's records and bytes until the broker acknowledges it. With the bounds
   it grow with the input;
 - a send waits for room before handing one more batch over (:meth:`InFlight.wait_for_room`):
   a round whose outputs are more than what is left (timers of many keys firing at once) ends
-  at most one batch over the bound.
+  at most one batch (the producer's ``max_batch_size``, 1 MiB) over the bound. Besides, the
+  worker holds the outputs of the round in progress, made from at most ``batch_records``
+  input records, until they are handed over.
 
 Records wait in order and none is dropped, so a stall only delays them. Checkpoints are not
 changed: a checkpoint still waits for the acks of its outputs and deltas.
 
 Records fetched but not processed yet are bounded on the reading side: the reader returns at
-most ``batch_records`` per round, and aiokafka buffers at most one fetch response per
-partition (``max_fetch_bytes`` each at most, 4 MiB per partition), fetching a partition again
-only once its buffer is taken; a paused partition is not fetched at all.
+most ``batch_records`` per round, and aiokafka keeps at most one fetched chunk per partition
+(``min(4 MiB, max_fetch_bytes)``, from responses of at most ``max_fetch_bytes``), fetching a
+partition again only once its chunk is taken; a paused partition is not fetched at all.
 
 >>> flow = InFlight(FlowLimits(max_in_flight_records=4, max_in_flight_bytes=1_000))
 >>> loop = asyncio.new_event_loop()
