@@ -647,7 +647,7 @@ class KafkaWorker:
         if reads is None:
             reads = (await self._restore_reads([p]))[p]
         started, at = reads.started, reads.at
-        local_token, position, ends = reads.token, reads.position, reads.records
+        local_token, ends = reads.token, reads.records
         now = self.executor.clock()
         topics = self.plan.stateful_topics
         for topic in topics:
@@ -666,7 +666,7 @@ class KafkaWorker:
         entry: dict[str, Any] = {"topic": topics[0], "partition": p, "pid": os.getpid()}
         if len(topics) > 1:
             entry["topics"] = topics
-        standby = position if last is not None else None
+        standby = reads.position if last is not None else None
         if standby is not None and standby.token is not None and (
                 standby.token not in markers.committed):  # another changelog's copy
             standby = None
