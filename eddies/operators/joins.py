@@ -324,15 +324,19 @@ class IntervalJoinFunction(_Join):
                         else:
                             held.append(m)
         due = t - lower if side else t + upper
-        item = (key, _first_free(buffer, key, (side << 98) | ((due + _OFFSET) << _SEQ_BITS)))
-        buffer.add(item, data)
+        mk = (side << 98) | ((due + _OFFSET) << _SEQ_BITS)
+        if order is not None:
+            mk = _first_free(order, mk)
+        item = (key, mk)
+        buffer.insert(item, data, order)
         buffer.at(due, item)
         if later is not None:
+            order = buffer.held[key]
             for ts, ms in later.items():
-                mk = _first_free(buffer, key, (_PAIR << 98) | ((ts + _OFFSET) << _SEQ_BITS))
+                mk = _first_free(order, (_PAIR << 98) | ((ts + _OFFSET) << _SEQ_BITS))
                 for m in ms:
                     pair = (key, mk)
-                    buffer.add(pair, [m, data] if side else [data, m])
+                    buffer.insert(pair, [m, data] if side else [data, m], order)
                     buffer.at(ts, pair)
                     mk += 1
         if now is None:
@@ -359,14 +363,14 @@ class IntervalJoinFunction(_Join):
         self.buffer.at(((mk >> _SEQ_BITS) & _TIME_MASK) - _OFFSET, (key, mk))
 
 
-def _first_free(buffer: Any, key: Any, base: int) -> int:
-    """The first free map key ``base + seq`` of ``key``: entries keyed ``base + seq`` are
-    numbered from 0 in arrival order and dropped together, so the numbers in use are
-    ``0..n-1`` (counted in the key's sorted map keys, never read one by one)."""
-    if (key, base) not in buffer.values:
+def _first_free(order: list[int], base: int) -> int:
+    """The first free map key ``base + seq`` in a key's sorted map keys ``order``: entries
+    keyed ``base + seq`` are numbered from 0 in arrival order and dropped together, so the
+    numbers in use are ``0..n-1`` (counted, never read one by one)."""
+    i = bisect_left(order, base)
+    if i == len(order) or order[i] >= base + _SEQ:
         return base
-    order = buffer.held[key]
-    return base + bisect_left(order, base + _SEQ) - bisect_left(order, base)
+    return base + bisect_left(order, base + _SEQ, i) - i
 
 
 class AsOfJoinFunction(_Join):
@@ -401,10 +405,20 @@ class AsOfJoinFunction(_Join):
         buffer = self.buffer
         key = buffer.store.key
         base = (t + _OFFSET) << (_SEQ_BITS + 1)
-        mk = _first_free(buffer, key, base)
-        if mk == base and (key, base | _VERSION) not in buffer.values:
+        order = buffer.held.get(key)
+        if order is None:
+            mk = base
             buffer.at(t, key)  # the key's first entry at t
-        buffer.add((key, mk), data)
+        else:
+            i = bisect_left(order, base)
+            if i == len(order) or order[i] > base | _VERSION:
+                mk = base
+                buffer.at(t, key)  # the key's first entry at t
+            elif order[i] == base | _VERSION:  # a version at t is indexed already
+                mk = base
+            else:
+                mk = base + bisect_left(order, base | _VERSION, i) - i
+        buffer.insert((key, mk), data, order)
         return None
 
     def on_event2(self, event: Any, ctx: Context) -> Iterable[Any] | None:
@@ -419,10 +433,14 @@ class AsOfJoinFunction(_Join):
         key = buffer.store.key
         base = (t + _OFFSET) << (_SEQ_BITS + 1)
         item = (key, base | _VERSION)
-        values = buffer.values
-        if item not in values and (key, base) not in values:
-            buffer.at(t, key)  # the key's first entry at t
-        buffer.add(item, data)
+        order = buffer.held.get(key)
+        if order is not None:
+            i = bisect_left(order, base)
+            if i < len(order) and order[i] <= base | _VERSION:  # entries at t: indexed
+                buffer.add(item, data)  # replacing the version at t, if there is one
+                return None
+        buffer.at(t, key)  # the key's first entry at t
+        buffer.insert(item, data, order)
         return None
 
     def _fire(self, time: int, keys: list[Any]) -> list[Any]:
@@ -448,11 +466,11 @@ class AsOfJoinFunction(_Join):
             # At or below the time there are its entries and, before them, at most the one
             # kept version (every other entry went at its own, earlier, time).
             i = bisect_left(order, lowest)
-            lefts = order[i:bisect_left(order, vkey)]
+            j = bisect_left(order, vkey, i)
+            lefts = order[i:j]
             older = order[i - 1] if i else None
-            version = values.get((key, vkey))
-            if version is not None:  # a version at this time: the latest; the older goes
-                match = version
+            if j < len(order) and order[j] == vkey:  # a version at this time: the latest
+                match = values[(key, vkey)]  # and the older one goes
                 if older is not None:
                     remove((key, older))
                 else:  # the key's first kept version: it goes at the end of input

@@ -94,20 +94,26 @@ class JoinBuffers(Handle):
     # -- entries -------------------------------------------------------------------------------
     def add(self, item: tuple[Key, int], value: Any) -> None:
         """Hold ``value`` at ``item`` = ``(key, map key)`` (replacing the value there)."""
-        values = self.values
-        if item in values:
+        if item in self.values:
             if item not in self.fresh:
                 self.deleted.append(item)  # stored: the PUT that follows replaces it
+            self.values[item] = value
+            self.fresh.add(item)
         else:
-            key, mk = item
-            order = self.held.get(key)
-            if order is None:
-                self.held[key] = [mk]
-            elif order[-1] < mk:
+            self.insert(item, value, self.held.get(item[0]))
+
+    def insert(self, item: tuple[Key, int], value: Any, order: list[int] | None) -> None:
+        """:meth:`add` of an entry known to be absent, ``order`` being ``held.get(key)``
+        (a caller that has it spares a lookup of the key)."""
+        if order is None:
+            self.held[item[0]] = [item[1]]
+        else:
+            mk = item[1]
+            if order[-1] < mk:
                 order.append(mk)
             else:
                 order.insert(bisect_left(order, mk), mk)
-        values[item] = value
+        self.values[item] = value
         self.fresh.add(item)
 
     def remove(self, item: tuple[Key, int]) -> Any:
