@@ -344,7 +344,13 @@ class Metrics:
         self._restore_seconds.labels(self.job, str(partition)).set(seconds)
 
     def standby_lag(self, partition: int, records: int | None) -> None:
-        """Set a standby key group's lag in changelog records (None: drop the series)."""
+        """Set a standby key group's lag in changelog records (None: drop the series).
+
+        >>> m = Metrics("demo")
+        >>> m.standby_lag(3, 120); m.value("eddies_standby_lag_records", partition="3")
+        120.0
+        >>> m.standby_lag(3, None); m.value("eddies_standby_lag_records", partition="3")
+        """
         if records is None:
             if (self.job, str(partition)) in self._standby_partitions:
                 self._standby_lag.remove(self.job, str(partition))
