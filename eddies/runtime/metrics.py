@@ -40,11 +40,6 @@ names are counters)::
     m.operator_startup("Fraud", phases, n)    # eddies_operator_startup_phase_seconds
                                               # {job,operator,phase} and
                                               # eddies_operator_startup_round_trips{job,operator}
-    m.restore(p, records, seconds)            # eddies_restore_records / _seconds{job,partition}:
-                                              # the last restore of a key group (gauges)
-    m.standby_lag(p, records)                 # eddies_standby_lag_records{job,partition}: a
-                                              # standby copy's changelog records not applied
-                                              # yet (None: no longer a standby)
     m.consumer_lag({("orders", 3): n})        # eddies_consumer_lag{job,topic,partition}:
                                               # records behind the high watermark (gauges;
                                               # partitions left out of the call are dropped)
@@ -54,6 +49,11 @@ names are counters)::
                                               # while fetching is paused),
                                               # eddies_fetch_pauses_total{job} (pauses is
                                               # the absolute count)
+    m.restore(p, records, seconds)            # eddies_restore_records / _seconds{job,partition}:
+                                              # the last restore of a key group (gauges)
+    m.standby_lag(p, records)                 # eddies_standby_lag_records{job,partition}: a
+                                              # standby copy's changelog records not applied
+                                              # yet (None: no longer a standby)
     m.render() -> bytes                       # text exposition; m.content_type for the header
 
 Startup phases are ``open`` (open the backend), ``restore`` (timers, watermarks, positions),
@@ -207,6 +207,10 @@ class Metrics:
                                 "Duration of a startup phase of one operator (open and "
                                 "restore are the job's)", ["job", "operator", "phase"],
                                 registry=r)
+        self._consumer_lag = Gauge("eddies_consumer_lag",
+                                   "Records of an input partition behind its high watermark "
+                                   "(Kafka workers)", ["job", "topic", "partition"], registry=r)
+        self._lag_partitions: set[tuple[str, int]] = set()
         by_group = ["job", "partition"]
         self._restore_records = Gauge("eddies_restore_records", "Changelog records the last "
                                       "restore of a key group replayed", by_group, registry=r)
@@ -215,10 +219,6 @@ class Metrics:
         self._standby_lag = Gauge("eddies_standby_lag_records", "Changelog records a standby "
                                   "copy of a key group has not applied yet", by_group, registry=r)
         self._standby_partitions: set[tuple[str, str]] = set()
-        self._consumer_lag = Gauge("eddies_consumer_lag",
-                                   "Records of an input partition behind its high watermark "
-                                   "(Kafka workers)", ["job", "topic", "partition"], registry=r)
-        self._lag_partitions: set[tuple[str, int]] = set()
         self._op_round_trips = Gauge("eddies_operator_startup_round_trips",
                                      "Backend round trips from opening the state until the "
                                      "operator's first event was processed",
@@ -337,28 +337,6 @@ class Metrics:
         """Count ``n`` more backend calls, made during ``phase`` ("startup" or "run")."""
         self._round_trips.labels(self.job, phase).inc(n)
 
-    def restore(self, partition: int, records: int, seconds: float) -> None:
-        """Record the last restore of key group ``partition``: changelog records replayed
-        and seconds taken."""
-        self._restore_records.labels(self.job, str(partition)).set(records)
-        self._restore_seconds.labels(self.job, str(partition)).set(seconds)
-
-    def standby_lag(self, partition: int, records: int | None) -> None:
-        """Set a standby key group's lag in changelog records (None: drop the series).
-
-        >>> m = Metrics("demo")
-        >>> m.standby_lag(3, 120); m.value("eddies_standby_lag_records", partition="3")
-        120.0
-        >>> m.standby_lag(3, None); m.value("eddies_standby_lag_records", partition="3")
-        """
-        if records is None:
-            if (self.job, str(partition)) in self._standby_partitions:
-                self._standby_lag.remove(self.job, str(partition))
-                self._standby_partitions.discard((self.job, str(partition)))
-        else:
-            self._standby_partitions.add((self.job, str(partition)))
-            self._standby_lag.labels(self.job, str(partition)).set(records)
-
     def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
         """Set each input ``(topic, partition)``'s lag (records behind its high watermark);
         partitions of the previous call that ``lags`` leaves out (revoked) are dropped."""
@@ -390,6 +368,28 @@ class Metrics:
         if pauses > self._pauses_seen:
             self._pauses.inc(pauses - self._pauses_seen)
             self._pauses_seen = pauses
+
+    def restore(self, partition: int, records: int, seconds: float) -> None:
+        """Record the last restore of key group ``partition``: changelog records replayed
+        and seconds taken."""
+        self._restore_records.labels(self.job, str(partition)).set(records)
+        self._restore_seconds.labels(self.job, str(partition)).set(seconds)
+
+    def standby_lag(self, partition: int, records: int | None) -> None:
+        """Set a standby key group's lag in changelog records (None: drop the series).
+
+        >>> m = Metrics("demo")
+        >>> m.standby_lag(3, 120); m.value("eddies_standby_lag_records", partition="3")
+        120.0
+        >>> m.standby_lag(3, None); m.value("eddies_standby_lag_records", partition="3")
+        """
+        if records is None:
+            if (self.job, str(partition)) in self._standby_partitions:
+                self._standby_lag.remove(self.job, str(partition))
+                self._standby_partitions.discard((self.job, str(partition)))
+        else:
+            self._standby_partitions.add((self.job, str(partition)))
+            self._standby_lag.labels(self.job, str(partition)).set(records)
 
     # -- output --------------------------------------------------------------------------------
     def render(self) -> bytes:
