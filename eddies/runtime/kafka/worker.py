@@ -1235,6 +1235,7 @@ class KafkaWorker:
         """Hand one batch to the producer once the in-flight bounds leave room for it
         (``flow.py``); it counts as in flight until acknowledged. Returns its delivery."""
         if self.flow.full:
+            self._fetch_paused()  # a round's outputs reached the bound: pause before waiting
             await self.flow.wait_for_room()
         records, size = batch.record_count(), batch.size()
         delivery = await producer.send_batch(batch, topic, partition=p)
@@ -1247,7 +1248,7 @@ class KafkaWorker:
         200 ms for the acks to drain the counts to half, when fetching resumes."""
         flow = self.flow
         if flow.hold():
-            self.reader.pause()
+            self._fetch_paused()
             await flow.wait_drained(0.2)
         held = flow.hold()
         if not held:
@@ -1255,6 +1256,14 @@ class KafkaWorker:
         if self.observer is not None:
             self.observer.metrics.flow(flow.records, flow.bytes, held, flow.pauses)
         return held
+
+    def _fetch_paused(self) -> None:
+        """Pause the reader's partitions, the in-flight bound being reached (``flow.py``)."""
+        flow = self.flow
+        flow.hold()
+        self.reader.pause()
+        if self.observer is not None:
+            self.observer.metrics.flow(flow.records, flow.bytes, True, flow.pauses)
 
     # -- checkpoints ---------------------------------------------------------------------------
     async def _send_changelog(self, topic: str, parts: dict[int, list[Any]]) -> list[Any]:
