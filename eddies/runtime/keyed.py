@@ -232,16 +232,16 @@ class _Expiries:
         on_expire = self.on_expire
         handle = self.handles[0]
         name = handle.name
-        set_clock = op.backend.set_watermark
+        clock = op.backend
         current = op.watermark
-        last: list[int | None] = [None]
+        floor = clock.watermark
         emitted = [0]
 
         def fire(time: int, key: Any, value: Any) -> None:
-            if time != last[0]:
-                last[0] = time
-                ctx.watermark = current if current > time else time
-                set_clock(ctx.watermark)
+            # The TTL clock moves as the batch loop moves it per record (one attribute
+            # store, never back); set_watermark catches its event horizon up after the pass.
+            wm = ctx.watermark = current if current > time else time
+            clock.watermark = wm if wm > floor else floor
             store.timestamp = time
             ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key
             ctx.timestamp = time
@@ -259,6 +259,7 @@ class _Expiries:
                     out.clear()
 
         handle.expire_until(limit, fire)
+        clock.set_watermark(clock.watermark)
         op.emitted += emitted[0]
 
     def fire_next(self, time: int, out: list[Any]) -> None:
