@@ -90,6 +90,64 @@ def test_a_send_waits_for_room_and_draining_times_out():
     assert asyncio.run(scenario()) == ["waited", "sent with 0 in flight"]
 
 
+def test_a_worker_send_waits_for_room_and_pauses_its_reader(tmp_path):
+    """The worker's produce side against a producer whose acks are held (a test double at
+    the producer boundary): a round's outputs stop at the bound, then go on, in order, as acks
+    come."""
+    from aiokafka import AIOKafkaProducer
+
+    from eddies.runtime.cli import load_target
+    from eddies.runtime.kafka.worker import KafkaWorker
+
+    class HeldAcks(AIOKafkaProducer):
+        async def partitions_for(self, topic: str) -> set[int]:
+            return {0, 1, 2}
+
+        async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+            ack = asyncio.get_running_loop().create_future()
+            self.sent.append((partition, [json.loads(r.value) for r in _records(batch)], ack))
+            return ack
+
+    def _records(batch: Any) -> list[Any]:
+        from aiokafka.record.default_records import DefaultRecordBatch
+
+        return list(DefaultRecordBatch(bytearray(batch._build())))
+
+    worker = KafkaWorker(load_target("tests/kafka/backpressure_job.py:job"),
+                         "kafka://127.0.0.1:9", tmp_path / "w",
+                         flow=FlowLimits(max_in_flight_records=1_000))
+
+    async def scenario() -> None:
+        producer = HeldAcks(bootstrap_servers="127.0.0.1:9")
+        producer.sent = []
+        worker.producer = producer
+        items = [(f"k{i % 30}".encode(), json.dumps(i).encode(), None, []) for i in range(5_000)]
+        send = asyncio.ensure_future(worker._send("out", items))
+        await asyncio.sleep(0.05)
+        assert not send.done(), "the send waits for acks"
+        per_batch = max(len(values) for _, values, _ in producer.sent)
+        assert 1_000 <= worker.flow.records < 1_000 + per_batch
+        assert worker.reader.paused and worker.flow.paused
+        acked = 0
+        while not send.done() or acked < len(producer.sent):
+            for _, _, ack in producer.sent[acked:]:
+                ack.set_result(None)
+            acked = len(producer.sent)
+            await asyncio.sleep(0.01)
+        assert worker.flow.records == 0 and not worker.flow.hold()
+        assert worker.flow.peak_records < 1_000 + per_batch
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for p, values, _ in producer.sent:
+            by_partition[p].extend(values)
+        assert sorted(v for values in by_partition.values() for v in values) == list(range(5_000))
+        assert all(values == sorted(values) for values in by_partition.values()), "in order"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        worker.backend.close()
+
+
 def test_flow_limits_and_isolation_level_are_checked():
     with pytest.raises(ConfigError, match="max_in_flight_bytes must be a positive int, got -1; "
                                           r"pass .* \(eddies worker --max-in-flight-bytes\)"):
