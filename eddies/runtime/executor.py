@@ -22,7 +22,7 @@ input, as in any engine whose watermark is a minimum over inputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import itemgetter
@@ -795,12 +795,13 @@ class Executor:
                 return True
         return False
 
-    def sweep(self) -> int:
+    def sweep(self, groups: Iterable[int] | None = None) -> int:
         """Delete everything expired, in steps of bounded memory (after a checkpoint is
         written). Sweeping to the end each time keeps up with any write rate: a fixed number
         of entries per checkpoint would fall behind a job writing more TTL entries than that
-        between checkpoints, and expired entries would pile up."""
-        return sum(op.backend.sweep_all() for op in self.operators.values())
+        between checkpoints, and expired entries would pile up. ``groups``: only these key
+        groups' entries (a Kafka worker's owned ones, not its standby or revoked copies)."""
+        return sum(op.backend.sweep_all(groups) for op in self.operators.values())
 
 
 class _EventTime:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import struct
 import time as _time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter, methodcaller
@@ -151,6 +151,24 @@ class TtlConfig:
 
     def default_ttl(self) -> Ttl | None:
         return None if self.ttl_ms is None else Ttl(ms=self.ttl_ms, time=self.time)
+
+
+def _in_groups(index_keys: list[bytes], groups: frozenset[bytes]) -> tuple[list[bytes], bytes | None]:
+    """The index keys whose stored key is in one of ``groups`` (2-byte key group prefixes),
+    and the first of the others (None: none)."""
+    ours: list[bytes] = []
+    first = None
+    name_enc = b""
+    for index_key in index_keys:
+        n = 8 + len(name_enc)
+        if not name_enc or not index_key.startswith(name_enc, 8) or index_key[n:n + 1] == b"\xff":
+            n = decode_element(index_key, 8)[1]
+            name_enc = index_key[8:n]
+        if index_key[n:n + 2] in groups:
+            ours.append(index_key)
+        elif first is None:
+            first = index_key
+    return ours, first
 
 
 def _wall_clock_ms() -> int:
@@ -441,10 +459,13 @@ class TtlStateBackend(StateBackend):
         """
         return self._sweep_step(limit or self.config.sweep_batch, {})[0]
 
-    def _sweep_step(self, limit: int, cursors: dict[str, bytes]) -> tuple[int, int]:
+    def _sweep_step(self, limit: int, cursors: dict[str, bytes],
+                    groups: frozenset[bytes] | None = None) -> tuple[int, int]:
         """Returns (entries deleted, index entries taken). ``cursors`` carries, per index,
         where the previous step of the same sweep stopped: its index entries are deleted, and
-        on RocksDB seeking from the start again would walk their tombstones every step."""
+        on RocksDB seeking from the start again would walk their tombstones every step.
+        ``groups``: only entries of these key groups (2-byte prefixes) go; the others keep
+        their index entries, and the floor stays at the first of them."""
         deleted = taken = 0
         floors = self._floor
         for index_cf, clock in self._clocks():
@@ -459,11 +480,16 @@ class TtlStateBackend(StateBackend):
             if candidates:
                 cursors[index_cf] = candidates[-1] + b"\x00"  # the next key up
                 taken += len(candidates)
-                deleted += self._delete_expired(index_cf, candidates, clock)
+                ours, kept = (candidates, None) if groups is None else _in_groups(
+                    candidates, groups)
+                if kept is not None:  # the floor stays at the first entry left
+                    cursors.setdefault("\x00" + index_cf, kept)
+                if ours:
+                    deleted += self._delete_expired(index_cf, ours, clock)
             if len(candidates) < want:
                 # Nothing is left below upper now that these are swept. Entries this step
                 # moved on lie at or above upper (their stamps are past the clock).
-                floors[index_cf] = upper
+                floors[index_cf] = min(upper, cursors.get("\x00" + index_cf, upper))
         if deleted:
             self.sweeps += 1
         return deleted, taken
@@ -536,17 +562,19 @@ class TtlStateBackend(StateBackend):
             by_state.setdefault(state, []).append(index_key[n:])
         return by_state
 
-    def sweep_all(self) -> int:
+    def sweep_all(self, groups: Iterable[int] | None = None) -> int:
         """Sweep in bounded steps until nothing expired is left; returns entries deleted.
 
         Memory is bounded by one step (``config.sweep_batch`` entries), not by how many
-        entries expire.
+        entries expire. ``groups``: sweep only the entries of these key groups (a Kafka
+        worker's owned ones; copies of other key groups expire by their owner's clock).
         """
         total = 0
         cursors: dict[str, bytes] = {}
         limit = self.config.sweep_batch
+        prefixes = None if groups is None else frozenset(g.to_bytes(2, "big") for g in groups)
         while True:
-            deleted, taken = self._sweep_step(limit, cursors)
+            deleted, taken = self._sweep_step(limit, cursors, prefixes)
             total += deleted
             if not taken:
                 return total

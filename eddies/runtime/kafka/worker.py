@@ -1342,7 +1342,9 @@ class KafkaWorker:
             self._in_checkpoint = False
         offsets = {tp: off for tp, off in self.next_offset.items() if tp in self.ready}
         self._commit_task = asyncio.ensure_future(self._commit_after(marker_acks, offsets))
-        ex.sweep()
+        # Only owned, restored key groups: standby and revoked copies expire by their owner's
+        # clock (their deletes come through the changelog), and tombstones go to owned ones.
+        ex.sweep({p for t, p in self.ready if t in self._stateful})
         ex.stats.checkpoints += 1
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
