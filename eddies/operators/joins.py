@@ -56,7 +56,7 @@ from typing import Any
 
 from eddies.errors import ConfigError
 from eddies.operators.functions import Context, KeyedCoProcessFunction, OutputTag
-from eddies.state.buffers import JoinBuffers
+from eddies.state.buffers import Held, JoinBuffers
 from eddies.state.descriptors import MapState
 from eddies.state.store import check_value
 from eddies.state.values import pack, unpack
@@ -297,48 +297,57 @@ class IntervalJoinFunction(_Join):
         lower, upper = self.lower, self.upper
         buffer = self.buffer
         key = buffer.store.key
-        values = buffer.values
-        order = buffer.held.get(key)
+        held = buffer.held.get(key)
+        if held is None:  # nothing to match: the event is the key's one entry
+            due = t - lower if side else t + upper
+            mk = (side << 98) | ((due + _OFFSET) << _SEQ_BITS)
+            held = buffer.new(key)
+            buffer.insert(held, 0, mk, data)
+            buffer.at(due, (held, mk))
+            return None
+        mks = held.mks
         now: list[bytes] | None = None
         later: dict[int, list[bytes]] | None = None
-        if order is not None:
-            other = (1 - side) << 98
-            i = bisect_left(order, other | ((t + _OFFSET) << _SEQ_BITS))
-            j = bisect_left(order, other | ((t + upper - lower + 1 + _OFFSET) << _SEQ_BITS))
-            if i < j:
-                shift = (-upper if side else lower) - _OFFSET  # from an entry's due to its ts
-                for k in order[i:j]:
-                    m = values[(key, k)]
-                    ts = ((k >> _SEQ_BITS) & _TIME_MASK) + shift
-                    if ts <= t:  # the pair's timestamp is this event's: out now
-                        if now is None:
-                            now = [m]
-                        else:
-                            now.append(m)
-                    else:  # the pair's timestamp is the other event's, not reached yet
-                        if later is None:
-                            later = {}
-                        held = later.get(ts)
-                        if held is None:
-                            later[ts] = [m]
-                        else:
-                            held.append(m)
+        other = (1 - side) << 98
+        i = bisect_left(mks, other | ((t + _OFFSET) << _SEQ_BITS))
+        j = bisect_left(mks, other | ((t + upper - lower + 1 + _OFFSET) << _SEQ_BITS), i)
+        if i < j:
+            shift = (-upper if side else lower) - _OFFSET  # from an entry's due to its ts
+            vals = held.vals
+            for x in range(i, j):
+                m = vals[x]
+                ts = ((mks[x] >> _SEQ_BITS) & _TIME_MASK) + shift
+                if ts <= t:  # the pair's timestamp is this event's: out now
+                    if now is None:
+                        now = [m]
+                    else:
+                        now.append(m)
+                else:  # the pair's timestamp is the other event's, not reached yet
+                    if later is None:
+                        later = {}
+                    waiting = later.get(ts)
+                    if waiting is None:
+                        later[ts] = [m]
+                    else:
+                        waiting.append(m)
         due = t - lower if side else t + upper
-        mk = (side << 98) | ((due + _OFFSET) << _SEQ_BITS)
-        if order is not None:
-            mk = _first_free(order, mk)
-        item = (key, mk)
-        buffer.insert(item, data, order)
-        buffer.at(due, item)
+        base = (side << 98) | ((due + _OFFSET) << _SEQ_BITS)
+        i = bisect_left(mks, base)
+        j = bisect_left(mks, base + _SEQ, i) if i < len(mks) else i
+        mk = base + j - i  # entries of one (side, due) are numbered 0..n-1 in arrival order
+        buffer.insert(held, j, mk, data)
+        buffer.at(due, (held, mk))
         if later is not None:
-            order = buffer.held[key]
             for ts, ms in later.items():
-                mk = _first_free(order, (_PAIR << 98) | ((ts + _OFFSET) << _SEQ_BITS))
+                base = (_PAIR << 98) | ((ts + _OFFSET) << _SEQ_BITS)
+                i = bisect_left(mks, base)
+                j = bisect_left(mks, base + _SEQ, i) if i < len(mks) else i
+                mk = base + j - i
                 for m in ms:
-                    pair = (key, mk)
-                    buffer.insert(pair, [m, data] if side else [data, m], order)
-                    buffer.at(ts, pair)
+                    buffer.insert(held, j, mk, [m, data] if side else [data, m])
+                    buffer.at(ts, (held, mk))
                     mk += 1
+                    j += 1
         if now is None:
             return None
         if side:
@@ -349,28 +358,18 @@ class IntervalJoinFunction(_Join):
         """Drop the entries due at ``time``; the held pairs among them go out."""
         remove = self.buffer.remove
         out: list[Any] | None = None
-        for item in items:
-            value = remove(item)
-            if value is not None and item[1] >> 98 == _PAIR:
-                results = self._pairs(item[0], [value])
+        for held, mk in items:
+            value = remove(held, mk)
+            if value is not None and mk >> 98 == _PAIR:
+                results = self._pairs(held.key, [value])
                 if out is None:
                     out = results
                 else:
                     out += results
         return out or []
 
-    def _index_loaded(self, key: Any, mk: int) -> None:
-        self.buffer.at(((mk >> _SEQ_BITS) & _TIME_MASK) - _OFFSET, (key, mk))
-
-
-def _first_free(order: list[int], base: int) -> int:
-    """The first free map key ``base + seq`` in a key's sorted map keys ``order``: entries
-    keyed ``base + seq`` are numbered from 0 in arrival order and dropped together, so the
-    numbers in use are ``0..n-1`` (counted, never read one by one)."""
-    i = bisect_left(order, base)
-    if i == len(order) or order[i] >= base + _SEQ:
-        return base
-    return base + bisect_left(order, base + _SEQ, i) - i
+    def _index_loaded(self, held: Held, mk: int) -> None:
+        self.buffer.at(((mk >> _SEQ_BITS) & _TIME_MASK) - _OFFSET, (held, mk))
 
 
 class AsOfJoinFunction(_Join):
@@ -405,20 +404,20 @@ class AsOfJoinFunction(_Join):
         buffer = self.buffer
         key = buffer.store.key
         base = (t + _OFFSET) << (_SEQ_BITS + 1)
-        order = buffer.held.get(key)
-        if order is None:
-            mk = base
-            buffer.at(t, key)  # the key's first entry at t
-        else:
-            i = bisect_left(order, base)
-            if i == len(order) or order[i] > base | _VERSION:
-                mk = base
-                buffer.at(t, key)  # the key's first entry at t
-            elif order[i] == base | _VERSION:  # a version at t is indexed already
-                mk = base
-            else:
-                mk = base + bisect_left(order, base | _VERSION, i) - i
-        buffer.insert((key, mk), data, order)
+        held = buffer.held.get(key)
+        if held is None:
+            held = buffer.new(key)
+            buffer.insert(held, 0, base, data)
+            buffer.at(t, held)  # the key's first entry at t
+            return None
+        mks = held.mks
+        i = bisect_left(mks, base)
+        if i == len(mks) or mks[i] > base | _VERSION:
+            buffer.at(t, held)  # the key's first entry at t
+            j = i
+        else:  # entries at t (left events, the version): indexed already
+            j = bisect_left(mks, base | _VERSION, i)
+        buffer.insert(held, j, base + j - i, data)  # left events numbered in arrival order
         return None
 
     def on_event2(self, event: Any, ctx: Context) -> Iterable[Any] | None:
@@ -432,69 +431,75 @@ class AsOfJoinFunction(_Join):
         buffer = self.buffer
         key = buffer.store.key
         base = (t + _OFFSET) << (_SEQ_BITS + 1)
-        item = (key, base | _VERSION)
-        order = buffer.held.get(key)
-        if order is not None:
-            i = bisect_left(order, base)
-            if i < len(order) and order[i] <= base | _VERSION:  # entries at t: indexed
-                buffer.add(item, data)  # replacing the version at t, if there is one
+        vkey = base | _VERSION
+        held = buffer.held.get(key)
+        if held is None:
+            held = buffer.new(key)
+            i = 0
+        else:
+            mks = held.mks
+            i = bisect_left(mks, base)
+            if i < len(mks) and mks[i] <= vkey:  # entries at t: indexed already
+                j = bisect_left(mks, vkey, i)
+                if j < len(mks) and mks[j] == vkey:  # the version at t: this one replaces it
+                    buffer.replace(held, j, data)
+                else:
+                    buffer.insert(held, j, vkey, data)
                 return None
-        buffer.at(t, key)  # the key's first entry at t
-        buffer.insert(item, data, order)
+        buffer.at(t, held)  # the key's first entry at t
+        buffer.insert(held, i, vkey, data)
         return None
 
-    def _fire(self, time: int, keys: list[Any]) -> list[Any]:
+    def _fire(self, time: int, items: list[Held]) -> list[Any]:
         buffer = self.buffer
-        held = buffer.held
-        remove = buffer.remove
+        remove_at = buffer.remove_at
         out: list[Any] = []
         if time == END:  # no left event can come: the kept versions go
-            for key in keys:
-                order = held.get(key)
-                if order is not None:
-                    for mk in list(order):
-                        remove((key, mk))
+            for held in items:
+                mks = held.mks
+                while mks:
+                    remove_at(held, len(mks) - 1)
             return out
-        values = buffer.values
         lowest = (time + _OFFSET) << (_SEQ_BITS + 1)
         vkey = lowest | _VERSION
         inner = self.how == "inner"
-        for key in keys:
-            order = held.get(key)
-            if order is None:
-                continue
+        for held in items:
+            mks = held.mks
             # At or below the time there are its entries and, before them, at most the one
             # kept version (every other entry went at its own, earlier, time).
-            i = bisect_left(order, lowest)
-            j = bisect_left(order, vkey, i)
-            lefts = order[i:j]
-            older = order[i - 1] if i else None
-            if j < len(order) and order[j] == vkey:  # a version at this time: the latest
-                match = values[(key, vkey)]  # and the older one goes
-                if older is not None:
-                    remove((key, older))
+            i = bisect_left(mks, lowest)
+            j = bisect_left(mks, vkey, i)
+            vals = held.vals
+            lefts = vals[i:j]
+            if j < len(mks) and mks[j] == vkey:  # a version at this time: the latest
+                match = vals[j]
+                if i:  # the older one goes
+                    remove_at(held, i - 1)
+                    i -= 1
                 else:  # the key's first kept version: it goes at the end of input
-                    buffer.at(END, key)
+                    buffer.at(END, held)
             else:
-                match = None if older is None else values[(key, older)]
+                match = vals[i - 1] if i else None
             if not lefts:
                 continue
-            events = [remove((key, mk)) for mk in lefts]
+            for _ in lefts:
+                remove_at(held, i)
             if match is None and inner:
                 continue
-            out += self._results(key, events, match)
+            out += self._results(held.key, lefts, match)
         return out
 
-    def _index_loaded(self, key: Any, mk: int) -> None:
+    def _index_loaded(self, held: Held, mk: int) -> None:
         t = (mk >> (_SEQ_BITS + 1)) - _OFFSET
-        values = self.buffer.values
         if mk & _VERSION:
-            self.buffer.at(END, key)  # a kept version goes at the end of input
-            if (key, mk ^ _VERSION) in values:
+            self.buffer.at(END, held)  # a kept version goes at the end of input
+            mks = held.mks
+            i = bisect_left(mks, mk ^ _VERSION)
+            if mks[i] != mk:
                 return  # indexed with its left events
         elif mk & 0xFFFFFFFF:
             return  # indexed with the first at its time
-        self.buffer.at(t, key)
+        self.buffer.at(t, held)
 
 
 def interval_join_function(name: str, lower: int, upper: int, fn: Joiner | None = None,

@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     from eddies.state.descriptors import StateDescriptor
     from eddies.state.store import KeyedStateStore
 
-__all__ = ["JoinBuffers", "stored_map_key", "stored_value"]
+__all__ = ["Held", "JoinBuffers", "stored_map_key", "stored_value"]
 
 
-def _ignore_entry(key: Key, mk: int) -> None:
+def _ignore_entry(held: Any, mk: int) -> None:
     pass
 
 
@@ -62,79 +62,99 @@ def stored_value(value: Any) -> bytes:
     return NEVER_STAMP + pack(value)  # type: ignore[no-any-return]
 
 
+class Held:
+    """One key's entries: their map keys in order, with the values and the checkpoint
+    epoch each was added in, side by side (a join reaches one key's entries through one
+    object, and finds an entry with a bisect of ``mks``)."""
+
+    __slots__ = ("key", "mks", "vals", "epochs", "prefix")
+
+    def __init__(self, key: Key, prefix: bytes | None = None) -> None:
+        self.key = key
+        self.mks: list[int] = []
+        self.vals: list[Any] = []
+        self.epochs: list[int] = []
+        self.prefix = prefix  # the stored-key prefix, once a write needed it
+
+    def __repr__(self) -> str:
+        return f"<Held {self.key!r}: {len(self.mks)} entries>"
+
+
 class JoinBuffers(Handle):
     """The ``<op>.buffer`` state of an interval or as-of join, as one table.
 
-    ``held`` maps each user key (its state-key form) to the sorted list of its map keys
-    (ints), ``values`` each ``(key, map key)`` to its value; the join keeps them in step
-    through :meth:`add` and :meth:`remove`. ``index`` holds, by time, the items due then
-    (what an item is, the join decides), ``times`` those times as a heap: the operator takes
-    them in time order as the watermark passes (its ``EventTimeHook``), one pass per time
-    across keys.
+    ``held`` maps each user key (its state-key form) to its :class:`Held` entries, which
+    the join reads directly and changes through :meth:`insert`, :meth:`replace` and
+    :meth:`remove_at`; a key with no entry left has none. ``index`` holds, by time, the
+    items due then (what an item is, the join decides; it names the ``Held``, so firing
+    needs no lookup of the key), ``times`` those times as a heap: the operator takes them in
+    time order as the watermark passes (its ``EventTimeHook``), one pass per time across
+    keys.
 
     A checkpoint writes one PUT per entry added since the last one and still held, and one
     DELETE per stored entry removed: an entry added and removed between two checkpoints
     costs the backend nothing. Entries stay in memory (a join holds what its bounds and the
     watermark's progress let through); the index is rebuilt on restore with one range scan
-    (a :class:`Timers` loader), through ``on_load(key, map key)`` per entry.
+    (a :class:`Timers` loader), through ``on_load(held, map key)`` per entry.
     """
 
     def __init__(self, store: KeyedStateStore, descriptor: StateDescriptor) -> None:
         super().__init__(store, descriptor, None)
-        self.held: dict[Key, list[int]] = {}
-        self.values: dict[tuple[Key, int], Any] = {}
-        self.fresh: set[tuple[Key, int]] = set()  # added since the last checkpoint
-        self.deleted: list[tuple[Key, int]] = []  # stored entries removed since then
+        self.held: dict[Key, Held] = {}
+        self.epoch = 0  # checkpoints collected so far: entries of this epoch are unwritten
+        self.fresh: list[tuple[Held, int]] = []  # entries added in this epoch (some gone)
+        self.deleted: list[bytes] = []  # stored keys of written entries removed since
         self.index: dict[int, list[Any]] = {}
         self.times: list[int] = []
-        self.on_load: Callable[[Key, int], None] = _ignore_entry
+        self.on_load: Callable[[Held, int], None] = _ignore_entry
         self.note_due: Callable[[int], None] = _ignore_time
         self.evicts_swept = False
 
     # -- entries -------------------------------------------------------------------------------
-    def add(self, item: tuple[Key, int], value: Any) -> None:
-        """Hold ``value`` at ``item`` = ``(key, map key)`` (replacing the value there)."""
-        if item in self.values:
-            if item not in self.fresh:
-                self.deleted.append(item)  # stored: the PUT that follows replaces it
-            self.values[item] = value
-            self.fresh.add(item)
-        else:
-            self.insert(item, value, self.held.get(item[0]))
+    def new(self, key: Key) -> Held:
+        """The (empty) entries of ``key``, which has none."""
+        held = self.held[key] = Held(key)
+        return held
 
-    def insert(self, item: tuple[Key, int], value: Any, order: list[int] | None) -> None:
-        """:meth:`add` of an entry known to be absent, ``order`` being ``held.get(key)``
-        (a caller that has it spares a lookup of the key)."""
-        if order is None:
-            self.held[item[0]] = [item[1]]
-        else:
-            mk = item[1]
-            if order[-1] < mk:
-                order.append(mk)
-            else:
-                order.insert(bisect_left(order, mk), mk)
-        self.values[item] = value
-        self.fresh.add(item)
+    def insert(self, held: Held, i: int, mk: int, value: Any) -> None:
+        """Add the entry ``mk`` (absent) at position ``i`` of ``held.mks``."""
+        held.mks.insert(i, mk)
+        held.vals.insert(i, value)
+        held.epochs.insert(i, self.epoch)
+        self.fresh.append((held, mk))
 
-    def remove(self, item: tuple[Key, int]) -> Any:
-        """Drop the entry at ``item``; returns its value (None if there was none)."""
-        value = self.values.pop(item, None)
-        if value is None:
-            return None
-        fresh = self.fresh
-        if item in fresh:
-            fresh.remove(item)
-        else:
-            self.deleted.append(item)
-        key, mk = item
-        order = self.held[key]
-        if len(order) == 1:
-            del self.held[key]
-        elif order[0] == mk:
-            del order[0]
-        else:
-            del order[bisect_left(order, mk)]
+    def replace(self, held: Held, i: int, value: Any) -> None:
+        """Set the value of the entry at position ``i``."""
+        if held.epochs[i] != self.epoch:  # written: deleted, then put again (in that order)
+            self.deleted.append(self._stored_key(held, held.mks[i]))
+            held.epochs[i] = self.epoch
+            self.fresh.append((held, held.mks[i]))
+        held.vals[i] = value
+
+    def remove_at(self, held: Held, i: int) -> Any:
+        """Drop the entry at position ``i``; returns its value."""
+        mks = held.mks
+        value = held.vals.pop(i)
+        if held.epochs.pop(i) != self.epoch:
+            self.deleted.append(self._stored_key(held, mks[i]))
+        del mks[i]
+        if not mks and self.held.get(held.key) is held:
+            del self.held[held.key]
         return value
+
+    def remove(self, held: Held, mk: int) -> Any:
+        """Drop the entry ``mk`` of ``held``; returns its value (None if there was none)."""
+        mks = held.mks
+        i = bisect_left(mks, mk)
+        if i == len(mks) or mks[i] != mk:
+            return None
+        return self.remove_at(held, i)
+
+    def _stored_key(self, held: Held, mk: int) -> bytes:
+        prefix = held.prefix
+        if prefix is None:
+            prefix = held.prefix = self.store.prefix(held.key)
+        return prefix + stored_map_key(mk)
 
     def at(self, time: int, item: Any) -> None:
         """Index ``item`` as due at ``time``."""
@@ -164,20 +184,24 @@ class JoinBuffers(Handle):
         """A DELETE per stored entry removed, then a PUT per entry added and still held (as
         one op of each kind: no tuple per entry)."""
         name = self.name
-        prefixes = self.store.cached_prefixes
-        prefix = self.store.prefix
         if self.deleted:
-            batch.delete_many(name, [(prefixes.get(key) or prefix(key)) + stored_map_key(mk)
-                                     for key, mk in self.deleted])
+            batch.delete_many(name, self.deleted)
             self.deleted = []
-        fresh = self.fresh
-        if fresh:
-            values = self.values
-            items = list(fresh)
-            fresh.clear()
-            batch.put_many(name, [(prefixes.get(key) or prefix(key)) + stored_map_key(mk)
-                                  for key, mk in items],
-                           [stored_value(values[item]) for item in items])
+        epoch = self.epoch
+        self.epoch = epoch + 1
+        if not self.fresh:
+            return
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        stored_key = self._stored_key
+        for held, mk in self.fresh:
+            mks = held.mks
+            i = bisect_left(mks, mk)
+            if i < len(mks) and mks[i] == mk and held.epochs[i] == epoch:
+                keys.append(stored_key(held, mk))
+                values.append(stored_value(held.vals[i]))
+        self.fresh = []
+        batch.put_many(name, keys, values)
 
     def cached_count(self) -> int:
         return len(self.held)
@@ -189,8 +213,7 @@ class JoinBuffers(Handle):
     def reset(self) -> None:
         """Forget everything (the runtime reloads the index, see :meth:`load`)."""
         self.held.clear()
-        self.values.clear()
-        self.fresh.clear()
+        self.fresh = []
         self.deleted = []
         self.index.clear()
         self.times.clear()
@@ -199,34 +222,33 @@ class JoinBuffers(Handle):
         """Never swept: join entries have no TTL."""
 
     def peek(self) -> Any:
-        key = self.store.key
-        order = self.held.get(key)
-        if not order:
+        held = self.held.get(self.store.key)
+        if held is None:
             return None
-        values = self.values
-        return {mk: values[(key, mk)] for mk in order}
+        return dict(zip(held.mks, held.vals, strict=True))
 
     def load(self, backend: StateBackend, lower: bytes | None, upper: bytes | None) -> int:
         """Hold and index the stored entries of one key-group range (all if no bounds), in
         one scan. Returns how many entries."""
         prefixes = self.store.cached_prefixes
-        values = self.values
-        held = self.held
+        held_of = self.held
         on_load = self.on_load
         count = 0
         for stored, data in backend.iterate(self.name, lower, upper):
             key, split = decode_user_key(stored, 2)  # the map key follows at split
             (mk,) = decode_key(stored[split:])
-            item = (key, mk)
-            if item in values:  # held already (loaded twice): memory is as new or newer
+            held = held_of.get(key)
+            if held is None:
+                prefix = stored[:split]
+                prefixes[key] = prefix  # the key keeps the key group it is stored under
+                held = held_of[key] = Held(key, prefix)
+            mks = held.mks
+            i = bisect_left(mks, mk)
+            if i < len(mks) and mks[i] == mk:  # held already (loaded twice): memory is newer
                 continue
-            prefixes[key] = stored[:split]  # the key keeps the key group it is stored under
-            values[item] = unpack(data[8:])
-            order = held.get(key)
-            if order is None:
-                held[key] = [mk]
-            else:
-                order.insert(bisect_left(order, mk), mk)
-            on_load(key, mk)
+            mks.insert(i, mk)
+            held.vals.insert(i, unpack(data[8:]))
+            held.epochs.insert(i, -1)  # stored
+            on_load(held, mk)
             count += 1
         return count

@@ -123,14 +123,21 @@ def test_many_events_at_one_time_cost_each_the_same(kind: str,
     assert len(got) == (0 if kind == "interval" else n)
 
 
-class _CountingReads(dict):  # type: ignore[type-arg]
-    """A buffer's values, counting the reads of entries by key."""
+class _CountingReads(list):  # type: ignore[type-arg]
+    """A key's buffered values, counting the reads of one entry."""
 
     reads = 0
 
-    def __getitem__(self, key: Any) -> Any:
-        _CountingReads.reads += 1
-        return super().__getitem__(key)
+    def __getitem__(self, index: Any) -> Any:
+        if type(index) is int:
+            _CountingReads.reads += 1
+        return super().__getitem__(index)
+
+
+class _CountingHeld(buffers.Held):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.vals = _CountingReads()
 
 
 def test_interval_read_is_as_wide_as_the_interval() -> None:
@@ -138,7 +145,13 @@ def test_interval_read_is_as_wide_as_the_interval() -> None:
     2000 ms of buffered events below its own due time."""
     fn = interval_join_function("j", 2_000, 2_000)
     h = Harness(fn, operator="j")
-    fn.buffer.values = _CountingReads()
+    buffer = fn.buffer
+
+    def new(key: Any) -> Any:
+        held = buffer.held[key] = _CountingHeld(key)
+        return held
+
+    buffer.new = new
     _CountingReads.reads = 0
     n = 500
     results = []
