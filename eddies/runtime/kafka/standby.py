@@ -43,6 +43,7 @@ import msgpack
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eddies.runtime.kafka.changelog import MarkerLog, apply_deltas, read_token
+from eddies.runtime.kafka.transactions import end_offset
 from eddies.runtime.keyed import META_CF
 from eddies.state.backend import Batch, StateBackend
 from eddies.state.keys import encode_key
@@ -105,6 +106,12 @@ class _Tail:
     pending: dict[str, list[tuple[int, Any, Any, Any, int | None]]] = field(default_factory=dict)
     """Per changelog cf, deltas read before their marker: (offset, key, value, headers,
     token), in changelog order."""
+    token: int | None = None
+    """The token of the standby position it resumed from (kept until a marker is read)."""
+    bounds: dict[int, int] = field(default_factory=dict)
+    """Per unmarked token pending: an end offset of the checkpoint topic's partition taken
+    after one of its deltas was read. A marker at or past it was written after that delta,
+    so by a later checkpoint (see ``Standbys.bound``)."""
     started: float = field(default_factory=time.monotonic)
     applied: int = 0
     warm: bool = False
@@ -142,8 +149,11 @@ class Standbys:
             bootstrap_servers=bootstrap, enable_auto_commit=False,
             isolation_level=isolation_level, fetch_max_wait_ms=200,
             max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest")
+        self.read_committed = isolation_level == "read_committed"
         self._consumer: Any = None
+        """Set once connected: a consumer still starting cannot be assigned or sought."""
         self._task: asyncio.Task[None] | None = None
+        self._failed = False
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -165,7 +175,7 @@ class Standbys:
         if self._consumer is None:
             return total
         for topic in self.cf_of:
-            high = self._consumer.highwater(TopicPartition(topic, tail.p))
+            high = end_offset(self._consumer, TopicPartition(topic, tail.p), self.read_committed)
             if high is not None:
                 total += max(0, high - self._resume(tail, topic))
         return total
@@ -177,8 +187,10 @@ class Standbys:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect and start tailing (in the worker's event loop)."""
-        self._consumer = AIOKafkaConsumer(**self._options)
-        await self._consumer.start()
+        consumer = AIOKafkaConsumer(**self._options)
+        self._starting = consumer
+        await consumer.start()
+        self._consumer = consumer  # assign() during the await only updated the tails
         self._task = asyncio.ensure_future(self._run())
         self._subscribe()
 
@@ -189,8 +201,9 @@ class Standbys:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        consumer = self._consumer or getattr(self, "_starting", None)
+        if consumer is not None:
+            await consumer.stop()
 
     def assign(self, groups: set[int]) -> None:
         """Keep exactly ``groups`` warm from now on (call before restoring any key group
@@ -204,6 +217,8 @@ class Standbys:
             self.tails[p] = self._begin(p)
         if self._consumer is not None:  # else start() subscribes
             self._subscribe()
+            if self._task is not None and self._task.done() and not self._stopping:
+                self._task = asyncio.ensure_future(self._run())  # the failure was logged
 
     def _subscribe(self) -> None:
         """The consumer reads the markers and changelogs of the tails, each from its next
@@ -224,8 +239,10 @@ class Standbys:
         markers = MarkerLog(f"topic {self.checkpoint_topic!r} partition {p}")
         position = read_position(self.backend, p)
         nxt = {self.checkpoint_topic: 0}  # markers: all of them, for the committed tokens
+        token = None
         if position is not None and set(position.offsets) == set(self.cf_of):
             nxt.update(position.offsets)
+            token = position.token
             log.info("standby key group %d resumes at %s", p, position.offsets)
         else:
             nxt.update({topic: 0 for topic in self.cf_of})
@@ -239,7 +256,7 @@ class Standbys:
                 None, {topic: 0 for topic in self.cf_of}).encode())
             self.write(batch)
             log.info("standby key group %d replays its changelog from the start", p)
-        return _Tail(p, markers, nxt)
+        return _Tail(p, markers, nxt, token=token)
 
     # -- tailing -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -250,23 +267,39 @@ class Standbys:
                     await self._wake.wait()
                     continue
                 got = await self._consumer.getmany(timeout_ms=500, max_records=50_000)
-                self.apply(got)
+                positions = {tp: await self._consumer.position(tp)
+                             for tp in self._consumer.assignment()}
+                self.apply(got, positions)
+                unbounded = [TopicPartition(self.checkpoint_topic, p) for p in self._unbounded()]
+                if unbounded:
+                    ends = await self._consumer.end_offsets(unbounded)
+                    self.bound({tp.partition: offset for tp, offset in ends.items()})
         except asyncio.CancelledError:
             raise
         except Exception:
             # The data path goes on; taking over these key groups replays more of the
-            # changelog (from where their copies stand), never applies a wrong delta.
-            log.exception("standby replicas stopped tailing key groups %s; the worker goes "
-                          "on, and a takeover of them replays their changelog from where "
-                          "their copies stand", sorted(self.tails))
+            # changelog (from where their copies stand), never applies a wrong delta. The
+            # next assign() starts tailing again.
+            if not self._failed:
+                log.exception("standby replicas stopped tailing key groups %s; the worker "
+                              "goes on, a takeover of them replays their changelog from "
+                              "where their copies stand, and the next rebalance tails them "
+                              "again", sorted(self.tails))
+            else:
+                log.warning("standby replicas stopped tailing key groups %s again",
+                            sorted(self.tails))
+            self._failed = True
             for p in list(self.tails):
                 if self.on_lag is not None:
                     self.on_lag(p, None)
             self.tails.clear()
 
-    def apply(self, got: dict[Any, list[Any]]) -> int:
+    def apply(self, got: dict[Any, list[Any]],
+              positions: dict[Any, int] | None = None) -> int:
         """Apply a fetch's records to the standby key groups they belong to (records of a
-        key group no longer kept warm are dropped); returns the deltas applied."""
+        key group no longer kept warm are dropped); returns the deltas applied.
+        ``positions``: the consumer's positions after the fetch, which may be past the last
+        record (transaction markers); the partitions read up to them."""
         batch = Batch()
         touched: set[int] = set()
         # Markers first: a fetch may hold a checkpoint's deltas and its marker.
@@ -278,11 +311,18 @@ class Standbys:
             tail.next[tp.topic] = records[-1].offset + 1
             touched.add(tail.p)
             if tp.topic == self.checkpoint_topic:
+                dead: set[int] = set()
                 for r in records:
                     if r.value is not None:
                         tail.markers.add(r.value)
-                for cf in tail.pending:
+                        dead.update(t for t, end in tail.bounds.items() if r.offset >= end)
+                dead -= tail.markers.committed
+                for cf, pending in tail.pending.items():
+                    if dead:
+                        pending[:] = [d for d in pending if d[4] not in dead]
                     tail.applied += self._flush(tail, cf, batch)
+                for t in [t for t in tail.bounds if t in dead or t in tail.markers.committed]:
+                    del tail.bounds[t]
             else:
                 cf = self.cf_of[tp.topic]
                 tail.pending.setdefault(cf, []).extend(
@@ -290,12 +330,17 @@ class Standbys:
                     for r in records)
                 tail.applied += self._flush(tail, cf, batch)
         applied = len(batch)
+        for tp, position in (positions or {}).items():
+            tail = self.tails.get(tp.partition)
+            if tail is not None and position > tail.next.get(tp.topic, position):
+                tail.next[tp.topic] = position  # past transaction markers: nothing to apply
+                touched.add(tail.p)
         for p in touched:
             tail = self.tails[p]
             last = tail.markers.last
             batch.put(META_CF, checkpoint_key(p), msgpack.packb(None))
             batch.put(META_CF, standby_key(p), StandbyPosition(
-                None if last is None else last.token,
+                tail.token if last is None else last.token,
                 {topic: self._resume(tail, topic) for topic in self.cf_of}).encode())
         if touched:
             self.write(batch)
@@ -311,12 +356,37 @@ class Standbys:
                                   "seconds": round(time.monotonic() - tail.started, 3)})
         return applied
 
+    def _unbounded(self) -> list[int]:
+        """Key groups with an unmarked token pending that has no end offset yet."""
+        return [p for p, tail in self.tails.items()
+                if any(d[4] not in tail.markers.committed and d[4] not in tail.bounds
+                       for pending in tail.pending.values() for d in pending)]
+
+    def bound(self, ends: dict[int, int]) -> None:
+        """Per key group, an end offset of its checkpoint topic's partition read after its
+        pending deltas (``_run`` asks the broker). Each unmarked token pending gets it once.
+
+        Checkpoints of a partition are sequential (the next one's deltas are sent once the
+        marker before is acknowledged), so a marker written after a delta of token ``t`` is
+        ``t``'s own or a later checkpoint's, after which ``t``'s marker can no longer come:
+        ``t``'s deltas are dropped then. An owner that crashed between a checkpoint's deltas
+        and its marker leaves no delta waiting in memory, whatever changelog it is in."""
+        for p, end in ends.items():
+            tail = self.tails.get(p)
+            if tail is None:
+                continue
+            for pending in tail.pending.values():
+                for d in pending:
+                    if d[4] not in tail.markers.committed:
+                        tail.bounds.setdefault(d[4], end)
+
     def _caught_up(self, tail: _Tail) -> bool:
-        """Every partition of the key group was fetched up to its high watermark."""
+        """Every partition of the key group was read up to its end (the last stable offset
+        when reading committed transactions only, whose markers follow their records)."""
         if self._consumer is None:
             return False
         for topic in [self.checkpoint_topic, *self.cf_of]:
-            high = self._consumer.highwater(TopicPartition(topic, tail.p))
+            high = end_offset(self._consumer, TopicPartition(topic, tail.p), self.read_committed)
             if high is None or tail.next[topic] < high:
                 return False
         return True
