@@ -251,3 +251,26 @@ def test_a_standby_of_an_exactly_once_changelog_catches_up(txn_broker):
             await producer.stop()
 
     asyncio.run(main())
+
+
+def test_healthz_waits_for_a_round_after_a_rebalance_that_kept_every_partition(tmp_path):
+    """A rebalance that leaves this worker its restored partitions: /healthz is 503 from the
+    rebalance until a round ran after it, not 200 from the round before."""
+    from eddies.runtime.kafka.worker import KafkaWorker
+
+    job = build("in", "out", "j", "account")
+    worker = KafkaWorker(job, "kafka://127.0.0.1:9", tmp_path / "worker")
+    try:
+        kept = {("in", 0)}
+        worker._started.set()
+        worker.owned, worker.ready = set(kept), set(kept)
+        worker._assignment_done = worker._processing = True
+        assert worker.health()[0]
+        asyncio.run(worker._on_assigned(kept))
+        asyncio.run(worker._on_rebalance_complete())
+        ok, body = worker.health()
+        assert (ok, body["status"]) == (False, "restoring")
+        worker._processing = worker._assignment_done and not worker.owned - worker.ready
+        assert worker.health()[0]  # what _progress sets after the next round
+    finally:
+        worker.backend.close()

@@ -463,6 +463,7 @@ class KafkaWorker:
     # -- rebalance -----------------------------------------------------------------------------
     async def _on_revoked(self, gone: set[tuple[str, int]]) -> None:
         self._assignment_done = False  # a rebalance began (/healthz: 503 until restored)
+        self._processing = False  # and until a round after it ran (_progress)
         if not self._started.is_set() or self._closed:  # closed: stopping, checkpoint taken
             self.owned -= gone
             return
@@ -484,6 +485,7 @@ class KafkaWorker:
 
     async def _on_assigned(self, assigned: set[tuple[str, int]]) -> None:
         self._assignment_done = False
+        self._processing = False
         self._apart.clear()
         self.owned = set(assigned)
         log.info("assigned %s", sorted(self.owned))
