@@ -26,7 +26,14 @@ a full replay would; that is how the worker takes over a standby key group
 (``KafkaWorker._restore_key_group``, source ``standby``).
 
 Deltas read before their marker wait in memory: in steady state, about one checkpoint per
-key group.
+key group. Those of an owner that crashed between a checkpoint's deltas and its marker are
+dropped once a marker written after them is read (``Standbys.bound``), whichever changelog
+they wait in. With ``read_committed`` (exactly-once sinks) the changelogs are read up to the
+last stable offset, and the consumer's position past transaction markers is the resume
+offset.
+
+The worker's TTL sweep skips standby key groups (``Executor.sweep(groups)``): a copy's
+entries expire by its owner's clock, whose deletes come through the changelog.
 """
 
 from __future__ import annotations
