@@ -26,6 +26,11 @@ state topics::
                                                 "upstream"}}}
             headers eddies.cp = token
 
+The checkpoint topic is created with ``cleanup.policy=delete`` and ``retention.ms=-1``, never
+compacted (``topics.topic_config``): every marker has the same key, so compaction would keep
+one marker per partition, and a restore would ignore every older committed delta. Markers
+are small (one per partition per checkpoint), so keeping them all costs little.
+
 A job whose keyed state sits behind several co-partitioned input topics (a join of two
 Kafka sources) checkpoints partition ``p`` of all of them together: one marker per partition
 whose ``inputs`` hold every topic's next offset, partition watermark and dedup table

@@ -10,7 +10,7 @@ import re
 from eddies.errors import BackendError
 
 __all__ = ["changelog_topic", "checkpoint_topic", "create_topics", "repartition_topic",
-           "topic_partitions"]
+           "topic_config", "topic_partitions"]
 
 _SAFE = re.compile(r"[^a-zA-Z0-9._-]")
 
@@ -32,6 +32,27 @@ def checkpoint_topic(job: str) -> str:
 def repartition_topic(job: str, operator: str) -> str:
     """``<job>-<operator>-repartition``: records re-keyed for a key_by."""
     return f"{_safe(job)}-{_safe(operator)}-repartition"
+
+
+def topic_config(name: str) -> dict[str, str]:
+    """The configs ``create_topics`` creates topic ``name`` with.
+
+    State changelogs are compacted (the last delta per stored key). The checkpoint topic is
+    not: every marker has the same key, and a restore replays only the deltas whose token a
+    marker it reads names, so a compacted checkpoint topic, keeping the last marker per
+    partition, would leave every older committed delta ignored. Its markers (one per
+    partition per checkpoint, a few hundred bytes) are kept forever instead.
+
+    >>> topic_config("j-__checkpoint__-changelog")
+    {'cleanup.policy': 'delete', 'retention.ms': '-1'}
+    >>> topic_config("j-totals-changelog"), topic_config("j-op-repartition")
+    ({'cleanup.policy': 'compact'}, {})
+    """
+    if name.endswith("-__checkpoint__-changelog"):
+        return {"cleanup.policy": "delete", "retention.ms": "-1"}
+    if name.endswith("-changelog"):
+        return {"cleanup.policy": "compact"}
+    return {}
 
 
 async def topic_partitions(bootstrap: str, topic: str) -> int | None:
@@ -62,8 +83,7 @@ async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     try:
         response = await admin.create_topics(
             [NewTopic(name, num_partitions=n, replication_factor=1,
-                      topic_configs={"cleanup.policy": "compact"} if name.endswith("-changelog")
-                      else {})
+                      topic_configs=topic_config(name))
              for name, n in topics.items()]
         )
         errors = getattr(response, "topic_errors", None) or []
