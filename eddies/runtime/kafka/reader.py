@@ -48,6 +48,7 @@ class PartitionReader:
         self._consumers: dict[str, AIOKafkaConsumer] = {}
         self._assigned: set[Partition] = set()
         self._paused = False
+        self._turn = 0  # which consumer getmany asks first (they take turns)
 
     async def start(self) -> None:
         """Connect (in the event loop that will read)."""
@@ -156,6 +157,10 @@ class PartitionReader:
                                            max_records=self.batch_records)
         out: dict[Any, list[Any]] = {}
         # Two consumers: what either has ready now, else each waits its share of the timeout.
+        # They take turns at being asked first: one with a backlog of a full batch would
+        # otherwise starve the other (its watermark, joins and lag held back).
+        self._turn = turn = (self._turn + 1) % len(active)
+        active = active[turn:] + active[:turn]
         for wait in (0, max(1, timeout_ms // len(active))):
             for consumer in active:
                 left = self.batch_records - sum(len(b) for b in out.values())

@@ -1253,7 +1253,15 @@ class KafkaWorker:
             self._fetch_paused()
             await flow.wait_drained(0.2)
         held = flow.hold()
-        if not held:
+        if not held and self.reader.paused:
+            # A paused partition fetched nothing: that was backpressure, not idleness. Its idle
+            # clock starts again now, or the first partitions fetched after the pause would
+            # move the watermark past the others' backlog.
+            now = self.executor.clock()
+            for tp in self.ready:
+                mark = self.marks.get(tp)
+                if mark is not None:
+                    mark.last_active = now
             self.reader.resume()
         if self.observer is not None:
             self.observer.metrics.flow(flow.records, flow.bytes, held, flow.pauses)
