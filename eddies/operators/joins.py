@@ -207,9 +207,11 @@ class _Join(KeyedCoProcessFunction):
         return None
 
     def _fire(self, time: int, items: list[Any]) -> list[Any]:
+        """Do what is due at ``time`` for ``items`` (as the join indexed them); results."""
         raise NotImplementedError
 
-    def _index_loaded(self, key: Any, mk: int) -> None:
+    def _index_loaded(self, held: Held, mk: int) -> None:
+        """Index the entry ``mk`` of ``held`` read back from the backend (a restore)."""
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------
