@@ -155,8 +155,24 @@ class TtlConfig:
 
 def _in_groups(index_keys: list[bytes], groups: frozenset[bytes]) -> tuple[list[bytes], bytes | None]:
     """The index keys whose stored key is in one of ``groups`` (2-byte key group prefixes),
-    and the first of the others (None: none)."""
-    ours: list[bytes] = []
+    and the first of the others (None: none).
+
+    >>> keys = [_be.pack(1) + encode_key(state) + group + b"k" for state, group in
+    ...         [("a", b"\\x00\\x01"), ("bb", b"\\x00\\x02"), ("a", b"\\x00\\x02")]]
+    >>> ours, first = _in_groups(keys, frozenset([b"\\x00\\x02"]))
+    >>> ours == keys[1:], first == keys[0], _in_groups(keys[2:], frozenset([b"\\x00\\x02"]))[1]
+    (True, True, None)
+    """
+    n = decode_element(index_keys[0], 8)[1]
+    name_enc = index_keys[0][8:n]
+    if all(map(methodcaller("startswith", name_enc, 8), index_keys)) and not any(
+        map(methodcaller("startswith", name_enc + b"\xff", 8), index_keys)
+    ):  # one state's entries (as _split_by_state): the key group at one offset
+        ours = [k for k in index_keys if k[n:n + 2] in groups]
+        first = None if len(ours) == len(index_keys) else next(
+            k for k in index_keys if k[n:n + 2] not in groups)
+        return ours, first
+    ours = []
     first = None
     name_enc = b""
     for index_key in index_keys:
