@@ -366,7 +366,8 @@ class Standbys:
     def _unbounded(self) -> list[int]:
         """Key groups with an unmarked token pending that has no end offset yet."""
         return [p for p, tail in self.tails.items()
-                if any(d[4] not in tail.markers.committed and d[4] not in tail.bounds
+                if any(d[4] is not None and d[4] not in tail.markers.committed
+                       and d[4] not in tail.bounds
                        for pending in tail.pending.values() for d in pending)]
 
     def bound(self, ends: dict[int, int]) -> None:
@@ -384,7 +385,7 @@ class Standbys:
                 continue
             for pending in tail.pending.values():
                 for d in pending:
-                    if d[4] not in tail.markers.committed:
+                    if d[4] is not None and d[4] not in tail.markers.committed:
                         tail.bounds.setdefault(d[4], end)
 
     def _caught_up(self, tail: _Tail) -> bool:
