@@ -591,7 +591,7 @@ def run_local(
     ``dead_letters`` is a JSONL path (or sink) for malformed records, which are also in
     ``result.dead_letters``. ``cache_entries`` (default 200,000) bounds the keys each state
     keeps cached; a cache that grows past twice that between checkpoints brings the next
-    checkpoint forward. ``result.stats.startup`` holds the startup phases.
+    checkpoint forward. Join buffers are held in memory whole (``eddies.state.buffers``). ``result.stats.startup`` holds the startup phases.
     ``rocksdb_profile="small"|"medium"|"large"`` sizes a ``"rocksdb:DIR"`` state for a
     machine class (see ``eddies.state.rocksdb``); without it RocksDB keeps its default options.
 

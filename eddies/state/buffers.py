@@ -204,7 +204,10 @@ class JoinBuffers(Handle):
         batch.put_many(name, keys, values)
 
     def cached_count(self) -> int:
-        return len(self.held)
+        """0: the buffers are not a cache a checkpoint can shrink (:meth:`trim` frees
+        nothing), so they must not count towards ``cache_entries``, or every round would
+        bring a checkpoint forward once a join holds more keys than twice that."""
+        return 0
 
     def trim(self, limit: int) -> int:
         """Entries stay in memory (see the class docstring)."""

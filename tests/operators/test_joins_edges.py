@@ -225,3 +225,30 @@ def test_the_harness_counts_late_events_a_join_dropped() -> None:
     assert h.event({"a": 1}, key="k", timestamp=50) == []
     assert h.event({"b": 1}, key="k", timestamp=100, input=2) == []
     assert h.stats.late_events == 2 and h.stats.late_dropped == 2 == fn.late_dropped
+
+
+@pytest.mark.parametrize("kind", ["interval", "asof"])
+def test_join_buffers_do_not_bring_checkpoints_forward(kind: str) -> None:
+    """Buffers are not a cache a checkpoint can shrink: holding more keys than twice
+    ``cache_entries`` must not make every round checkpoint."""
+    lefts = [{"k": i % 500, "ts": 1000 + i, "id": i} for i in range(3000)]
+    rights = [{"k": i % 500, "ts": 1000 + i, "id": i} for i in range(3000)]
+
+    def run(cache: int) -> tuple[int, list[Any]]:
+        job = ed.Job("buffered")
+        out = ed.sinks.collect()
+        left = job.source(ed.sources.iterable(lefts, name="L"), timestamp="ts").key_by("k")
+        right = job.source(ed.sources.iterable(rights, name="R"), timestamp="ts").key_by("k")
+        if kind == "interval":
+            joined = left.interval_join(right, lower=-100_000, upper=100_000, name="j")
+        else:
+            joined = left.join_asof(right, how="left", name="j")
+        joined.sink(out)
+        result = ed.run_local(job, ed.InMemoryStateBackend(), batch_size=10,
+                              cache_entries=cache, checkpoint_interval=100_000)
+        items = sorted(repr(r) for r in result.collected(out))
+        return result.stats.checkpoints, items
+
+    checkpoints, items = run(100)
+    assert (checkpoints, items) == run(200_000)
+    assert checkpoints <= 2
