@@ -30,12 +30,13 @@ The checkpoint topic is created with ``cleanup.policy=delete`` and ``retention.m
 compacted (``topics.topic_config``): every marker has the same key, so compaction would keep
 one marker per partition, and a restore would ignore every older committed delta. Markers
 are small (one per partition per checkpoint), but a restore from the changelog reads them
-all, so its cost grows with the job's age. Two limits of the token rule on a broker that
+all, so its cost grows with the job's age. A limit of the token rule on a broker that
 compacts the state changelogs: a crash between a checkpoint's deltas and its marker can leave
-an unmarked delta as a key's last record, and compaction then removes the committed one
-before it (the key restores as absent unless the job writes it again after the restart); a
-restore that needs only the last marker would need the marker to carry its deltas' end
-offsets, and the first checkpoint after a restore to rewrite the keys of unmarked deltas.
+an unmarked delta as a key's last record, and once its segment is closed, compaction removes
+the committed record before it (the key then restores as absent unless the job wrote it
+again after the restart). Without broker transactions (whose aborted records the log cleaner
+drops) closing that gap needs deltas that compaction cannot see before their marker, e.g. a
+changelog the job compacts itself from snapshots.
 
 A job whose keyed state sits behind several co-partitioned input topics (a join of two
 Kafka sources) checkpoints partition ``p`` of all of them together: one marker per partition
