@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time as _time
 from collections.abc import Callable
-from itertools import islice, repeat
+from itertools import filterfalse, islice, repeat
 from operator import itemgetter, le
 from types import GeneratorType
 from typing import Any, NamedTuple, Protocol
@@ -809,8 +809,20 @@ class KeyedOperator:
                 keys = list(map(keyget, values))
             except Exception:  # push_keyed tells a bad record from a bug, record by record
                 keys = None
-            if (keys is None or store.groups_pinned or set(map(type, keys)) != {str}
-                    or not all(map(str.isascii, keys))):
+            fast = (keys is not None and set(map(type, keys)) == {str}
+                    and all(map(str.isascii, keys)))
+            if fast and store.groups_pinned:
+                # Pinned key groups (Kafka: the partition being pushed): a key seen first
+                # here takes the group now, as push_keyed does at its record. The group
+                # stays the same through the batch (advance() unpins it only while timers
+                # fire, and those pin nothing then), so taking them all now, in record
+                # order, caches the same prefixes.
+                try:
+                    for k in filterfalse(prefixes.__contains__, keys):
+                        store.prefix(k)
+                except Exception:  # push_keyed says what is wrong, record by record
+                    fast = False
+            if not fast:
                 follow = op.follow
                 for j in range(count):
                     if wms[j] >= due:

@@ -271,3 +271,48 @@ def test_a_push_with_other_inputs_holding_time_back_is_per_record(
     assert len(one_by_one["probe"]) > 2_000
     for chunks in ([len(events)], [37] * 32 + [16], [600, 1, 599]):
         assert _push_union(events, chunks, other) == one_by_one, chunks
+
+
+class _Tally(ed.KeyedProcessFunction):
+    n = ed.ValueState("n", default=0)
+
+    def on_event(self, event: dict[str, Any], ctx: ed.Context) -> Any:
+        self.n.set(self.n.get() + 1)
+        return [(ctx.key, self.n.get())]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 6])
+def test_keys_pushed_with_a_pinned_group_are_stored_under_the_group_they_were_first_seen_in(
+    batch: int,
+) -> None:
+    """As the Kafka worker pushes: a key new to the operator takes the pinned group (the
+    partition), and a key already known under another group (a timer's, pinned at
+    assignment) keeps that group, however the records are batched."""
+    events = [{"key": k, "ts": 1_000 + i} for i, k in enumerate(["old", "new", "new", "old",
+                                                                "x", "new"])]
+    job = ed.Job("pinned")
+    out = ed.sinks.collect()
+    (job.source(ed.sources.iterable(events), timestamp="ts").key_by("key")
+     .process(_Tally(), name="tally").sink(out))
+    ex = Executor(job, open_backend("memory"), clock=lambda: 0)
+    ex.open_operators()
+    (op,) = ex.operators.values()
+    store = op.store
+    store.pin_prefix("old", (5).to_bytes(2, "big") + store.prefix("old")[2:])
+    node = job.nodes[0]
+    mark = PartitionWatermark(BoundedOutOfOrderness(BOUND), 0)
+    for lo in range(0, len(events), batch):
+        ex.pin_key_group(3)
+        try:
+            max_ts = ex.push_records(node, events[lo:lo + batch], None, 0, mark=mark, others={})
+        finally:
+            ex.pin_key_group(None)
+        mark.observe(max_ts, 0)
+        ex.advance_time({node: [(mark.watermark, False)]}, 0)
+    ex.flush_sinks()
+    store.flush()
+    groups = {stored[2:]: int.from_bytes(stored[:2], "big")
+              for stored, _ in store.backend.iterate("n", None, None)}
+    assert groups == {store.prefix("old")[2:]: 5, store.prefix("new")[2:]: 3,
+                      store.prefix("x")[2:]: 3}
+    assert out.items == [("old", 1), ("new", 1), ("new", 2), ("old", 2), ("x", 1), ("new", 3)]
