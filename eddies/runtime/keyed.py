@@ -804,13 +804,12 @@ class KeyedOperator:
             wms = watermarks if watermarks is not None else [op.watermark] * count
             cut = op.cut
             due = due_at() if advance is not None else NEVER_DUE
-            keys: list[Any] | None
+            keys: list[Any] = []
             try:
                 keys = list(map(keyget, values))
+                fast = set(map(type, keys)) == {str} and all(map(str.isascii, keys))
             except Exception:  # push_keyed tells a bad record from a bug, record by record
-                keys = None
-            fast = (keys is not None and set(map(type, keys)) == {str}
-                    and all(map(str.isascii, keys)))
+                fast = False
             if fast and store.groups_pinned:
                 # Pinned key groups (Kafka: the partition being pushed): a key seen first
                 # here takes the group now, as push_keyed does at its record. The group
