@@ -19,6 +19,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from eddies.runtime.kafka.transactions import end_offset
+
 __all__ = ["PartitionReader"]
 
 Partition = tuple[str, int]
@@ -108,8 +110,7 @@ class PartitionReader:
         out = {}
         for t, p in self._assigned:
             consumer, tp = self.consumer_for(t), TopicPartition(t, p)
-            end = (consumer.highwater(tp) if self.isolation_level(t) == _DEFAULT
-                   else consumer.last_stable_offset(tp))
+            end = end_offset(consumer, tp, self.isolation_level(t) != _DEFAULT)
             if end is not None:  # a fetch answered, so the position is known: no wait
                 out[(t, p)] = max(0, end - await consumer.position(tp))
         return out
