@@ -72,17 +72,22 @@ def _prefixes_of(store: KeyedStateStore, keys: list[Key]) -> list[bytes]:
 
 
 class ExpiryQueue:
-    """Entries ``(time, stored-key prefix, key, ...)`` taken in order: a heap of coarse buckets
+    """Entries ``(time, stored-key prefix, key, slot)`` taken in order, ``slot`` being the
+    key's ``[queued, stamp]`` (see ``ValueHandle.armed``): a heap of coarse buckets
     (``time >> SHIFT``), each a list appended to in O(1) and sorted only when it comes due.
-    Entries pushed into the bucket being taken (or earlier) are inserted in order.
+    Entries pushed into the bucket being taken (or earlier) are inserted in order. An entry
+    whose time is not its slot's ``queued`` is stale, and one whose slot holds a later stamp
+    moves on to it (see :meth:`_settle`).
 
-    >>> q = ExpiryQueue(); q.push((5000, b"b", "b")); q.push((10, b"a", "a"))
-    >>> q.push((4999, b"c", "c"))
-    >>> times = []
+    >>> q = ExpiryQueue()
+    >>> for time, key in [(5000, "b"), (10, "a"), (4999, "c")]:
+    ...     q.push((time, key.encode(), key, [time, time]))
+    >>> moved = [12, 9000]; q.push((12, b"d", "d", moved))  # rewritten: expires at 9000
+    >>> taken = []
     >>> while q.peek() is not None:
-    ...     times.append(q.pop()[0])
-    >>> times
-    [10, 4999, 5000]
+    ...     taken.append(q.pop()[:3:2])
+    >>> taken
+    [(10, 'a'), (4999, 'c'), (5000, 'b'), (9000, 'd')]
     """
 
     SHIFT = 10  # buckets of 1,024 ms
@@ -117,12 +122,45 @@ class ExpiryQueue:
                 self.bucket = None
                 return None
             b = heapq.heappop(self.order)
-            entries = self.buckets.pop(b)
+            entries = self._settle(b, self.buckets.pop(b))
             entries.sort()
             self.cur = entries
             self.pos = 0
             self.bucket = b
         return self.cur[self.pos]
+
+    def _settle(self, b: int, entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The entries of bucket ``b``, opening, that may still fire in it: stale ones are
+        dropped, and those whose slot ``[queued, stamp]`` holds a later stamp move to it now
+        (a later bucket, or their place in this one). Each would do the same when taken;
+        moving them before the sort leaves the sort and the taking to the entries that
+        expire here (the value is rewritten past its entry's time far more often than not).
+        """
+        shift = self.SHIFT
+        buckets = self.buckets
+        later_get = buckets.get
+        kept = []
+        keep = kept.append
+        for entry in entries:
+            slot = entry[3]
+            time = entry[0]
+            if slot[0] != time:
+                continue  # stale: queued elsewhere since, or fired, or cleared
+            stamp = slot[1]
+            if stamp > time:
+                slot[0] = stamp
+                entry = (stamp, entry[1], entry[2], slot)
+                nb = stamp >> shift
+                if nb != b:
+                    later = later_get(nb)
+                    if later is None:
+                        buckets[nb] = [entry]
+                        heapq.heappush(self.order, nb)
+                    else:
+                        later.append(entry)
+                    continue
+            keep(entry)
+        return kept
 
     def pop(self) -> tuple[Any, ...]:
         """Take the entry :meth:`peek` returned."""
@@ -394,13 +432,23 @@ class ValueHandle(Handle):
 
             unindexed = self._unindexed.add
             if self.expiring is not None:
-                armed_get = self.armed.get
+                armed = self.armed
+                armed_get = armed.get
                 arm = self.arm
+                push = self.expiring.push
+                prefix = store.prefix
+                handle = self
+
+                declared = self.default
+                plain_default = not self._copy_default
 
                 def fast_get(default: Any = MISSING) -> Any:
                     # No stamp to check: see hold_checks.
                     value = cache_get(store.key, MISSING)
                     if value is MISSING or value is ABSENT:
+                        if value is ABSENT and plain_default:
+                            # expired or cleared (a key's next record after its on_expire)
+                            return declared if default is MISSING else default
                         return slow_get(default)
                     return value
 
@@ -441,6 +489,13 @@ class ValueHandle(Handle):
                     slot = armed_get(key)
                     if slot is not None and expires_at >= slot[0]:
                         slot[1] = expires_at
+                    elif slot is None and expires_at > backend.watermark:
+                        # arm(), inlined for a key with no stamped value (new, or fired)
+                        slot = armed[key] = [expires_at, expires_at]
+                        push((expires_at, prefix(key), key, slot))
+                        on_arm = handle.on_arm
+                        if on_arm is not None:
+                            on_arm(expires_at)
                     else:
                         arm(key, expires_at)
 
