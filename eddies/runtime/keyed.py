@@ -330,7 +330,8 @@ class KeyedOperator:
             setattr(function, attr, handle)
         # The nearest timers in memory, as many as the state cache keeps keys; the rest are
         # in the store and read in ranges as time advances (see timers.py).
-        self.timers = Timers(name, self.store.prefix, limit=self.store.cache_entries)
+        self.timers = Timers(name, self.store.prefix, limit=self.store.cache_entries,
+                             prefixes=self.store.cached_prefixes)
         self.timers.on_key = self._timer_key_read
         self.side: dict[OutputTag, list[Any]] = {}
         self.ctx = Context(_KeyTimers(self), side_output or self._collect_side)
@@ -538,7 +539,6 @@ class KeyedOperator:
             self._advance_with_hook(watermark, out, emit)
             return self.due_watermark()
         heap = self.timers.event
-        pop_due = heap.pop_due
         ctx = self.ctx
         store = self.store
         on_timer = self._on_timer
@@ -546,11 +546,7 @@ class KeyedOperator:
         current = self.watermark
         last = None
         emitted = 0  # a local while timers fire (see self.emitted)
-        while True:
-            due = pop_due(watermark)
-            if due is None:
-                break
-            time, key = due
+        for time, key in heap.due(watermark):
             if time != last:
                 # Timers see the watermark at their own time, as in Flink, and so does TTL
                 # state: an entry due to expire at the timer's time is gone in on_timer,
@@ -580,8 +576,8 @@ class KeyedOperator:
         # set_watermark, inlined: this runs between records of a batch (see the executor).
         self.watermark = ctx.watermark = watermark
         set_clock(watermark)
-        # due_watermark, inlined: pop_due just found nothing due, so the next live timer
-        # is beyond the watermark.
+        # due_watermark, inlined: nothing is left due, so the next live timer is beyond the
+        # watermark.
         times = heap.times
         at = times[0] if times and heap.buckets.get(times[0]) else heap.next_time()
         return NEVER_DUE if at is None else at
@@ -842,7 +838,6 @@ class KeyedOperator:
             direct = False  # advance this operator here (see the docstring)
             set_clock = clock.set_watermark
             expiries = isinstance(op.hook, _Expiries)
-            continue_at = False  # the direct advance was done by _advance_with_hook
             emitted_timers = 0
             timers = 0  # advancing (1: directly, 2: through advance()): an error is a timer's
             source = driver.cur_source
@@ -865,53 +860,45 @@ class KeyedOperator:
                                 driver.cur_source = None  # records made by timers have none
                                 if expiries:  # timers and on_expire calls in time order
                                     self._advance_with_hook(watermark, timer_out, emit)
-                                    driver.cur_source = source
-                                    direct_at = j
-                                    timers = 0
                                     due = due_at()
-                                    continue_at = True
-                                heap = op.timers.event
-                                pop_due = heap.pop_due
-                                current = op.watermark
-                                last = None
-                                while not continue_at:
-                                    fired = pop_due(watermark)
-                                    if fired is None:
-                                        break
-                                    time, key = fired
-                                    if time != last:
-                                        last = time
-                                        ctx.watermark = current if current > time else time
-                                        set_clock(ctx.watermark)
-                                    store.key = key
-                                    store.timestamp = time
-                                    ctx.key = (key[0] if type(key) is tuple and len(key) == 1
-                                               else key)
-                                    ctx.timestamp = time
-                                    result = on_timer(time, ctx)
-                                    if result is not None:
-                                        t = type(result)
-                                        if (t is list or t is tuple
-                                                or t is GeneratorType):
-                                            timer_out.extend(result)
-                                        else:
-                                            timer_out.append(result)
-                                        if timer_out:
-                                            emitted_timers += len(timer_out)
-                                            for item in timer_out:
-                                                emit(item, time)
-                                            timer_out.clear()
-                                if not continue_at:
+                                else:
+                                    heap = op.timers.event
+                                    current = op.watermark
+                                    last = None
+                                    for time, key in heap.due(watermark):
+                                        if time != last:
+                                            last = time
+                                            ctx.watermark = (current if current > time
+                                                             else time)
+                                            set_clock(ctx.watermark)
+                                        store.key = key
+                                        store.timestamp = time
+                                        ctx.key = (key[0] if type(key) is tuple
+                                                   and len(key) == 1 else key)
+                                        ctx.timestamp = time
+                                        result = on_timer(time, ctx)
+                                        if result is not None:
+                                            t = type(result)
+                                            if (t is list or t is tuple
+                                                    or t is GeneratorType):
+                                                timer_out.extend(result)
+                                            else:
+                                                timer_out.append(result)
+                                            if timer_out:
+                                                emitted_timers += len(timer_out)
+                                                for item in timer_out:
+                                                    emit(item, time)
+                                                timer_out.clear()
                                     op.watermark = watermark
-                                    driver.cur_source = source
-                                    direct_at = j
-                                    timers = 0
-                                    # due_watermark: nothing is due at the watermark now.
+                                    # due_watermark, inlined: nothing is due at the
+                                    # watermark now.
                                     times = heap.times
                                     at = (times[0] if times and heap.buckets.get(times[0])
                                           else heap.next_time())
                                     due = NEVER_DUE if at is None else at
-                                continue_at = False
+                                driver.cur_source = source
+                                direct_at = j
+                                timers = 0
                             else:
                                 timers = 2
                                 due = advance(j)  # type: ignore[misc]

@@ -60,6 +60,7 @@ _be = struct.Struct(">Q")
 _domain_and_time = itemgetter(slice(2, 11))
 _first = itemgetter(0)
 _OFFSET = 2**63
+_GONE: Any = object()
 _NO_HORIZON = 2**63
 """The horizon of a heap that holds every live timer (above any int64 time)."""
 EVENT = b"e"
@@ -110,15 +111,20 @@ class TimerHeap:
     go wherever its timers go: replacing the heap forgets both.
     """
 
-    __slots__ = ("times", "buckets", "added", "removed", "marks", "far", "fired", "horizon",
-                 "horizon_key", "limit", "on_key", "_count", "_far_count", "_drain_time",
-                 "_drain", "_drain_at", "_source", "_ranges", "_spill_at", "_fired_groups",
-                 "_fired_upto")
+    __slots__ = ("domain", "times", "buckets", "added", "removed", "marks", "far", "fired",
+                 "horizon", "horizon_key", "limit", "on_key", "_count", "_far_count",
+                 "_drain_time", "_drain", "_drain_at", "_source", "_ranges", "_spill_at",
+                 "_fired_groups", "_fired_upto", "_at_time", "_at")
 
-    def __init__(self) -> None:
+    def __init__(self, domain: bytes = EVENT) -> None:
+        self.domain = domain
         self.times: list[int] = []  # heap; a time stays until its bucket is empty
         self.buckets: dict[int, dict[bytes, Key | None]] = {}
-        self.added: set[bytes] = set()  # stored keys in memory since the last collect
+        self.added: set[bytes] = set()
+        """Stored keys put in memory since the last collect, to be written by the next.
+        None of them is in the store but with its deletion pending (in ``fired`` or
+        ``removed``, or a range of ``_fired_groups``): one that fires or is deleted before
+        the next collect is simply dropped from here, and never reaches the store."""
         self.removed: set[bytes] = set()  # deleted since the last collect (tombstones)
         self.marks: set[bytes] = set()
         self.far: dict[int, set[bytes]] = {}
@@ -145,6 +151,10 @@ class TimerHeap:
         # every timer up to the latest fired time is gone once time has passed it.
         self._fired_groups: set[bytes] = set()
         self._fired_upto = -_OFFSET
+        # The stored-key bytes of the last time registered (domain + time), built once for
+        # the many keys that register the same time (an end-of-input or a window-end timer).
+        self._at_time: int | None = None
+        self._at = b""
 
     @staticmethod
     def _key(bucket: dict[bytes, Key | None], stored: bytes) -> Key:
@@ -178,7 +188,36 @@ class TimerHeap:
             heapq.heappush(self.times, time)
         return bucket
 
+    def register(self, time: int, key: Key, prefix: bytes) -> None:
+        """:meth:`add` the timer of ``key`` (whose stored-key prefix is ``prefix``) at
+        ``time``: the stored key is built here, its time part once for a run of
+        registrations at one time."""
+        if time != self._at_time:
+            self._at = self.domain + _be.pack(time + _OFFSET)
+            self._at_time = time
+        stored = prefix[:2] + self._at + prefix[2:]
+        if time >= self.horizon:
+            self.add(time, key, stored)
+            return
+        # add(), inlined for a timer before the horizon (every timer, unless memory is full).
+        bucket = self.buckets.get(time)
+        if bucket is None:
+            bucket = self.buckets[time] = {}
+            heapq.heappush(self.times, time)
+        elif stored in bucket:
+            return
+        bucket[stored] = key
+        self._count += 1
+        if time == self._drain_time:  # firing now: it takes its turn among the rest
+            insort(self._drain, stored, lo=self._drain_at)
+        self.added.add(stored)
+        if self._count > self._spill_at:
+            self._spill()
+
     def add(self, time: int, key: Key | None, stored: bytes, persist: bool = True) -> None:
+        """Add the timer ``stored`` at ``time`` (``key``: its user key, None to decode it
+        when it fires), to be written with the next checkpoint unless ``persist`` is False.
+        A tombstone of the same timer stays: :meth:`collect` writes deletions first."""
         horizon = self.horizon
         if time >= horizon and (time > horizon or stored >= self.horizon_key):
             # Beyond the window: to the pending-write buffer only.
@@ -188,7 +227,6 @@ class TimerHeap:
             if stored not in far:
                 far.add(stored)
                 self._far_count += 1
-            self.removed.discard(stored)
             return
         bucket = self.buckets.get(time)
         if bucket is None:
@@ -202,8 +240,6 @@ class TimerHeap:
             insort(self._drain, stored, lo=self._drain_at)
         if persist:
             self.added.add(stored)
-            if self.removed:
-                self.removed.discard(stored)
         if self._count > self._spill_at:
             self._spill()
 
@@ -223,8 +259,11 @@ class TimerHeap:
         if bucket is not None and stored in bucket:
             del bucket[stored]  # an emptied bucket goes when pop_due reaches it
             self._count -= 1
-            self.added.discard(stored)
-            self.removed.add(stored)
+            added = self.added
+            if stored in added:
+                added.discard(stored)  # not written yet: nothing to delete (see ``added``)
+            else:
+                self.removed.add(stored)
 
     def next_time(self) -> int | None:
         """The time of the earliest live timer, or None. Exact with a bounded window: when
@@ -249,47 +288,77 @@ class TimerHeap:
     def pop_due(self, until: int) -> tuple[int, Key] | None:
         """Remove and return the earliest timer with time <= ``until``, or None."""
         times = self.times
+        if times:
+            if times[0] > until:
+                return None
+        elif self.horizon > until:  # none due before the horizon, none beyond it
+            return None
+        return next(self.due(until), None)
+
+    def due(self, until: int) -> Iterator[tuple[int, Key]]:
+        """Remove and yield, in firing order, every timer with time <= ``until``, each one
+        as :meth:`pop_due` would return it: timers registered or deleted between two
+        yields are fired in their turn or not at all, in this same pass. A bucket is
+        sorted once and walked in one loop, rather than one call per timer.
+
+        A timer registered and fired (or deleted) between two checkpoints was never
+        written, and is not deleted either: the checkpoint holds nothing of it."""
+        times = self.times
         buckets = self.buckets
+        added = self.added
+        fired = self.fired
+        gone = _GONE
         while True:
             if not times:
                 if self.horizon > until:  # none due before the horizon, none beyond it
-                    return None
+                    return
                 self._load_next()
                 continue
             time = times[0]
             if time > until:
-                return None
+                return
             bucket = buckets.get(time)
             if not bucket:
                 self._drop_time()
                 continue
             if time != self._drain_time:  # (re)start this bucket: sort what is left in it
                 self._drain_time = time
-                self._drain = sorted(bucket)
-                self._drain_at = 0
-            drain = self._drain
-            while self._drain_at < len(drain):
-                stored = drain[self._drain_at]
-                self._drain_at += 1
-                if stored in bucket:  # else deleted since the bucket was sorted
-                    key = bucket.pop(stored)
-                    if key is None:
-                        key = _user_key(stored)
-                        if self.on_key is not None:
-                            self.on_key(key, stored[:2] + stored[11:])
-                    self._count -= 1
-                    self.added.discard(stored)
-                    if time > self._fired_upto:
-                        self._fired_upto = time
-                    fired = self.fired
+                drain = self._drain = sorted(bucket)
+                at = 0
+            else:
+                drain = self._drain
+                at = self._drain_at
+            pop = bucket.pop
+            on_key = self.on_key
+            if time > self._fired_upto:
+                self._fired_upto = time
+            while at < len(drain):  # it grows as timers are registered at ``time``
+                stored = drain[at]
+                at += 1
+                key = pop(stored, gone)
+                if key is gone:  # deleted since the bucket was sorted
+                    continue
+                if key is None:
+                    key = _user_key(stored)
+                    if on_key is not None:
+                        on_key(key, stored[:2] + stored[11:])
+                self._count -= 1
+                if stored in added:
+                    # Not written yet: nothing to delete (see ``added``).
+                    added.discard(stored)
+                else:
                     fired.add(stored)
                     if len(fired) > self._spill_at:
                         self._fired_groups.update(s[:2] for s in fired)
                         fired.clear()
-                    return time, key
-            self._drain_time = None  # every remaining entry was stale
-            if not bucket:
-                self._drop_time()
+                self._drain_at = at
+                yield time, key
+                if self._drain_time != time or times[0] != time:
+                    break  # an earlier timer was registered, or this bucket spilled
+            else:
+                self._drain_time = None  # drained
+                if not bucket:
+                    self._drop_time()
 
     def __len__(self) -> int:
         return self._count
@@ -437,11 +506,11 @@ class TimerHeap:
             if not moved:
                 continue
             bucket = self.bucket(time)
-            for stored in moved:
-                if stored not in bucket:
-                    bucket[stored] = None
-                    self._count += 1
-            self.added.update(moved)  # still to be written
+            # Still to be written, but those just read from the store as well.
+            new = [stored for stored in moved if stored not in bucket]
+            bucket.update(zip(new, repeat(None)))
+            self._count += len(new)
+            self.added.update(new)
             self._far_count -= len(moved)
             if moved is pending:
                 del far[time]
@@ -484,8 +553,11 @@ class TimerHeap:
             batch.delete_many(cf, list(fired))
         fired.clear()
         self._fired_upto = -_OFFSET
-        # Writes after the deletions of fired timers: a timer registered again after it
-        # fired stays. ``added`` and the buffer are disjoint from ``removed``.
+        if self.removed:
+            batch.delete_many(cf, list(self.removed))
+            self.removed.clear()
+        # Writes after the deletions: a timer registered again after it fired or was
+        # deleted stays (``removed`` keeps such a timer's tombstone).
         added = self.added
         if added:
             batch.put_many(cf, list(added), [b""] * len(added))
@@ -495,28 +567,28 @@ class TimerHeap:
             batch.put_many(cf, far, [b""] * len(far))
             self.far.clear()
             self._far_count = 0
-        if self.removed:
-            batch.delete_many(cf, list(self.removed))
-            self.removed.clear()
 
 
 class Timers:
     """Both timer domains of one operator, with their persistence.
 
     ``limit`` bounds the timers each domain keeps in memory once :meth:`load` has attached
-    the store (None: all of them)."""
+    the store (None: all of them). ``prefixes``, when given, is the cache ``prefix_of`` keeps
+    (key to stored-key prefix), read first."""
 
     def __init__(
-        self, operator: str, prefix_of: Callable[[Key], bytes], limit: int | None = None
+        self, operator: str, prefix_of: Callable[[Key], bytes], limit: int | None = None,
+        prefixes: dict[Any, bytes] | None = None,
     ) -> None:
         if limit is not None and limit < 1:
             raise ConfigError(f"operator {operator!r}: the timer limit must be at least 1, "
                               f"got {limit}")
         self.cf = timers_cf(operator)
-        self.event = TimerHeap()
-        self.processing = TimerHeap()
+        self.event = TimerHeap(EVENT)
+        self.processing = TimerHeap(PROCESSING)
         self.limit = limit
         self._prefix_of = prefix_of
+        self._prefixes = prefixes if prefixes is not None else {}
         self.on_key: Callable[[Key, bytes], None] | None = None
         """Given to both heaps at :meth:`load` (see ``TimerHeap.on_key``)."""
         self.loaders: list[Callable[[StateBackend, bytes | None, bytes | None], Any]] = []
@@ -542,8 +614,15 @@ class Timers:
             heap.removed.add(stored)
 
     def register(self, domain: bytes, time: int, key: Key) -> None:
-        (self.event if domain == EVENT else self.processing).add(
-            time, key, stored_timer_key(self._prefix_of(key), domain, time))
+        """Register ``key``'s timer at ``time`` (deduplicated), written with the next
+        checkpoint."""
+        try:
+            prefix = self._prefixes.get(key)
+        except TypeError:  # unhashable: prefix_of says what is wrong with the key
+            prefix = None
+        if prefix is None:
+            prefix = self._prefix_of(key)
+        (self.event if domain == EVENT else self.processing).register(time, key, prefix)
 
     def delete(self, domain: bytes, time: int, key: Key) -> None:
         (self.event if domain == EVENT else self.processing).remove(
@@ -615,6 +694,8 @@ class Timers:
                 before = len(bucket)
                 bucket.update(zip(piece, repeat(None)))
                 count -= len(piece) - (len(bucket) - before)  # less those already in memory
+                if heap.added:  # registered before their range was loaded: stored now
+                    heap.added.difference_update(piece)
                 heap.loaded(len(bucket) - before)
         for loader in self.loaders:
             loader(backend, lower, upper)
