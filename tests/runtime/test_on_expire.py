@@ -5,12 +5,14 @@ sizes, checkpoints and restarts."""
 from __future__ import annotations
 
 import random
+import zlib
 from typing import Any
 
 import pytest
 
 import eddies as ed
 from eddies.errors import ConfigError
+from eddies.state.keys import encode_element, state_key
 from eddies.testing import Harness
 
 TTL = 1_000
@@ -38,6 +40,13 @@ class Sessions(ed.KeyedProcessFunction):
                self.acc.get() if state == "acc" else None)
 
 
+def stored_key(key: Any) -> bytes:
+    """The stored-key prefix of ``key`` in the local runner (key group, then the key), which
+    orders expiries due at one time."""
+    element = encode_element(state_key(key))
+    return (zlib.crc32(element) % 128).to_bytes(2, "big") + element
+
+
 def reference(events: list[dict[str, Any]]) -> list[tuple]:
     """What a hand-written loop over the same events reports (watermark = max ts - BOUND - 1,
     advanced after each record; a write stamps ts + ttl)."""
@@ -47,7 +56,7 @@ def reference(events: list[dict[str, Any]]) -> list[tuple]:
 
     def expire_up_to(limit: int) -> None:
         due = sorted((e[1], name, key) for (name, key), e in state.items() if e[1] <= limit)
-        for at, name, key in sorted(due, key=lambda d: (d[0], ed.state.encode_key(d[2]), d[1])):
+        for at, name, key in sorted(due, key=lambda d: (d[0], stored_key(d[2]), d[1])):
             value = state.pop((name, key))[0]
             acc = state.get(("acc", key))
             out.append(("expired", name, key, value, at, at,
@@ -139,7 +148,7 @@ def test_a_value_written_already_expired_is_never_read_and_fires_once() -> None:
                                   ("expired", "total", "live", 1, 7_000, 7_000, None)]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 21])
 def test_results_equal_a_hand_written_loop_for_every_batch_size_and_backend(
     seed: int, tmp_path: Any
 ) -> None:
