@@ -80,7 +80,12 @@ class _KeyTimers:
         """Fire ``on_timer`` for this key once the watermark reaches ``timestamp``."""
         op = self._op
         time = int(timestamp)
-        op.timers.register(EVENT, time, op.store.key)
+        store = op.store
+        key = store.key
+        # Timers.register, inlined (one call less per registration). The key is hashable:
+        # validated before on_event, or a timer's.
+        prefix = store.cached_prefixes.get(key)
+        op.timers.event.register(EVENT, time, key, prefix or store.prefix(key))
         if time <= op.horizon:  # due within the records being pushed: cut the batch
             op.cut.due = True
 

@@ -98,8 +98,9 @@ class TimerHeap:
     Within one time, stored keys sort as ``key group + key element``: timers fire in that
     order, which survives a restore and never compares keys of different types. Many timers
     share a time (every key's window ends together), so the heap holds one entry per time
-    and a due bucket is sorted once, when it starts firing. Timers loaded from the backend
-    keep their user key undecoded (None) until they fire.
+    and a due bucket is sorted once, when it starts firing (:meth:`due` walks it in one
+    loop). Timers loaded from the backend keep their user key undecoded (None) until they
+    fire.
 
     Once attached to a backend (:meth:`Timers.load`), memory holds only the live timers
     before the horizon, a position in firing order: ``(horizon, horizon_key)``, a time and a
@@ -111,13 +112,12 @@ class TimerHeap:
     go wherever its timers go: replacing the heap forgets both.
     """
 
-    __slots__ = ("domain", "times", "buckets", "added", "removed", "marks", "far", "fired",
-                 "horizon", "horizon_key", "limit", "on_key", "_count", "_far_count",
-                 "_drain_time", "_drain", "_drain_at", "_source", "_ranges", "_spill_at",
-                 "_fired_groups", "_fired_upto", "_at_time", "_at")
+    __slots__ = ("times", "buckets", "added", "removed", "marks", "far", "fired", "horizon",
+                 "horizon_key", "limit", "on_key", "_count", "_far_count", "_drain_time",
+                 "_drain", "_drain_at", "_source", "_ranges", "_spill_at", "_fired_groups",
+                 "_fired_upto", "_at_time", "_at")
 
-    def __init__(self, domain: bytes = EVENT) -> None:
-        self.domain = domain
+    def __init__(self) -> None:
         self.times: list[int] = []  # heap; a time stays until its bucket is empty
         self.buckets: dict[int, dict[bytes, Key | None]] = {}
         self.added: set[bytes] = set()
@@ -130,7 +130,9 @@ class TimerHeap:
         self.far: dict[int, set[bytes]] = {}
         """The pending-write buffer: registrations at or beyond the horizon since the last
         collect, by time (not in the heap)."""
-        self.fired: set[bytes] = set()  # fired since the last collect
+        self.fired: list[bytes] = []
+        """Stored timers fired since the last collect, in firing order: sorted, mostly, as
+        a backend likes its deletions."""
         self.horizon = _NO_HORIZON
         """Every live timer before ``(horizon, horizon_key)`` is in memory; none after."""
         self.horizon_key = b""
@@ -151,8 +153,8 @@ class TimerHeap:
         # every timer up to the latest fired time is gone once time has passed it.
         self._fired_groups: set[bytes] = set()
         self._fired_upto = -_OFFSET
-        # The stored-key bytes of the last time registered (domain + time), built once for
-        # the many keys that register the same time (an end-of-input or a window-end timer).
+        # The stored-key bytes of the last (domain, time) registered, built once for the
+        # many keys that register one time (an end-of-input or a window-end timer).
         self._at_time: int | None = None
         self._at = b""
 
@@ -188,14 +190,15 @@ class TimerHeap:
             heapq.heappush(self.times, time)
         return bucket
 
-    def register(self, time: int, key: Key, prefix: bytes) -> None:
+    def register(self, domain: bytes, time: int, key: Key, prefix: bytes) -> None:
         """:meth:`add` the timer of ``key`` (whose stored-key prefix is ``prefix``) at
-        ``time``: the stored key is built here, its time part once for a run of
-        registrations at one time."""
-        if time != self._at_time:
-            self._at = self.domain + _be.pack(time + _OFFSET)
+        ``time``, in this heap's ``domain``: the stored key is built here, its time part
+        once for a run of registrations at one time."""
+        at = self._at
+        if time != self._at_time or at[0] != domain[0]:
+            at = self._at = domain + _be.pack(time + _OFFSET)
             self._at_time = time
-        stored = prefix[:2] + self._at + prefix[2:]
+        stored = prefix[:2] + at + prefix[2:]
         if time >= self.horizon:
             self.add(time, key, stored)
             return
@@ -347,7 +350,7 @@ class TimerHeap:
                     # Not written yet: nothing to delete (see ``added``).
                     added.discard(stored)
                 else:
-                    fired.add(stored)
+                    fired.append(stored)
                     if len(fired) > self._spill_at:
                         self._fired_groups.update(s[:2] for s in fired)
                         fired.clear()
@@ -550,7 +553,7 @@ class TimerHeap:
                 batch.delete_range(cf, group + domain, group + domain + upper)
             groups.clear()
         elif fired:
-            batch.delete_many(cf, list(fired))
+            batch.delete_many(cf, fired.copy())
         fired.clear()
         self._fired_upto = -_OFFSET
         if self.removed:
@@ -584,8 +587,8 @@ class Timers:
             raise ConfigError(f"operator {operator!r}: the timer limit must be at least 1, "
                               f"got {limit}")
         self.cf = timers_cf(operator)
-        self.event = TimerHeap(EVENT)
-        self.processing = TimerHeap(PROCESSING)
+        self.event = TimerHeap()
+        self.processing = TimerHeap()
         self.limit = limit
         self._prefix_of = prefix_of
         self._prefixes = prefixes if prefixes is not None else {}
@@ -622,7 +625,7 @@ class Timers:
             prefix = None
         if prefix is None:
             prefix = self._prefix_of(key)
-        (self.event if domain == EVENT else self.processing).register(time, key, prefix)
+        (self.event if domain == EVENT else self.processing).register(domain, time, key, prefix)
 
     def delete(self, domain: bytes, time: int, key: Key) -> None:
         (self.event if domain == EVENT else self.processing).remove(

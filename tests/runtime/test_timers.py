@@ -189,3 +189,21 @@ def test_timers_at_one_time_fire_in_key_order_and_leave_no_stored_timer() -> Non
     assert h.pending_timers() == []
     assert list(h.backend.iterate(h.operator.timers.cf)) == []
     h.close()
+
+
+def test_heaps_replaced_as_a_rebalance_does_store_timers_under_their_own_domain() -> None:
+    """A Kafka rebalance replaces both heaps with fresh ones (``type(heap)()``) before loading
+    the owned key groups: registrations after it keep their domain in the stored key."""
+    timers = Timers("op", PREFIX)
+    timers.event = type(timers.event)()
+    timers.processing = type(timers.processing)()
+    key = state_key("k")
+    timers.register(EVENT, 7, key)
+    timers.register(b"p", 7, key)
+    timers.register(b"p", 9, key)
+    batch = Batch()
+    timers.collect(batch)
+    assert sorted(k[2:3] + k[3:11] for _, _, k, _ in batch.singles()) == [
+        d + (t + 2**63).to_bytes(8, "big") for d, t in ((b"e", 7), (b"p", 7), (b"p", 9))]
+    assert [(d, t) for d, t, _ in timers.pending()] == [
+        ("event", 7), ("processing", 7), ("processing", 9)]
