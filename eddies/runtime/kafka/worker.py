@@ -1240,6 +1240,9 @@ class KafkaWorker:
             self._fetch_paused()  # a round's outputs reached the bound: pause before waiting
             await self.flow.wait_for_room()
         records, size = batch.record_count(), batch.size()
+        # Complete as it is: closed, the producer sends it without lingering (linger_ms) for
+        # records that will not come.
+        batch.close()
         delivery = await producer.send_batch(batch, topic, partition=p)
         self.flow.sent(delivery, records, size)
         return delivery
