@@ -22,6 +22,7 @@ input, as in any engine whose watermark is a minimum over inputs.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice, repeat
@@ -842,8 +843,15 @@ def _span(ys: list[int], low: int, bound: int) -> list[int]:
 
     >>> _span([5, 7, 9, 12], 6, 10)
     [6, 7, 9, 10]
+    >>> _span([5, 7], 9, 8)
+    [9, 9]
     """
     n = len(ys)
     if not n or (ys[0] >= low and ys[-1] <= bound):
         return ys
-    return list(map(max, repeat(low, n), map(min, ys, repeat(bound, n))))
+    if low >= bound:
+        return [low] * n
+    # ys is sorted: a run below low, the ys within [low, bound], a run above bound.
+    i = bisect_left(ys, low)
+    j = bisect_right(ys, bound, i)
+    return [low] * i + ys[i:j] + [bound] * (n - j)
