@@ -59,7 +59,8 @@ import secrets
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import groupby, islice, repeat
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -89,6 +90,7 @@ OP_HEADER = "eddies.op"
 RANGE = b"delete_range"
 MARKER_KEY = b"checkpoint"
 _token = struct.Struct(">Q")
+_GROUP = itemgetter(slice(0, 2))  # a stored key's key group, as its first two bytes
 
 
 def new_token() -> int:
@@ -325,15 +327,16 @@ def changelog_partitions(
                 parts.setdefault(d.partition, []).append(
                     (d.key, d.value, ranged if d.is_range else plain))
         elif kind in (PUT_MANY, DELETE_MANY):  # the key group: the first two bytes
-            values = value if kind == PUT_MANY else [None] * len(key)
-            last = -1
-            run: list[Record] = []
-            for k, v in zip(key, values, strict=True):
-                group = k[0] << 8 | k[1]
-                if group != last:
-                    run = parts.setdefault(group, [])
-                    last = group
-                run.append((k, v, plain))
+            if kind == PUT_MANY and len(value) != len(key):
+                raise ValueError(f"PUT_MANY on {cf!r}: {len(key)} keys, {len(value)} values")
+            values = value if kind == PUT_MANY else repeat(None)
+            records = list(zip(key, values, repeat(plain)))
+            start = 0
+            # Runs of one key group, found by C-level passes (no Python step per record).
+            for prefix, run in groupby(map(_GROUP, key)):
+                end = start + len(list(run))
+                parts.setdefault(int.from_bytes(prefix, "big"), []).extend(records[start:end])
+                start = end
         elif kind in (PUT, DELETE):
             parts.setdefault(key[0] << 8 | key[1], []).append(
                 (key, value if kind == PUT else None, plain))
