@@ -53,6 +53,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,7 @@ def _build_repartition(ex: Any, n: Node, port: int, emit: Callable[[Any, Any], N
 # a run pays for loads_exact per value.
 _DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2D else 0x20 for b in range(256))
 _LONG_RUN = b"0" * 20
+_VALUE = attrgetter("value")
 
 
 def _loads_json_batch(raws: list[bytes]) -> list[Any]:
@@ -214,8 +216,7 @@ def _loads_json_batch(raws: list[bytes]) -> list[Any]:
     >>> _loads_json_batch([b'{"a": 1}', b'[100000000000000000000000000001]'])
     [{'a': 1}, [100000000000000000000000000001]]
     """
-    loads = orjson.loads
-    values = [loads(raw) for raw in raws]
+    values = list(map(orjson.loads, raws))
     if _LONG_RUN in b"\n".join(raws).translate(_DIGITS):
         return [loads_exact(raw) for raw in raws]
     return values
@@ -1092,7 +1093,7 @@ class KafkaWorker:
         kept = batch
         try:
             if fmt == "json":
-                values = _loads_json_batch([r.value for r in batch])
+                values = _loads_json_batch(list(map(_VALUE, batch)))
             else:
                 values = [decode(fmt, r.value) for r in batch]
         except (ValueError, TypeError):
