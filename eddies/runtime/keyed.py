@@ -638,16 +638,12 @@ class KeyedOperator:
         self, now: int, out: list[Any], emit: Callable[[Any, int], None] | None = None
     ) -> None:
         """Fire processing-time timers due at ``now`` (outputs as in advance_watermark)."""
-        heap = self.timers.processing
-        while True:
-            due = heap.pop_due(now)
-            if due is None:
-                return
-            self._fire(due[0], due[1], "processing", out)
+        for time, key in self.timers.processing.due(now):
+            self._fire(time, key, "processing", out)
             if emit is not None and out:
                 self.emitted += len(out)
                 for value in out:
-                    emit(value, due[0])
+                    emit(value, time)
                 out.clear()
 
     # -- compiled pushes -----------------------------------------------------------------------

@@ -120,8 +120,10 @@ def test_a_timer_registered_and_fired_between_checkpoints_is_never_written() -> 
         for k in (state_key("written"), state_key("deleted")))
 
 
+@pytest.mark.parametrize("how", ["due", "pop_due"])
 @pytest.mark.parametrize("backend", ["memory", "rocksdb"])
-def test_stored_timers_match_the_live_ones_after_every_checkpoint(backend: str, tmp_path) -> None:
+def test_stored_timers_match_the_live_ones_after_every_checkpoint(
+        backend: str, how: str, tmp_path) -> None:
     """Registrations, deletions, firings and registrations again of the same timers, with
     checkpoints in between and a small window: after each checkpoint the timers column family
     holds exactly the live timers (nothing fired or deleted left behind, nothing live lost),
@@ -146,7 +148,7 @@ def test_stored_timers_match_the_live_ones_after_every_checkpoint(backend: str, 
             model.discard((t, key))
         elif roll < 0.85:
             now += rng.randrange(0, 6)
-            fired = fire(timers, now, "due")
+            fired = fire(timers, now, how)
             assert fired == sorted((t for t in model if t[0] <= now), key=order)
             model.difference_update(fired)
         else:
