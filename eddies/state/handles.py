@@ -139,7 +139,7 @@ class ExpiryQueue:
         shift = self.SHIFT
         buckets = self.buckets
         later_get = buckets.get
-        kept = []
+        kept: list[tuple[Any, ...]] = []
         keep = kept.append
         for entry in entries:
             slot = entry[3]
