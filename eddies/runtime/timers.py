@@ -40,7 +40,7 @@ import sys
 import time as _time
 from bisect import insort
 from collections.abc import Callable, Iterable, Iterator
-from itertools import groupby, islice, repeat
+from itertools import filterfalse, groupby, islice, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -115,7 +115,7 @@ class TimerHeap:
     __slots__ = ("times", "buckets", "added", "removed", "marks", "far", "fired", "horizon",
                  "horizon_key", "limit", "on_key", "_count", "_far_count", "_drain_time",
                  "_drain", "_drain_at", "_source", "_ranges", "_spill_at", "_fired_groups",
-                 "_fired_upto", "_at_time", "_at")
+                 "_fired_upto", "_fired_key", "_at_time", "_at")
 
     def __init__(self) -> None:
         self.times: list[int] = []  # heap; a time stays until its bucket is empty
@@ -153,6 +153,7 @@ class TimerHeap:
         # every timer up to the latest fired time is gone once time has passed it.
         self._fired_groups: set[bytes] = set()
         self._fired_upto = -_OFFSET
+        self._fired_key = b""  # the last stored timer fired at _fired_upto (see _fired_end)
         # The stored-key bytes of the last (domain, time) registered, built once for the
         # many keys that register one time (an end-of-input or a window-end timer).
         self._at_time: int | None = None
@@ -325,9 +326,12 @@ class TimerHeap:
                 self._count -= 1
                 if time > self._fired_upto:
                     self._fired_upto = time
+                    self._fired_key = b""
                 if stored in self.added:
                     self.added.discard(stored)  # not written yet (see ``added``)
                 else:
+                    if stored > self._fired_key:
+                        self._fired_key = stored
                     fired = self.fired
                     fired.append(stored)
                     if len(fired) > self._spill_at:
@@ -376,6 +380,7 @@ class TimerHeap:
             on_key = self.on_key
             if time > self._fired_upto:
                 self._fired_upto = time
+                self._fired_key = b""
             while at < len(drain):  # it grows as timers are registered at ``time``
                 stored = drain[at]
                 at += 1
@@ -391,6 +396,8 @@ class TimerHeap:
                     # Not written yet: nothing to delete (see ``added``).
                     added.discard(stored)
                 else:
+                    if stored > self._fired_key:
+                        self._fired_key = stored
                     fired.append(stored)
                     if len(fired) > self._spill_at:
                         self._fired_groups.update(s[:2] for s in fired)
@@ -526,9 +533,10 @@ class TimerHeap:
                 last = keys[-1]
                 cover = min(cover, (_time_of(last), last + b"\0"))
             reads.append(keys)
-        # Every live timer before ``cover`` is now at hand: stored (less tombstones) or buffered.
+        # Every live timer before ``cover`` is now at hand: stored (less those whose deletion
+        # is pending: deleted or fired since the last collect) or buffered.
         cover_time, cover_key = cover
-        removed = self.removed
+        gone = self._deletion_pending(domain)
         for keys in reads:
             for head, group_run in groupby(keys, _domain_and_time):
                 time = _be.unpack_from(head, 1)[0] - _OFFSET
@@ -537,8 +545,8 @@ class TimerHeap:
                 run: Iterable[bytes] = group_run
                 if time == cover_time:
                     run = [s for s in run if s < cover_key]
-                if removed:
-                    run = [s for s in run if s not in removed]
+                if gone is not None:
+                    run = list(filterfalse(gone, run))
                 bucket = self.bucket(time)
                 before = len(bucket)
                 bucket.update(zip(run, repeat(None)))
@@ -575,11 +583,46 @@ class TimerHeap:
         d = domain[0]
         out = []
         for lower, upper in self._ranges:
+            gone = self._deletion_pending(domain)
             for stored in map(_first, backend.iterate(cf, lower, upper)):
                 if (stored[2] == d and self.beyond(_time_of(stored), stored)
-                        and stored not in self.removed):
+                        and (gone is None or not gone(stored))):
                     out.append(stored)
         return out
+
+    def _deletion_pending(self, domain: bytes) -> Callable[[bytes], bool] | None:
+        """A test of this heap's stored timers (of ``domain``) the next collect deletes
+        (deleted, or fired, since the last one: see :meth:`collect`), which reads must
+        skip; None if there are none. A timer registered again since is live in memory or
+        in the buffer, not in the store."""
+        removed = self.removed
+        fired = set(self.fired)
+        groups = self._fired_groups
+        if not (removed or fired or groups):
+            return None
+        end = self._fired_end(domain)
+
+        def gone(stored: bytes) -> bool:
+            return (stored in removed or stored in fired
+                    or (stored[:2] in groups and stored < end(stored[:2])))
+        return gone
+
+    def _fired_end(self, domain: bytes) -> Callable[[bytes], bytes]:
+        """The end (exclusive) of the stored timers of a key group in ``_fired_groups`` that
+        have fired: every one before ``_fired_upto``, and at that time those up to
+        ``_fired_key`` (timers fire in stored-key order, key group first; the rest of that
+        time may still be in memory or in the store, its firing cut short by an error in
+        on_timer, or not read yet)."""
+        at = _be.pack(self._fired_upto + _OFFSET)
+        last = self._fired_key
+
+        def end(group: bytes) -> bytes:
+            if not last or group > last[:2]:
+                return group + domain + at
+            if group == last[:2]:
+                return last + b"\0"
+            return group + domain + _be.pack(self._fired_upto + 1 + _OFFSET)
+        return end
 
     def collect(self, batch: Batch, cf: str, domain: bytes) -> None:
         """Write this heap's changes since the last collect into ``batch``."""
@@ -587,16 +630,18 @@ class TimerHeap:
         groups = self._fired_groups
         if groups:
             # Every timer up to the latest fired time is gone, but those registered since
-            # (in ``added`` or the buffer, written after this): delete by range.
+            # (in ``added`` or the buffer, written after this): delete by range (see
+            # _fired_end for a bucket whose firing an error cut short).
             groups.update(s[:2] for s in fired)
-            upper = _be.pack(self._fired_upto + 1 + _OFFSET)
+            end = self._fired_end(domain)
             for group in sorted(groups):
-                batch.delete_range(cf, group + domain, group + domain + upper)
+                batch.delete_range(cf, group + domain, end(group))
             groups.clear()
         elif fired:
             batch.delete_many(cf, fired.copy())
         fired.clear()
         self._fired_upto = -_OFFSET
+        self._fired_key = b""
         if self.removed:
             batch.delete_many(cf, list(self.removed))
             self.removed.clear()
