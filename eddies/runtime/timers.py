@@ -38,7 +38,7 @@ import heapq
 import struct
 import sys
 import time as _time
-from bisect import insort
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator
 from itertools import filterfalse, groupby, islice, repeat
 from operator import itemgetter
@@ -536,17 +536,21 @@ class TimerHeap:
         # Every live timer before ``cover`` is now at hand: stored (less those whose deletion
         # is pending: deleted or fired since the last collect) or buffered.
         cover_time, cover_key = cover
-        gone = self._deletion_pending(domain)
-        for keys in reads:
-            for head, group_run in groupby(keys, _domain_and_time):
+        removed = self.removed
+        fired_end = self._fired_end(domain)
+        for group, keys in zip(groups, reads, strict=True):
+            # Timers fire in firing order, so every stored one before the last fired has
+            # fired since the last collect (its deletion pending) or before it (deleted).
+            cut = bisect_left(keys, fired_end(group))
+            for head, group_run in groupby(islice(keys, cut, None), _domain_and_time):
                 time = _be.unpack_from(head, 1)[0] - _OFFSET
                 if time > cover_time:
                     break
                 run: Iterable[bytes] = group_run
                 if time == cover_time:
                     run = [s for s in run if s < cover_key]
-                if gone is not None:
-                    run = list(filterfalse(gone, run))
+                if removed:
+                    run = list(filterfalse(removed.__contains__, run))
                 bucket = self.bucket(time)
                 before = len(bucket)
                 bucket.update(zip(run, repeat(None)))
@@ -586,34 +590,33 @@ class TimerHeap:
             gone = self._deletion_pending(domain)
             for stored in map(_first, backend.iterate(cf, lower, upper)):
                 if (stored[2] == d and self.beyond(_time_of(stored), stored)
-                        and (gone is None or not gone(stored))):
+                        and not gone(stored)):
                     out.append(stored)
         return out
 
-    def _deletion_pending(self, domain: bytes) -> Callable[[bytes], bool] | None:
+    def _deletion_pending(self, domain: bytes) -> Callable[[bytes], bool]:
         """A test of this heap's stored timers (of ``domain``) the next collect deletes
         (deleted, or fired, since the last one: see :meth:`collect`), which reads must
-        skip; None if there are none. A timer registered again since is live in memory or
-        in the buffer, not in the store."""
+        skip. A timer registered again since is live in memory or in the buffer, not in
+        the store."""
         removed = self.removed
-        fired = set(self.fired)
-        groups = self._fired_groups
-        if not (removed or fired or groups):
-            return None
         end = self._fired_end(domain)
 
         def gone(stored: bytes) -> bool:
-            return (stored in removed or stored in fired
-                    or (stored[:2] in groups and stored < end(stored[:2])))
+            return stored in removed or stored < end(stored[:2])
         return gone
 
     def _fired_end(self, domain: bytes) -> Callable[[bytes], bytes]:
-        """The end (exclusive) of the stored timers of a key group in ``_fired_groups`` that
-        have fired: every one before ``_fired_upto``, and at that time those up to
-        ``_fired_key`` (timers fire in stored-key order, key group first; the rest of that
-        time may still be in memory or in the store, its firing cut short by an error in
-        on_timer, or not read yet)."""
-        at = _be.pack(self._fired_upto + _OFFSET)
+        """The end (exclusive) of a key group's stored timers that have fired since the last
+        collect (or before it, and are deleted): every one before ``_fired_upto``, and at
+        that time those up to ``_fired_key``, the last fired. Timers fire in stored-key
+        order, key group first; the rest of that time may be in memory or in the store
+        still (its firing cut short by an error in on_timer, or not read yet)."""
+        upto = self._fired_upto
+        at = _be.pack(upto + _OFFSET)
+        # After the whole of ``upto``: the next time, or the end of the domain.
+        after = (domain + _be.pack(upto + 1 + _OFFSET) if upto + 1 + _OFFSET < 2**64
+                 else bytes([domain[0] + 1]))
         last = self._fired_key
 
         def end(group: bytes) -> bytes:
@@ -621,7 +624,7 @@ class TimerHeap:
                 return group + domain + at
             if group == last[:2]:
                 return last + b"\0"
-            return group + domain + _be.pack(self._fired_upto + 1 + _OFFSET)
+            return group + after
         return end
 
     def collect(self, batch: Batch, cf: str, domain: bytes) -> None:
