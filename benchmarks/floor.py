@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 from benchmarks.data import generate
 from benchmarks.jobs import DELAY, END, plain_running
 from benchmarks.one import BATCH, digest
-from eddies.state.keys import encode_element
+from eddies.state import InMemoryStateBackend, KeyedStateStore
 from eddies.state.values import NEVER_STAMP, pack
 
 LEVELS = ["dict_rows", "write_back", "checkpoints", "timers"]
@@ -50,6 +49,7 @@ def contracts(path: Path, level: str, interval: int = 10_000) -> list[Any]:
     """Job 1 with the contracts up to ``level`` (one of ``LEVELS``)."""
     n = LEVELS.index(level)
     write_back, checkpoints, timed = n >= 1, n >= 2, n >= 3
+    prefix_of = KeyedStateStore(InMemoryStateBackend()).prefix  # as the local runner's
     cache: dict[str, list] = {}
     get = cache.get
     dirty: dict[str, bytes] = {}
@@ -81,8 +81,7 @@ def contracts(path: Path, level: str, interval: int = 10_000) -> list[Any]:
                 if acc is None:
                     acc = cache[key] = [1, rows[j]["amount"]]
                     if checkpoints:
-                        element = encode_element(key)
-                        prefixes[key] = (zlib.crc32(element) % 128).to_bytes(2, "big") + element
+                        prefixes[key] = prefix_of(key)
                     if timed:
                         timers[key] = END
                 else:

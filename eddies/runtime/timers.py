@@ -586,8 +586,8 @@ class TimerHeap:
         backend, cf, domain = self._source
         d = domain[0]
         out = []
+        gone = self._deletion_pending(domain)
         for lower, upper in self._ranges:
-            gone = self._deletion_pending(domain)
             for stored in map(_first, backend.iterate(cf, lower, upper)):
                 if (stored[2] == d and self.beyond(_time_of(stored), stored)
                         and not gone(stored)):

@@ -5,17 +5,18 @@ sizes, checkpoints and restarts."""
 from __future__ import annotations
 
 import random
-import zlib
 from typing import Any
 
 import pytest
 
 import eddies as ed
 from eddies.errors import ConfigError
-from eddies.state.keys import encode_element, state_key
+from eddies.state import InMemoryStateBackend, KeyedStateStore
+from eddies.state.keys import state_key
 from eddies.testing import Harness
 
 TTL = 1_000
+_prefix = KeyedStateStore(InMemoryStateBackend()).prefix  # the local runner's key groups
 BOUND = 200
 
 
@@ -43,8 +44,7 @@ class Sessions(ed.KeyedProcessFunction):
 def stored_key(key: Any) -> bytes:
     """The stored-key prefix of ``key`` in the local runner (key group, then the key), which
     orders expiries due at one time."""
-    element = encode_element(state_key(key))
-    return (zlib.crc32(element) % 128).to_bytes(2, "big") + element
+    return _prefix(state_key(key))
 
 
 def reference(events: list[dict[str, Any]]) -> list[tuple]:
