@@ -147,9 +147,11 @@ def test_follow_sigterm_resume_and_a_final_run_equal_one_run_over_the_whole_file
     append(events, lines(1_000, 2_000) + line(2_000)[:20])  # the last line half written
     wait_for_lines(out, 2_000, run.proc)
     # No end-of-input jump: event time is at the last timestamp read (19,990 ms), so the
-    # window [19,000, 20,000) is still open while every earlier one has fired.
-    fired = read_jsonl(windows)
-    assert fired == [w for w in reference_windows(2_000) if w["end"] <= 19_000]
+    # window [19,000, 20,000) is still open while every earlier one has fired. The sinks'
+    # files are written one after the other, so the windows file is waited for too.
+    expected = [w for w in reference_windows(2_000) if w["end"] <= 19_000]
+    wait_for_lines(windows, len(expected), run.proc)
+    assert read_jsonl(windows) == expected
     code, stderr = run.stop()
     assert code == 128 + signal.SIGTERM, stderr
     assert "follow: stopped by SIGTERM at a final checkpoint" in stderr
