@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import urllib.request
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 import eddies as ed
+from eddies.runtime.kafka.changelog import decode_marker
+from eddies.runtime.kafka.savepoint import read_topic_records
 from eddies.runtime.kafka.tansu import free_port
 from examples.kafka_totals import build_local
 
@@ -39,6 +42,13 @@ def reference(*paths: Path) -> dict[str, tuple[int, int]]:
     for r in out.items:
         last[r["account"]] = (r["count"], r["sum"])
     return last
+
+
+def marked_offsets(bootstrap: str, job: str) -> int:
+    """The input records job ``job``'s checkpoint markers cover (the last marker of each
+    partition: its next input offset)."""
+    got = asyncio.run(read_topic_records(bootstrap, f"{job}-__checkpoint__-changelog"))
+    return sum(decode_marker(part[-1][1]).offset for part in got.values() if part)
 
 
 def last_per_key(bootstrap: str, topic: str) -> dict[str, tuple[int, int]]:
@@ -101,7 +111,11 @@ def test_restart_restores_from_local_rocksdb(kafka_broker, workers, tmp_path):
     wait_until(lambda: last_per_key(kafka_broker, "local-out") == expected_first, 120,
                "the first half")
     restores_before = len(w.restores())
-    w.kill9()  # idle since the last checkpoint: local RocksDB holds the marked state
+    # The outputs come before their checkpoint: wait for markers that cover the whole input,
+    # then the worker is idle since its last checkpoint and local RocksDB holds marked state.
+    wait_until(lambda: marked_offsets(kafka_broker, "local") == 20_000, 60,
+               "a checkpoint marker covering the first half")
+    w.kill9()
     produce(kafka_broker, second, "local-in", "account")
     port = free_port()
     w2 = workers(TARGET, kafka_broker, "w", env("local"), "--metrics-port", str(port))
@@ -111,10 +125,16 @@ def test_restart_restores_from_local_rocksdb(kafka_broker, workers, tmp_path):
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
     assert b'eddies_events_in_total{job="local"' in metrics
     assert b'eddies_startup_phase_seconds{job="local",phase="restore"}' in metrics
+    # Queries read checkpointed state, which may trail the outputs by a checkpoint.
     account, (count, total) = next(iter(expected.items()))
-    body = json.loads(urllib.request.urlopen(
-        f"http://127.0.0.1:{port}/state/totals?key={account}", timeout=10).read())
-    assert [(e["key"], e["value"]) for e in body["entries"]] == [([account], [count, total])]
+
+    def queried() -> list[tuple[list[str], list[int]]]:
+        body = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/state/totals?key={account}", timeout=10).read())
+        return [(e["key"], e["value"]) for e in body["entries"]]
+
+    wait_until(lambda: queried() == [([account], [count, total])], 30,
+               "the state query to answer the key's total")
     assert w2.stop() == 0
     after = w2.restores()[restores_before:]
     assert len(after) == 6
