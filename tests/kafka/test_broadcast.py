@@ -23,12 +23,18 @@ def test_broadcast_rules_reach_both_workers(kafka_broker, workers, tmp_path: Pat
     # (a watermark trails the highest timestamp, so the newest event would otherwise wait).
     lines += [json.dumps({"account": f"a{i}", "category": "food", "amount": 0,
                           "ts": 10_000_000}) for i in range(60)]
-    events.write_text("\n".join(lines) + "\n")
+    head = tmp_path / "head.jsonl"
+    head.write_text("\n".join(lines[:60]) + "\n")
+    events.write_text("\n".join(lines[60:]) + "\n")
     produce(kafka_broker, rules, "bc-rules", None, partitions=1)
-    produce(kafka_broker, events, "bc-events", "account", partitions=6)
+    produce(kafka_broker, head, "bc-events", "account", partitions=6)
     target = "tests/kafka/jobs.py:limits"
     a = workers(target, kafka_broker, "a")
     b = workers(target, kafka_broker, "b")
+    # The rest once both own partitions: one worker alone could judge it all before the
+    # other joined.
+    wait_until(lambda: a.restores() and b.restores(), 120, "both workers to take partitions")
+    produce(kafka_broker, events, "bc-events", "account")
 
     def judged() -> list[dict]:
         return [r for r in read_topic(kafka_broker, "bc-out")
