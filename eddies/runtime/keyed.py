@@ -335,8 +335,7 @@ class KeyedOperator:
             setattr(function, attr, handle)
         # The nearest timers in memory, as many as the state cache keeps keys; the rest are
         # in the store and read in ranges as time advances (see timers.py).
-        self.timers = Timers(name, self.store.prefix, limit=self.store.cache_entries,
-                             prefixes=self.store.cached_prefixes)
+        self.timers = Timers(name, self.store.prefix, limit=self.store.cache_entries)
         self.timers.on_key = self._timer_key_read
         self.side: dict[OutputTag, list[Any]] = {}
         self.ctx = Context(_KeyTimers(self), side_output or self._collect_side)

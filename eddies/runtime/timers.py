@@ -199,24 +199,7 @@ class TimerHeap:
         if time != self._at_time or at[0] != domain[0]:
             at = self._at = domain + _be.pack(time + _OFFSET)
             self._at_time = time
-        stored = prefix[:2] + at + prefix[2:]
-        if time >= self.horizon:
-            self.add(time, key, stored)
-            return
-        # add(), inlined for a timer before the horizon (every timer, unless memory is full).
-        bucket = self.buckets.get(time)
-        if bucket is None:
-            bucket = self.buckets[time] = {}
-            heapq.heappush(self.times, time)
-        elif stored in bucket:
-            return
-        bucket[stored] = key
-        self._count += 1
-        if time == self._drain_time:  # firing now: it takes its turn among the rest
-            insort(self._drain, stored, lo=self._drain_at)
-        self.added.add(stored)
-        if self._count > self._spill_at:
-            self._spill()
+        self.add(time, key, prefix[:2] + at + prefix[2:])
 
     def add(self, time: int, key: Key | None, stored: bytes, persist: bool = True) -> None:
         """Add the timer ``stored`` at ``time`` (``key``: its user key, None to decode it
@@ -665,12 +648,10 @@ class Timers:
     """Both timer domains of one operator, with their persistence.
 
     ``limit`` bounds the timers each domain keeps in memory once :meth:`load` has attached
-    the store (None: all of them). ``prefixes``, when given, is the cache ``prefix_of`` keeps
-    (key to stored-key prefix), read first."""
+    the store (None: all of them)."""
 
     def __init__(
-        self, operator: str, prefix_of: Callable[[Key], bytes], limit: int | None = None,
-        prefixes: dict[Any, bytes] | None = None,
+        self, operator: str, prefix_of: Callable[[Key], bytes], limit: int | None = None
     ) -> None:
         if limit is not None and limit < 1:
             raise ConfigError(f"operator {operator!r}: the timer limit must be at least 1, "
@@ -680,7 +661,6 @@ class Timers:
         self.processing = TimerHeap()
         self.limit = limit
         self._prefix_of = prefix_of
-        self._prefixes = prefixes if prefixes is not None else {}
         self.on_key: Callable[[Key, bytes], None] | None = None
         """Given to both heaps at :meth:`load` (see ``TimerHeap.on_key``)."""
         self.loaders: list[Callable[[StateBackend, bytes | None, bytes | None], Any]] = []
@@ -708,13 +688,8 @@ class Timers:
     def register(self, domain: bytes, time: int, key: Key) -> None:
         """Register ``key``'s timer at ``time`` (deduplicated), written with the next
         checkpoint."""
-        try:
-            prefix = self._prefixes.get(key)
-        except TypeError:  # unhashable: prefix_of says what is wrong with the key
-            prefix = None
-        if prefix is None:
-            prefix = self._prefix_of(key)
-        (self.event if domain == EVENT else self.processing).register(domain, time, key, prefix)
+        (self.event if domain == EVENT else self.processing).register(
+            domain, time, key, self._prefix_of(key))
 
     def delete(self, domain: bytes, time: int, key: Key) -> None:
         (self.event if domain == EVENT else self.processing).remove(

@@ -35,6 +35,24 @@ def checkpoint(timers: Timers, db: InMemoryStateBackend) -> list[bytes]:
     return [k for k, _ in db.iterate(timers.cf)]
 
 
+def loaded(db: InMemoryStateBackend, limit: int | None) -> Timers:
+    """An operator's timers holding ``limit`` in memory, attached to ``db``."""
+    timers = Timers("op", PREFIX, limit=limit)
+    timers.load(db)
+    return timers
+
+
+def heap_with(timers_at: list[tuple[int, str]],
+              limit: int) -> tuple[InMemoryStateBackend, Timers]:
+    """Timers holding ``limit`` in memory, with ``timers_at`` registered and checkpointed."""
+    db = InMemoryStateBackend()
+    timers = loaded(db, limit)
+    for time, key in timers_at:
+        timers.register(EVENT, time, state_key(key))
+    checkpoint(timers, db)
+    return db, timers
+
+
 def fire_all(timers: Timers, until: int) -> list[tuple[int, Any]]:
     return list(iter(lambda: timers.event.pop_due(until), None))
 
@@ -49,8 +67,7 @@ class OnTimerFailed(Exception):
 def test_stored_and_fired_timers_follow_the_model(seed: int, walk: str, limit: int | None) -> None:
     rng = random.Random(seed)
     db = InMemoryStateBackend()
-    timers = Timers("op", PREFIX, limit=limit)
-    timers.load(db)
+    timers = loaded(db, limit)
     live: set[tuple[int, Any]] = set()
     keys = [state_key(f"k{i}") for i in range(10)]
     now = 0
@@ -97,22 +114,15 @@ def test_stored_and_fired_timers_follow_the_model(seed: int, walk: str, limit: i
             stored = checkpoint(timers, db)
             assert stored == sorted(stored_key(*t) for t in live), step
             if rng.random() < 0.3:  # restart from the checkpoint
-                timers = Timers("op", PREFIX, limit=limit)
-                timers.load(db)
+                timers = loaded(db, limit)
     checkpoint(timers, db)
-    restored = Timers("op", PREFIX, limit=limit)
-    restored.load(db)
+    restored = loaded(db, limit)
     assert fire_all(restored, 2**62) == sorted(live, key=firing_order)
 
 
 def test_a_timer_fired_then_registered_again_and_spilled_stays_stored() -> None:
     """Its old stored copy, deletion pending, is not read back in its place."""
-    db = InMemoryStateBackend()
-    timers = Timers("op", PREFIX, limit=2)
-    timers.load(db)
-    for time, key in ((10, "a"), (20, "b"), (30, "c")):
-        timers.register(EVENT, time, state_key(key))
-    checkpoint(timers, db)
+    db, timers = heap_with([(10, "a"), (20, "b"), (30, "c")], limit=2)
     assert fire_all(timers, 10) == [(10, "a")]
     for time, key in ((10, "a"), (5, "x"), (6, "y")):  # the last ones spill "a"
         timers.register(EVENT, time, state_key(key))
@@ -123,12 +133,7 @@ def test_a_timer_fired_then_registered_again_and_spilled_stays_stored() -> None:
 
 
 def test_timers_fired_before_a_spill_do_not_fire_again() -> None:
-    db = InMemoryStateBackend()
-    timers = Timers("op", PREFIX, limit=2)
-    timers.load(db)
-    for time, key in ((10, "a"), (20, "b"), (30, "c")):
-        timers.register(EVENT, time, state_key(key))
-    checkpoint(timers, db)
+    db, timers = heap_with([(10, "a"), (20, "b"), (30, "c")], limit=2)
     assert fire_all(timers, 20) == [(10, "a"), (20, "b")]
     for time, key in ((5, "x"), (6, "y"), (7, "z")):  # due at once; they spill the heap
         timers.register(EVENT, time, state_key(key))
@@ -148,8 +153,7 @@ def test_timers_a_failed_on_timer_left_unfired_survive_the_checkpoint() -> None:
             break
         i += 1
     db = InMemoryStateBackend()
-    timers = Timers("op", PREFIX, limit=4)
-    timers.load(db)
+    timers = loaded(db, 4)
     for key in group:
         timers.register(EVENT, 100, key)
     checkpoint(timers, db)
@@ -160,6 +164,5 @@ def test_timers_a_failed_on_timer_left_unfired_survive_the_checkpoint() -> None:
             if len(fired) == 6:
                 raise OnTimerFailed
     checkpoint(timers, db)
-    restored = Timers("op", PREFIX, limit=4)
-    restored.load(db)
+    restored = loaded(db, 4)
     assert sorted(k for _, k in fire_all(restored, 100)) == sorted(set(group) - set(fired))
