@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time as _time
 from collections.abc import Callable
-from itertools import filterfalse, islice, repeat
+from itertools import islice, repeat
 from operator import itemgetter, le
 from types import GeneratorType
 from typing import Any, NamedTuple, Protocol
@@ -810,13 +810,9 @@ class KeyedOperator:
                 # Pinned key groups (Kafka: the partition being pushed): a key seen first
                 # here takes the group now, as push_keyed does at its record. The group
                 # stays the same through the batch (advance() unpins it only while timers
-                # fire, and those pin nothing then), so taking them all now, in record
-                # order, caches the same prefixes.
-                try:
-                    for k in filterfalse(prefixes.__contains__, keys):
-                        store.prefix(k)
-                except Exception:  # push_keyed says what is wrong, record by record
-                    fast = False
+                # fire, and those pin nothing then), so the whole batch is noted under it,
+                # and the prefixes of its new keys are taken when one is first needed.
+                store.defer_prefixes(keys)
             if not fast:
                 follow = op.follow
                 for j in range(count):

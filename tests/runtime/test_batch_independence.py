@@ -19,6 +19,8 @@ import eddies as ed
 from eddies.runtime.executor import Executor
 from eddies.runtime.watermarks import MIN_TIME, BoundedOutOfOrderness, PartitionWatermark
 from eddies.state import open_backend
+from eddies.state.backend import Batch
+from eddies.state.keys import decode_user_key
 
 BOUND = 1_000
 TTL_MS = 2_500
@@ -316,3 +318,62 @@ def test_keys_pushed_with_a_pinned_group_are_stored_under_the_group_they_were_fi
     assert groups == {store.prefix("old")[2:]: 5, store.prefix("new")[2:]: 3,
                       store.prefix("x")[2:]: 3}
     assert out.items == [("old", 1), ("new", 1), ("new", 2), ("old", 2), ("x", 1), ("new", 3)]
+
+
+class _BlindWrites(ed.KeyedProcessFunction):
+    """Writes without reading first (the handle's fast path, which takes no prefix), or
+    only reads, or touches no state at all."""
+
+    n = ed.ValueState("n", default=0)
+
+    def on_event(self, event: dict[str, Any], ctx: ed.Context) -> Any:
+        if event["op"] == "write":
+            self.n.set(event["ts"])
+        elif event["op"] == "read":
+            return [(ctx.key, self.n.get())]
+        return None
+
+
+def test_blind_writes_under_pinned_groups_keep_the_group_of_their_key_first_push() -> None:
+    """The batch path takes the prefixes of a batch's new keys only when one is needed
+    (``KeyedStateStore.defer_prefixes``): a key written blind after the pin moved on still
+    gets the group of the first batch it came in, and a key that wrote no state before a
+    checkpoint takes the group of its next push."""
+    job = ed.Job("blind")
+    out = ed.sinks.collect()
+    (job.source(ed.sources.iterable([]), timestamp="ts").key_by("key")
+     .process(_BlindWrites(), name="blind").sink(out))
+    ex = Executor(job, open_backend("memory"), clock=lambda: 0)
+    ex.open_operators()
+    (op,) = ex.operators.values()
+    node = job.nodes[0]
+    mark = PartitionWatermark(BoundedOutOfOrderness(BOUND), 0)
+    ts = iter(range(1_000, 2_000))
+
+    def push(group: int, *records: tuple[str, str]) -> None:
+        ex.pin_key_group(group)
+        try:
+            events = [{"key": k, "op": o, "ts": next(ts)} for k, o in records]
+            max_ts = ex.push_records(node, events, None, 0, mark=mark, others={})
+        finally:
+            ex.pin_key_group(None)
+        mark.observe(max_ts, 0)
+
+    def checkpoint() -> None:
+        batch = Batch()
+        ex.checkpoint_ops(batch)
+        op.store.backend.inner.write(batch)
+
+    push(3, ("a", "write"), ("b", "none"))
+    push(4, ("b", "write"), ("c", "write"), ("a", "write"), ("e", "read"))
+    checkpoint()
+    push(5, ("d", "none"))
+    checkpoint()
+    push(6, ("d", "write"), ("f", "none"))
+    push(7, ("f", "write"))
+    checkpoint()
+    stored = {decode_user_key(k, 2)[0]: int.from_bytes(k[:2], "big")
+              for k, _ in op.store.backend.iterate("n", None, None)}
+    assert stored == {"a": 3, "b": 3, "c": 4, "d": 6, "f": 6}
+    ex.flush_sinks()
+    assert out.items == [("e", 0)]
