@@ -394,9 +394,10 @@ class KeyedOperator:
 
     def _timer_key_read(self, key: Any, prefix: bytes) -> None:
         # A timer read from the store keeps the key group it is stored under when the runtime
-        # pins groups (Kafka: the input partition), as the keys loaded at restore do.
+        # pins groups (Kafka: the input partition), as the keys loaded at restore do. Timers
+        # fire unpinned, so the pin is not what tells.
         store = self.store
-        if store.key_group is not None:
+        if store.groups_pinned:
             store.pin_prefix(key, prefix, replace=False)
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -20,8 +20,9 @@ The key group is ``crc32(user key element) % max_parallelism`` unless the runtim
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from collections.abc import Callable
-from itertools import filterfalse, islice
+from itertools import islice, repeat
 from typing import Any
 
 from eddies.errors import ConfigError, MissingTimestampError, StateSerializationError
@@ -128,8 +129,12 @@ class KeyedStateStore:
         """Stored-key prefixes by key (a state_key), as :meth:`prefix` computed them; the
         hot path reads it to skip validating keys already seen."""
         self._deferred: list[tuple[list[Any], int | None]] = []
-        """Batches of keys pushed under pinned key groups whose prefixes are not taken yet
-        (see :meth:`defer_prefixes`), each with the group it was pushed under."""
+        """The keys of the batches pushed under pinned key groups since the last collect,
+        each with its group (see :meth:`defer_prefixes`)."""
+        self._first_groups: dict[Any, int | None] = {}
+        """The group of the first deferred batch of each key, for the first
+        ``_indexed`` deferred batches (built when an unpinned prefix first needs it)."""
+        self._indexed = 0
         backend.add_sweep_listener(self._evict_swept)
 
     # -- binding -------------------------------------------------------------------------------
@@ -180,37 +185,41 @@ class KeyedStateStore:
         """Note that ``keys`` (ASCII str keys, which always encode) are being pushed under
         the current key group, instead of taking the prefix of each one not seen before now.
 
-        Under pinned groups a key keeps the group of the first record it came in, so its
-        prefix has to be taken before the pin moves on. Looking every key of a batch up
-        before pushing it costs about a tenth of the Kafka worker's time, for keys that are
-        nearly all known. Deferred, :meth:`prefix` takes them batch by batch, in push order,
-        before it computes any prefix not cached, which gives every key the group it would
-        have got at its push. The next :meth:`collect` takes the prefix of every key with
-        state (its dirty keys) and then forgets the batches: a key that wrote no state until
-        then needs no group, and takes the group of its next push.
+        Under pinned groups (Kafka: the partition being pushed) a key takes the group pinned
+        when its prefix is first needed: a read that misses the cache, a timer, a TTL stamp.
+        A key only written blind (the handles' fast path needs no prefix) needs it first at
+        the checkpoint, unpinned: :meth:`prefix` then gives it the group of the first batch
+        it came in since the last checkpoint. Looking every key of a batch up before the
+        push instead costs about a tenth of the Kafka worker's time, for keys that are
+        nearly all known. The next :meth:`collect` forgets the batches.
 
         >>> from eddies.state import InMemoryStateBackend
         >>> store = KeyedStateStore(InMemoryStateBackend())
         >>> store.key_group = 3
         >>> store.defer_prefixes(["a", "b"])
-        >>> store.key_group = 4  # the next batch, before "b" needed its prefix
-        >>> int.from_bytes(store.prefix("b")[:2], "big"), int.from_bytes(store.prefix("c")[:2], "big")
+        >>> store.key_group = 4
+        >>> store.defer_prefixes(["b", "c"])
+        >>> group = lambda key: int.from_bytes(store.prefix(key)[:2], "big")
+        >>> group("c")  # needed while its batch is pushed
+        4
+        >>> store.key_group = None  # the checkpoint
+        >>> group("b"), group("c")
         (3, 4)
         """
         self._deferred.append((keys, self._key_group))
 
-    def _take_deferred(self) -> None:
-        """Take the prefixes of the deferred batches' new keys, each under its batch's group."""
-        deferred, self._deferred = self._deferred, []
-        prefixes = self.cached_prefixes
-        pinned = self._key_group
-        try:
-            for keys, group in deferred:
-                self._key_group = group
-                for k in filterfalse(prefixes.__contains__, keys):
-                    self.prefix(k)
-        finally:
-            self._key_group = pinned
+    def _deferred_group(self, key: Any) -> int | None:
+        """The group of the first deferred batch ``key`` came in (None: none)."""
+        first = self._first_groups
+        for keys, group in self._deferred[self._indexed:]:
+            deque(map(first.setdefault, keys, repeat(group)), 0)  # the first batch wins
+        self._indexed = len(self._deferred)
+        return first.get(key)
+
+    def _forget_deferred(self) -> None:
+        self._deferred.clear()
+        self._first_groups.clear()
+        self._indexed = 0
 
     def pin_prefix(self, key: Any, prefix: bytes, *, replace: bool = True) -> None:
         """Cache ``prefix`` as ``key``'s stored-key prefix (key group included): a key read
@@ -240,13 +249,10 @@ class KeyedStateStore:
             encode_element(key)
             raise
         if p is None:
-            if self._deferred:  # a deferred batch may have brought the key first
-                self._take_deferred()
-                p = self.cached_prefixes.get(key)
-                if p is not None:
-                    return p
             element = encode_element(key)
             group = self._key_group
+            if group is None and self._deferred:  # a key written blind (defer_prefixes)
+                group = self._deferred_group(key)
             if group is None:
                 group = zlib.crc32(element) % self.max_parallelism
             elif not 0 <= group < MAX_KEY_GROUPS:
@@ -298,7 +304,7 @@ class KeyedStateStore:
         if index:
             batch.ops.extend(index)  # after the state writes, as TtlStateBackend.index_ops does
             self.backend.lower_sweep_floor(index)
-        self._deferred.clear()  # every key with state has its prefix (see defer_prefixes)
+        self._forget_deferred()  # every dirty key has its prefix now (see defer_prefixes)
         return batch
 
     def trim(self, limit: int | None = None) -> int:
@@ -341,5 +347,5 @@ class KeyedStateStore:
         for handle in self.handles.values():
             handle.reset()
         self.cached_prefixes.clear()
-        self._deferred.clear()
+        self._forget_deferred()
         self.backend.reset_sweep_floor()  # what was written meanwhile did not pass through us

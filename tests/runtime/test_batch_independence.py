@@ -322,7 +322,7 @@ def test_keys_pushed_with_a_pinned_group_are_stored_under_the_group_they_were_fi
 
 class _BlindWrites(ed.KeyedProcessFunction):
     """Writes without reading first (the handle's fast path, which takes no prefix), or
-    only reads, or touches no state at all."""
+    only reads, or registers a timer, or touches no state at all."""
 
     n = ed.ValueState("n", default=0)
 
@@ -331,14 +331,16 @@ class _BlindWrites(ed.KeyedProcessFunction):
             self.n.set(event["ts"])
         elif event["op"] == "read":
             return [(ctx.key, self.n.get())]
+        elif event["op"] == "timer":
+            ctx.timers.register_event_time(10**12)
         return None
 
 
 def test_blind_writes_under_pinned_groups_keep_the_group_of_their_key_first_push() -> None:
-    """The batch path takes the prefixes of a batch's new keys only when one is needed
-    (``KeyedStateStore.defer_prefixes``): a key written blind after the pin moved on still
-    gets the group of the first batch it came in, and a key that wrote no state before a
-    checkpoint takes the group of its next push."""
+    """The batch path takes no prefix for a batch's keys (``KeyedStateStore.defer_prefixes``):
+    a key takes the group pinned when its prefix is first needed (a timer here), and a
+    key only written blind, whose prefix is first needed at the checkpoint, the group of the
+    first batch it came in since the last checkpoint."""
     job = ed.Job("blind")
     out = ed.sinks.collect()
     (job.source(ed.sources.iterable([]), timestamp="ts").key_by("key")
@@ -364,8 +366,9 @@ def test_blind_writes_under_pinned_groups_keep_the_group_of_their_key_first_push
         ex.checkpoint_ops(batch)
         op.store.backend.inner.write(batch)
 
-    push(3, ("a", "write"), ("b", "none"))
-    push(4, ("b", "write"), ("c", "write"), ("a", "write"), ("e", "read"))
+    push(3, ("a", "write"), ("b", "none"), ("g", "none"))
+    push(4, ("b", "write"), ("c", "write"), ("a", "write"), ("e", "read"), ("g", "timer"),
+         ("g", "write"))
     checkpoint()
     push(5, ("d", "none"))
     checkpoint()
@@ -374,6 +377,53 @@ def test_blind_writes_under_pinned_groups_keep_the_group_of_their_key_first_push
     checkpoint()
     stored = {decode_user_key(k, 2)[0]: int.from_bytes(k[:2], "big")
               for k, _ in op.store.backend.iterate("n", None, None)}
-    assert stored == {"a": 3, "b": 3, "c": 4, "d": 6, "f": 6}
+    assert stored == {"a": 3, "b": 3, "c": 4, "d": 6, "f": 6, "g": 4}
     ex.flush_sinks()
     assert out.items == [("e", 0)]
+
+
+class _Remind(ed.KeyedProcessFunction):
+    """Keeps the record's ts and reports it from a timer at ts + 1,000."""
+
+    last = ed.ValueState("last")
+
+    def on_event(self, event: dict[str, Any], ctx: ed.Context) -> Any:
+        self.last.set(event["ts"])
+        ctx.timers.register_event_time(event["ts"] + 1_000)
+
+    def on_timer(self, timestamp: int, ctx: ed.Context) -> Any:
+        return [(ctx.key, self.last.get())]
+
+
+def test_a_timer_read_back_from_the_store_under_pinned_groups_finds_its_key_state() -> None:
+    """Under pinned key groups, a timer beyond the ones kept in memory is read back from the
+    store when it comes due, and fires unpinned: its key takes the group the timer is stored
+    under, so the timer finds the state stored in that group (not in ``crc32 % 128``)."""
+    backend = open_backend("memory")
+    keys = [f"k{i}" for i in range(8)]
+
+    def executor() -> tuple[Executor, Any, Any]:
+        job = ed.Job("remind")
+        out = ed.sinks.collect()
+        (job.source(ed.sources.iterable([]), timestamp="ts").key_by("key")
+         .process(_Remind(), name="remind").sink(out))
+        ex = Executor(job, backend, clock=lambda: 0, cache_entries=2)
+        ex.open_operators()
+        return ex, out, job.nodes[0]
+
+    ex, out, node = executor()
+    ex.pin_key_group(5)
+    try:
+        ex.push_records(node, [{"key": k, "ts": 1_000 + i} for i, k in enumerate(keys)])
+    finally:
+        ex.pin_key_group(None)
+    batch = Batch()
+    ex.checkpoint_ops(batch)
+    backend.write(batch)
+
+    again, out, node = executor()  # restored: two timers in memory, six in the store
+    again.pin_key_group(5)  # as the worker does before it pushes (nothing here)
+    again.pin_key_group(None)
+    again.advance_time({node: [(10_000, False)]}, 0)
+    again.flush_sinks()
+    assert out.items == [(k, 1_000 + i) for i, k in enumerate(keys)]
