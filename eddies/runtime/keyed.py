@@ -808,11 +808,12 @@ class KeyedOperator:
             except Exception:  # push_keyed tells a bad record from a bug, record by record
                 fast = False
             if fast and store.groups_pinned:
-                # Pinned key groups (Kafka: the partition being pushed): a key seen first
-                # here takes the group now, as push_keyed does at its record. The group
+                # Pinned key groups (Kafka: the partition being pushed): no key is looked
+                # up here. A new key takes the group pinned when its prefix is first
+                # needed (a store read, a timer), or, written blind, the group of the first
+                # batch it came in since the last checkpoint (see defer_prefixes). The group
                 # stays the same through the batch (advance() unpins it only while timers
-                # fire, and those pin nothing then), so the whole batch is noted under it,
-                # and the prefixes of its new keys are taken when one is first needed.
+                # fire, and those pin nothing then), so the batch is noted under it.
                 store.defer_prefixes(keys)
             if not fast:
                 follow = op.follow
