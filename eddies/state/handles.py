@@ -538,6 +538,10 @@ class ValueHandle(Handle):
     def _load(self, key: Key) -> Any:
         self.misses += 1
         if self._known_absent():
+            if self.store.groups_pinned:
+                # The pinned group now, while the key's batch is pushed, rather than from
+                # the deferred batches at the checkpoint (KeyedStateStore.defer_prefixes).
+                self.store.prefix(key)
             self._cache[key] = ABSENT
             return ABSENT
         data = self.backend.get_raw(self.name, self.store.prefix(key))
