@@ -457,7 +457,13 @@ _LONG_RUN = b"0" * 20
 _SAMPLED_RUN = b"0" * 5
 
 
-def _may_hold_a_long_int(data: bytes) -> bool:
+def may_hold_a_long_int(data: bytes) -> bool:
+    """Whether ``data`` (JSON text) has a run of 20 digits or minus signs, which an int
+    orjson would round needs; False proves it has none.
+
+    >>> may_hold_a_long_int(b'{"ts": 1700000000000}'), may_hold_a_long_int(b"[18446744073709551616]")
+    (False, True)
+    """
     if _SAMPLED_RUN not in data[::4].translate(_DIGIT_MASK):
         return False
     return _LONG_RUN in data.translate(_DIGIT_MASK)
@@ -478,7 +484,7 @@ def loads_exact(raw: bytes) -> Any:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if not _may_hold_a_long_int(raw):
+        if not may_hold_a_long_int(raw):
             raise
         # orjson also refuses ints beyond a double's range (a 310-digit int), which are valid
         # JSON; anything else it refuses stays refused.
@@ -489,7 +495,7 @@ def loads_exact(raw: bytes) -> Any:
             raise exc from None  # invalid after all: orjson's message
         # (a ValueError of an int too long to convert goes on: never rounded, never dropped)
         return value
-    if _may_hold_a_long_int(raw):
+    if may_hold_a_long_int(raw):
         return reparse_exact(raw)
     return value
 
@@ -541,9 +547,9 @@ class _JsonlReader(_LineReader):
             lines = self._lines()
             try:
                 out = list(map(orjson.loads, lines))
-                if _may_hold_a_long_int(data):  # rare: then find the lines
+                if may_hold_a_long_int(data):  # rare: then find the lines
                     for i, raw in enumerate(lines):
-                        if _may_hold_a_long_int(raw):
+                        if may_hold_a_long_int(raw):
                             out[i] = reparse_exact(raw)
             except ValueError:  # orjson.JSONDecodeError is one
                 pass  # some line is bad: the line-by-line pass says which

@@ -64,7 +64,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from eddies.errors import ConfigError, EddiesError, KeyEncodingError, StateIdentityError
 from eddies.operators.kafka import KafkaSink, decode, dumps_exact
-from eddies.operators.sources import DeadLetter, loads_exact
+from eddies.operators.sources import DeadLetter, loads_exact, may_hold_a_long_int
 from eddies.runtime.executor import RECORD_ERRORS, Executor, RunStats
 from eddies.runtime.failures import error_lines
 from eddies.runtime.graph import Job, Node
@@ -202,10 +202,8 @@ def _build_repartition(ex: Any, n: Node, port: int, emit: Callable[[Any, Any], N
 
 
 # A JSON int beyond 64 bits needs a run of 20 digits (or minus signs): loads_exact looks for
-# one in every value; a batch is scanned once, in one C-level pass, and only a batch with such
+# one in every value; a batch is scanned once, in C-level passes, and only a batch with such
 # a run pays for loads_exact per value.
-_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2D else 0x20 for b in range(256))
-_LONG_RUN = b"0" * 20
 _VALUE = attrgetter("value")
 
 
@@ -217,7 +215,7 @@ def _loads_json_batch(raws: list[bytes]) -> list[Any]:
     [{'a': 1}, [100000000000000000000000000001]]
     """
     values = list(map(orjson.loads, raws))
-    if _LONG_RUN in b"\n".join(raws).translate(_DIGITS):
+    if may_hold_a_long_int(b"\n".join(raws)):
         return [loads_exact(raw) for raw in raws]
     return values
 
