@@ -14,8 +14,9 @@ fetching every assigned partition (the worker's backpressure, ``flow.py``) until
 Its consumers return aiokafka's records as decoded from the fetched batches (``offset``,
 ``timestamp``, ``key``, ``value``, ``headers`` as a list), not a ``ConsumerRecord`` built per
 record: that object, with its sizes and headers tuple, cost about a third of what aiokafka
-spends per record. A consumer asks for them with ``value_deserializer=raw_records``; every
-other consumer in the process is left as it is (see :class:`_RawPartitionRecords`).
+spends per record. They are taken a record batch at a time, with no Python step per record.
+A consumer asks for them with ``value_deserializer=raw_records``; every other consumer in the
+process is left as it is (see :class:`_RawPartitionRecords`).
 """
 
 from __future__ import annotations
@@ -55,26 +56,67 @@ class _RawPartitionRecords(_fetcher.PartitionRecords):
     :func:`raw_records`, and doing what aiokafka does for any other consumer.
 
     Installed as ``aiokafka.consumer.fetcher.PartitionRecords``, which the fetcher builds per
-    fetched partition. ``__iter__`` hands out the generator itself, so taking a batch
-    (``FetchResult.getall``) runs no Python call per record besides the generator's step.
+    fetched partition. Raw records are taken a record batch at a time (:meth:`take`, which
+    ``FetchResult.getall`` calls for them, see :func:`_getall`): a list of the batch's
+    records and a slice, with no Python step per record.
     """
-
-    _records_iterator: Iterator[Any] | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._raw = self._value_deserializer is raw_records
-        if self._raw:
-            self._records_iterator = self._unpack_raw()
+        self.raw = self._value_deserializer is raw_records
+        """Whether the records are handed out raw (through :meth:`take`)."""
+        if self.raw:
+            self._records_iterator = None
+            self._batches: Iterator[tuple[list[Any], int]] | None = self._raw_batches()
+            self._pending: list[Any] = []
+            """The records of the current record batch not taken yet."""
+            self._pending_end = 0
+            """The next offset after the current record batch (once there is one)."""
 
-    def __iter__(self) -> Any:
-        if not self._raw:
-            return self
-        it = self._records_iterator
-        return iter(()) if it is None else it
+    def __next__(self) -> Any:
+        if not self.raw:
+            return super().__next__()
+        taken = self.take(1)
+        if not taken:
+            raise StopIteration
+        return taken[0]
 
-    def _unpack_raw(self) -> Iterator[Any]:
-        # aiokafka's _unpack_records, with the records handed out as they are.
+    def exhausted(self) -> bool:
+        return not self._pending and self._batches is None
+
+    def take(self, limit: int | None) -> list[Any]:
+        """Up to ``limit`` records (None: all), in order; the next fetch offset follows."""
+        out: list[Any] = []
+        while limit is None or len(out) < limit:
+            pending = self._pending
+            if not pending:
+                if self._batches is None:
+                    break
+                nxt = next(self._batches, None)
+                if nxt is None:
+                    self._batches = None  # no cycle left holding the fetched buffer
+                    break
+                self._pending, self._pending_end = nxt
+                if not self._pending:
+                    self.next_fetch_offset = self._pending_end
+                continue
+            room = len(pending) if limit is None else limit - len(out)
+            if room >= len(pending):
+                if out:
+                    out.extend(pending)
+                else:
+                    out = pending
+                self._pending = []
+                self.next_fetch_offset = self._pending_end
+            else:
+                out.extend(pending[:room])
+                self._pending = pending[room:]
+                self.next_fetch_offset = pending[room - 1].offset + 1
+        return out
+
+    def _raw_batches(self) -> Iterator[tuple[list[Any], int]]:
+        # aiokafka's _unpack_records, a record batch at a time: its records from the
+        # position on, and the offset after it.
         tp = self._tp
         records = self._records
         committed = self._isolation_level == _fetcher.READ_COMMITTED
@@ -92,28 +134,48 @@ class _RawPartitionRecords(_fetcher.PartitionRecords):
             if batch.is_control_batch:
                 self.next_fetch_offset = batch.next_offset
                 continue
+            taken = list(batch)
             start = self.next_fetch_offset
-            for record in batch:
-                offset = record.offset
-                if offset < start:  # a compressed message set's records before the position
-                    continue
-                self.next_fetch_offset = offset + 1
-                yield record
-            self.next_fetch_offset = batch.next_offset
-        self._records_iterator = None  # no cycle left holding the fetched buffer
+            if taken and taken[0].offset < start:  # a batch that began before the position
+                taken = [r for r in taken if r.offset >= start]
+            yield taken, batch.next_offset
+
+
+_GETALL = _fetcher.FetchResult.getall
+
+
+def _getall(self: Any, max_records: int | None = None) -> list[Any]:
+    """``FetchResult.getall``, taking a raw partition's records a record batch at a time
+    (what aiokafka does otherwise, one by one: keep going, or stop at ``max_records`` with
+    the position where the records taken end)."""
+    records = self._partition_records
+    if type(records) is not _RawPartitionRecords or not records.raw:
+        return _GETALL(self, max_records)
+    if not self.check_assignment(self._topic_partition) or not self.has_more():
+        return []
+    out = records.take(max_records)
+    self._update_position()
+    if records.exhausted():
+        self._partition_records = None
+    return out
 
 
 def _install_raw_records() -> bool:
-    """Have aiokafka's fetcher build :class:`_RawPartitionRecords`; False (nothing changed)
-    if this aiokafka's fetcher lacks what it relies on."""
+    """Have aiokafka's fetcher build :class:`_RawPartitionRecords` and take their records
+    through :func:`_getall`; False (nothing changed) if this aiokafka's fetcher lacks what
+    they rely on."""
     base = _fetcher.PartitionRecords
     if issubclass(base, _RawPartitionRecords):
         return True
-    if not hasattr(_fetcher, "READ_COMMITTED") or not all(
+    fetch_result = getattr(_fetcher, "FetchResult", None)
+    if not hasattr(_fetcher, "READ_COMMITTED") or fetch_result is None or not all(
             callable(getattr(base, name, None)) for name in (
-                "_unpack_records", "_consume_aborted_up_to", "_contains_abort_marker")):
+                "_unpack_records", "_consume_aborted_up_to", "_contains_abort_marker")) \
+            or not all(callable(getattr(fetch_result, name, None)) for name in (
+                "getall", "check_assignment", "has_more", "_update_position")):
         return False
     _fetcher.PartitionRecords = _RawPartitionRecords
+    fetch_result.getall = _getall
     return True
 
 
