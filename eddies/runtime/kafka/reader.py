@@ -66,52 +66,49 @@ class _RawPartitionRecords(_fetcher.PartitionRecords):
         self.raw = self._value_deserializer is raw_records
         """Whether the records are handed out raw (through :meth:`take`)."""
         if self.raw:
-            self._records_iterator = None
             self._batches: Iterator[tuple[list[Any], int]] | None = self._raw_batches()
             self._pending: list[Any] = []
-            """The records of the current record batch not taken yet."""
+            """The records of the current record batch; those from ``_at`` on are not taken."""
+            self._at = 0
             self._pending_end = 0
             """The next offset after the current record batch (once there is one)."""
-
-    def __next__(self) -> Any:
-        if not self.raw:
-            return super().__next__()
-        taken = self.take(1)
-        if not taken:
-            raise StopIteration
-        return taken[0]
+            # getone (next(records)) takes one at a time; getall goes through take().
+            self._records_iterator = iter(self._take_one, None)
 
     def exhausted(self) -> bool:
-        return not self._pending and self._batches is None
+        return self._at >= len(self._pending) and self._batches is None
+
+    def _take_one(self) -> Any:
+        taken = self.take(1)
+        return taken[0] if taken else None
 
     def take(self, limit: int | None) -> list[Any]:
         """Up to ``limit`` records (None: all), in order; the next fetch offset follows."""
         out: list[Any] = []
         while limit is None or len(out) < limit:
-            pending = self._pending
-            if not pending:
+            pending, at = self._pending, self._at
+            if at >= len(pending):
                 if self._batches is None:
                     break
                 nxt = next(self._batches, None)
                 if nxt is None:
                     self._batches = None  # no cycle left holding the fetched buffer
+                    self._pending, self._at = [], 0
                     break
-                self._pending, self._pending_end = nxt
+                (self._pending, self._pending_end), self._at = nxt, 0
                 if not self._pending:
                     self.next_fetch_offset = self._pending_end
                 continue
-            room = len(pending) if limit is None else limit - len(out)
-            if room >= len(pending):
-                if out:
-                    out.extend(pending)
-                else:
-                    out = pending
-                self._pending = []
+            end = len(pending) if limit is None else min(len(pending), at + limit - len(out))
+            if at == 0 and end == len(pending) and not out:
+                out = pending  # the whole batch, as it is (and no longer held here)
+                self._pending, self._at = [], 0
                 self.next_fetch_offset = self._pending_end
-            else:
-                out.extend(pending[:room])
-                self._pending = pending[room:]
-                self.next_fetch_offset = pending[room - 1].offset + 1
+                continue
+            out.extend(pending[at:end])
+            self._at = end
+            self.next_fetch_offset = (self._pending_end if end == len(pending)
+                                      else pending[end - 1].offset + 1)
         return out
 
     def _raw_batches(self) -> Iterator[tuple[list[Any], int]]:
