@@ -458,8 +458,8 @@ _SAMPLED_RUN = b"0" * 5
 
 
 def may_hold_a_long_int(data: bytes) -> bool:
-    """Whether ``data`` (JSON text) has a run of 20 digits or minus signs, which an int
-    orjson would round needs; False proves it has none.
+    """Whether ``data`` (JSON text) may hold an int that orjson would round (beyond 64 bits,
+    written as a run of 20 digits or minus signs); False proves it holds none.
 
     >>> may_hold_a_long_int(b'{"ts": 1700000000000}'), may_hold_a_long_int(b"[18446744073709551616]")
     (False, True)
