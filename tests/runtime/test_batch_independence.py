@@ -283,6 +283,24 @@ class _Tally(ed.KeyedProcessFunction):
         return [(ctx.key, self.n.get())]
 
 
+def _push_pinned(ex: Executor, node: Any, group: int, events: list[dict[str, Any]],
+                 mark: PartitionWatermark | None = None) -> int | None:
+    """Push ``events`` as the Kafka worker does: with key group ``group`` pinned."""
+    ex.pin_key_group(group)
+    try:
+        return ex.push_records(node, events, None, 0, mark=mark,
+                               others=None if mark is None else {})
+    finally:
+        ex.pin_key_group(None)
+
+
+def _checkpoint(ex: Executor, backend: Any) -> None:
+    """Write the executor's checkpoint to ``backend`` (the store's, under the TTL layer)."""
+    batch = Batch()
+    ex.checkpoint_ops(batch)
+    backend.write(batch)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 6])
 def test_keys_pushed_with_a_pinned_group_are_stored_under_the_group_they_were_first_seen_in(
     batch: int,
@@ -304,11 +322,7 @@ def test_keys_pushed_with_a_pinned_group_are_stored_under_the_group_they_were_fi
     node = job.nodes[0]
     mark = PartitionWatermark(BoundedOutOfOrderness(BOUND), 0)
     for lo in range(0, len(events), batch):
-        ex.pin_key_group(3)
-        try:
-            max_ts = ex.push_records(node, events[lo:lo + batch], None, 0, mark=mark, others={})
-        finally:
-            ex.pin_key_group(None)
+        max_ts = _push_pinned(ex, node, 3, events[lo:lo + batch], mark)
         mark.observe(max_ts, 0)
         ex.advance_time({node: [(mark.watermark, False)]}, 0)
     ex.flush_sinks()
@@ -353,28 +367,18 @@ def test_blind_writes_under_pinned_groups_keep_the_group_of_their_key_first_push
     ts = iter(range(1_000, 2_000))
 
     def push(group: int, *records: tuple[str, str]) -> None:
-        ex.pin_key_group(group)
-        try:
-            events = [{"key": k, "op": o, "ts": next(ts)} for k, o in records]
-            max_ts = ex.push_records(node, events, None, 0, mark=mark, others={})
-        finally:
-            ex.pin_key_group(None)
-        mark.observe(max_ts, 0)
-
-    def checkpoint() -> None:
-        batch = Batch()
-        ex.checkpoint_ops(batch)
-        op.store.backend.inner.write(batch)
+        events = [{"key": k, "op": o, "ts": next(ts)} for k, o in records]
+        mark.observe(_push_pinned(ex, node, group, events, mark), 0)
 
     push(3, ("a", "write"), ("b", "none"), ("g", "none"))
     push(4, ("b", "write"), ("c", "write"), ("a", "write"), ("e", "read"), ("g", "timer"),
          ("g", "write"))
-    checkpoint()
+    _checkpoint(ex, op.store.backend.inner)
     push(5, ("d", "none"))
-    checkpoint()
+    _checkpoint(ex, op.store.backend.inner)
     push(6, ("d", "write"), ("f", "none"))
     push(7, ("f", "write"))
-    checkpoint()
+    _checkpoint(ex, op.store.backend.inner)
     stored = {decode_user_key(k, 2)[0]: int.from_bytes(k[:2], "big")
               for k, _ in op.store.backend.iterate("n", None, None)}
     assert stored == {"a": 3, "b": 3, "c": 4, "d": 6, "f": 6, "g": 4}
@@ -412,14 +416,8 @@ def test_a_timer_read_back_from_the_store_under_pinned_groups_finds_its_key_stat
         return ex, out, job.nodes[0]
 
     ex, out, node = executor()
-    ex.pin_key_group(5)
-    try:
-        ex.push_records(node, [{"key": k, "ts": 1_000 + i} for i, k in enumerate(keys)])
-    finally:
-        ex.pin_key_group(None)
-    batch = Batch()
-    ex.checkpoint_ops(batch)
-    backend.write(batch)
+    _push_pinned(ex, node, 5, [{"key": k, "ts": 1_000 + i} for i, k in enumerate(keys)])
+    _checkpoint(ex, backend)
 
     again, out, node = executor()  # restored: two timers in memory, six in the store
     again.pin_key_group(5)  # as the worker does before it pushes (nothing here)
