@@ -200,7 +200,7 @@ class _Expiries:
         at = None
         for handle in self.handles:
             queue = handle.expiring
-            while (entry := queue.peek()) is not None and entry[3][0] != entry[0]:
+            while (entry := queue.peek()) is not None and entry[3].queued != entry[0]:
                 queue.pop()  # stale: the key was queued earlier since, or fired
             if entry is not None and (at is None or entry[0] < at):
                 at = entry[0]

@@ -13,9 +13,7 @@ Cached mutable values are shared with the caller: after changing a list or dict 
 
 from __future__ import annotations
 
-import bisect
 import copy
-import heapq
 import struct
 from collections.abc import Iterable
 from functools import partial
@@ -28,7 +26,6 @@ from eddies.state.backend import PUT, Batch
 from eddies.state.keys import (
     Key,
     decode_element,
-    decode_user_key,
     encode_key,
     prefix_upper_bound,
 )
@@ -40,7 +37,7 @@ if TYPE_CHECKING:
     from eddies.state.store import KeyedStateStore
     from eddies.state.ttl import Ttl
 
-__all__ = ["ExpiryQueue", "ListHandle", "ReducingHandle", "ValueHandle"]
+__all__ = ["ListHandle", "ReducingHandle", "ValueHandle"]
 
 
 class _Absent:
@@ -69,111 +66,6 @@ def _prefixes_of(store: KeyedStateStore, keys: list[Key]) -> list[bytes]:
     except ValueError:
         pass
     return prefixes
-
-
-class ExpiryQueue:
-    """Entries ``(time, stored-key prefix, key, slot)`` taken in order, ``slot`` being the
-    key's ``[queued, stamp]`` (see ``ValueHandle.armed``): a heap of coarse buckets
-    (``time >> SHIFT``), each a list appended to in O(1) and sorted only when it comes due.
-    Entries pushed into the bucket being taken (or earlier) are inserted in order. An entry
-    whose time is not its slot's ``queued`` is stale, and one whose slot holds a later stamp
-    moves on to it (see :meth:`_settle`).
-
-    >>> q = ExpiryQueue()
-    >>> for time, key in [(5000, "b"), (10, "a"), (4999, "c")]:
-    ...     q.push((time, key.encode(), key, [time, time]))
-    >>> moved = [12, 9000]; q.push((12, b"d", "d", moved))  # rewritten: expires at 9000
-    >>> taken = []
-    >>> while q.peek() is not None:
-    ...     taken.append(q.pop()[:3:2])
-    >>> taken
-    [(10, 'a'), (4999, 'c'), (5000, 'b'), (9000, 'd')]
-    """
-
-    SHIFT = 10  # buckets of 1,024 ms
-    __slots__ = ("buckets", "order", "cur", "pos", "bucket")
-
-    def __init__(self) -> None:
-        self.buckets: dict[int, list[tuple[Any, ...]]] = {}
-        self.order: list[int] = []  # heap of bucket numbers in ``buckets``
-        self.cur: list[tuple[Any, ...]] = []  # the open bucket, sorted; taken up to pos
-        self.pos = 0
-        self.bucket: int | None = None  # the open bucket's number
-
-    def push(self, entry: tuple[Any, ...]) -> None:
-        b = entry[0] >> self.SHIFT
-        bucket = self.bucket
-        if bucket is not None and b <= bucket:
-            bisect.insort(self.cur, entry, lo=self.pos)
-            return
-        entries = self.buckets.get(b)
-        if entries is None:
-            self.buckets[b] = [entry]
-            heapq.heappush(self.order, b)
-        else:
-            entries.append(entry)
-
-    def peek(self) -> tuple[Any, ...] | None:
-        """The next entry, or None."""
-        while self.pos >= len(self.cur):
-            if not self.order:
-                self.cur = []
-                self.pos = 0
-                self.bucket = None
-                return None
-            b = heapq.heappop(self.order)
-            entries = self._settle(b, self.buckets.pop(b))
-            entries.sort()
-            self.cur = entries
-            self.pos = 0
-            self.bucket = b
-        return self.cur[self.pos]
-
-    def _settle(self, b: int, entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """The entries of bucket ``b``, opening, that may still fire in it: stale ones are
-        dropped, and those whose slot ``[queued, stamp]`` holds a later stamp move to it now
-        (a later bucket, or their place in this one). Each would do the same when taken;
-        moving them before the sort leaves the sort and the taking to the entries that
-        expire here (the value is rewritten past its entry's time far more often than not).
-        """
-        shift = self.SHIFT
-        buckets = self.buckets
-        later_get = buckets.get
-        kept: list[tuple[Any, ...]] = []
-        keep = kept.append
-        for entry in entries:
-            slot = entry[3]
-            time = entry[0]
-            if slot[0] != time:
-                continue  # stale: queued elsewhere since, or fired, or cleared
-            stamp = slot[1]
-            if stamp > time:
-                slot[0] = stamp
-                entry = (stamp, entry[1], entry[2], slot)
-                nb = stamp >> shift
-                if nb != b:
-                    later = later_get(nb)
-                    if later is None:
-                        buckets[nb] = [entry]
-                        heapq.heappush(self.order, nb)
-                    else:
-                        later.append(entry)
-                    continue
-            keep(entry)
-        return kept
-
-    def pop(self) -> tuple[Any, ...]:
-        """Take the entry :meth:`peek` returned."""
-        entry = self.cur[self.pos]
-        self.pos += 1
-        return entry
-
-    def clear(self) -> None:
-        self.buckets.clear()
-        self.order.clear()
-        self.cur = []
-        self.pos = 0
-        self.bucket = None
 
 
 class Handle:
@@ -254,16 +146,15 @@ class Handle:
                 victims.append(key)
                 if len(victims) >= excess:
                     break
-        for key in victims:
-            del cache[key]
-        self._evicted(victims)
+        self._evicted(victims, list(map(cache.pop, victims)))
         self.evictions += len(victims)
         if victims:
             self._complete = False
         return len(victims)
 
-    def _evicted(self, keys: list[Key]) -> None:
-        """Hook: forget what else is cached for ``keys``."""
+    def _evicted(self, keys: list[Key], dropped: list[Any]) -> None:
+        """Hook: forget what else is cached for ``keys``, whose cached entries were
+        ``dropped``."""
 
     def swept_while_dirty(self) -> None:
         """Hook: a sweep just deleted expired entries of this state (before ``evict``)."""
@@ -280,7 +171,10 @@ class Handle:
 
 
 class ValueHandle(Handle):
-    """A bound ValueState."""
+    """A bound ValueState (``eddies.state.expiring`` holds those declared with on_expire)."""
+
+    expiring: Any = None
+    """The queue of a state with ``on_expire`` (see ``eddies.state.expiring``)."""
 
     def __init__(self, store: KeyedStateStore, descriptor: Any, ttl: Ttl | None):
         super().__init__(store, descriptor, ttl)
@@ -314,74 +208,15 @@ class ValueHandle(Handle):
         # need not decode the keys it deletes to evict them, unless expired values stay
         # visible until deleted.
         self.evicts_swept = ttl is not None and ttl.visibility == "expired_if_present"
-        self.expiring: ExpiryQueue | None = (
-            ExpiryQueue() if getattr(descriptor, "on_expire", False) else None)
-        """With ``on_expire``: a queue of ``(time, stored-key prefix, key, slot)``, one live
-        entry at or before each stored value's stamp (the operator fires them, see
-        ``eddies.runtime.keyed``); such a state writes no expiry index, for its expiries
-        delete its values. None otherwise."""
-        self.armed: dict[Key, list[int]] = {}
-        """With ``on_expire``, per key with a stamped value: its slot ``[queued, stamp]``, the
-        time of its live entry in ``expiring`` and the value's stamp. Such a state keeps its
-        stamps here rather than in ``_expiry``: a write updates the slot it finds, and an
-        entry that comes due reads the stamp from the slot it carries, with no lookup. An
-        entry whose time is not its slot's ``queued`` is stale (the key was queued earlier
-        since, or its value fired or was cleared: ``queued`` is then -1)."""
-        self.on_arm: Any = None
-        self._checked_get: Any = None
-        self._fast_get: Any = None
-        self._born_until = -(2**63)  # the latest stamp of a value written already expired
-        """``on_arm(time)``, told of each entry put in ``expiring`` (the operator cuts its
-        batch when records being pushed reach it)."""
         self._install_fast_paths()
-
-    def arm(self, key: Key, time: int) -> None:
-        """Make ``time`` the stamp of ``key``'s value, and put an entry for it in ``expiring``
-        unless one at or before it is there already (that one moves on to the stamp when it
-        comes due)."""
-        slot = self.armed.get(key)
-        if slot is None:
-            slot = self.armed[key] = [time, time]
-        else:
-            slot[1] = time
-            if time >= slot[0]:
-                return
-            slot[0] = time
-        self.expiring.push((time, self.store.prefix(key), key, slot))  # type: ignore[union-attr]
-        if time <= self.backend.watermark:
-            # Written expired (a record later than the TTL): reads check stamps until it has
-            # fired, at the next advance of event time.
-            if time > self._born_until:
-                self._born_until = time
-            self.hold_checks()
-        if self.on_arm is not None:
-            self.on_arm(time)
-
-    def _disarm(self, key: Key) -> None:
-        """``key``'s value is gone (cleared, or fired): its entry in ``expiring`` is stale."""
-        slot = self.armed.pop(key, None)
-        if slot is not None:
-            slot[0] = -1
 
     def _stamp_of(self, key: Key, default: Any = NEVER) -> Any:
         """The cached stamp of ``key``'s value, or ``default``."""
-        if self.expiring is None:
-            return self._expiry.get(key, default)
-        slot = self.armed.get(key)
-        return default if slot is None else slot[1]
+        return self._expiry.get(key, default)
 
-    def hold_checks(self) -> None:
-        """Make reads compare stamps with the clock. A state with ``on_expire`` reads
-        without: every value expired by the watermark has fired and been deleted, except
-        while expiries fire and while a value written expired waits for the next advance."""
-        if self._checked_get is not None:
-            self.get = self._checked_get  # type: ignore[method-assign]
-
-    def release_checks(self, fired_up_to: int) -> None:
-        """Expiries up to ``fired_up_to`` have fired: reads go back to the fast path
-        unless a value written expired is still waiting."""
-        if self._checked_get is not None and fired_up_to >= self._born_until:
-            self.get = self._fast_get  # type: ignore[method-assign]
+    def _cached(self, key: Key) -> Any:
+        """``key``'s cached value, ABSENT, or MISSING when not cached."""
+        return self._cache.get(key, MISSING)
 
     def _install_fast_paths(self) -> None:
         """Give this handle ``get`` and ``set`` closures for its common case (a cached value;
@@ -431,79 +266,6 @@ class ValueHandle(Handle):
                 return slow_get(default)
 
             unindexed = self._unindexed.add
-            if self.expiring is not None:
-                armed = self.armed
-                armed_get = armed.get
-                arm = self.arm
-                push = self.expiring.push
-                prefix = store.prefix
-                handle = self
-
-                declared = self.default
-                plain_default = not self._copy_default
-
-                def fast_get(default: Any = MISSING) -> Any:
-                    # No stamp to check: see hold_checks.
-                    value = cache_get(store.key, MISSING)
-                    if value is MISSING or value is ABSENT:
-                        if value is ABSENT and plain_default:
-                            # expired or cleared (a key's next record after its on_expire)
-                            return declared if default is MISSING else default
-                        return slow_get(default)
-                    return value
-
-                def checked_get(default: Any = MISSING) -> Any:
-                    # get, with the stamp in the key's slot (see ``armed``).
-                    key = store.key
-                    value = cache_get(key, MISSING)
-                    if value is MISSING or value is ABSENT:
-                        return slow_get(default)
-                    slot = armed_get(key)
-                    if slot is None or slot[1] > backend.watermark:
-                        return value
-                    return slow_get(default)
-
-                if type(self) is ValueHandle:
-                    self._checked_get = checked_get
-                    self._fast_get = fast_get
-                    get = fast_get
-
-                def set_(value: Any) -> None:
-                    ts = store.timestamp
-                    if ts is None:
-                        slow_set(value)
-                        return
-                    expires_at = ts + ttl_ms  # type: ignore[operator]
-                    if not 0 <= expires_at < NEVER:
-                        slow_set(value)
-                        return
-                    try:
-                        payload = pack(value)
-                    except (TypeError, ValueError, OverflowError):
-                        slow_set(value)  # raises, naming state, key and type
-                        return
-                    key = store.key
-                    cache[key] = value
-                    dirty[key] = stamp(expires_at) + payload
-                    # arm(), inlined for a key whose queued entry is at or before the stamp
-                    slot = armed_get(key)
-                    if slot is not None and expires_at >= slot[0]:
-                        slot[1] = expires_at
-                    elif slot is None and expires_at > backend.watermark:
-                        # arm(), inlined for a key with no stamped value (new, or fired)
-                        slot = armed[key] = [expires_at, expires_at]
-                        push((expires_at, prefix(key), key, slot))
-                        on_arm = handle.on_arm
-                        if on_arm is not None:
-                            on_arm(expires_at)
-                    else:
-                        arm(key, expires_at)
-
-                if type(self) is ValueHandle:
-                    self.get = get  # type: ignore[method-assign]
-                self.set = set_  # type: ignore[method-assign]
-                self.update = set_  # type: ignore[method-assign]
-                return
 
             def set_(value: Any) -> None:
                 ts = store.timestamp
@@ -552,15 +314,12 @@ class ValueHandle(Handle):
         self._cache[key] = value
         expires_at = read_stamp(data)
         if expires_at != NEVER:
-            if self.expiring is not None:
-                self.arm(key, expires_at)  # armed already, unless restored without its entry
-            else:
-                self._expiry[key] = expires_at
+            self._expiry[key] = expires_at
         return value
 
     def _read(self) -> Any:
         key = self.store.key
-        value = self._cache.get(key, MISSING)
+        value = self._cached(key)
         if value is MISSING:
             value = self._load(key)
         if value is ABSENT or (self.ttl is None and not self._expiry):
@@ -585,9 +344,6 @@ class ValueHandle(Handle):
         entry: not when its previous stamp is no later and above the index horizon, for the
         stored value with that stamp has an entry at or before it (ttl.py's invariant) and a
         dirty one was vouched for the same way or is noted already."""
-        if self.expiring is not None:
-            self.arm(key, expires_at)
-            return
         old = self._expiry.get(key)
         if (old is None or expires_at < old
                 or old <= self.backend.index_horizon(self.name)):
@@ -597,7 +353,7 @@ class ValueHandle(Handle):
     def get(self, default: Any = MISSING) -> Any:
         """The value for the current key, or ``default`` (the declared default if not given)."""
         key = self.store.key
-        value = self._cache.get(key, MISSING)
+        value = self._cached(key)
         if value is MISSING:
             value = self._load(key)
         if value is not ABSENT:
@@ -624,12 +380,7 @@ class ValueHandle(Handle):
         """Store ``value`` for the current key (None is a value; use ``clear()`` to remove)."""
         store = self.store
         key = store.key
-        try:
-            payload = pack(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            check_value(value, self._here)  # raises, naming state, key and type
-            raise StateSerializationError(  # what check_value lets by (a lone surrogate)
-                f"{self._here()}: cannot serialize {type(value).__name__} ({exc})") from exc
+        payload = self._packed(value)
         self._cache[key] = value
         if self.ttl is not None:
             ttl_ms = self._event_ttl_ms
@@ -647,19 +398,26 @@ class ValueHandle(Handle):
 
     update = set
 
+    def _packed(self, value: Any) -> bytes:
+        """``value`` in msgpack, or an error naming the state, the key and the type."""
+        try:
+            return pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            check_value(value, self._here)  # raises, naming state, key and type
+            raise StateSerializationError(  # what check_value lets by (a lone surrogate)
+                f"{self._here()}: cannot serialize {type(value).__name__} ({exc})") from exc
+
     def clear(self) -> None:
         """Remove the value for the current key."""
         key = self.store.key
         self._cache[key] = ABSENT
         self._expiry.pop(key, None)
-        if self.expiring is not None:
-            self._disarm(key)
         self._dirty[key] = ABSENT
         self._cleared = True
 
     def peek(self) -> Any:
         key = self.store.key
-        value = self._cache.get(key, MISSING)
+        value = self._cached(key)
         if value is MISSING:
             value = self._load(key)
         if value is ABSENT or not self._visible(self._stamp_of(key)):
@@ -716,9 +474,6 @@ class ValueHandle(Handle):
         self._expiry.clear()
         self._dirty.clear()
         self._unindexed.clear()
-        if self.expiring is not None:  # rebuilt from the store by the operator's loader
-            self.expiring.clear()
-            self.armed.clear()
         self._cleared = False
         self._complete = None
 
@@ -729,7 +484,7 @@ class ValueHandle(Handle):
         if self._dirty:
             self._unindexed.update(self._dirty)
 
-    def _evicted(self, keys: list[Key]) -> None:
+    def _evicted(self, keys: list[Key], dropped: list[Any]) -> None:
         expiry = self._expiry
         if expiry:
             for key in keys:
@@ -739,103 +494,6 @@ class ValueHandle(Handle):
         if key not in self._dirty:
             self._cache.pop(key, None)
             self._expiry.pop(key, None)
-
-    def take_expired(self, key: Key, time: int, slot: list[int]) -> Any:
-        """For the entry ``(time, _, key, slot)`` just taken from ``expiring``, with ``key``
-        the store's current key: the value, cleared, if it expired at or before ``time``;
-        MISSING if the entry is stale or the value was rewritten later (its entry then
-        moves on to its stamp)."""
-        if slot[0] != time:
-            return MISSING
-        value = self._cache.get(key, MISSING)
-        if value is MISSING:
-            value = self._load(key)
-        if value is ABSENT:
-            self._disarm(key)
-            return MISSING
-        expires_at = slot[1]
-        if expires_at > time:
-            slot[0] = expires_at
-            self.expiring.push((expires_at, self.store.prefix(key), key, slot))  # type: ignore[union-attr]
-            return MISSING
-        self.clear()
-        return value
-
-    def expire_until(self, limit: int, fire: Any) -> None:
-        """Take every entry of ``expiring`` at or before ``limit`` in order and, for each
-        value that expired by its entry's time, clear it and call ``fire(time, key, value)``
-        with the key current; entries that find a later stamp move to it. A moving entry
-        reads the stamp from its slot: only an expiring one looks its key up."""
-        queue = self.expiring
-        assert queue is not None
-        armed = self.armed
-        cache = self._cache
-        cache_get = cache.get
-        dirty = self._dirty
-        store = self.store
-        peek = queue.peek
-        push = queue.push
-        buckets_get = queue.buckets.get
-        shift = queue.SHIFT
-        while True:
-            # queue.peek and pop, inlined for the open bucket
-            cur = queue.cur
-            pos = queue.pos
-            if pos < len(cur):
-                entry = cur[pos]
-            else:
-                entry = peek()  # type: ignore[assignment]
-                if entry is None:
-                    break
-                pos = queue.pos
-            time = entry[0]
-            if time > limit:
-                break
-            queue.pos = pos + 1
-            slot = entry[3]
-            if slot[0] != time:
-                continue  # stale: queued earlier since, or fired, or cleared
-            expires_at = slot[1]
-            if expires_at > time:
-                slot[0] = expires_at
-                # queue.push, inlined when the bucket exists (buckets holds only those
-                # after the open one, which are appended to)
-                later = buckets_get(expires_at >> shift)
-                if later is not None:
-                    later.append((expires_at, entry[1], entry[2], slot))
-                else:
-                    push((expires_at, entry[1], entry[2], slot))
-                continue
-            key = entry[2]
-            value = cache_get(key, MISSING)
-            if value is MISSING:
-                store.key = key
-                value = self._load(key)
-            del armed[key]
-            slot[0] = -1
-            if value is ABSENT:
-                continue
-            store.key = key
-            cache[key] = ABSENT  # clear(), inlined
-            dirty[key] = ABSENT
-            self._cleared = True
-            fire(time, key, value)
-
-    def load_expiring(self, backend: Any, lower: bytes | None, upper: bytes | None) -> int:
-        """Arm the stamped values stored in ``[lower, upper)`` (all without bounds), in one
-        scan; returns how many. Keys keep the key group they are stored under."""
-        pin = self.store.pin_prefix
-        arm = self.arm
-        count = 0
-        for stored, data in backend.iterate(self.name, lower, upper):
-            expires_at = read_stamp(data)
-            if expires_at == NEVER:
-                continue
-            key, split = decode_user_key(stored, 2)
-            pin(key, stored[:split], replace=False)
-            arm(key, expires_at)
-            count += 1
-        return count
 
 
 class ReducingHandle(ValueHandle):

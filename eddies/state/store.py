@@ -140,7 +140,7 @@ class KeyedStateStore:
     # -- binding -------------------------------------------------------------------------------
     def bind(self, descriptor: StateDescriptor) -> Any:
         """Create (or return) the handle of ``descriptor`` in this store."""
-        from eddies.state import handles, maps
+        from eddies.state import expiring, handles, maps
 
         existing = self.handles.get(descriptor.name)
         if existing is not None:
@@ -157,9 +157,11 @@ class KeyedStateStore:
             ttl = None
         if ttl is not None:
             self.backend.register_ttl(descriptor.name, ttl)
+        on_expire = getattr(descriptor, "on_expire", False)
         cls = {
-            "value": handles.ValueHandle,
-            "reducing": handles.ReducingHandle,
+            "value": expiring.ExpiringValueHandle if on_expire else handles.ValueHandle,
+            "reducing": (expiring.ExpiringReducingHandle if on_expire
+                         else handles.ReducingHandle),
             "list": handles.ListHandle,
             "map": maps.MapHandle,
             "broadcast": maps.BroadcastHandle,

@@ -1,0 +1,508 @@
+"""States declared with ``on_expire=True``: their handles and the queue of their expiries.
+
+Such a state hands each value that expires to the function's ``on_expire``, in expiry-time
+order, as the watermark passes it (the operator drives this, see ``eddies.runtime.keyed``).
+Its handle keeps, per cached key, one :class:`Slot`: the time of the key's live entry in the
+handle's :class:`ExpiryQueue` (-1: none), the stamp of its value (NEVER: none) and the value
+(ABSENT once cleared or expired). A read or a write of a key finds its
+value and its expiry bookkeeping with one dict probe, and an entry that comes due finds
+them through the slot it carries, with none: with 100k keys, each probe of a dict of that
+size is a cache miss that costs more than the rest of the write.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from typing import TYPE_CHECKING, Any
+
+from eddies.state.handles import ABSENT, MISSING, ReducingHandle, ValueHandle
+from eddies.state.keys import Key, decode_user_key
+from eddies.state.values import NEVER, pack, read_stamp, stamp, unpack
+
+if TYPE_CHECKING:
+    from eddies.state.store import KeyedStateStore
+    from eddies.state.ttl import Ttl
+
+__all__ = ["ExpiringReducingHandle", "ExpiringValueHandle", "ExpiryQueue", "Slot"]
+
+
+class Slot:
+    """A key's expiry bookkeeping and its cached value, in one object (its fields live in
+    the object itself, one cache line, where a list's items are a second allocation).
+
+    ``queued``: the time of the key's live entry in the queue (-1: none; an entry whose
+    time is not its slot's ``queued`` is stale). ``stamp``: the value's stamp (NEVER: none).
+    ``value``: the value, ABSENT (none), or MISSING (not cached: parked, see
+    :class:`ExpiringValueHandle`).
+    """
+
+    __slots__ = ("queued", "stamp", "value")
+
+    def __init__(self, queued: int, stamp: int, value: Any) -> None:
+        self.queued = queued
+        self.stamp = stamp
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Slot(queued={self.queued}, stamp={self.stamp}, value={self.value!r})"
+
+
+class ExpiryQueue:
+    """Entries ``(time, stored-key prefix, key, slot)`` taken in order, ``slot`` being the
+    key's :class:`Slot`: a heap of coarse buckets
+    (``time >> SHIFT``), each a list appended to in O(1) and sorted only when it comes due.
+    Entries pushed into the bucket being taken (or earlier) are inserted in order. An entry
+    whose time is not its slot's ``queued`` is stale, and one whose slot holds a later stamp
+    moves on to it (see :meth:`_settle`).
+
+    >>> q = ExpiryQueue()
+    >>> for time, key in [(5000, "b"), (10, "a"), (4999, "c")]:
+    ...     q.push((time, key.encode(), key, Slot(time, time, None)))
+    >>> moved = Slot(12, 9000, None); q.push((12, b"d", "d", moved))  # rewritten: expires at 9000
+    >>> taken = []
+    >>> while q.peek() is not None:
+    ...     taken.append(q.pop()[:3:2])
+    >>> taken
+    [(10, 'a'), (4999, 'c'), (5000, 'b'), (9000, 'd')]
+    """
+
+    SHIFT = 10  # buckets of 1,024 ms
+    __slots__ = ("buckets", "order", "cur", "pos", "bucket")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[tuple[Any, ...]]] = {}
+        self.order: list[int] = []  # heap of bucket numbers in ``buckets``
+        self.cur: list[tuple[Any, ...]] = []  # the open bucket, sorted; taken up to pos
+        self.pos = 0
+        self.bucket: int | None = None  # the open bucket's number
+
+    def push(self, entry: tuple[Any, ...]) -> None:
+        b = entry[0] >> self.SHIFT
+        bucket = self.bucket
+        if bucket is not None and b <= bucket:
+            bisect.insort(self.cur, entry, lo=self.pos)
+            return
+        entries = self.buckets.get(b)
+        if entries is None:
+            self.buckets[b] = [entry]
+            heapq.heappush(self.order, b)
+        else:
+            entries.append(entry)
+
+    def peek(self) -> tuple[Any, ...] | None:
+        """The next entry, or None."""
+        while self.pos >= len(self.cur):
+            if not self.order:
+                self.cur = []
+                self.pos = 0
+                self.bucket = None
+                return None
+            b = heapq.heappop(self.order)
+            entries = self._settle(b, self.buckets.pop(b))
+            entries.sort()
+            self.cur = entries
+            self.pos = 0
+            self.bucket = b
+        return self.cur[self.pos]
+
+    def _settle(self, b: int, entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The entries of bucket ``b``, opening, that may still fire in it: stale ones are
+        dropped, and those whose slot holds a later stamp move to it now
+        (a later bucket, or their place in this one). Each would do the same when taken;
+        moving them before the sort leaves the sort and the taking to the entries that
+        expire here (the value is rewritten past its entry's time far more often than not).
+        """
+        shift = self.SHIFT
+        buckets = self.buckets
+        later_get = buckets.get
+        kept: list[tuple[Any, ...]] = []
+        keep = kept.append
+        for entry in entries:
+            slot = entry[3]
+            time = entry[0]
+            if slot.queued != time:
+                continue  # stale: queued elsewhere since, or fired, or cleared
+            stamp = slot.stamp
+            if stamp > time:
+                slot.queued = stamp
+                entry = (stamp, entry[1], entry[2], slot)
+                nb = stamp >> shift
+                if nb != b:
+                    later = later_get(nb)
+                    if later is None:
+                        buckets[nb] = [entry]
+                        heapq.heappush(self.order, nb)
+                    else:
+                        later.append(entry)
+                    continue
+            keep(entry)
+        return kept
+
+    def pop(self) -> tuple[Any, ...]:
+        """Take the entry :meth:`peek` returned."""
+        entry = self.cur[self.pos]
+        self.pos += 1
+        return entry
+
+    def clear(self) -> None:
+        self.buckets.clear()
+        self.order.clear()
+        self.cur = []
+        self.pos = 0
+        self.bucket = None
+
+
+class ExpiringValueHandle(ValueHandle):
+    """A bound ValueState declared with ``on_expire=True``.
+
+    ``_cache`` maps each cached key to its slot (see the module docstring). A slot whose key
+    is queued outlives its value in the cache: when ``trim`` drops the value, the slot moves
+    to ``_parked`` with the value ``MISSING``, and the key's next miss takes it back. So a
+    key has one slot while it is queued, which its entries reach, and ``_cache`` holds only
+    slots with a value (or ABSENT), as many as ``cache_entries`` allows.
+    """
+
+    def __init__(self, store: KeyedStateStore, descriptor: Any, ttl: Ttl | None):
+        self.expiring = ExpiryQueue()
+        """A queue of ``(time, stored-key prefix, key, slot)``, one live entry at or before
+        each stored value's stamp (the operator fires them); such a state writes no expiry
+        index, for its expiries delete its values."""
+        self._parked: dict[Key, Slot] = {}
+        self.on_arm: Any = None
+        """``on_arm(time)``, told of each entry put in ``expiring`` (the operator cuts its
+        batch when records being pushed reach it)."""
+        self._checked_get: Any = None
+        self._fast_get: Any = None
+        self._born_until = -(2**63)  # the latest stamp of a value written already expired
+        super().__init__(store, descriptor, ttl)
+
+    # -- slots ---------------------------------------------------------------------------------
+    def _slot(self, key: Key) -> Slot:
+        """``key``'s slot, in the cache (a parked one is taken back; a new one is made)."""
+        slot = self._cache.get(key)
+        if slot is None:
+            slot = self._parked.pop(key, None)
+            if slot is None:
+                slot = Slot(-1, NEVER, ABSENT)
+            self._cache[key] = slot
+        return slot
+
+    def _cached(self, key: Key) -> Any:
+        slot = self._cache.get(key)
+        return MISSING if slot is None else slot.value
+
+    def _arm(self, slot: Slot, key: Key, time: int) -> None:
+        """Make ``time`` the stamp of the value in ``key``'s ``slot``, and put an entry for
+        it in ``expiring`` unless one at or before it is there already (that one moves on
+        to the stamp when it comes due)."""
+        slot.stamp = time
+        if 0 <= slot.queued <= time:
+            return
+        slot.queued = time
+        self.expiring.push((time, self.store.prefix(key), key, slot))
+        if time <= self.backend.watermark:
+            # Written expired (a record later than the TTL): reads check stamps until it has
+            # fired, at the next advance of event time.
+            if time > self._born_until:
+                self._born_until = time
+            self.hold_checks()
+        if self.on_arm is not None:
+            self.on_arm(time)
+
+    def _stamp(self, key: Key, expires_at: int) -> None:
+        self._arm(self._slot(key), key, expires_at)
+
+    def _stamp_of(self, key: Key, default: Any = NEVER) -> Any:
+        slot = self._cache.get(key)
+        if slot is None:
+            slot = self._parked.get(key)
+        return default if slot is None or slot.stamp == NEVER else slot.stamp
+
+    def hold_checks(self) -> None:
+        """Make reads compare stamps with the clock. A state with ``on_expire`` reads
+        without: every value expired by the watermark has fired and been deleted, except
+        while expiries fire and while a value written expired waits for the next advance."""
+        if self._checked_get is not None:
+            self.get = self._checked_get  # type: ignore[method-assign]
+
+    def release_checks(self, fired_up_to: int) -> None:
+        """Expiries up to ``fired_up_to`` have fired: reads go back to the fast path
+        unless a value written expired is still waiting."""
+        if self._checked_get is not None and fired_up_to >= self._born_until:
+            self.get = self._fast_get  # type: ignore[method-assign]
+
+    # -- reads and writes ----------------------------------------------------------------------
+    def _install_fast_paths(self) -> None:
+        """``get`` and ``set`` closures for an event-time TTL checked against the watermark
+        (see ValueHandle._install_fast_paths): one probe of the cache finds the key's slot."""
+        ttl_ms = self._event_ttl_ms
+        if not self._watermark_only or ttl_ms is None:
+            return
+        cache_get = self._cache.get
+        parked = self._parked
+        dirty = self._dirty
+        store = self.store
+        backend = self.backend
+        slow_get = self.get
+        slow_set = self.set
+        push = self.expiring.push
+        prefix = store.prefix
+        handle = self
+        declared = self.default
+        plain_default = not self._copy_default
+
+        def fast_get(default: Any = MISSING) -> Any:
+            # No stamp to check: see hold_checks.
+            slot = cache_get(store.key)
+            if slot is None:
+                return slow_get(default)
+            value = slot.value
+            if value is ABSENT:
+                if plain_default:  # expired or cleared (a key's next record after on_expire)
+                    return declared if default is MISSING else default
+                return slow_get(default)
+            return value
+
+        def checked_get(default: Any = MISSING) -> Any:
+            # get, with the stamp in the key's slot
+            slot = cache_get(store.key)
+            if slot is None or slot.value is ABSENT or slot.stamp <= backend.watermark:
+                return slow_get(default)
+            return slot.value
+
+        def set_(value: Any) -> None:
+            ts = store.timestamp
+            if ts is None:
+                slow_set(value)
+                return
+            expires_at = ts + ttl_ms  # type: ignore[operator]
+            if not 0 <= expires_at < NEVER:
+                slow_set(value)
+                return
+            try:
+                payload = pack(value)
+            except (TypeError, ValueError, OverflowError):
+                slow_set(value)  # raises, naming state, key and type
+                return
+            key = store.key
+            dirty[key] = stamp(expires_at) + payload
+            slot = cache_get(key)
+            if slot is not None:
+                queued = slot.queued
+                if 0 <= queued <= expires_at:  # queued at or before the stamp: moves on
+                    slot.stamp = expires_at
+                    slot.value = value
+                    return
+                if queued < 0 and expires_at > backend.watermark:  # new, fired or cleared
+                    slot.queued = slot.stamp = expires_at
+                    slot.value = value
+                    push((expires_at, prefix(key), key, slot))
+                    on_arm = handle.on_arm
+                    if on_arm is not None:
+                        on_arm(expires_at)
+                    return
+            elif not parked and expires_at > backend.watermark:  # a new key
+                handle._cache[key] = slot = Slot(expires_at, expires_at, value)
+                push((expires_at, prefix(key), key, slot))
+                on_arm = handle.on_arm
+                if on_arm is not None:
+                    on_arm(expires_at)
+                return
+            slot = handle._slot(key)
+            slot.value = value
+            handle._arm(slot, key, expires_at)
+
+        if type(self) is ExpiringValueHandle:
+            self._checked_get = checked_get
+            self._fast_get = fast_get
+            self.get = fast_get  # type: ignore[method-assign]
+        self.set = set_  # type: ignore[method-assign]
+        self.update = set_  # type: ignore[method-assign]
+
+    def _load(self, key: Key) -> Any:
+        """The value of ``key`` read into its slot in the cache (ABSENT if none): a miss."""
+        self.misses += 1
+        slot = self._parked.pop(key, None)
+        if slot is None:
+            slot = Slot(-1, NEVER, ABSENT)
+            if self._known_absent():
+                if self.store.groups_pinned:
+                    self.store.prefix(key)  # the pinned group now (see ValueHandle._load)
+                self._cache[key] = slot
+                return ABSENT
+        self._cache[key] = slot
+        data = self.backend.get_raw(self.name, self.store.prefix(key))
+        if data is None:
+            slot.queued = -1  # a parked value deleted meanwhile: its entry is stale
+            slot.stamp = NEVER
+            slot.value = ABSENT
+            return ABSENT
+        value = slot.value = unpack(data[8:])
+        expires_at = read_stamp(data)
+        slot.stamp = expires_at
+        if expires_at != NEVER:
+            self._arm(slot, key, expires_at)  # armed already, unless restored without it
+        return value
+
+    def set(self, value: Any) -> None:
+        """Store ``value`` for the current key (None is a value; use ``clear()`` to remove)."""
+        store = self.store
+        key = store.key
+        payload = self._packed(value)
+        ts = store.timestamp
+        ttl_ms = self._event_ttl_ms
+        if ttl_ms is not None and ts is not None and 0 <= ts + ttl_ms < NEVER:
+            expires_at = ts + ttl_ms
+        else:
+            expires_at = store.expiry(self.ttl, self.descriptor)
+        slot = self._slot(key)
+        slot.value = value
+        self._arm(slot, key, expires_at)
+        self._dirty[key] = stamp(expires_at) + payload
+
+    update = set
+
+    def clear(self) -> None:
+        """Remove the value for the current key."""
+        key = self.store.key
+        slot = self._slot(key)
+        slot.queued = -1  # its queued entry is stale
+        slot.stamp = NEVER
+        slot.value = ABSENT
+        self._dirty[key] = ABSENT
+        self._cleared = True
+
+    # -- the cache -----------------------------------------------------------------------------
+    def reset(self) -> None:
+        super().reset()
+        self.expiring.clear()  # rebuilt from the store by the operator's loader
+        self._parked.clear()
+
+    def _evicted(self, keys: list[Key], dropped: list[Any]) -> None:
+        # A queued key's slot stays reachable for its entry and its next miss.
+        parked = self._parked
+        for key, slot in zip(keys, dropped, strict=True):
+            if slot.queued >= 0:
+                slot.value = MISSING
+                parked[key] = slot
+
+    def evict(self, key: Key, suffix: bytes) -> None:
+        if key not in self._dirty:
+            slot = self._cache.pop(key, None)
+            if slot is not None:
+                self._evicted([key], [slot])
+                self._complete = False
+
+    # -- expiries ------------------------------------------------------------------------------
+    def take_expired(self, key: Key, time: int, slot: Slot) -> Any:
+        """For the entry ``(time, _, key, slot)`` just taken from ``expiring``, with ``key``
+        the store's current key: the value, cleared, if it expired at or before ``time``;
+        MISSING if the entry is stale or the value was rewritten later (its entry then
+        moves on to its stamp)."""
+        if slot.queued != time:
+            return MISSING
+        value = slot.value
+        if value is MISSING:
+            value = self._load(key)
+        if value is ABSENT:
+            slot.queued = -1
+            return MISSING
+        expires_at = slot.stamp
+        if expires_at > time:
+            slot.queued = expires_at
+            self.expiring.push((expires_at, self.store.prefix(key), key, slot))
+            return MISSING
+        self.clear()
+        return value
+
+    def expire_until(self, limit: int, fire: Any) -> None:
+        """Take every entry of ``expiring`` at or before ``limit`` in order and, for each
+        value that expired by its entry's time, clear it and call ``fire(time, key, value)``
+        with the key current; entries that find a later stamp move to it. An entry finds
+        the stamp and the value in its slot, with no lookup (unless the value was parked)."""
+        queue = self.expiring
+        dirty = self._dirty
+        store = self.store
+        peek = queue.peek
+        push = queue.push
+        buckets_get = queue.buckets.get
+        shift = queue.SHIFT
+        while True:
+            # queue.peek and pop, inlined for the open bucket
+            cur = queue.cur
+            pos = queue.pos
+            if pos < len(cur):
+                entry = cur[pos]
+            else:
+                entry = peek()  # type: ignore[assignment]
+                if entry is None:
+                    break
+                pos = queue.pos
+            time = entry[0]
+            if time > limit:
+                break
+            queue.pos = pos + 1
+            slot = entry[3]
+            if slot.queued != time:
+                continue  # stale: queued earlier since, or fired, or cleared
+            expires_at = slot.stamp
+            if expires_at > time:
+                slot.queued = expires_at
+                # queue.push, inlined when the bucket exists (buckets holds only those
+                # after the open one, which are appended to)
+                later = buckets_get(expires_at >> shift)
+                if later is not None:
+                    later.append((expires_at, entry[1], entry[2], slot))
+                else:
+                    push((expires_at, entry[1], entry[2], slot))
+                continue
+            key = entry[2]
+            value = slot.value
+            if value is MISSING:
+                store.key = key
+                value = self._load(key)
+            slot.queued = -1
+            if value is ABSENT:
+                continue
+            store.key = key
+            slot.stamp = NEVER  # clear(), inlined
+            slot.value = ABSENT
+            dirty[key] = ABSENT
+            self._cleared = True
+            fire(time, key, value)
+
+    def load_expiring(self, backend: Any, lower: bytes | None, upper: bytes | None) -> int:
+        """Arm the stamped values stored in ``[lower, upper)`` (all without bounds), in one
+        scan; returns how many. Keys keep the key group they are stored under; their values
+        are read when first needed."""
+        pin = self.store.pin_prefix
+        cache_get = self._cache.get
+        parked = self._parked
+        arm = self._arm
+        count = 0
+        for stored, data in backend.iterate(self.name, lower, upper):
+            expires_at = read_stamp(data)
+            if expires_at == NEVER:
+                continue
+            key, split = decode_user_key(stored, 2)
+            pin(key, stored[:split], replace=False)
+            slot = cache_get(key)
+            if slot is None:
+                slot = parked.get(key)
+                if slot is None:
+                    slot = parked[key] = Slot(-1, expires_at, MISSING)
+            arm(slot, key, expires_at)
+            count += 1
+        return count
+
+
+class ExpiringReducingHandle(ExpiringValueHandle):
+    """A bound ReducingState declared with ``on_expire=True``."""
+
+    def __init__(self, store: KeyedStateStore, descriptor: Any, ttl: Ttl | None):
+        super().__init__(store, descriptor, ttl)
+        self.fn = descriptor.fn
+
+    add = ReducingHandle.add
+    get = ReducingHandle.get  # type: ignore[assignment]
