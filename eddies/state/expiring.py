@@ -47,6 +47,11 @@ class Slot:
     def __repr__(self) -> str:
         return f"Slot(queued={self.queued}, stamp={self.stamp}, value={self.value!r})"
 
+    def __lt__(self, other: object) -> bool:
+        # Entries equal up to their slot are one key's entry queued twice at one time (a
+        # key has one slot while it is queued): sorting leaves them as they are.
+        return False
+
 
 class ExpiryQueue:
     """Entries ``(time, stored-key prefix, key, slot)`` taken in order, ``slot`` being the

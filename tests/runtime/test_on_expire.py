@@ -5,9 +5,12 @@ sizes, checkpoints and restarts."""
 from __future__ import annotations
 
 import random
+import tempfile
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import eddies as ed
 from eddies.errors import ConfigError
@@ -87,13 +90,14 @@ def make_events(seed: int, n: int = 400) -> list[dict[str, Any]]:
     return events
 
 
-def run(events: list[dict[str, Any]], state: str, batch_size: int, interval: int) -> list:
+def run(events: list[dict[str, Any]], state: str, batch_size: int, interval: int,
+        **options: Any) -> list:
     job = ed.Job("sessions")
     out = ed.sinks.collect()
     (job.source(ed.sources.iterable(events), timestamp="ts",
                 watermarks=ed.BoundedOutOfOrderness(BOUND))
      .key_by("key").process(Sessions(), name="sessions").sink(out))
-    ed.run_local(job, state, batch_size=batch_size, checkpoint_interval=interval)
+    ed.run_local(job, state, batch_size=batch_size, checkpoint_interval=interval, **options)
     return out.items
 
 
@@ -173,6 +177,21 @@ def test_values_dropped_from_the_cache_still_fire_in_order(backend: str, tmp_pat
     state = "memory" if backend == "memory" else f"rocksdb:{tmp_path / 'db'}"
     ed.run_local(job, state, batch_size=3, checkpoint_interval=2, cache_entries=2)
     assert out.items == reference(events)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 150), cache=st.integers(1, 4),
+       size=st.integers(1, 40), interval=st.integers(1, 60), rocksdb=st.booleans())
+def test_any_cache_size_gives_the_hand_written_results(
+    seed: int, n: int, cache: int, size: int, interval: int, rocksdb: bool
+) -> None:
+    # Five keys through a cache of 1-4: queued keys lose their cached values at checkpoints
+    # (their slots are parked) and take them back on their next record or expiry.
+    events = make_events(seed, n)
+    with tempfile.TemporaryDirectory() as tmp:
+        state = f"rocksdb:{tmp}/db" if rocksdb else "memory"
+        got = run(events, state, size, interval, cache_entries=cache)
+    assert got == reference(events)
 
 
 def test_a_value_cleared_and_set_again_at_one_time_fires_once_for_the_new_value() -> None:
