@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections import deque
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from eddies.state.handles import ABSENT, MISSING, ReducingHandle, ValueHandle
@@ -21,6 +24,7 @@ from eddies.state.keys import Key, decode_user_key
 from eddies.state.values import NEVER, pack, read_stamp, stamp, unpack
 
 if TYPE_CHECKING:
+    from eddies.state.backend import Batch
     from eddies.state.store import KeyedStateStore
     from eddies.state.ttl import Ttl
 
@@ -28,21 +32,27 @@ __all__ = ["ExpiringReducingHandle", "ExpiringValueHandle", "ExpiryQueue", "Slot
 
 
 class Slot:
-    """A key's expiry bookkeeping and its cached value, in one object (its fields live in
-    the object itself, one cache line, where a list's items are a second allocation).
+    """A key's expiry bookkeeping, its cached value and its pending write, in one object
+    (its fields live in the object itself, where a list's items are a second allocation).
 
-    ``queued``: the time of the key's live entry in the queue (-1: none; an entry whose
-    time is not its slot's ``queued`` is stale). ``stamp``: the value's stamp (NEVER: none).
-    ``value``: the value, ABSENT (none), or MISSING (not cached: parked, see
-    :class:`ExpiringValueHandle`).
+    - ``queued``: the time of the key's live entry in the queue (-1: none; an entry whose
+      time is not its slot's ``queued`` is stale).
+    - ``stamp``: the value's stamp (NEVER: none).
+    - ``value``: the value, ABSENT (none), or MISSING (not cached: parked, see
+      :class:`ExpiringValueHandle`).
+    - ``prefix``: the key's stored-key prefix (None until first needed).
+    - ``pending``: the stored bytes (or ABSENT) of a write since the last checkpoint, for
+      the handle's dirty dict maps the key to its slot (None: nothing pending).
     """
 
-    __slots__ = ("queued", "stamp", "value")
+    __slots__ = ("queued", "stamp", "value", "prefix", "pending")
 
-    def __init__(self, queued: int, stamp: int, value: Any) -> None:
+    def __init__(self, queued: int, stamp: int, value: Any, prefix: bytes | None = None) -> None:
         self.queued = queued
         self.stamp = stamp
         self.value = value
+        self.prefix = prefix
+        self.pending: Any = None
 
     def __repr__(self) -> str:
         return f"Slot(queued={self.queued}, stamp={self.stamp}, value={self.value!r})"
@@ -158,6 +168,10 @@ class ExpiryQueue:
         self.bucket = None
 
 
+_prefix_of = attrgetter("prefix")
+_pending_of = attrgetter("pending")
+
+
 class ExpiringValueHandle(ValueHandle):
     """A bound ValueState declared with ``on_expire=True``.
 
@@ -205,7 +219,10 @@ class ExpiringValueHandle(ValueHandle):
         if 0 <= slot.queued <= time:
             return
         slot.queued = time
-        self.expiring.push((time, self.store.prefix(key), key, slot))
+        prefix = slot.prefix
+        if prefix is None:
+            prefix = slot.prefix = self.store.prefix(key)
+        self.expiring.push((time, prefix, key, slot))
         if time <= self.backend.watermark:
             # Written expired (a record later than the TTL): reads check stamps until it has
             # fired, at the next advance of event time.
@@ -244,7 +261,8 @@ class ExpiringValueHandle(ValueHandle):
         ttl_ms = self._event_ttl_ms
         if not self._watermark_only or ttl_ms is None:
             return
-        cache_get = self._cache.get
+        cache = self._cache
+        cache_get = cache.get
         parked = self._parked
         dirty = self._dirty
         store = self.store
@@ -291,9 +309,10 @@ class ExpiringValueHandle(ValueHandle):
                 slow_set(value)  # raises, naming state, key and type
                 return
             key = store.key
-            dirty[key] = stamp(expires_at) + payload
             slot = cache_get(key)
             if slot is not None:
+                slot.pending = stamp(expires_at) + payload
+                dirty[key] = slot
                 queued = slot.queued
                 if 0 <= queued <= expires_at:  # queued at or before the stamp: moves on
                     slot.stamp = expires_at
@@ -302,19 +321,27 @@ class ExpiringValueHandle(ValueHandle):
                 if queued < 0 and expires_at > backend.watermark:  # new, fired or cleared
                     slot.queued = slot.stamp = expires_at
                     slot.value = value
-                    push((expires_at, prefix(key), key, slot))
+                    p = slot.prefix
+                    if p is None:
+                        p = slot.prefix = prefix(key)
+                    push((expires_at, p, key, slot))
                     on_arm = handle.on_arm
                     if on_arm is not None:
                         on_arm(expires_at)
                     return
             elif not parked and expires_at > backend.watermark:  # a new key
-                handle._cache[key] = slot = Slot(expires_at, expires_at, value)
-                push((expires_at, prefix(key), key, slot))
+                p = prefix(key)
+                cache[key] = dirty[key] = slot = Slot(expires_at, expires_at, value, p)
+                slot.pending = stamp(expires_at) + payload
+                push((expires_at, p, key, slot))
                 on_arm = handle.on_arm
                 if on_arm is not None:
                     on_arm(expires_at)
                 return
-            slot = handle._slot(key)
+            else:
+                slot = handle._slot(key)
+                slot.pending = stamp(expires_at) + payload
+                dirty[key] = slot
             slot.value = value
             handle._arm(slot, key, expires_at)
 
@@ -364,7 +391,8 @@ class ExpiringValueHandle(ValueHandle):
         slot = self._slot(key)
         slot.value = value
         self._arm(slot, key, expires_at)
-        self._dirty[key] = stamp(expires_at) + payload
+        slot.pending = stamp(expires_at) + payload
+        self._dirty[key] = slot
 
     update = set
 
@@ -375,8 +403,31 @@ class ExpiringValueHandle(ValueHandle):
         slot.queued = -1  # its queued entry is stale
         slot.stamp = NEVER
         slot.value = ABSENT
-        self._dirty[key] = ABSENT
+        slot.pending = ABSENT
+        self._dirty[key] = slot
         self._cleared = True
+
+    def _mark_dirty(self, key: Key, data: Any) -> None:
+        slot = self._slot(key)
+        slot.pending = data
+        self._dirty[key] = slot
+
+    def collect(self, batch: Batch, expiry_index: list[Any] | None = None) -> None:
+        # The dirty slots carry their keys' prefixes and stored bytes: no lookup per key.
+        dirty = self._dirty
+        if not dirty:
+            return
+        slots = list(dirty.values())
+        prefixes = list(map(_prefix_of, slots))
+        if None in prefixes:  # a key cleared or loaded absent, never queued
+            prefix = self.store.prefix
+            for i, key in enumerate(dirty):
+                if prefixes[i] is None:
+                    prefixes[i] = slots[i].prefix = prefix(key)
+        self._put_columns(batch, prefixes, list(map(_pending_of, slots)))
+        deque(map(setattr, slots, repeat("pending"), repeat(None)), maxlen=0)
+        self._written(list(dirty))
+        dirty.clear()
 
     # -- the cache -----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -416,7 +467,7 @@ class ExpiringValueHandle(ValueHandle):
         expires_at = slot.stamp
         if expires_at > time:
             slot.queued = expires_at
-            self.expiring.push((expires_at, self.store.prefix(key), key, slot))
+            self.expiring.push((expires_at, slot.prefix, key, slot))
             return MISSING
         self.clear()
         return value
@@ -473,7 +524,8 @@ class ExpiringValueHandle(ValueHandle):
             store.key = key
             slot.stamp = NEVER  # clear(), inlined
             slot.value = ABSENT
-            dirty[key] = ABSENT
+            slot.pending = ABSENT
+            dirty[key] = slot
             self._cleared = True
             fire(time, key, value)
 

@@ -336,8 +336,12 @@ class ValueHandle(Handle):
         if self._refresh and not self._expired(expires_at):
             expires_at = self.store.expiry(self.ttl, self.descriptor)
             self._stamp(key, expires_at)
-            self._dirty[key] = stamp(expires_at) + pack(value)
+            self._mark_dirty(key, stamp(expires_at) + pack(value))
         return value
+
+    def _mark_dirty(self, key: Key, data: Any) -> None:
+        """``key``'s stored bytes (stamp + msgpack), or ABSENT, for the next collect."""
+        self._dirty[key] = data
 
     def _stamp(self, key: Key, expires_at: int) -> None:
         """Cache ``expires_at`` as the key's stamp, noting whether the write needs an index
@@ -431,19 +435,8 @@ class ValueHandle(Handle):
             return
         store = self.store
         keys = list(dirty)
-        prefixes = _prefixes_of(store, keys)
         name = self.name
-        values = list(dirty.values())
-        if self._cleared:
-            # Puts and deletes as one op each (every key appears once, so their order does
-            # not matter), split by C-level passes rather than a tuple per entry.
-            self._cleared = False
-            gone = list(map(_is_absent, values))
-            kept = list(map(not_, gone))
-            batch.put_many(name, list(compress(prefixes, kept)), list(compress(values, kept)))
-            batch.delete_many(name, list(compress(prefixes, gone)))
-        else:
-            batch.put_many(name, prefixes, values)
+        self._put_columns(batch, _prefixes_of(store, keys), list(dirty.values()))
         unindexed = self._unindexed
         if unindexed:
             # A state with on_expire is indexed by its ``expiring`` heap.
@@ -461,13 +454,31 @@ class ValueHandle(Handle):
                     (batch.ops if expiry_index is None else expiry_index).extend(
                         zip(repeat(PUT), repeat(index_cf), index_keys, repeat(b"")))
             unindexed.clear()
+        self._written(keys)
+        dirty.clear()
+
+    def _put_columns(self, batch: Batch, prefixes: list[bytes], values: list[Any]) -> None:
+        """The dirty entries ``prefixes`` (stored-key prefixes) and ``values`` (stored bytes,
+        or ABSENT once cleared) into ``batch``."""
+        name = self.name
+        if self._cleared:
+            # Puts and deletes as one op each (every key appears once, so their order does
+            # not matter), split by C-level passes rather than a tuple per entry.
+            self._cleared = False
+            gone = list(map(_is_absent, values))
+            kept = list(map(not_, gone))
+            batch.put_many(name, list(compress(prefixes, kept)), list(compress(values, kept)))
+            batch.delete_many(name, list(compress(prefixes, gone)))
+        else:
+            batch.put_many(name, prefixes, values)
+
+    def _written(self, keys: list[Key]) -> None:
+        """``keys`` were just collected: over the cache limit, they move to the back so that
+        trimming drops the least recently written ones first."""
         cache = self._cache
-        if len(cache) >= store.cache_entries:
-            # Over the cache limit, written keys move to the back so that trimming drops the
-            # least recently written ones first.
+        if len(cache) >= self.store.cache_entries:
             for key in keys:
                 cache[key] = cache.pop(key)
-        dirty.clear()
 
     def reset(self) -> None:
         self._cache.clear()
