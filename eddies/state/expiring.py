@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections import deque
-from itertools import repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +39,10 @@ class Slot:
     - ``value``: the value, ABSENT (none), or MISSING (not cached: parked, see
       :class:`ExpiringValueHandle`).
     - ``prefix``: the key's stored-key prefix (None until first needed).
-    - ``pending``: the stored bytes (or ABSENT) of a write since the last checkpoint, for
-      the handle's dirty dict maps the key to its slot (None: nothing pending).
+    - ``pending``: the stored bytes (or ABSENT) of the key's last write, read while the key
+      is dirty (the handle's dirty dict maps it to its slot). A slot keeps them after the
+      checkpoint (clearing them would touch every written slot once more), and drops them
+      when it is parked, so only cached slots hold them.
     """
 
     __slots__ = ("queued", "stamp", "value", "prefix", "pending")
@@ -419,13 +419,12 @@ class ExpiringValueHandle(ValueHandle):
             return
         slots = list(dirty.values())
         prefixes = list(map(_prefix_of, slots))
-        if None in prefixes:  # a key cleared or loaded absent, never queued
+        if not all(prefixes):  # None: a key cleared or loaded absent, never queued
             prefix = self.store.prefix
             for i, key in enumerate(dirty):
                 if prefixes[i] is None:
                     prefixes[i] = slots[i].prefix = prefix(key)
         self._put_columns(batch, prefixes, list(map(_pending_of, slots)))
-        deque(map(setattr, slots, repeat("pending"), repeat(None)), maxlen=0)
         self._written(list(dirty))
         dirty.clear()
 
@@ -441,6 +440,7 @@ class ExpiringValueHandle(ValueHandle):
         for key, slot in zip(keys, dropped, strict=True):
             if slot.queued >= 0:
                 slot.value = MISSING
+                slot.pending = None
                 parked[key] = slot
 
     def evict(self, key: Key, suffix: bytes) -> None:
