@@ -310,40 +310,28 @@ class ExpiringValueHandle(ValueHandle):
                 return
             key = store.key
             slot = cache_get(key)
-            if slot is not None:
-                slot.pending = stamp(expires_at) + payload
-                dirty[key] = slot
-                queued = slot.queued
-                if 0 <= queued <= expires_at:  # queued at or before the stamp: moves on
-                    slot.stamp = expires_at
-                    slot.value = value
-                    return
-                if queued < 0 and expires_at > backend.watermark:  # new, fired or cleared
-                    slot.queued = slot.stamp = expires_at
-                    slot.value = value
-                    p = slot.prefix
-                    if p is None:
-                        p = slot.prefix = prefix(key)
-                    push((expires_at, p, key, slot))
-                    on_arm = handle.on_arm
-                    if on_arm is not None:
-                        on_arm(expires_at)
-                    return
-            elif not parked and expires_at > backend.watermark:  # a new key
-                p = prefix(key)
-                cache[key] = dirty[key] = slot = Slot(expires_at, expires_at, value, p)
-                slot.pending = stamp(expires_at) + payload
-                push((expires_at, p, key, slot))
-                on_arm = handle.on_arm
-                if on_arm is not None:
-                    on_arm(expires_at)
-                return
-            else:
-                slot = handle._slot(key)
-                slot.pending = stamp(expires_at) + payload
-                dirty[key] = slot
+            if slot is None:
+                slot = handle._slot(key) if parked else Slot(-1, NEVER, ABSENT)
+                cache[key] = slot
+            slot.pending = stamp(expires_at) + payload
+            dirty[key] = slot
             slot.value = value
-            handle._arm(slot, key, expires_at)
+            queued = slot.queued
+            if 0 <= queued <= expires_at:  # queued at or before the stamp: moves on to it
+                slot.stamp = expires_at
+                return
+            if queued >= 0 or expires_at <= backend.watermark:  # an earlier stamp; expired
+                handle._arm(slot, key, expires_at)
+                return
+            # _arm, inlined for a key not queued (new, fired or cleared)
+            slot.queued = slot.stamp = expires_at
+            p = slot.prefix
+            if p is None:
+                p = slot.prefix = prefix(key)
+            push((expires_at, p, key, slot))
+            on_arm = handle.on_arm
+            if on_arm is not None:
+                on_arm(expires_at)
 
         if type(self) is ExpiringValueHandle:
             self._checked_get = checked_get
