@@ -343,16 +343,18 @@ class ExpiringValueHandle(ValueHandle):
     def _load(self, key: Key) -> Any:
         """The value of ``key`` read into its slot in the cache (ABSENT if none): a miss."""
         self.misses += 1
-        slot = self._parked.pop(key, None)
+        parked = self._parked
+        if key not in parked and self._known_absent():
+            if self.store.groups_pinned:
+                self.store.prefix(key)  # the pinned group now (see ValueHandle._load)
+            self._cache[key] = Slot(-1, NEVER, ABSENT)
+            return ABSENT
+        data = self.backend.get_raw(self.name, self.store.prefix(key))
+        # Only now (a failed read leaves a parked slot parked, and caches nothing):
+        slot = parked.pop(key, None)
         if slot is None:
             slot = Slot(-1, NEVER, ABSENT)
-            if self._known_absent():
-                if self.store.groups_pinned:
-                    self.store.prefix(key)  # the pinned group now (see ValueHandle._load)
-                self._cache[key] = slot
-                return ABSENT
         self._cache[key] = slot
-        data = self.backend.get_raw(self.name, self.store.prefix(key))
         if data is None:
             slot.queued = -1  # a parked value deleted meanwhile: its entry is stale
             slot.stamp = NEVER
@@ -413,6 +415,7 @@ class ExpiringValueHandle(ValueHandle):
                 if prefixes[i] is None:
                     prefixes[i] = slots[i].prefix = prefix(key)
         self._put_columns(batch, prefixes, list(map(_pending_of, slots)))
+        self._unindexed.clear()  # noted by swept_while_dirty; the queue indexes this state
         self._written(list(dirty))
         dirty.clear()
 

@@ -58,7 +58,7 @@ def reference(events: list[dict[str, Any]]) -> list[tuple]:
     wm = -(2**63)
 
     def expire_up_to(limit: int) -> None:
-        due = sorted((e[1], name, key) for (name, key), e in state.items() if e[1] <= limit)
+        due = [(e[1], name, key) for (name, key), e in state.items() if e[1] <= limit]
         for at, name, key in sorted(due, key=lambda d: (d[0], stored_key(d[2]), d[1])):
             value = state.pop((name, key))[0]
             acc = state.get(("acc", key))
