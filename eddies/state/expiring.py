@@ -3,11 +3,11 @@
 Such a state hands each value that expires to the function's ``on_expire``, in expiry-time
 order, as the watermark passes it (the operator drives this, see ``eddies.runtime.keyed``).
 Its handle keeps, per cached key, one :class:`Slot`: the time of the key's live entry in the
-handle's :class:`ExpiryQueue` (-1: none), the stamp of its value (NEVER: none) and the value
-(ABSENT once cleared or expired). A read or a write of a key finds its
-value and its expiry bookkeeping with one dict probe, and an entry that comes due finds
-them through the slot it carries, with none: with 100k keys, each probe of a dict of that
-size is a cache miss that costs more than the rest of the write.
+handle's :class:`ExpiryQueue` (-1: none), the stamp of its value (NEVER: none), the value
+(ABSENT once cleared or expired), the key's stored-key prefix and its pending bytes. A read
+or a write of a key finds all of it with one dict probe, and an entry that comes due or a
+checkpoint finds it through the slot, with none: with 100k keys, each probe of a dict of
+that size is a cache miss that costs more than the rest of the write.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ class Slot:
 
 class ExpiryQueue:
     """Entries ``(time, stored-key prefix, key, slot)`` taken in order, ``slot`` being the
-    key's :class:`Slot`: a heap of coarse buckets
-    (``time >> SHIFT``), each a list appended to in O(1) and sorted only when it comes due.
+    key's :class:`Slot`: a heap of coarse buckets (``time >> SHIFT``), each a list appended
+    to in O(1) and sorted only when it comes due.
     Entries pushed into the bucket being taken (or earlier) are inserted in order. An entry
     whose time is not its slot's ``queued`` is stale, and one whose slot holds a later stamp
     moves on to it (see :meth:`_settle`).
