@@ -369,15 +369,9 @@ class ExpiringValueHandle(ValueHandle):
 
     def set(self, value: Any) -> None:
         """Store ``value`` for the current key (None is a value; use ``clear()`` to remove)."""
-        store = self.store
-        key = store.key
+        key = self.store.key
         payload = self._packed(value)
-        ts = store.timestamp
-        ttl_ms = self._event_ttl_ms
-        if ttl_ms is not None and ts is not None and 0 <= ts + ttl_ms < NEVER:
-            expires_at = ts + ttl_ms
-        else:
-            expires_at = store.expiry(self.ttl, self.descriptor)
+        expires_at = self._expires_at()
         slot = self._slot(key)
         slot.value = value
         self._arm(slot, key, expires_at)

@@ -173,9 +173,6 @@ class Handle:
 class ValueHandle(Handle):
     """A bound ValueState (``eddies.state.expiring`` holds those declared with on_expire)."""
 
-    expiring: Any = None
-    """The queue of a state with ``on_expire`` (see ``eddies.state.expiring``)."""
-
     def __init__(self, store: KeyedStateStore, descriptor: Any, ttl: Ttl | None):
         super().__init__(store, descriptor, ttl)
         self.default = vars(descriptor).get("default")
@@ -387,12 +384,7 @@ class ValueHandle(Handle):
         payload = self._packed(value)
         self._cache[key] = value
         if self.ttl is not None:
-            ttl_ms = self._event_ttl_ms
-            ts = store.timestamp
-            if ttl_ms is not None and ts is not None and 0 <= ts + ttl_ms < NEVER:
-                expires_at = ts + ttl_ms
-            else:
-                expires_at = store.expiry(self.ttl, self.descriptor)
+            expires_at = self._expires_at()
             self._stamp(key, expires_at)
             self._dirty[key] = stamp(expires_at) + payload
             return
@@ -401,6 +393,15 @@ class ValueHandle(Handle):
         self._dirty[key] = NEVER_STAMP + payload
 
     update = set
+
+    def _expires_at(self) -> int:
+        """The stamp of a write made now under this state's TTL (inline for event time)."""
+        store = self.store
+        ttl_ms = self._event_ttl_ms
+        ts = store.timestamp
+        if ttl_ms is not None and ts is not None and 0 <= ts + ttl_ms < NEVER:
+            return ts + ttl_ms
+        return store.expiry(self.ttl, self.descriptor)
 
     def _packed(self, value: Any) -> bytes:
         """``value`` in msgpack, or an error naming the state, the key and the type."""
@@ -435,12 +436,10 @@ class ValueHandle(Handle):
             return
         store = self.store
         keys = list(dirty)
-        name = self.name
         self._put_columns(batch, _prefixes_of(store, keys), list(dirty.values()))
         unindexed = self._unindexed
         if unindexed:
-            # A state with on_expire is indexed by its ``expiring`` heap.
-            target = None if self.expiring is not None else self.backend.index_target(name)
+            target = self.backend.index_target(self.name)
             if target is not None:
                 # Cleared keys and writes without a TTL (no stamp) need no entry.
                 expiry = self._expiry
