@@ -15,25 +15,32 @@ and eddies itself on the memory backend:
   dirty entries go into a table keyed by their stored keys (key group + encoded key).
 - ``timers``: the job's output as the job makes it: a timer per key, fired at the end of
   input in stored-key order.
+- ``rocksdb``: ``timers`` with the table in RocksDB (rocksdict with its default options,
+  no WAL sync): each checkpoint's entries go in as one write batch, in key order.
 
 Each loop's results must equal the lean loop's (compared by digest). What separates eddies
 from ``timers`` is the runtime itself (operators, handles, timers, metrics, dead letters);
 what separates ``timers`` from ``lean`` is what the contracts cost any implementation.
+``rocksdb`` is the same floor for the RocksDB backend, and ``eddies_rocksdb`` eddies on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from itertools import repeat
+from collections import deque
+from itertools import repeat, starmap
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
+
+import rocksdict
 
 from benchmarks.data import generate
 from benchmarks.jobs import DELAY, END, plain_running
@@ -41,12 +48,15 @@ from benchmarks.one import BATCH, digest
 from eddies.state import InMemoryStateBackend, KeyedStateStore
 from eddies.state.values import NEVER_STAMP, pack
 
-LEVELS = ["dict_rows", "write_back", "checkpoints", "timers"]
+LEVELS = ["dict_rows", "write_back", "checkpoints", "timers", "rocksdb"]
 VARIANTS = ["lean", *LEVELS]
+EDDIES = ["eddies", "eddies_rocksdb"]
 
 
-def contracts(path: Path, level: str, interval: int = 10_000) -> list[Any]:
-    """Job 1 with the contracts up to ``level`` (one of ``LEVELS``)."""
+def contracts(path: Path, level: str, interval: int = 10_000,
+              workdir: Path | None = None) -> list[Any]:
+    """Job 1 with the contracts up to ``level`` (one of ``LEVELS``); ``rocksdb`` keeps its
+    table in a new RocksDB dir under ``workdir``."""
     n = LEVELS.index(level)
     write_back, checkpoints, timed = n >= 1, n >= 2, n >= 3
     prefix_of = KeyedStateStore(InMemoryStateBackend()).prefix  # as the local runner's
@@ -54,7 +64,10 @@ def contracts(path: Path, level: str, interval: int = 10_000) -> list[Any]:
     get = cache.get
     dirty: dict[str, bytes] = {}
     prefixes: dict[str, bytes] = {}
-    table: dict[bytes, bytes] = {}
+    table: Any = {}
+    if level == "rocksdb":
+        assert workdir is not None
+        table = _RocksTable(workdir / "floor-rocksdb")
     timers: dict[str, int] = {}
     key_of = itemgetter("key")
     ts_of = itemgetter("ts")
@@ -98,27 +111,55 @@ def contracts(path: Path, level: str, interval: int = 10_000) -> list[Any]:
     assert watermark < END
     if checkpoints:
         table.update(zip(map(prefixes.__getitem__, dirty), dirty.values(), strict=True))
+    if isinstance(table, _RocksTable):
+        table.close()
     if timed:
         order = sorted(timers, key=prefixes.__getitem__)
         return [(k, cache[k][0], round(cache[k][1], 2)) for k in order]
     return [(k, a[0], round(a[1], 2)) for k, a in cache.items()]
 
 
+class _RocksTable:
+    """A RocksDB table with a dict's ``update``: one write batch, in key order (memtable
+    inserts in order cost about half of random ones, as in the RocksDB backend)."""
+
+    def __init__(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        self.path = path
+        self.db = rocksdict.Rdict(str(path), rocksdict.Options(raw_mode=True))
+
+    def update(self, pairs: Any) -> None:
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        deque(starmap(wb.put, sorted(pairs, key=itemgetter(0))), 0)
+        self.db.write(wb)
+
+    def close(self) -> None:
+        self.db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 def _one(variant: str, path: Path, workdir: Path, interval: int) -> dict[str, Any]:
     """One timed run in this process."""
-    if variant == "eddies":
+    if variant in EDDIES:
         import eddies as ed
         from benchmarks.jobs import eddies_job
 
         job, out = eddies_job("running", path)
+        state = "memory"
+        if variant == "eddies_rocksdb":
+            state_dir = workdir / "floor-eddies"
+            shutil.rmtree(state_dir, ignore_errors=True)
+            state = f"rocksdb:{state_dir}"
         t = time.perf_counter()
-        ed.run_local(job, "memory", checkpoint_interval=interval, batch_size=BATCH)
+        ed.run_local(job, state, checkpoint_interval=interval, batch_size=BATCH)
         elapsed = time.perf_counter() - t
         results = out.items
+        if variant == "eddies_rocksdb":
+            shutil.rmtree(workdir / "floor-eddies", ignore_errors=True)
     else:
         t = time.perf_counter()
         results = (plain_running(path, BATCH) if variant == "lean"
-                   else contracts(path, variant, interval))
+                   else contracts(path, variant, interval, workdir))
         elapsed = time.perf_counter() - t
     return {"elapsed_s": elapsed, "digest": digest("running", results)}
 
@@ -130,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--checkpoint-interval", type=int, default=10_000)
-    parser.add_argument("--child", choices=[*VARIANTS, "eddies"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[*VARIANTS, *EDDIES], help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -139,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="eddies-floor-"))
     path = generate(workdir / "events.csv", args.n, min(args.keys, args.n))
-    names = [*VARIANTS, "eddies"]
+    names = [*VARIANTS, *EDDIES]
     times: dict[str, list[float]] = {name: [] for name in names}
     digests: set[str] = set()
     for _ in range(args.runs):
