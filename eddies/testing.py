@@ -67,7 +67,7 @@ class _Driver:
         raise exc
 
     def user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception, *,
-                   where: str | None = None) -> Exception:
+                   where: str | None = None, call: str = "on_timer") -> Exception:
         raise exc
 
     def timer_error(self, op: KeyedOperator, exc: Exception) -> Exception:

@@ -318,16 +318,16 @@ class Executor:
         self.dead_letter(self._record_letter(value, reason, operator))
 
     def user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception, *,
-                   where: str | None = None) -> Exception:
+                   where: str | None = None, call: str = "on_timer") -> Exception:
         """The UserFunctionError for ``exc`` raised by user code of operator ``op`` (or of
-        what ``where`` names) on ``key`` for record ``value`` (``_TIMER``: in on_timer at
-        ``ts``; ``ts`` ``_NO_TIMESTAMP``: the record has none yet). An EddiesError other
-        than a UserFunctionError is returned as it is."""
+        what ``where`` names) on ``key`` for record ``value`` (``_TIMER``: in ``call``, the
+        timer or on_expire call, at ``ts``; ``ts`` ``_NO_TIMESTAMP``: the record has none
+        yet). An EddiesError other than a UserFunctionError is returned as it is."""
         if isinstance(exc, EddiesError) and not isinstance(exc, UserFunctionError):
             return exc
         if where is None:
             where = f"operator {op!r}" + (f" on key {key!r}" if key is not None else "")
-        what = (f"in on_timer at {ts}" if value is _TIMER
+        what = (f"in {call} at {ts}" if value is _TIMER
                 else f"for record {_describe(value)}"
                 + ("" if ts is _NO_TIMESTAMP else f" (timestamp {ts})"))
         return UserFunctionError(
@@ -431,12 +431,14 @@ class Executor:
         """What to raise for ``exc`` out of ``op``'s timers: an EddiesError as it is, with
         a note naming the operator, key and timer (a UserFunctionError already names
         them); anything else as a UserFunctionError."""
+        expiring, op.expiring = op.expiring, None
+        call = "on_timer" if expiring is None else f"on_expire of state {expiring!r}"
         if isinstance(exc, EddiesError):
             if not isinstance(exc, UserFunctionError):
                 exc.add_note(f"in operator {op.name!r} on key {op.ctx.key!r}, in "
-                             f"on_timer at {op.ctx.timestamp}")
+                             f"{call} at {op.ctx.timestamp}")
             return exc
-        return self.user_error(op.name, op.ctx.key, _TIMER, op.ctx.timestamp, exc)
+        return self.user_error(op.name, op.ctx.key, _TIMER, op.ctx.timestamp, exc, call=call)
 
     def _note_time(self, wm: dict[Node, int]) -> None:
         """The stats that follow event time: windows' dropped events, the sinks' watermark."""

@@ -137,7 +137,7 @@ class KeyedDriver(Protocol):
         """Handling ``value`` raised ``exc``: dead-letter the record or raise."""
 
     def user_error(self, op: str, key: Any, value: Any, ts: Any, exc: Exception, *,
-                   where: str | None = None) -> Exception:
+                   where: str | None = None, call: str = "on_timer") -> Exception:
         """The exception to raise for ``exc`` out of user code on ``value``."""
         ...
 
@@ -199,11 +199,9 @@ class _Expiries:
     def next_time(self) -> int | None:
         at = None
         for handle in self.handles:
-            queue = handle.expiring
-            while (entry := queue.peek()) is not None and entry[3].queued != entry[0]:
-                queue.pop()  # stale: the key was queued earlier since, or fired
-            if entry is not None and (at is None or entry[0] < at):
-                at = entry[0]
+            time = handle.next_live_time()
+            if time is not None and (at is None or time < at):
+                at = time
         return at
 
     def fire_until(self, limit: int, out: list[Any],
@@ -214,14 +212,32 @@ class _Expiries:
             handle.hold_checks()
         try:
             self._fire_until(limit, out, emit)
+            self.op.expiring = None  # left set by an error, for the message
         finally:
             for handle in self.handles:
-                handle.release_checks(limit)
+                handle.release_checks()
 
     def _fire_until(self, limit: int, out: list[Any],
                     emit: Callable[[Any, int], None] | None) -> None:
+        # An on_expire call may register a timer before ``limit``: the pass then stops
+        # after the expiries at the current time, and the timer fires next (the caller
+        # goes on in time order). A timer at a new time adds one to the heap's times.
+        timers = self.op.timers.event
+        seen = [len(timers.times)]
+        cap = [limit]
+
+        def lowered(time: int) -> int | None:
+            if len(timers.times) == seen[0]:
+                return None
+            at = timers.next_time()
+            seen[0] = len(timers.times)
+            if at is None or at >= cap[0]:
+                return None
+            cap[0] = at if at > time else time
+            return cap[0]
+
         if len(self.handles) > 1:
-            while (at := self.next_time()) is not None and at <= limit:
+            while (at := self.next_time()) is not None and at <= cap[0]:
                 self.op.ctx.watermark = at if at > self.op.watermark else self.op.watermark
                 self.op.backend.set_watermark(self.op.ctx.watermark)
                 self.fire_next(at, out)
@@ -230,6 +246,7 @@ class _Expiries:
                     for value in out:
                         emit(value, at)
                     out.clear()
+                lowered(at)
             return
         op = self.op
         store = op.store
@@ -242,7 +259,7 @@ class _Expiries:
         floor = clock.watermark
         emitted = [0]
 
-        def fire(time: int, key: Any, value: Any) -> None:
+        def fire(time: int, key: Any, value: Any) -> int | None:
             # The TTL clock moves as the batch loop moves it per record (one attribute
             # store, never back); set_watermark catches its event horizon up after the pass.
             wm = ctx.watermark = current if current > time else time
@@ -262,7 +279,9 @@ class _Expiries:
                     for item in out:
                         emit(item, time)
                     out.clear()
+            return lowered(time)
 
+        op.expiring = name
         handle.expire_until(limit, fire)
         clock.set_watermark(clock.watermark)
         op.emitted += emitted[0]
@@ -288,6 +307,7 @@ class _Expiries:
                 continue
             ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key
             ctx.timestamp = time
+            op.expiring = name
             result = on_expire(name, value, ctx)
             if result is not None:
                 t = type(result)
@@ -367,6 +387,9 @@ class KeyedOperator:
         self.emitted = 0
         """Outputs handed to ``emit`` by timers and event-time work (for metrics; the
         executor takes and resets it)."""
+        self.expiring: str | None = None
+        """The state whose ``on_expire`` calls are being made, until they all return: an
+        error out of the timers names it (see ``Driver.timer_error``)."""
 
     def add_event_time_hook(self, hook: EventTimeHook, *, handle: Any = None,
                             loader: Callable[[Any, bytes | None, bytes | None], int] | None

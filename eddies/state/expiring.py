@@ -193,8 +193,8 @@ class ExpiringValueHandle(ValueHandle):
         batch when records being pushed reach it)."""
         self._checked_get: Any = None
         self._fast_get: Any = None
-        self._born_until = -(2**63)  # the latest stamp of a value written already expired
         super().__init__(store, descriptor, ttl)
+        self.backend.set_fires_expiries(self.name)
 
     # -- slots ---------------------------------------------------------------------------------
     def _slot(self, key: Key) -> Slot:
@@ -226,8 +226,6 @@ class ExpiringValueHandle(ValueHandle):
         if time <= self.backend.watermark:
             # Written expired (a record later than the TTL): reads check stamps until it has
             # fired, at the next advance of event time.
-            if time > self._born_until:
-                self._born_until = time
             self.hold_checks()
         if self.on_arm is not None:
             self.on_arm(time)
@@ -243,16 +241,29 @@ class ExpiringValueHandle(ValueHandle):
 
     def hold_checks(self) -> None:
         """Make reads compare stamps with the clock. A state with ``on_expire`` reads
-        without: every value expired by the watermark has fired and been deleted, except
-        while expiries fire and while a value written expired waits for the next advance."""
+        without while no entry at or before the TTL clock waits in ``expiring``: every value
+        expired by the clock has fired and been deleted then. Entries wait while expiries
+        fire, when a value is written expired (a record later than the TTL) until the next
+        advance of event time, and after a restore that loaded them before the watermark."""
         if self._checked_get is not None:
             self.get = self._checked_get  # type: ignore[method-assign]
 
-    def release_checks(self, fired_up_to: int) -> None:
-        """Expiries up to ``fired_up_to`` have fired: reads go back to the fast path
-        unless a value written expired is still waiting."""
-        if self._checked_get is not None and fired_up_to >= self._born_until:
-            self.get = self._fast_get  # type: ignore[method-assign]
+    def release_checks(self) -> None:
+        """Expiries have fired: reads go back to the fast path unless an entry at or
+        before the TTL clock still waits (one written expired and rewritten since, still
+        expired, moved on to a time a timer fired before)."""
+        if self._checked_get is not None:
+            at = self.next_live_time()
+            if at is None or at > self.backend.watermark:
+                self.get = self._fast_get  # type: ignore[method-assign]
+
+    def next_live_time(self) -> int | None:
+        """The time of the next live entry in ``expiring`` (stale ones before it go), or
+        None."""
+        queue = self.expiring
+        while (entry := queue.peek()) is not None and entry[3].queued != entry[0]:
+            queue.pop()  # stale: the key was queued earlier since, or fired
+        return None if entry is None else entry[0]
 
     # -- reads and writes ----------------------------------------------------------------------
     def _install_fast_paths(self) -> None:
@@ -460,8 +471,9 @@ class ExpiringValueHandle(ValueHandle):
     def expire_until(self, limit: int, fire: Any) -> None:
         """Take every entry of ``expiring`` at or before ``limit`` in order and, for each
         value that expired by its entry's time, clear it and call ``fire(time, key, value)``
-        with the key current; entries that find a later stamp move to it. An entry finds
-        the stamp and the value in its slot, with no lookup (unless the value was parked)."""
+        with the key current (it returns a lower limit, or None); entries that find a later
+        stamp move to it. An entry finds the stamp and the value in its slot, with no lookup
+        (unless the value was parked)."""
         queue = self.expiring
         dirty = self._dirty
         store = self.store
@@ -512,7 +524,9 @@ class ExpiringValueHandle(ValueHandle):
             slot.pending = ABSENT
             dirty[key] = slot
             self._cleared = True
-            fire(time, key, value)
+            lowered = fire(time, key, value)
+            if lowered is not None:  # a timer registered before limit: see _Expiries
+                limit = lowered
 
     def load_expiring(self, backend: Any, lower: bytes | None, upper: bytes | None) -> int:
         """Arm the stamped values stored in ``[lower, upper)`` (all without bounds), in one
@@ -536,6 +550,10 @@ class ExpiringValueHandle(ValueHandle):
                     slot = parked[key] = Slot(-1, expires_at, MISSING)
             arm(slot, key, expires_at)
             count += 1
+        if count:
+            # Loaded before the watermark may be (a restore sets it after): reads check
+            # stamps until the next pass of expiries, when none at or before the clock is left.
+            self.hold_checks()
         return count
 
 

@@ -238,6 +238,7 @@ class TtlStateBackend(StateBackend):
         self._sweep_listeners: list[Callable[[str, list[bytes]], None]] = []
         self._processing_swept = -(2**63)  # the highest processing-time clock swept at
         self._lazy: set[str] = set()  # states whose index entries the sweep moves on
+        self._firing: set[str] = set()  # states whose expiries their operator fires
         self._floor: dict[str, bytes] = {}  # per index: every key below it is swept
 
     # -- clocks ------------------------------------------------------------------------------
@@ -374,6 +375,13 @@ class TtlStateBackend(StateBackend):
         entry (see :meth:`index_horizon`)."""
         self._lazy.add(cf)
 
+    def set_fires_expiries(self, cf: str) -> None:
+        """Say that ``cf``'s operator fires and deletes its expired values itself (a state
+        declared with ``on_expire``): it gets no index entries, and a sweep never deletes its
+        values, for a value deleted before it fired would never reach ``on_expire``. Index
+        entries it has from before (a state given ``on_expire`` on an existing dir) just go."""
+        self._firing.add(cf)
+
     def index_horizon(self, cf: str) -> int:
         """No sweep of ``cf``'s index has reached a stamp above this. A stored value whose
         stamp is above it still has an index entry at or before that stamp, so a writer
@@ -428,7 +436,7 @@ class TtlStateBackend(StateBackend):
         :meth:`index_ops` with ``registered_only``). An index key is ``expires_at (8 B BE) +
         encoded name + stored key``."""
         domain = self._domains.get(cf)
-        if domain is None or cf.startswith("__"):
+        if domain is None or cf.startswith("__") or cf in self._firing:
             return None
         name = self._names.get(cf)
         if name is None:
@@ -444,10 +452,11 @@ class TtlStateBackend(StateBackend):
         index: list[Op] = []
         domains = self._domains
         default = self.config.time
+        firing = self._firing
         for kind, cf, key, value in singles(ops):
             if kind != PUT or value is None or cf.startswith("__"):
                 continue
-            if registered_only and cf not in domains:
+            if (registered_only and cf not in domains) or cf in firing:
                 continue
             expires_at = read_stamp(value)
             if expires_at != NEVER:
@@ -516,6 +525,8 @@ class TtlStateBackend(StateBackend):
         deleted: dict[str, list[bytes]] = {}
         lazy = self._lazy
         for state, keys in by_state.items():
+            if state in self._firing:
+                continue  # its operator fires them: the entries alone go (see below)
             values = self.inner.multi_get(state, keys)
             if state in lazy:
                 gone = []

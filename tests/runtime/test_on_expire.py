@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eddies as ed
-from eddies.errors import ConfigError
+from eddies.errors import ConfigError, UserFunctionError
 from eddies.state import InMemoryStateBackend, KeyedStateStore
 from eddies.state.keys import state_key
 from eddies.testing import Harness
@@ -252,3 +252,105 @@ def test_on_expire_needs_the_method_and_an_event_time_ttl() -> None:
         ed.ValueState("x", ttl=ed.Ttl(ms=5, time="processing"), on_expire=True)
     with pytest.raises(ConfigError, match="event-time ttl"):
         ed.ReducingState("x", max, on_expire=True)
+
+
+@pytest.mark.parametrize("fires", [False, True])
+def test_a_timer_reads_a_late_value_rewritten_still_expired_as_absent(fires: bool) -> None:
+    class F(ed.KeyedProcessFunction):
+        acc = ed.ValueState("acc", ttl=ed.Ttl(ms=TTL), on_expire=fires)
+
+        def on_event(self, event, ctx):
+            self.acc.set(event["v"])
+            if "timer" in event:
+                ctx.timers.register_event_time(event["timer"])
+
+        def on_timer(self, timestamp, ctx):
+            yield ("timer", ctx.key, timestamp, ctx.watermark, self.acc.get())
+
+        def on_expire(self, state, value, ctx):
+            yield ("expired", ctx.key, value, ctx.timestamp)
+
+    h = Harness(F())
+    h.watermark(9_999)
+    assert h.event({"v": 1}, key="b", timestamp=100) == []  # stamp 1,100: expired already
+    assert h.watermark(9_999) == []  # no move (the queue's next time is asked for)
+    # Rewritten at stamp 2,000, still expired, with a timer at 1,500 between the stamps:
+    # the timer fires first (at the watermark, 9,999) and reads nothing, as with plain TTL.
+    assert h.event({"v": 2, "timer": 1_500}, key="b", timestamp=1_000) == []
+    fired = [("timer", "b", 1_500, 9_999, None)]
+    if fires:
+        fired.append(("expired", "b", 2, 2_000))
+    assert h.watermark(10_000) == fired
+
+
+class TimersFromExpiries(ed.KeyedProcessFunction):
+    """Each expiry registers a timer ``value % 7 * 60`` ms later (0: at its own time); each
+    timer whose time is odd reports the key's state as the timer sees it."""
+
+    acc = ed.ValueState("acc", ttl=ed.Ttl(ms=TTL), on_expire=True)
+
+    def on_event(self, event, ctx):
+        self.acc.set(event["v"])
+
+    def on_expire(self, state, value, ctx):
+        ctx.timers.register_event_time(ctx.timestamp + value % 7 * 60)
+        yield ("expired", ctx.key, value, ctx.timestamp)
+
+    def on_timer(self, timestamp, ctx):
+        yield ("timer", ctx.key, timestamp, self.acc.get())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 1_500),
+                          st.integers(0, 50)), min_size=1, max_size=12))
+def test_timers_registered_by_on_expire_fire_in_time_order_in_one_advance(events) -> None:
+    def run(steps: bool) -> list[Any]:
+        h = Harness(TimersFromExpiries())
+        for key, ts, v in events:
+            h.event({"v": v}, key=key, timestamp=ts)
+        if not steps:
+            return h.watermark(5_000)
+        out: list[Any] = []
+        for wm in range(0, 5_001):
+            out += h.watermark(wm)
+        return out
+
+    one = run(steps=False)
+    assert one == run(steps=True)
+    times = [o[3] if o[0] == "expired" else o[2] for o in one]
+    assert times == sorted(times)
+    assert len([o for o in one if o[0] == "expired"]) == len({key for key, _, _ in events})
+
+
+@pytest.mark.parametrize("states", [1, 2])
+def test_an_error_in_on_expire_names_on_expire_and_the_state(states: int) -> None:
+    class Fails(ed.KeyedProcessFunction):
+        acc = ed.ValueState("acc", ttl=ed.Ttl(ms=100), on_expire=True)
+        if states == 2:
+            other = ed.ValueState("other", ttl=ed.Ttl(ms=100), on_expire=True)
+
+        def on_event(self, event, ctx):
+            self.acc.set(1)
+            ctx.timers.register_event_time(event["timer"])
+
+        def on_expire(self, state, value, ctx):
+            if ctx.key == "b":
+                raise ValueError("boom in on_expire")
+
+        def on_timer(self, timestamp, ctx):
+            raise ValueError("boom in on_timer")
+
+    def run(events: list[dict[str, Any]]) -> None:
+        job = ed.Job("e")
+        (job.source(ed.sources.iterable(events), timestamp="ts")
+         .key_by("k").process(Fails(), name="f").sink(ed.sinks.collect()))
+        ed.run_local(job, "memory")
+
+    with pytest.raises(UserFunctionError,
+                       match=r"operator 'f' on key 'b' failed in on_expire of state 'acc' at "
+                             r"1100: ValueError: boom in on_expire"):
+        run([{"k": "b", "ts": 1_000, "timer": 5_000}])
+    # Expiries that returned leave the timers' errors named as theirs
+    with pytest.raises(UserFunctionError,
+                       match=r"operator 'f' on key 'a' failed in on_timer at 2000: ValueError"):
+        run([{"k": "a", "ts": 1_000, "timer": 2_000}])
