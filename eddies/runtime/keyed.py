@@ -221,16 +221,17 @@ class _Expiries:
                     emit: Callable[[Any, int], None] | None) -> None:
         # An on_expire call may register a timer before ``limit``: the pass then stops
         # after the expiries at the current time, and the timer fires next (the caller
-        # goes on in time order). A timer at a new time adds one to the heap's times.
+        # goes on in time order). Such a timer is at a time new to the heap (every time
+        # in it is at or after the limit), which counts it in ``new_times``.
         timers = self.op.timers.event
-        seen = [len(timers.times)]
+        seen = [timers.new_times]
         cap = [limit]
 
         def lowered(time: int) -> int | None:
-            if len(timers.times) == seen[0]:
+            if timers.new_times == seen[0]:
                 return None
             at = timers.next_time()
-            seen[0] = len(timers.times)
+            seen[0] = timers.new_times
             if at is None or at >= cap[0]:
                 return None
             cap[0] = at if at > time else time

@@ -115,7 +115,7 @@ class TimerHeap:
     __slots__ = ("times", "buckets", "added", "removed", "marks", "far", "fired", "horizon",
                  "horizon_key", "limit", "on_key", "_count", "_far_count", "_drain_time",
                  "_drain", "_drain_at", "_source", "_ranges", "_spill_at", "_fired_groups",
-                 "_fired_upto", "_fired_key", "_at_time", "_at")
+                 "_fired_upto", "_fired_key", "_at_time", "_at", "new_times")
 
     def __init__(self) -> None:
         self.times: list[int] = []  # heap; a time stays until its bucket is empty
@@ -142,6 +142,9 @@ class TimerHeap:
         when its key is decoded (as it fires)."""
         self._count = 0
         self._far_count = 0
+        self.new_times = 0
+        """Times put in memory so far (a count that only grows): a caller that notes it
+        can tell whether a timer was added at a new time since, whatever spills did."""
         # The bucket being fired: its stored keys sorted, and the index of the next to fire.
         self._drain_time: int | None = None
         self._drain: list[bytes] = []
@@ -219,6 +222,7 @@ class TimerHeap:
         if bucket is None:
             bucket = self.buckets[time] = {}
             heapq.heappush(self.times, time)
+            self.new_times += 1
         elif stored in bucket:
             return
         bucket[stored] = key

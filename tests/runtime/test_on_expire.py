@@ -354,3 +354,50 @@ def test_an_error_in_on_expire_names_on_expire_and_the_state(states: int) -> Non
     with pytest.raises(UserFunctionError,
                        match=r"operator 'f' on key 'a' failed in on_timer at 2000: ValueError"):
         run([{"k": "a", "ts": 1_000, "timer": 2_000}])
+
+
+class TimerAmongOthers(ed.KeyedProcessFunction):
+    """``a``'s expiry at 1,100 registers a timer at 1,150, before ``b``'s expiry at 1,200,
+    while other keys' timers fill the bounded timer heap (``c``'s expiry registers one
+    too, after)."""
+
+    acc = ed.ValueState("acc", ttl=ed.Ttl(ms=1_000), on_expire=True)
+
+    def on_event(self, event, ctx):
+        if ctx.key in ("a", "b", "c"):
+            self.acc.set(1)
+        elif ctx.key != "tick":
+            ctx.timers.register_event_time(1_500 if ctx.key == "x" else 1_600)
+
+    def on_expire(self, state, value, ctx):
+        if ctx.key in ("a", "c"):
+            ctx.timers.register_event_time(1_150 if ctx.key == "a" else 1_700)
+        yield ("expired", ctx.key, ctx.timestamp)
+
+    def on_timer(self, timestamp, ctx):
+        yield ("timer", ctx.key, timestamp)
+
+
+class TimerAmongOthers2(TimerAmongOthers):
+    other = ed.ValueState("other", ttl=ed.Ttl(ms=50_000), on_expire=True)
+
+
+@pytest.mark.parametrize(("fn", "keys", "cache"), [
+    (TimerAmongOthers, "abxyzw", 4),
+    (TimerAmongOthers2, "acbx", 2),
+])
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_timer_from_on_expire_fires_in_order_when_timers_spill_from_memory(
+        fn: type, keys: str, cache: int, cached: bool) -> None:
+    stamps = {"a": 100, "c": 100, "b": 200}
+    events = [{"key": k, "ts": stamps.get(k, 300)} for k in keys]
+    events += [{"key": "tick", "ts": 1_301}, {"key": "tick", "ts": 5_000}]
+    job = ed.Job("spill")
+    out = ed.sinks.collect()
+    (job.source(ed.sources.iterable(events), timestamp="ts",
+                watermarks=ed.BoundedOutOfOrderness(0))
+     .key_by("key").process(fn(), name="f").sink(out))
+    ed.run_local(job, "memory", batch_size=100, **({"cache_entries": cache} if cached else {}))
+    assert out.items.index(("timer", "a", 1_150)) == out.items.index(("expired", "a", 1_100)) + 1
+    times = [o[2] for o in out.items]
+    assert times == sorted(times)
