@@ -280,7 +280,7 @@ class _Expiries:
                     for item in out:
                         emit(item, time)
                     out.clear()
-            return lowered(time)
+            return None if timers.new_times == seen[0] else lowered(time)
 
         op.expiring = name
         handle.expire_until(limit, fire)
