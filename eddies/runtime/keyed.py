@@ -390,7 +390,7 @@ class KeyedOperator:
         executor takes and resets it)."""
         self.expiring: str | None = None
         """The state whose ``on_expire`` calls are being made, until they all return: an
-        error out of the timers names it (see ``Driver.timer_error``)."""
+        error out of the timers names it (see ``Executor.timer_error``)."""
 
     def add_event_time_hook(self, hook: EventTimeHook, *, handle: Any = None,
                             loader: Callable[[Any, bytes | None, bytes | None], int] | None
