@@ -379,6 +379,26 @@ class Executor:
         finished (+infinity)."""
         self._advance(by_source, self.clock() if now is None else now)
 
+    def take_watermarks(self, by_source: SourceWatermarks, now: int | None = None) -> None:
+        """:meth:`advance_time` for restored state: operators take the watermarks that
+        ``by_source`` gives them without firing event-time work at or below them. The
+        checkpoint the state came from was written after everything due by its watermark
+        had fired, except what was registered below the watermark since (a timer set in the
+        past, a value written already expired): that waits for the next advance of event
+        time, as it would have had the job not stopped. Processing-time timers due at
+        ``now`` fire."""
+        wm, idle = self._watermarks(by_source)
+        self.wm.update(wm)
+        self.idle.update(idle)
+        now = self.clock() if now is None else now
+        for n in self.job.nodes:
+            op = self.operators.get(n)
+            if op is not None:
+                if not idle[n]:
+                    op.set_watermark(wm[n])
+                self._advance_op(n, op, None, now)
+        self._note_time(wm)
+
     def _watermarks(self, by_source: SourceWatermarks) -> tuple[dict[Node, int], dict[Node, bool]]:
         """Each node's watermark and idleness were ``by_source`` propagated (nothing moves)."""
         wm: dict[Node, int] = {}

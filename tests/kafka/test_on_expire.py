@@ -13,7 +13,7 @@ import pytest
 import eddies as ed
 
 from .conftest import produce, read_topic, wait_until
-from .expire_job import build
+from .expire_job import build, build_late
 
 pytestmark = pytest.mark.kafka
 TARGET = "tests/kafka/expire_job.py:job"
@@ -91,3 +91,44 @@ def test_expiries_survive_a_killed_worker_and_match_the_local_runner(
     # Nothing reported that the local runner does not (sinks are at-least-once: repeats of
     # the same expiry after the kill are the same record).
     assert reported(read_topic(kafka_broker, "quiet-out")) == expected
+
+
+def test_a_late_value_restored_by_another_worker_reads_as_absent_and_fires_once(
+        kafka_broker, workers, tmp_path):
+    """A value written expired already (a late record) and checkpointed before event time
+    moved: the worker that restores it after a kill -9 fires nothing at the restore, a late
+    record of the key reads it as absent and replaces it, and one expiry is reported, as by
+    the local runner."""
+    first = [{"k": "w", "ts": 100_000, "i": 0},
+             {"k": "x", "ts": 1_000, "i": 1},  # late: expires at 2,000, below the watermark
+             {"k": "x", "ts": 1_100, "i": 2}]
+    second = [{"k": "x", "ts": 1_200, "i": 3},  # late, after the restore
+              {"k": "w", "ts": 200_000, "i": 4}]  # moves event time: x's value fires
+    out = ed.sinks.collect()
+    ed.run_local(build_late(ed.sources.jsonl(write(tmp_path / "all.jsonl", first + second)),
+                            out, "late"))
+    expected = out.items
+    assert [r for r in expected if r["kind"] == "expired"][0] == {
+        "kind": "expired", "k": "x", "v": 3, "at": 2_200}
+
+    env = {"EDDIES_JOB": "late", "EDDIES_INPUT": "late-in", "EDDIES_OUTPUT": "late-out"}
+    produce(kafka_broker, write(tmp_path / "e1.jsonl", first), "late-in", "k", partitions=1)
+    a = workers("tests/kafka/expire_job.py:late", kafka_broker, "a", env)
+    wait_until(lambda: re.search(r"progress: 3 events in.*?, [1-9]\d* checkpoints",
+                                 a.log.read_text()) is not None, 120,
+               "worker a to read the first records and checkpoint them")
+    a.kill9()
+    b = workers("tests/kafka/expire_job.py:late", kafka_broker, "b", env)
+    wait_until(lambda: any(r["source"] == "changelog" for r in b.restores()), 120,
+               "worker b to restore the partition from its changelog")
+    produce(kafka_broker, write(tmp_path / "e2.jsonl", second), "late-in", "k")
+    wait_until(lambda: any(r["kind"] == "expired" and r["k"] == "x"
+                           for r in read_topic(kafka_broker, "late-out")), 120,
+               "x's expiry")
+    assert b.stop() == 0
+    got = read_topic(kafka_broker, "late-out")
+    # Sinks are at-least-once: a read repeated after the kill is the same record.
+    assert [r for r in got if r["kind"] == "read" and r["i"] == 3] == [
+        {"kind": "read", "k": "x", "i": 3, "seen": None}]
+    assert [r for r in got if r["kind"] == "expired"] == [
+        r for r in expected if r["kind"] == "expired" and r["k"] == "x"]

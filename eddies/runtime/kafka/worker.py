@@ -554,11 +554,13 @@ class KafkaWorker:
             self._rewind_watermarks()
             # Operators take the restored watermarks now, before the partitions' first
             # records: else those would be judged (late data, windows, TTL) against the
-            # operator's watermark from before (the minimum, on a fresh worker). Timers at or
-            # below a restored watermark fired before its checkpoint, so nothing fires here
-            # that the previous owner did not fire already.
+            # operator's watermark from before (the minimum, on a fresh worker). Event-time
+            # work at or below a restored watermark fired before its checkpoint, except what
+            # was registered below it since (a timer set in the past, a value written already
+            # expired): that fires at the next advance, as on the previous owner, so nothing
+            # fires here (as the local runner's restore).
             now = self.executor.clock()
-            self.executor.advance_time(self._source_watermarks(now), now)
+            self.executor.take_watermarks(self._source_watermarks(now), now)
             return first
 
     async def _checkpoint_before_clearing(self) -> bool:
