@@ -47,11 +47,11 @@ class Slot:
 
     __slots__ = ("queued", "stamp", "value", "prefix", "pending")
 
-    def __init__(self, queued: int, stamp: int, value: Any, prefix: bytes | None = None) -> None:
+    def __init__(self, queued: int, stamp: int, value: Any) -> None:
         self.queued = queued
         self.stamp = stamp
         self.value = value
-        self.prefix = prefix
+        self.prefix: bytes | None = None
         self.pending: Any = None
 
     def __repr__(self) -> str:
