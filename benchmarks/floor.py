@@ -66,7 +66,8 @@ def contracts(path: Path, level: str, interval: int = 10_000,
     prefixes: dict[str, bytes] = {}
     table: Any = {}
     if level == "rocksdb":
-        assert workdir is not None
+        if workdir is None:
+            raise ValueError("the rocksdb level keeps its table under workdir: pass one")
         table = _RocksTable(workdir / "floor-rocksdb")
     timers: dict[str, int] = {}
     key_of = itemgetter("key")
