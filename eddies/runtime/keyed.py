@@ -168,6 +168,16 @@ class BatchCut:
         self.due = False
 
 
+def _lowered(timers: Any, time: int, limit: int) -> int:
+    """The limit of a pass of expiries at ``time`` (up to ``limit``) once an ``on_expire``
+    call registered a timer: the timer's time if it comes before ``limit`` (not before
+    ``time``: the expiries at ``time`` go first), else ``limit``."""
+    at = timers.next_time()
+    if at is None or at >= limit:
+        return limit
+    return at if at > time else time
+
+
 class _Expiries:
     """The event-time work of states declared with ``on_expire=True``: each handle's
     ``expiring`` queue holds one live entry at or before each stored value's stamp (a
@@ -189,6 +199,7 @@ class _Expiries:
         self.on_expire = on_expire
         for handle in handles:
             handle.on_arm = op.note_event_time
+        self._single = self._single_pass() if len(handles) == 1 else None
 
     @staticmethod
     def loader(handles: list[Any]) -> Callable[[Any, bytes | None, bytes | None], int]:
@@ -223,44 +234,44 @@ class _Expiries:
         # after the expiries at the current time, and the timer fires next (the caller
         # goes on in time order). Such a timer is at a time new to the heap (every time
         # in it is at or after the limit), which counts it in ``new_times``.
-        timers = self.op.timers.event
-        seen = [timers.new_times]
-        cap = [limit]
-
-        def lowered(time: int) -> int | None:
-            if timers.new_times == seen[0]:
-                return None
-            at = timers.next_time()
-            seen[0] = timers.new_times
-            if at is None or at >= cap[0]:
-                return None
-            cap[0] = at if at > time else time
-            return cap[0]
-
-        if len(self.handles) > 1:
-            while (at := self.next_time()) is not None and at <= cap[0]:
-                self.op.ctx.watermark = at if at > self.op.watermark else self.op.watermark
-                self.op.backend.set_watermark(self.op.ctx.watermark)
-                self.fire_next(at, out)
-                if emit is not None and out:
-                    self.op.emitted += len(out)
-                    for value in out:
-                        emit(value, at)
-                    out.clear()
-                lowered(at)
+        if self._single is not None:
+            self._single(limit, out, emit)
             return
+        op = self.op
+        timers = op.timers.event
+        seen = timers.new_times
+        while (at := self.next_time()) is not None and at <= limit:
+            op.ctx.watermark = at if at > op.watermark else op.watermark
+            op.backend.set_watermark(op.ctx.watermark)
+            self.fire_next(at, out)
+            if emit is not None and out:
+                op.emitted += len(out)
+                for value in out:
+                    emit(value, at)
+                out.clear()
+            if timers.new_times != seen:
+                seen = timers.new_times
+                limit = _lowered(timers, at, limit)
+
+    def _single_pass(self) -> Callable[[int, list[Any], Any], None]:
+        """``run(limit, out, emit)``: ``_fire_until`` for one state, with its closures made
+        once (a pass runs each time the watermark reaches the next expiry). ``fire`` is
+        called by ``expire_until`` for each value that expires, with its key current."""
         op = self.op
         store = op.store
         ctx = op.ctx
         on_expire = self.on_expire
         handle = self.handles[0]
         name = handle.name
+        expire_until = handle.expire_until
         clock = op.backend
-        current = op.watermark
-        floor = clock.watermark
-        emitted = [0]
+        timers = op.timers.event
+        seen = current = floor = cap = emitted = 0
+        out: list[Any] = []
+        emit: Any = None
 
         def fire(time: int, key: Any, value: Any) -> int | None:
+            nonlocal emitted, seen, cap
             # The TTL clock moves as the batch loop moves it per record (one attribute
             # store, never back); set_watermark catches its event horizon up after the pass.
             wm = ctx.watermark = current if current > time else time
@@ -276,16 +287,35 @@ class _Expiries:
                 else:
                     out.append(result)
                 if emit is not None and out:
-                    emitted[0] += len(out)
+                    emitted += len(out)
                     for item in out:
                         emit(item, time)
                     out.clear()
-            return None if timers.new_times == seen[0] else lowered(time)
+            if timers.new_times == seen:
+                return None
+            seen = timers.new_times
+            lowered = _lowered(timers, time, cap)
+            if lowered == cap:
+                return None
+            cap = lowered
+            return lowered
 
-        op.expiring = name
-        handle.expire_until(limit, fire)
-        clock.set_watermark(clock.watermark)
-        op.emitted += emitted[0]
+        def run(limit: int, into: list[Any], emit_to: Any) -> None:
+            nonlocal timers, seen, current, floor, cap, emitted, out, emit
+            timers = op.timers.event
+            seen = timers.new_times
+            current = op.watermark
+            floor = clock.watermark
+            cap = limit
+            emitted = 0
+            out = into
+            emit = emit_to
+            op.expiring = name
+            expire_until(limit, fire)
+            clock.set_watermark(clock.watermark)
+            op.emitted += emitted
+
+        return run
 
     def fire_next(self, time: int, out: list[Any]) -> None:
         due = []

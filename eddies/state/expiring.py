@@ -3,7 +3,7 @@
 Such a state hands each value that expires to the function's ``on_expire``, in expiry-time
 order, as the watermark passes it (the operator drives this, see ``eddies.runtime.keyed``).
 Its handle keeps, per cached key, one :class:`Slot`: the time of the key's live entry in the
-handle's :class:`ExpiryQueue` (-1: none), the stamp of its value (NEVER: none), the value
+handle's :class:`ExpiryQueue` (UNQUEUED: none), the stamp of its value (NEVER: none), the value
 (ABSENT once cleared or expired), the key's stored-key prefix and its pending bytes. A read
 or a write of a key finds all of it with one dict probe, and an entry that comes due or a
 checkpoint finds it through the slot, with none: with 100k keys, each probe of a dict of
@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from operator import attrgetter
+from struct import error as StructError
 from typing import TYPE_CHECKING, Any
 
 from eddies.state.handles import ABSENT, MISSING, ReducingHandle, ValueHandle
@@ -26,14 +27,18 @@ if TYPE_CHECKING:
     from eddies.state.store import KeyedStateStore
     from eddies.state.ttl import Ttl
 
-__all__ = ["ExpiringReducingHandle", "ExpiringValueHandle", "ExpiryQueue", "Slot"]
+__all__ = ["UNQUEUED", "ExpiringReducingHandle", "ExpiringValueHandle", "ExpiryQueue", "Slot"]
+
+UNQUEUED = NEVER + 1
+"""A slot's ``queued`` when the key has no live entry: above every stamp, so that "queued at
+or before ``t``" is one comparison."""
 
 
 class Slot:
     """A key's expiry bookkeeping, its cached value and its pending write, in one object
     (its fields live in the object itself, where a list's items are a second allocation).
 
-    - ``queued``: the time of the key's live entry in the queue (-1: none; an entry whose
+    - ``queued``: the time of the key's live entry in the queue (UNQUEUED: none; an entry whose
       time is not its slot's ``queued`` is stale).
     - ``stamp``: the value's stamp (NEVER: none).
     - ``value``: the value, ABSENT (none), or MISSING (not cached: parked, see
@@ -203,7 +208,7 @@ class ExpiringValueHandle(ValueHandle):
         if slot is None:
             slot = self._parked.pop(key, None)
             if slot is None:
-                slot = Slot(-1, NEVER, ABSENT)
+                slot = Slot(UNQUEUED, NEVER, ABSENT)
             self._cache[key] = slot
         return slot
 
@@ -216,7 +221,7 @@ class ExpiringValueHandle(ValueHandle):
         it in ``expiring`` unless one at or before it is there already (that one moves on
         to the stamp when it comes due)."""
         slot.stamp = time
-        if 0 <= slot.queued <= time:
+        if slot.queued <= time:
             return
         slot.queued = time
         prefix = slot.prefix
@@ -306,32 +311,29 @@ class ExpiringValueHandle(ValueHandle):
             return slot.value
 
         def set_(value: Any) -> None:
-            ts = store.timestamp
-            if ts is None:
-                slow_set(value)
-                return
-            expires_at = ts + ttl_ms  # type: ignore[operator]
-            if not 0 <= expires_at < NEVER:
-                slow_set(value)
-                return
             try:
-                payload = pack(value)
-            except (TypeError, ValueError, OverflowError):
-                slow_set(value)  # raises, naming state, key and type
+                # TypeError: no timestamp; struct.error: a stamp out of range
+                expires_at = store.timestamp + ttl_ms  # type: ignore[operator]
+                pending = stamp(expires_at) + pack(value)
+            except (TypeError, ValueError, OverflowError, StructError):
+                slow_set(value)  # raises, naming state, key and type, or stamps otherwise
+                return
+            if expires_at == NEVER:
+                slow_set(value)
                 return
             key = store.key
             slot = cache_get(key)
             if slot is None:
-                slot = handle._slot(key) if parked else Slot(-1, NEVER, ABSENT)
+                slot = handle._slot(key) if parked else Slot(UNQUEUED, NEVER, ABSENT)
                 cache[key] = slot
-            slot.pending = stamp(expires_at) + payload
+            slot.pending = pending
             dirty[key] = slot
             slot.value = value
             queued = slot.queued
-            if 0 <= queued <= expires_at:  # queued at or before the stamp: moves on to it
+            if queued <= expires_at:  # queued at or before the stamp: moves on to it
                 slot.stamp = expires_at
                 return
-            if queued >= 0 or expires_at <= backend.watermark:  # an earlier stamp; expired
+            if queued != UNQUEUED or expires_at <= backend.watermark:  # a later entry; expired
                 handle._arm(slot, key, expires_at)
                 return
             # _arm, inlined for a key not queued (new, fired or cleared)
@@ -358,16 +360,16 @@ class ExpiringValueHandle(ValueHandle):
         if key not in parked and self._known_absent():
             if self.store.groups_pinned:
                 self.store.prefix(key)  # the pinned group now (see ValueHandle._load)
-            self._cache[key] = Slot(-1, NEVER, ABSENT)
+            self._cache[key] = Slot(UNQUEUED, NEVER, ABSENT)
             return ABSENT
         data = self.backend.get_raw(self.name, self.store.prefix(key))
         # Only now (a failed read leaves a parked slot parked, and caches nothing):
         slot = parked.pop(key, None)
         if slot is None:
-            slot = Slot(-1, NEVER, ABSENT)
+            slot = Slot(UNQUEUED, NEVER, ABSENT)
         self._cache[key] = slot
         if data is None:
-            slot.queued = -1  # a parked value deleted meanwhile: its entry is stale
+            slot.queued = UNQUEUED  # a parked value deleted meanwhile: its entry is stale
             slot.stamp = NEVER
             slot.value = ABSENT
             return ABSENT
@@ -395,7 +397,7 @@ class ExpiringValueHandle(ValueHandle):
         """Remove the value for the current key."""
         key = self.store.key
         slot = self._slot(key)
-        slot.queued = -1  # its queued entry is stale
+        slot.queued = UNQUEUED  # its queued entry is stale
         slot.stamp = NEVER
         slot.value = ABSENT
         slot.pending = ABSENT
@@ -434,7 +436,7 @@ class ExpiringValueHandle(ValueHandle):
         # A queued key's slot stays reachable for its entry and its next miss.
         parked = self._parked
         for key, slot in zip(keys, dropped, strict=True):
-            if slot.queued >= 0:
+            if slot.queued != UNQUEUED:
                 slot.value = MISSING
                 slot.pending = None
                 parked[key] = slot
@@ -458,7 +460,7 @@ class ExpiringValueHandle(ValueHandle):
         if value is MISSING:
             value = self._load(key)
         if value is ABSENT:
-            slot.queued = -1
+            slot.queued = UNQUEUED
             return MISSING
         expires_at = slot.stamp
         if expires_at > time:
@@ -515,7 +517,7 @@ class ExpiringValueHandle(ValueHandle):
             if value is MISSING:
                 store.key = key
                 value = self._load(key)
-            slot.queued = -1
+            slot.queued = UNQUEUED
             if value is ABSENT:
                 continue
             store.key = key
@@ -547,7 +549,7 @@ class ExpiringValueHandle(ValueHandle):
             if slot is None:
                 slot = parked.get(key)
                 if slot is None:
-                    slot = parked[key] = Slot(-1, expires_at, MISSING)
+                    slot = parked[key] = Slot(UNQUEUED, expires_at, MISSING)
             arm(slot, key, expires_at)
             count += 1
         if count:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from eddies.state import InMemoryStateBackend, KeyedStateStore, Ttl, ValueState
-from eddies.state.expiring import ExpiringValueHandle
+from eddies.state.expiring import UNQUEUED, ExpiringValueHandle
 from eddies.state.handles import MISSING
 
 
@@ -51,7 +51,7 @@ def test_a_value_cleared_and_set_again_keeps_one_slot_and_fires_once() -> None:
     slot = handle._cache["a"]
     store.set_key("a", 10)
     handle.clear()
-    assert slot.queued == -1  # its entry at 110 is stale now
+    assert slot.queued == UNQUEUED  # its entry at 110 is stale now
     handle.set("A2")  # the same stamp again: the slot is queued anew at 110
     assert handle._cache["a"] is slot and slot.queued == 110
     fired: list[Any] = []
