@@ -199,7 +199,9 @@ class _Expiries:
         self.on_expire = on_expire
         for handle in handles:
             handle.on_arm = op.note_event_time
-        self._single = self._single_pass() if len(handles) == 1 else None
+        if len(handles) == 1:  # the common case: no loop over the handles per pass
+            self.next_time = handles[0].next_live_time  # type: ignore[method-assign]
+            self.fire_until = self._single_pass()  # type: ignore[method-assign,assignment]
 
     @staticmethod
     def loader(handles: list[Any]) -> Callable[[Any, bytes | None, bytes | None], int]:
@@ -234,9 +236,6 @@ class _Expiries:
         # after the expiries at the current time, and the timer fires next (the caller
         # goes on in time order). Such a timer is at a time new to the heap (every time
         # in it is at or after the limit), which counts it in ``new_times``.
-        if self._single is not None:
-            self._single(limit, out, emit)
-            return
         op = self.op
         timers = op.timers.event
         seen = timers.new_times
@@ -254,9 +253,9 @@ class _Expiries:
                 limit = _lowered(timers, at, limit)
 
     def _single_pass(self) -> Callable[[int, list[Any], Any], None]:
-        """``run(limit, out, emit)``: ``_fire_until`` for one state, with its closures made
-        once (a pass runs each time the watermark reaches the next expiry). ``fire`` is
-        called by ``expire_until`` for each value that expires, with its key current."""
+        """``fire_until`` for one state, in one pass, with its closures made once (a pass
+        runs each time the watermark reaches the next expiry). ``fire`` is called by
+        ``expire_until`` for each value that expires, with its key current."""
         op = self.op
         store = op.store
         ctx = op.ctx
@@ -264,6 +263,8 @@ class _Expiries:
         handle = self.handles[0]
         name = handle.name
         expire_until = handle.expire_until
+        hold_checks = handle.hold_checks
+        release_checks = handle.release_checks
         clock = op.backend
         timers = op.timers.event
         seen = current = floor = cap = emitted = 0
@@ -300,40 +301,46 @@ class _Expiries:
             cap = lowered
             return lowered
 
-        def run(limit: int, into: list[Any], emit_to: Any) -> None:
+        def fire_until(limit: int, into: list[Any], emit_to: Any) -> None:
             nonlocal timers, seen, current, floor, cap, emitted, out, emit
-            timers = op.timers.event
-            seen = timers.new_times
-            current = op.watermark
-            floor = clock.watermark
-            cap = limit
-            emitted = 0
-            out = into
-            emit = emit_to
-            op.expiring = name
-            expire_until(limit, fire)
-            clock.set_watermark(clock.watermark)
-            op.emitted += emitted
+            hold_checks()  # reads during the calls check stamps
+            try:
+                timers = op.timers.event
+                seen = timers.new_times
+                current = op.watermark
+                floor = clock.watermark
+                cap = limit
+                emitted = 0
+                out = into
+                emit = emit_to
+                op.expiring = name
+                expire_until(limit, fire)
+                clock.set_watermark(clock.watermark)
+                op.emitted += emitted
+                op.expiring = None  # left set by an error, for the message
+            finally:
+                release_checks()
 
-        return run
+        return fire_until
 
     def fire_next(self, time: int, out: list[Any]) -> None:
         due = []
         for handle in self.handles:
             queue = handle.expiring
             while (entry := queue.peek()) is not None and entry[0] == time:
-                _, prefix, key, slot = queue.pop()
-                due.append((prefix, handle.name, key, handle, slot))
+                at, prefix, key, slot = queue.pop()
+                due.append((prefix, handle.name, key, handle, slot, at))
         if len(self.handles) > 1:
             due.sort(key=itemgetter(0, 1))
         op = self.op
         store = op.store
         ctx = op.ctx
         on_expire = self.on_expire
-        for _, name, key, handle, slot in due:
+        for _, name, key, handle, slot, at in due:
             store.key = key
             store.timestamp = time
-            value = handle.take_expired(key, time, slot)
+            # (at: the entry's own time, the object its slot holds if it is live)
+            value = handle.take_expired(key, at, slot)
             if value is _MISSING:
                 continue
             ctx.key = key[0] if type(key) is tuple and len(key) == 1 else key

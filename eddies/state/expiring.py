@@ -39,7 +39,11 @@ class Slot:
     (its fields live in the object itself, where a list's items are a second allocation).
 
     - ``queued``: the time of the key's live entry in the queue (UNQUEUED: none; an entry whose
-      time is not its slot's ``queued`` is stale).
+      time is not its slot's ``queued`` is stale). It is the very int object of that
+      entry's time (each is stored in both at once), so that telling a live entry from a
+      stale one is an identity test, which reads neither int: by the time an entry comes
+      due, both are cold in memory. An equal time in another object is a stale entry, or
+      a duplicate of the live one.
     - ``stamp``: the value's stamp (NEVER: none).
     - ``value``: the value, ABSENT (none), or MISSING (not cached: parked, see
       :class:`ExpiringValueHandle`).
@@ -141,10 +145,10 @@ class ExpiryQueue:
         for entry in entries:
             slot = entry[3]
             time = entry[0]
-            if slot.queued != time:
+            if slot.queued is not time:
                 continue  # stale: queued elsewhere since, or fired, or cleared
             stamp = slot.stamp
-            if stamp > time:
+            if stamp is not time and stamp > time:  # (not written since it was queued)
                 slot.queued = stamp
                 entry = (stamp, entry[1], entry[2], slot)
                 nb = stamp >> shift
@@ -266,7 +270,7 @@ class ExpiringValueHandle(ValueHandle):
         """The time of the next live entry in ``expiring`` (stale ones before it go), or
         None."""
         queue = self.expiring
-        while (entry := queue.peek()) is not None and entry[3].queued != entry[0]:
+        while (entry := queue.peek()) is not None and entry[3].queued is not entry[0]:
             queue.pop()  # stale: the key was queued earlier since, or fired
         return None if entry is None else entry[0]
 
@@ -333,7 +337,7 @@ class ExpiringValueHandle(ValueHandle):
             if queued <= expires_at:  # queued at or before the stamp: moves on to it
                 slot.stamp = expires_at
                 return
-            if queued != UNQUEUED or expires_at <= backend.watermark:  # a later entry; expired
+            if queued is not UNQUEUED or expires_at <= backend.watermark:  # later entry; expired
                 handle._arm(slot, key, expires_at)
                 return
             # _arm, inlined for a key not queued (new, fired or cleared)
@@ -436,7 +440,7 @@ class ExpiringValueHandle(ValueHandle):
         # A queued key's slot stays reachable for its entry and its next miss.
         parked = self._parked
         for key, slot in zip(keys, dropped, strict=True):
-            if slot.queued != UNQUEUED:
+            if slot.queued is not UNQUEUED:
                 slot.value = MISSING
                 slot.pending = None
                 parked[key] = slot
@@ -453,8 +457,9 @@ class ExpiringValueHandle(ValueHandle):
         """For the entry ``(time, _, key, slot)`` just taken from ``expiring``, with ``key``
         the store's current key: the value, cleared, if it expired at or before ``time``;
         MISSING if the entry is stale or the value was rewritten later (its entry then
-        moves on to its stamp)."""
-        if slot.queued != time:
+        moves on to its stamp). ``time`` must be the entry's own int object, not an equal
+        one (see :class:`Slot`)."""
+        if slot.queued is not time:
             return MISSING
         value = slot.value
         if value is MISSING:
@@ -499,10 +504,10 @@ class ExpiringValueHandle(ValueHandle):
                 break
             queue.pos = pos + 1
             slot = entry[3]
-            if slot.queued != time:
+            if slot.queued is not time:
                 continue  # stale: queued earlier since, or fired, or cleared
             expires_at = slot.stamp
-            if expires_at > time:
+            if expires_at is not time and expires_at > time:
                 slot.queued = expires_at
                 # queue.push, inlined when the bucket exists (buckets holds only those
                 # after the open one, which are appended to)
