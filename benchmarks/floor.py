@@ -47,6 +47,7 @@ import tempfile
 import time
 from bisect import insort
 from collections import deque
+from collections.abc import Iterator
 from heapq import heappop, heappush
 from itertools import repeat, starmap
 from operator import itemgetter
@@ -86,45 +87,34 @@ def contracts(path: Path, level: str, interval: int = 10_000,
             raise ValueError("the rocksdb level keeps its table under workdir: pass one")
         table = _RocksTable(workdir / "floor-rocksdb")
     timers: dict[str, int] = {}
-    key_of = itemgetter("key")
-    ts_of = itemgetter("ts")
     max_ts = -(2**63)
     watermark = max_ts
     since = 0
-    with open(path) as f:
-        next(f)
-        while True:
-            lines = f.readlines(BATCH * 26)  # about BATCH lines; float() takes the newline
-            if not lines:
-                break
-            rows = [{"key": k, "ts": int(t), "amount": float(a)}
-                    for k, t, a in map(str.split, lines, repeat(","))]
-            keys = list(map(key_of, rows))
-            stamps = list(map(ts_of, rows))
-            for j in range(len(rows)):
-                key = keys[j]
-                ts = stamps[j]
-                if ts > max_ts:
-                    max_ts = ts
-                    watermark = max_ts - DELAY - 1
-                acc = get(key)
-                if acc is None:
-                    acc = cache[key] = [1, rows[j]["amount"]]
-                    if checkpoints:
-                        prefixes[key] = prefix_of(key)
-                    if timed:
-                        timers[key] = END
-                else:
-                    acc[0] += 1
-                    acc[1] += rows[j]["amount"]
-                if write_back:
-                    dirty[key] = NEVER_STAMP + pack(acc)
-            since += len(rows)
-            if since >= interval:
-                since = 0
+    for rows, keys, stamps in _batches(path):
+        for j in range(len(rows)):
+            key = keys[j]
+            ts = stamps[j]
+            if ts > max_ts:
+                max_ts = ts
+                watermark = max_ts - DELAY - 1
+            acc = get(key)
+            if acc is None:
+                acc = cache[key] = [1, rows[j]["amount"]]
                 if checkpoints:
-                    table.update(zip(map(prefixes.__getitem__, dirty), dirty.values(), strict=True))
-                dirty.clear()
+                    prefixes[key] = prefix_of(key)
+                if timed:
+                    timers[key] = END
+            else:
+                acc[0] += 1
+                acc[1] += rows[j]["amount"]
+            if write_back:
+                dirty[key] = NEVER_STAMP + pack(acc)
+        since += len(rows)
+        if since >= interval:
+            since = 0
+            if checkpoints:
+                table.update(zip(map(prefixes.__getitem__, dirty), dirty.values(), strict=True))
+            dirty.clear()
     assert watermark < END
     if checkpoints:
         table.update(zip(map(prefixes.__getitem__, dirty), dirty.values(), strict=True))
@@ -151,7 +141,7 @@ def contracts_ttl(path: Path, level: str, interval: int = 10_000,
     if level not in TTL_LEVELS:
         raise ValueError(f"unknown level {level!r} of job 3; choose from {TTL_LEVELS}")
     prefix_of = KeyedStateStore(InMemoryStateBackend()).prefix  # as the local runner's
-    cache: dict[str, list] = {}  # key -> [count, sum, stamp, queued time, stored key]
+    cache: dict[str, list] = {}  # key -> [[count, sum], stamp, queued time, stored key]
     get = cache.get
     dirty: dict[bytes, Any] = {}  # stored key -> stored bytes, or None: deleted
     table: Any = _MemoryTable()
@@ -162,53 +152,57 @@ def contracts_ttl(path: Path, level: str, interval: int = 10_000,
     out: list[Any] = []
     queue = _Expiries(cache, dirty, out)
     push = queue.push
-    key_of = itemgetter("key")
-    ts_of = itemgetter("ts")
     max_ts = -(2**63)
     watermark = max_ts
     due = 2**63  # the time of the next entry (the queue's)
     since = 0
-    with open(path) as f:
-        next(f)
-        while True:
-            lines = f.readlines(BATCH * 26)
-            if not lines:
-                break
-            rows = [{"key": k, "ts": int(t), "amount": float(a)}
-                    for k, t, a in map(str.split, lines, repeat(","))]
-            keys = list(map(key_of, rows))
-            times = list(map(ts_of, rows))
-            for j in range(len(rows)):
-                if watermark >= due:
-                    due = queue.expire(watermark)
-                key = keys[j]
-                ts = times[j]
-                at = ts + TTL_MS
-                slot = get(key)
-                if slot is None:
-                    slot = cache[key] = [1, rows[j]["amount"], at, 2**64, prefix_of(key)]
-                else:
-                    slot[0] += 1
-                    slot[1] += rows[j]["amount"]
-                    slot[2] = at
-                dirty[slot[4]] = stamp(at) + pack(slot[:2])
-                if slot[3] > at:  # no entry at or before the stamp: queue one
-                    slot[3] = at
-                    push((at, slot[4], key, slot))
-                    if at < due:
-                        due = at
-                if ts > max_ts:
-                    max_ts = ts
-                    watermark = max_ts - DELAY - 1
-            since += len(rows)
-            if since >= interval:
-                since = 0
-                table.apply(dirty)
-                dirty.clear()
+    for rows, keys, times in _batches(path):
+        for j in range(len(rows)):
+            if watermark >= due:
+                due = queue.expire(watermark)
+            key = keys[j]
+            ts = times[j]
+            at = ts + TTL_MS
+            slot = get(key)
+            if slot is None:
+                acc = [1, rows[j]["amount"]]
+                slot = cache[key] = [acc, at, 2**64, prefix_of(key)]
+            else:
+                acc = slot[0]
+                acc[0] += 1
+                acc[1] += rows[j]["amount"]
+                slot[1] = at
+            dirty[slot[3]] = stamp(at) + pack(acc)
+            if slot[2] > at:  # no entry at or before the stamp: queue one
+                slot[2] = at
+                push((at, slot[3], key, slot))
+                if at < due:
+                    due = at
+            if ts > max_ts:
+                max_ts = ts
+                watermark = max_ts - DELAY - 1
+        since += len(rows)
+        if since >= interval:
+            since = 0
+            table.apply(dirty)
+            dirty.clear()
     queue.expire(END)  # the end of input: every stamp is passed
     table.apply(dirty)
     table.close()
     return out
+
+
+def _batches(path: Path) -> Iterator[tuple[list[dict[str, Any]], list[str], list[int]]]:
+    """The events of ``path`` as records (a dict per row, its fields converted), in batches
+    of about ``BATCH`` lines, each with its keys and timestamps."""
+    key_of = itemgetter("key")
+    ts_of = itemgetter("ts")
+    with open(path) as f:
+        next(f)
+        while lines := f.readlines(BATCH * 26):  # about BATCH lines; float() takes the "\n"
+            rows = [{"key": k, "ts": int(t), "amount": float(a)}
+                    for k, t, a in map(str.split, lines, repeat(","))]
+            yield rows, list(map(key_of, rows)), list(map(ts_of, rows))
 
 
 class _Expiries:
@@ -253,10 +247,10 @@ class _Expiries:
                 kept = []
                 for entry in self.buckets.pop(b):
                     time, slot = entry[0], entry[3]
-                    if slot[3] != time:
-                        continue  # stale
-                    if slot[2] > time:  # rewritten since: on to its stamp
-                        slot[3] = time = slot[2]
+                    if slot[2] is not time:
+                        continue  # stale (the int object queued, as in eddies)
+                    if slot[1] > time:  # rewritten since: on to its stamp
+                        slot[2] = time = slot[1]
                         entry = (time, entry[1], entry[2], slot)
                         if time >> shift != b:
                             push(entry)
@@ -271,15 +265,17 @@ class _Expiries:
                 self.pos = pos
                 return time
             pos += 1
-            if slot[3] != time:
+            if slot[2] is not time:
                 continue
-            if slot[2] > time:
-                slot[3] = slot[2]
+            if slot[1] > time:
+                slot[2] = slot[1]
                 self.pos = pos
-                push((slot[2], prefix, key, slot))
+                push((slot[1], prefix, key, slot))
                 continue
             del self.cache[key]
-            self.out.append((key, slot[0], round(slot[1], 2)))
+            slot[2] = None  # its other entries, if any, are stale
+            acc = slot[0]
+            self.out.append((key, acc[0], round(acc[1], 2)))
             self.dirty[prefix] = None
 
 
