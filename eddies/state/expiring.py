@@ -389,10 +389,11 @@ class ExpiringValueHandle(ValueHandle):
         key = self.store.key
         payload = self._packed(value)
         expires_at = self._expires_at()
+        pending = stamp(expires_at) + payload  # a stamp that is no int raises here, first
         slot = self._slot(key)
         slot.value = value
         self._arm(slot, key, expires_at)
-        slot.pending = stamp(expires_at) + payload
+        slot.pending = pending
         self._dirty[key] = slot
 
     update = set

@@ -401,3 +401,21 @@ def test_a_timer_from_on_expire_fires_in_order_when_timers_spill_from_memory(
     assert out.items.index(("timer", "a", 1_150)) == out.items.index(("expired", "a", 1_100)) + 1
     times = [o[2] for o in out.items]
     assert times == sorted(times)
+
+
+def test_a_write_whose_stamp_cannot_be_stored_leaves_the_state_as_it_was() -> None:
+    class Keep(ed.KeyedProcessFunction):
+        acc = ed.ValueState("acc", ttl=ed.Ttl(ms=1_000), on_expire=True)
+
+        def on_event(self, event, ctx):
+            self.acc.set(event["v"])
+
+        def on_expire(self, state, value, ctx):
+            yield ("expired", ctx.key, value, ctx.timestamp)
+
+    h = Harness(Keep())
+    with pytest.raises(Exception, match="integer"):  # a timestamp that is no int
+        h.event({"v": 1}, key="k", timestamp=1.5)
+    assert h.state("acc", "k") is None  # nothing of the failed write is visible
+    h.event({"v": 2}, key="k", timestamp=2_000)  # stamped 3,000: queued, not taken as queued
+    assert h.watermark(10_000) == [("expired", "k", 2, 3_000)]
