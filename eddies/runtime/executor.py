@@ -387,17 +387,7 @@ class Executor:
         past, a value written already expired): that waits for the next advance of event
         time, as it would have had the job not stopped. Processing-time timers due at
         ``now`` fire."""
-        wm, idle = self._watermarks(by_source)
-        self.wm.update(wm)
-        self.idle.update(idle)
-        now = self.clock() if now is None else now
-        for n in self.job.nodes:
-            op = self.operators.get(n)
-            if op is not None:
-                if not idle[n]:
-                    op.set_watermark(wm[n])
-                self._advance_op(n, op, None, now)
-        self._note_time(wm)
+        self._advance(by_source, self.clock() if now is None else now, fire=False)
 
     def _watermarks(self, by_source: SourceWatermarks) -> tuple[dict[Node, int], dict[Node, bool]]:
         """Each node's watermark and idleness were ``by_source`` propagated (nothing moves)."""
@@ -414,15 +404,22 @@ class Executor:
             wm[n] = merged if merged is not None and merged > old else old
         return wm, idle
 
-    def _advance(self, by_source: SourceWatermarks, now: int | None) -> None:
-        """advance_time; ``now`` None moves event time only (between records of a batch)."""
+    def _advance(self, by_source: SourceWatermarks, now: int | None,
+                 fire: bool = True) -> None:
+        """advance_time; ``now`` None moves event time only (between records of a batch);
+        ``fire`` False sets each operator's watermark without firing event-time work (see
+        take_watermarks)."""
         wm, idle = self._watermarks(by_source)
         self.wm.update(wm)
         self.idle.update(idle)
         for n in self.job.nodes:  # topological: timer outputs reach operators not yet moved
             op = self.operators.get(n)
             if op is not None:
-                self._advance_op(n, op, None if idle[n] else wm[n], now)
+                watermark = None if idle[n] else wm[n]
+                if not fire and watermark is not None:
+                    op.set_watermark(watermark)
+                    watermark = None
+                self._advance_op(n, op, watermark, now)
         self._note_time(wm)
 
     def _advance_op(self, n: Node, op: KeyedOperator, watermark: int | None,
