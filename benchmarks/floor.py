@@ -67,7 +67,6 @@ LEVELS = ["dict_rows", "write_back", "checkpoints", "timers", "rocksdb"]
 VARIANTS = ["lean", *LEVELS]
 EDDIES = ["eddies", "eddies_rocksdb"]
 TTL_LEVELS = ["contracts", "rocksdb"]
-JOBS = {"running": (LEVELS, plain_running), "ttl": (TTL_LEVELS, plain_ttl)}
 
 
 def contracts(path: Path, level: str, interval: int = 10_000,
@@ -203,6 +202,11 @@ def _batches(path: Path) -> Iterator[tuple[list[dict[str, Any]], list[str], list
             rows = [{"key": k, "ts": int(t), "amount": float(a)}
                     for k, t, a in map(str.split, lines, repeat(","))]
             yield rows, list(map(key_of, rows)), list(map(ts_of, rows))
+
+
+JOBS = {"running": (LEVELS, plain_running, contracts),
+        "ttl": (TTL_LEVELS, plain_ttl, contracts_ttl)}
+"""Per job: its levels, its lean loop and its loop with the contracts."""
 
 
 class _Expiries:
@@ -342,8 +346,7 @@ def _one(variant: str, path: Path, workdir: Path, interval: int,
         if variant == "eddies_rocksdb":
             shutil.rmtree(workdir / "floor-eddies", ignore_errors=True)
     else:
-        lean = JOBS[name][1]
-        loop = contracts if name == "running" else contracts_ttl
+        _, lean, loop = JOBS[name]
         if variant != "lean":  # the collector's setting of the local runner, as it runs
             gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
         t = time.perf_counter()
