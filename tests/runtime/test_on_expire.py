@@ -5,6 +5,7 @@ sizes, checkpoints and restarts."""
 from __future__ import annotations
 
 import random
+import struct
 import tempfile
 from typing import Any
 
@@ -414,7 +415,7 @@ def test_a_write_whose_stamp_cannot_be_stored_leaves_the_state_as_it_was() -> No
             yield ("expired", ctx.key, value, ctx.timestamp)
 
     h = Harness(Keep())
-    with pytest.raises(Exception, match="integer"):  # a timestamp that is no int
+    with pytest.raises(struct.error, match="integer"):  # a timestamp that is no int
         h.event({"v": 1}, key="k", timestamp=1.5)
     assert h.state("acc", "k") is None  # nothing of the failed write is visible
     h.event({"v": 2}, key="k", timestamp=2_000)  # stamped 3,000: queued, not taken as queued
