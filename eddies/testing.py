@@ -36,7 +36,7 @@ from eddies.operators.functions import (
     KeyedProcessFunction,
     OutputTag,
 )
-from eddies.runtime.executor import RunStats
+from eddies.runtime.executor import RunStats, record_timestamp
 from eddies.runtime.keyed import KeyedOperator, KeyedPush
 from eddies.state import open_backend
 from eddies.state.backend import Batch, StateBackend
@@ -47,6 +47,17 @@ __all__ = ["Harness"]
 
 _MISSING: Any = object()
 _SNAPSHOT_VERSION = 1
+
+
+def _checked(timestamp: Any) -> int | None:
+    """An event's timestamp as the runners take it (a float cut to its int), or ConfigError
+    for one they would dead-letter."""
+    if timestamp is None:
+        return None
+    try:
+        return record_timestamp(timestamp)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; a runner sends such a record to dead letters") from None
 
 
 class _Driver:
@@ -153,6 +164,7 @@ class Harness:
         """
         if key is _MISSING:
             raise ConfigError("Harness.event needs key=...: the key the event belongs to")
+        timestamp = _checked(timestamp)
         push = self._pushes.get(input)
         if push is None:
             push = self._pushes[input] = self.operator.compile(
@@ -177,6 +189,7 @@ class Harness:
             raise ConfigError(
                 f"{type(self.function).__name__} is not a KeyedBroadcastProcessFunction"
             )
+        timestamp = _checked(timestamp)
         push = self.operator.compile_broadcast(self._collect, self._driver)
         try:
             push(value, timestamp)

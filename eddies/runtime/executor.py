@@ -50,7 +50,8 @@ from eddies.state.backend import Batch, StateBackend
 from eddies.state.descriptors import declared_states
 from eddies.state.ttl import TtlConfig
 
-__all__ = ["RECORD_ERRORS", "Executor", "RunResult", "RunStats", "SourceWatermarks"]
+__all__ = ["RECORD_ERRORS", "Executor", "RunResult", "RunStats", "SourceWatermarks",
+           "record_timestamp"]
 
 _DEAD_LETTER_KEEP = 100_000
 _DEAD_LETTER_KEEP_BYTES = 16 * 2**20
@@ -58,6 +59,28 @@ _DEAD_LETTER_KEEP_BYTES = 16 * 2**20
 writes) are bounded by their raw text and reason, as well as by count."""
 _TIMER: Any = object()  # stands for "no record: a timer fired" in error messages
 _NO_TIMESTAMP: Any = object()  # stands for "the record's timestamp is being read"
+
+
+def record_timestamp(ts: Any) -> int:
+    """``ts`` as a record's timestamp: int ms since the epoch, within +-2**62. A finite float
+    is cut to its int, as the runners do; anything else raises ValueError with the reason a
+    runner dead-letters the record with.
+
+    >>> record_timestamp(1_000), record_timestamp(1_000.9)
+    (1000, 1000)
+    >>> record_timestamp("1000")
+    Traceback (most recent call last):
+    ...
+    ValueError: bad timestamp '1000': expected int ms since epoch
+    """
+    if type(ts) is not int and type(ts) is float and math.isfinite(ts):
+        ts = int(ts)
+    if type(ts) is not int:
+        raise ValueError(f"bad timestamp {ts!r}: expected int ms since epoch")
+    if not -_TS_LIMIT <= ts <= _TS_LIMIT:
+        raise ValueError(f"bad timestamp {ts!r}: out of range (more than 2**62 ms from the "
+                         "epoch)")
+    return ts
 
 
 SourceWatermarks = dict[Node, list[tuple[int, bool]]]
@@ -582,13 +605,10 @@ class Executor:
                     where=(f"source {node.name!r} (timestamp function "
                            f"{getattr(tsfn, '__name__', 'timestamp')!r})")) from exc
             else:
-                if type(ts) is not int and type(ts) is float and math.isfinite(ts):
-                    ts = int(ts)
-                if type(ts) is not int:
-                    reason = f"bad timestamp {ts!r}: expected int ms since epoch"
-                elif not -_TS_LIMIT <= ts <= _TS_LIMIT:
-                    reason = (f"bad timestamp {ts!r}: out of range (more than 2**62 ms from "
-                              "the epoch)")
+                try:
+                    ts = record_timestamp(ts)
+                except ValueError as exc:
+                    reason = str(exc)
                 else:
                     if ts > max_ts:
                         max_ts = ts

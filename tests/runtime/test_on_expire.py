@@ -409,14 +409,16 @@ def test_a_write_whose_stamp_cannot_be_stored_leaves_the_state_as_it_was() -> No
         acc = ed.ValueState("acc", ttl=ed.Ttl(ms=1_000), on_expire=True)
 
         def on_event(self, event, ctx):
+            if event.get("unstampable"):  # the fault: a time no stamp can hold
+                self.acc.store.timestamp = 1.5
             self.acc.set(event["v"])
 
         def on_expire(self, state, value, ctx):
             yield ("expired", ctx.key, value, ctx.timestamp)
 
     h = Harness(Keep())
-    with pytest.raises(struct.error, match="integer"):  # a timestamp that is no int
-        h.event({"v": 1}, key="k", timestamp=1.5)
+    with pytest.raises(struct.error, match="integer"):
+        h.event({"v": 1, "unstampable": True}, key="k", timestamp=1_000)
     assert h.state("acc", "k") is None  # nothing of the failed write is visible
     h.event({"v": 2}, key="k", timestamp=2_000)  # stamped 3,000: queued, not taken as queued
     assert h.watermark(10_000) == [("expired", "k", 2, 3_000)]

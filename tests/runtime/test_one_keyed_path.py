@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import eddies as ed
-from eddies.errors import KeyEncodingError
+from eddies.errors import ConfigError, KeyEncodingError
 from eddies.testing import Harness
 
 KEYS: list[Any] = [
@@ -62,3 +62,39 @@ def test_harness_and_run_local_agree_on_keys_outputs_and_late_events(state, tmp_
     # 7 and 7.0 are one key; "é" counts twice.
     assert [o[2] for o in outputs if o[1] in (7, 7.0)] == [1, 2, 3]
     assert result.stats.late_events == h.stats.late_events == 1
+
+
+class Stamp(ed.KeyedProcessFunction):
+    def on_event(self, event, ctx):
+        yield (event["id"], ctx.timestamp, type(ctx.timestamp).__name__)
+
+
+STAMPS: list[Any] = [1_000, 1_500.9, -2.5, "2000", float("inf"), float("nan"), True, 2**62,
+                     2**62 + 1, -(2**62) - 1]
+
+
+def test_harness_takes_timestamps_as_the_runner_does() -> None:
+    """A float is cut to its int ms through both; what the runner dead-letters (not a number,
+    not finite, a bool, beyond +-2**62) the harness refuses with the same reason."""
+    events = [{"id": i, "k": "a", "ts": ts} for i, ts in enumerate(STAMPS)]
+    job = ed.Job("stamps")
+    out = ed.sinks.collect()
+    (job.source(ed.sources.iterable(events), timestamp="ts").key_by("k")
+     .process(Stamp(), name="stamp").sink(out))
+    result = ed.run_local(job, "memory", batch_size=1)
+
+    h = Harness(Stamp(), operator="stamp")
+    outputs: list[Any] = []
+    refused: list[str] = []
+    for e in events:
+        try:
+            outputs += h.event(e, key="a", timestamp=e["ts"])
+        except ConfigError as exc:
+            refused.append(str(exc))
+    assert outputs == out.items == [(0, 1_000, "int"), (1, 1_500, "int"), (2, -2, "int"),
+                                    (7, 2**62, "int")]
+    reasons = [d["reason"] for d in result.dead_letters]
+    assert len(reasons) == 6
+    assert refused == [f"{r}; a runner sends such a record to dead letters" for r in reasons]
+    assert "bad timestamp '2000': expected int ms since epoch" in refused[0]
+    assert "out of range" in refused[-1]
