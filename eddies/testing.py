@@ -148,6 +148,9 @@ class Harness:
               input: int = 1) -> list[Any]:
         """Handle one event of ``key`` at ``timestamp`` (ms); returns its outputs.
 
+        ``timestamp`` is taken as the runners take a record's: a float is cut to its int, and
+        one they would send to dead letters (not a number, beyond +-2**62) raises ConfigError.
+
         ``input=2`` feeds the second input of a
         :class:`~eddies.KeyedCoProcessFunction` (``on_event2``):
 
