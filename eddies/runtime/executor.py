@@ -247,6 +247,7 @@ class Executor:
         # Event time between records (see _push_timed): the operators each source feeds,
         # and the flag their registrations of due work raise.
         self._downstream: dict[Node, list[tuple[Node, KeyedOperator]]] = {}
+        self._upstream: dict[Node, list[tuple[Node, KeyedOperator]]] = {}
         self._cut = BatchCut()
         self._compile()
 
@@ -630,6 +631,23 @@ class Executor:
             self._push_timed(run, run_stamps, run_lo, timing, batch_push, emit)  # type: ignore[arg-type]
         return max_ts if max_ts != MIN_TIME else None
 
+    def _upstream_ops(self, node: Node) -> list[tuple[Node, KeyedOperator]]:
+        """The keyed operators that feed, directly or not, an operator source ``node``
+        feeds, without ``node`` feeding them (the other side of a join downstream)."""
+        ops = self._upstream.get(node)
+        if ops is None:
+            fed = {n for n, _ in self._downstream_ops(node)}
+            above: set[Node] = set()
+            stack = list(fed)
+            while stack:
+                for parent in stack.pop().inputs:
+                    if parent not in above:
+                        above.add(parent)
+                        stack.append(parent)
+            ops = self._upstream[node] = [
+                (n, op) for n, op in self.operators.items() if n in above and n not in fed]
+        return ops
+
     def _downstream_ops(self, node: Node) -> list[tuple[Node, KeyedOperator]]:
         """The keyed operators fed by source ``node``, directly or not, in graph order."""
         ops = self._downstream.get(node)
@@ -669,6 +687,16 @@ class Executor:
         if timing.bounds is None:
             wm, _ = self._watermarks(timing.with_partition_at(MAX_TIME))
             timing.bounds = [wm[n] for n, _ in timing.ops]
+            if not timing.advanced and any(
+                    due is not None and due <= wm[n] and op.watermark < wm[n]
+                    for n, op, due in ((n, op, op.next_event_time())
+                                       for n, op in self._upstream_ops(timing.node))):
+                # An operator the partition does not feed has work due below the watermark
+                # its inputs (read since it last moved) give it, and the bounds count on
+                # it: its outputs must reach the operators below it before the records
+                # move them past their times. Time goes through the whole graph first, as
+                # it would have after the last record of those inputs.
+                self._advance_to(timing, ys[0])
         ops = timing.ops
         last = ys[-1]
         for (_, op), bound in zip(ops, timing.bounds, strict=True):

@@ -252,3 +252,47 @@ def test_join_buffers_do_not_bring_checkpoints_forward(kind: str) -> None:
     checkpoints, items = run(100)
     assert (checkpoints, items) == run(200_000)
     assert checkpoints <= 2
+
+
+def _chained(job: ed.Job, first: str) -> tuple[Any, Any]:
+    """Sources A and B into an interval join or (B unused) a tumbling window over A, whose
+    results go, keyed again, into an as-of left join with source C; every source in order."""
+    def events(prefix: str, times: list[int]) -> list[dict[str, Any]]:
+        return [{"k": "x", "id": f"{prefix}{t}", "ts": t} for t in times]
+
+    wm = ed.BoundedOutOfOrderness(0)
+    a, b, c = (job.source(ed.sources.iterable(items, name=name), timestamp="ts", watermarks=wm)
+               for name, items in (("A", events("a", [10, 50, 51])),
+                                   ("B", events("b", [5, 6, 30])),
+                                   ("C", events("c", [2, 20, 40]))))
+    if first == "interval_join":
+        upstream = a.key_by("k").interval_join(
+            b.key_by("k"), lower=-10, upper=0, name="first",
+            fn=lambda x, y: {"k": "x", "id": x["id"] + "+" + y["id"],
+                             "ts": max(x["ts"], y["ts"])})
+    else:
+        upstream = (a.union(b).key_by("k").window(ed.Tumbling(15)).aggregate(ed.Count())
+                    .map(lambda w: {"k": "x", "id": f"w{w['start']}", "ts": w["end"] - 1}))
+    late = ed.OutputTag("late")
+    joined = upstream.key_by("k").join_asof(c.key_by("k"), how="left", late=late, name="asof",
+                                            fn=lambda x, y: (x["id"], y and y["id"]))
+    return joined, joined.side_output(late)
+
+
+@pytest.mark.parametrize("first", ["interval_join", "window"])
+@pytest.mark.parametrize("batch", [1, 2, 1_000])
+def test_results_of_an_operator_reach_a_join_below_it_before_its_watermark_passes_them(
+        first: str, batch: int) -> None:
+    """An operator's results held for the watermark (a join's pairs, a window's) reach the
+    join below it, whose other input is another source, as if event time moved after every
+    record: never late there, whatever the batch size."""
+    job = ed.Job("chained")
+    joined, late = _chained(job, first)
+    out, late_out = ed.sinks.collect(), ed.sinks.collect()
+    joined.sink(out)
+    late.sink(late_out)
+    result = ed.run_local(job, batch_size=batch)
+    assert result.collected(late_out) == []
+    expected = ([("a10+b5", "c2"), ("a10+b6", "c2")] if first == "interval_join"
+                else [("w0", "c2"), ("w30", "c40"), ("w45", "c40")])
+    assert result.collected(out) == expected
