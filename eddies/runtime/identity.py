@@ -85,6 +85,8 @@ from eddies.state.values import pack, unpack
 __all__ = [
     "IDENTITY_KEY",
     "IDENTITY_VERSION",
+    "RESTORE_KEYS_KEY",
+    "RESTORING_KEY",
     "KAFKA_FIX",
     "PartitionInput",
     "check_ended",
@@ -100,6 +102,12 @@ __all__ = [
 
 IDENTITY_KEY = encode_key(("identity",))
 """Where the identity is stored in the ``__meta__`` column family."""
+RESTORING_KEY = encode_key(("restoring",))
+"""Written in ``__meta__`` before a savepoint restore writes anything, and deleted with its
+last write (the identity's): a dir holding it holds an interrupted restore."""
+RESTORE_KEYS_KEY = encode_key(("restored-max-parallelism",))
+"""The ``max_parallelism`` a savepoint restore placed keys with, for a restore that writes no
+job checkpoint (a savepoint written by ``SavepointWriter``)."""
 IDENTITY_VERSION = 1
 """Version of the identity map drawn above; another version is refused, never misread."""
 

@@ -54,6 +54,8 @@ from eddies.runtime.failures import io_error
 from eddies.runtime.graph import Job, Node
 from eddies.runtime.identity import (
     IDENTITY_KEY,
+    RESTORE_KEYS_KEY,
+    RESTORING_KEY,
     PartitionInput,
     check_ended,
     check_identity,
@@ -225,16 +227,29 @@ class LocalRunner(Executor):
         return sinks
 
     def _check_identity(self, stored: dict[bytes, bytes]) -> None:
-        """Refuse a checkpoint of another job or of other input (see ``identity.py``)."""
+        """Refuse a checkpoint of another job or of other input (see ``identity.py``), and
+        what an interrupted savepoint restore left."""
+        restoring = stored.get(RESTORING_KEY)
+        if restoring is not None:
+            path = unpack(restoring)
+            raise StateIdentityError(
+                f"{self._where} holds a restore of savepoint {path!r} that was interrupted "
+                "(kill -9, power loss) before it finished: its state is partial. Run again "
+                f"with --from-savepoint {path} (the restore starts over), or on a new state dir")
         data = stored.get(IDENTITY_KEY)
         if data is not None:
             readers: dict[str, list[SourceReader]] = {}
             for part in self.partitions:
                 readers.setdefault(part.node.name, []).append(part.reader)
             check_identity(decode_identity(data, self._where), self.job, readers, self._where)
-            if self._job_key in stored:  # its keys' groups: the same max_parallelism
+            # Its keys' groups: the same max_parallelism (a restore with no job checkpoint
+            # yet says which it placed them with).
+            if self._job_key in stored:
                 check_max_parallelism(unpack(stored[self._job_key]).get("max_parallelism"),
                                       self.max_parallelism, self.job, self._where)
+            elif RESTORE_KEYS_KEY in stored:
+                check_max_parallelism(unpack(stored[RESTORE_KEYS_KEY]), self.max_parallelism,
+                                      self.job, self._where)
             return
         # Written before identities were: its checkpoint is under its job's name.
         others = [name for name in stored_job_names(stored) if name != self.job.name]

@@ -35,7 +35,9 @@ job's only once the restore has written its identity, last.
 
 Errors name the operator and state and say what to do; all of them come before anything is
 written. A restore that fails while writing (a ``migrate`` that raises) deletes what it
-wrote, so the dir is empty again.
+wrote, so the dir is empty again. Its first write marks the dir as holding a restore, and its
+last one (the identity) clears the mark: a run on a dir whose restore was cut short (kill
+-9, power loss) is refused, and the same restore run again starts over.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ from eddies.operators.sources import SourceReader
 from eddies.runtime.graph import Job
 from eddies.runtime.identity import (
     IDENTITY_KEY,
+    RESTORE_KEYS_KEY,
+    RESTORING_KEY,
     decode_identity,
     encode_identity,
     generated_names,
@@ -267,6 +271,10 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
     checked nor restored (``readers`` is ignored)."""
     sp = read_savepoint(path)
     sp.verify()  # a damaged file is refused before anything is written
+    local = key_group is None
+    if local and backend.get(META_CF, RESTORING_KEY) is not None:
+        # An interrupted restore (kill -9, power loss): what it wrote goes, and it starts over.
+        _clear(backend, [cf for cf in backend.column_families() if cf != "default"])
     for cf in backend.column_families():
         if cf != "default" and not backend.is_empty(cf):
             data = backend.get(META_CF, IDENTITY_KEY)
@@ -282,19 +290,30 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
                              allow_non_restored_state)
     touched: set[str] = set()
     try:
+        if local:
+            # Until the last write deletes it, the dir holds a restore, not a job's state.
+            touched.add(META_CF)
+            started = Batch()
+            started.put(META_CF, RESTORING_KEY, pack(os.fspath(path)))
+            backend.write(started, sync=True)
         _write_state(sp, backend, targets, operators, max_parallelism, touched, key_group)
-        if key_group is None:
+        if local:
             _write_meta(sp, job, backend, operators, readers, max_parallelism)
     except BaseException:
-        undo = Batch()
-        for cf in touched:
-            undo.delete_range(cf, b"", b"\xff" * 10)
         with contextlib.suppress(Exception):  # the first error is the one to report
-            backend.write(undo)
+            _clear(backend, touched)
         raise
     for op in operators.values():
         op.store.backend.reset_sweep_floor()
     return dropped
+
+
+def _clear(backend: StateBackend, cfs: Any) -> None:
+    """Delete every entry of the column families ``cfs``."""
+    batch = Batch()
+    for cf in cfs:
+        batch.delete_range(cf, b"", b"\xff" * 10)
+    backend.write(batch)
 
 
 def _write_state(sp: Savepoint, backend: StateBackend, targets: list[_Target],
@@ -437,6 +456,11 @@ def _write_meta(sp: Savepoint, job: Job, backend: StateBackend,
                                   if k in sink_names},
                 "max_parallelism": max_parallelism}  # the key groups written here
         batch.put(META_CF, encode_key(("job", job.name)), pack(meta))
+    else:
+        # A SavepointWriter file has no job checkpoint: the key groups written here, for the
+        # runs that resume them before their first checkpoint writes the job's.
+        batch.put(META_CF, RESTORE_KEYS_KEY, pack(max_parallelism))
     batch.put(META_CF, IDENTITY_KEY, encode_identity(job_identity(job, fingerprints)))
+    batch.delete(META_CF, RESTORING_KEY)
     backend.write(batch)
 

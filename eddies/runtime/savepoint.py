@@ -726,8 +726,8 @@ class SavepointWriter:
             else:
                 entry = SavepointEntry(row[0], row[1], row[2])
             key = self._prefix(entry.key, kind)
-            if entry.map_key is not None:
-                key += encode_key(entry.map_key)
+            if kind in ("map", "broadcast") or entry.map_key is not None:
+                key += encode_key(entry.map_key)  # None is a map key (m.put(None, v))
             expires = NEVER if entry.expires_at is None else entry.expires_at
             try:
                 pairs.append((key, stamp(expires) + payload(entry.value, entry.metadata)))

@@ -709,3 +709,122 @@ def test_a_savepoint_is_never_overwritten(tmp_path):
     with pytest.raises(SavepointError, match="exists: a savepoint is never overwritten"):
         w.write()
     assert path.read_bytes() == before and not path.with_name("sp.tmp").exists()
+
+
+# -- restores cut short ----------------------------------------------------------------------------
+_CUT_SHORT = '''
+import json, os, sys
+import eddies as ed
+from eddies.runtime.savepoint import SavepointWriter
+
+where, mode = sys.argv[1], sys.argv[2]
+mp = int(os.environ.get("MP", "128"))
+calls = 0
+
+
+def migrate(old, version):  # kill -9 here, half way through the restore, when asked
+    global calls
+    calls += 1
+    if mode == "die-in-migrate" and calls == 20:
+        os._exit(9)
+    return old
+
+
+class Bank(ed.KeyedProcessFunction):
+    balance = ed.ValueState("balance", default=0, version=2, migrate=migrate)
+    age = ed.ValueState("age")
+
+    def on_event(self, event, ctx):
+        if mode == "die-at-first-event":
+            os._exit(9)
+        self.balance.set(self.balance.get() + event["amount"])
+        yield {"acct": ctx.key, "balance": self.balance.get()}
+
+
+if mode == "write":
+    with SavepointWriter(f"{where}/sp", job="bank") as w:
+        w.state("Bank", "balance", "value", [(f"a{i}", i) for i in range(50)])
+        w.state("Bank", "age", "value", [(f"a{i}", 2000 + i) for i in range(50)])
+    with open(f"{where}/in.jsonl", "w") as f:
+        f.write(json.dumps({"acct": "a30", "amount": 1}) + "\\n")
+    sys.exit()
+job = ed.Job("bank")
+out = ed.sinks.collect()
+job.source(ed.sources.jsonl(f"{where}/in.jsonl")).key_by("acct").process(Bank()).sink(out)
+restore = {} if mode == "rerun" else {"from_savepoint": f"{where}/sp"}
+try:
+    result = ed.run_local(job, f"rocksdb:{where}/db", max_parallelism=mp, **restore)
+except ed.EddiesError as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+else:
+    print(json.dumps({"out": result.collected(out)}))
+'''
+
+
+def _cut_short(tmp_path: Path, mode: str, mp: int = 128) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "bank.py"
+    script.write_text(_CUT_SHORT)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), mode], text=True,
+                          capture_output=True, env={**os.environ, "MP": str(mp)}, timeout=120)
+    if mode.startswith("die"):
+        assert done.returncode == 9, done.stderr
+        return {}
+    assert done.returncode == 0, done.stderr
+    if mode == "write":
+        return {}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_restore_killed_half_way_is_refused_and_the_same_restore_starts_over(tmp_path):
+    """kill -9 in the middle of a restore leaves part of the state and no identity: a run on
+    the dir is refused (resuming it would count that state again from the input's start), and
+    the same restore run again clears it and restores whole."""
+    _cut_short(tmp_path, "write")
+    _cut_short(tmp_path, "die-in-migrate")
+    with RocksDbStateBackend(tmp_path / "db", read_only=True) as db:
+        assert (db.count("balance"), db.count("age")) == (0, 50)  # the kill came half way
+    refused = _cut_short(tmp_path, "rerun")
+    assert refused["error"] == "StateIdentityError"
+    assert "interrupted" in refused["message"] and "--from-savepoint" in refused["message"]
+    assert _cut_short(tmp_path, "restore") == {"out": [{"acct": "a30", "balance": 31}]}
+    with RocksDbStateBackend(tmp_path / "db", read_only=True) as db:
+        assert (db.count("balance"), db.count("age")) == (50, 50)
+
+
+def test_a_restore_of_a_written_savepoint_keeps_its_key_groups_before_any_checkpoint(tmp_path):
+    """A SavepointWriter file has no job checkpoint: a run killed before its first one still
+    says which max_parallelism placed the keys, and a run with another is refused rather
+    than reading every key as new."""
+    _cut_short(tmp_path, "write")
+    _cut_short(tmp_path, "die-at-first-event", mp=7)
+    refused = _cut_short(tmp_path, "rerun")
+    assert refused["error"] == "StateIdentityError"
+    assert "max_parallelism 7" in refused["message"]
+    assert _cut_short(tmp_path, "rerun", mp=7) == {"out": [{"acct": "a30", "balance": 31}]}
+
+
+@pytest.mark.parametrize("kind", ["map", "broadcast"])
+def test_a_written_none_map_key_is_the_key_none(tmp_path, kind):
+    """None is a map key (``m.put(None, v)``): SavepointWriter stores it as a job would."""
+    class Keep(ed.KeyedProcessFunction):
+        m = ed.MapState("m")
+
+        def on_event(self, event, ctx):
+            yield {"get": self.m.get(None), "entries": list(self.m.entries())}
+
+    rows = [("b", None, "v")] if kind == "map" else [(None, "v")]
+    with SavepointWriter(tmp_path / "sp", job="j") as w:
+        w.state("keep", "m", kind, rows)
+    if kind == "broadcast":
+        assert [(e.key, e.map_key) for e in read_savepoint(tmp_path / "sp").entries("m")] == [
+            ((), (None,))]
+        return
+    job = ed.Job("j")
+    out = ed.sinks.collect()
+    job.source(ed.sources.iterable([{"k": "b"}])).key_by("k").process(Keep(), name="keep").sink(out)
+    assert ed.run_local(job, from_savepoint=tmp_path / "sp").collected(out) == [
+        {"get": "v", "entries": [(None, "v")]}]
