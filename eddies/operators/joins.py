@@ -3,7 +3,8 @@
 ``left.interval_join(right, lower=, upper=)`` and ``left.join_asof(right, how=)`` (on
 :class:`~eddies.KeyedStream`) build one of these functions; users do not subclass them.
 Results depend only on the events and their timestamps, never on how the two inputs
-interleave or how they are batched:
+interleave or how they are batched, for events within their source's bound (an event
+beyond it may find the other input's watermark already past it, or not yet: see below):
 
 - Interval join: every pair with ``left.ts + lower <= right.ts <= left.ts + upper`` (both
   bounds inclusive, as in Flink) is emitted once, with timestamp ``max(left.ts, right.ts)``.
