@@ -100,6 +100,7 @@ from eddies.state.keys import (
     encode_key,
     state_key,
 )
+from eddies.state.store import MAX_KEY_GROUPS
 from eddies.state.values import BIG_INT_EXT, NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
 __all__ = [
@@ -669,6 +670,10 @@ class SavepointWriter:
         self.path = Path(path)
         self.base = base
         self.job: str = job if job is not None else base.job  # type: ignore[union-attr]
+        if max_parallelism is not None and (type(max_parallelism) is not int
+                                            or not 1 <= max_parallelism <= MAX_KEY_GROUPS):
+            raise SavepointError(f"SavepointWriter: max_parallelism must be an int in "
+                                 f"1..{MAX_KEY_GROUPS}, as a job's, got {max_parallelism!r}")
         if base is None:
             self.max_parallelism: int | None = 128 if max_parallelism is None else max_parallelism
         elif max_parallelism is None or max_parallelism == base.max_parallelism:

@@ -828,3 +828,9 @@ def test_a_written_none_map_key_is_the_key_none(tmp_path, kind):
     job.source(ed.sources.iterable([{"k": "b"}])).key_by("k").process(Keep(), name="keep").sink(out)
     assert ed.run_local(job, from_savepoint=tmp_path / "sp").collected(out) == [
         {"get": "v", "entries": [(None, "v")]}]
+
+
+@pytest.mark.parametrize("max_parallelism", [0, 32_769, 2.5, True])
+def test_a_writer_refuses_a_max_parallelism_no_job_can_have(tmp_path, max_parallelism):
+    with pytest.raises(SavepointError, match=r"max_parallelism must be an int in 1\.\.32768"):
+        SavepointWriter(tmp_path / "sp", job="j", max_parallelism=max_parallelism)
