@@ -9,6 +9,7 @@ windows with a late side output and with late events dropped, and a late output 
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -104,7 +105,9 @@ def inputs(draw: Any) -> list[dict[str, Any]]:
     """A few keys; timestamps that mostly rise, out of order within the bound, some beyond
     it (late); timers due from before the event to after the TTL; a few bad timestamps."""
     n = draw(st.integers(50, 1_500))
-    rng = draw(st.randoms(use_true_random=False))
+    # A seeded generator: drawing each choice from hypothesis would make an input of 1,500
+    # events too large for its data budget (a failed health check, now and then).
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
     keys = [f"k{i}" for i in range(draw(st.integers(1, 4)))]
     step = draw(st.sampled_from([5, 40, 150]))
     late_share = draw(st.sampled_from([0.0, 0.03, 0.15]))
