@@ -272,10 +272,10 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
     sp = read_savepoint(path)
     sp.verify()  # a damaged file is refused before anything is written
     local = key_group is None
-    if local and backend.get(META_CF, RESTORING_KEY) is not None:
-        # An interrupted restore (kill -9, power loss): what it wrote goes, and it starts over.
-        _clear(backend, [cf for cf in backend.column_families() if cf != "default"])
-    for cf in backend.column_families():
+    # A dir holding an interrupted restore (kill -9, power loss) is cleared and restored
+    # again, once the savepoint is known to fit the job.
+    interrupted = local and backend.get(META_CF, RESTORING_KEY) is not None
+    for cf in () if interrupted else backend.column_families():
         if cf != "default" and not backend.is_empty(cf):
             data = backend.get(META_CF, IDENTITY_KEY)
             held = None if data is None else decode_identity(data, where)["job"]
@@ -288,6 +288,8 @@ def restore_savepoint(path: str | os.PathLike[str], job: Job, backend: StateBack
                 f"state dir; give --state rocksdb:NEW_DIR (or delete this one){resume}")
     targets, dropped = _plan(sp, job, operators, None if key_group else readers,
                              allow_non_restored_state)
+    if interrupted:
+        _clear(backend, [cf for cf in backend.column_families() if cf != "default"])
     touched: set[str] = set()
     try:
         if local:

@@ -85,6 +85,7 @@ import msgpack
 from eddies.errors import SavepointError
 from eddies.runtime.identity import (
     IDENTITY_KEY,
+    RESTORING_KEY,
     decode_identity,
     state_versions,
 )
@@ -94,6 +95,7 @@ from eddies.state.backend import StateBackend
 from eddies.state.entries import decode_payload, payload
 from eddies.state.keys import (
     KEY_LAYOUT_VERSION,
+    as_tuple,
     decode_key,
     decode_user_key,
     encode_element,
@@ -148,6 +150,16 @@ class OperatorInfo:
     watermark: int | None
     states: list[StateInfo]
     timers: int
+
+
+def _map_key(key: Any) -> Any:
+    """A map key as given to ``m.put`` in the form :class:`SavepointEntry` holds it: a tuple,
+    None for ``()`` (no suffix), so ``None`` is ``(None,)``.
+
+    >>> _map_key(None), _map_key("x"), _map_key(("a", 1)), _map_key(())
+    ((None,), ('x',), ('a', 1), None)
+    """
+    return as_tuple(key) or None
 
 
 @dataclass(frozen=True)
@@ -581,6 +593,12 @@ def create_savepoint(state: str | os.PathLike[str] | StateBackend,
              if getattr(backend, "path", None) is not None else "the state backend")
     try:
         meta = dict(backend.iterate(META_CF))
+        restoring = meta.get(RESTORING_KEY)
+        if restoring is not None:
+            raise SavepointError(
+                f"{where} holds a restore of savepoint {unpack(restoring)!r} that was "
+                "interrupted before it finished, not a job's checkpoint: restore it again "
+                "(--from-savepoint) and take the savepoint after the job has run")
         data = meta.get(IDENTITY_KEY)
         if data is None:
             raise SavepointError(
@@ -722,17 +740,17 @@ class SavepointWriter:
             elif kind in ("value", "reducing"):
                 entry = SavepointEntry(row[0], None, row[1])
             elif kind == "broadcast":
-                entry = SavepointEntry((), row[0], row[1])
+                entry = SavepointEntry((), _map_key(row[0]), row[1])
             elif kind == "list":
                 prefix = self._prefix(row[0], kind)
                 pairs.extend((prefix + encode_key(i), NEVER_STAMP + pack(v))
                              for i, v in enumerate(row[1]))
                 continue
             else:
-                entry = SavepointEntry(row[0], row[1], row[2])
+                entry = SavepointEntry(row[0], _map_key(row[1]), row[2])
             key = self._prefix(entry.key, kind)
-            if kind in ("map", "broadcast") or entry.map_key is not None:
-                key += encode_key(entry.map_key)  # None is a map key (m.put(None, v))
+            if entry.map_key is not None:
+                key += encode_key(entry.map_key)
             expires = NEVER if entry.expires_at is None else entry.expires_at
             try:
                 pairs.append((key, stamp(expires) + payload(entry.value, entry.metadata)))

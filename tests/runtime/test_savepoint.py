@@ -751,7 +751,8 @@ if mode == "write":
 job = ed.Job("bank")
 out = ed.sinks.collect()
 job.source(ed.sources.jsonl(f"{where}/in.jsonl")).key_by("acct").process(Bank()).sink(out)
-restore = {} if mode == "rerun" else {"from_savepoint": f"{where}/sp"}
+restore = ({} if mode == "rerun" else
+           {"from_savepoint": f"{where}/other" if mode == "restore-other" else f"{where}/sp"})
 try:
     result = ed.run_local(job, f"rocksdb:{where}/db", max_parallelism=mp, **restore)
 except ed.EddiesError as exc:
@@ -790,6 +791,14 @@ def test_a_restore_killed_half_way_is_refused_and_the_same_restore_starts_over(t
     refused = _cut_short(tmp_path, "rerun")
     assert refused["error"] == "StateIdentityError"
     assert "interrupted" in refused["message"] and "--from-savepoint" in refused["message"]
+    with pytest.raises(SavepointError, match="interrupted"):
+        create_savepoint(tmp_path / "db", tmp_path / "sp-of-partial")
+    # A savepoint that does not fit the job is refused with the dir left as it was.
+    with SavepointWriter(tmp_path / "other", job="bank") as w:
+        w.state("Bank", "balance", "map", [("a1", "k", 1)])
+    other = _cut_short(tmp_path, "restore-other")
+    assert other["error"] == "SavepointError" and "does not fit" in other["message"]
+    assert _cut_short(tmp_path, "rerun")["error"] == "StateIdentityError"
     assert _cut_short(tmp_path, "restore") == {"out": [{"acct": "a30", "balance": 31}]}
     with RocksDbStateBackend(tmp_path / "db", read_only=True) as db:
         assert (db.count("balance"), db.count("age")) == (50, 50)
@@ -816,18 +825,22 @@ def test_a_written_none_map_key_is_the_key_none(tmp_path, kind):
         def on_event(self, event, ctx):
             yield {"get": self.m.get(None), "entries": list(self.m.entries())}
 
-    rows = [("b", None, "v")] if kind == "map" else [(None, "v")]
+    rows = [("b", None, "v"), ("b", (), "e")] if kind == "map" else [(None, "v"), ((), "e")]
     with SavepointWriter(tmp_path / "sp", job="j") as w:
         w.state("keep", "m", kind, rows)
     if kind == "broadcast":
         assert [(e.key, e.map_key) for e in read_savepoint(tmp_path / "sp").entries("m")] == [
-            ((), (None,))]
+            ((), None), ((), (None,))]
         return
+    # A copy written from the entries read back keeps both keys.
+    sp = read_savepoint(tmp_path / "sp")
+    with SavepointWriter(tmp_path / "copy", base=sp) as w:
+        w.state("keep", "m", kind, list(sp.entries("m")))
     job = ed.Job("j")
     out = ed.sinks.collect()
     job.source(ed.sources.iterable([{"k": "b"}])).key_by("k").process(Keep(), name="keep").sink(out)
-    assert ed.run_local(job, from_savepoint=tmp_path / "sp").collected(out) == [
-        {"get": "v", "entries": [(None, "v")]}]
+    assert ed.run_local(job, from_savepoint=tmp_path / "copy").collected(out) == [
+        {"get": "v", "entries": [((), "e"), (None, "v")]}]
 
 
 @pytest.mark.parametrize("max_parallelism", [0, 32_769, 2.5, True])
