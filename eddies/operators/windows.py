@@ -42,6 +42,9 @@ from eddies.operators.functions import Context, KeyedProcessFunction, OutputTag
 from eddies.state.descriptors import MapState
 from eddies.state.windows import WindowState
 
+_LAST_TIME = 2**63 - 1
+"""The last time a timer holds: the watermark at the end of input."""
+
 if TYPE_CHECKING:
     pass
 
@@ -305,41 +308,51 @@ class WindowFunction(KeyedProcessFunction):
         new = Window(ts, ts + self.assigner.gap_ms)  # type: ignore[attr-defined]
         merged_start, merged_end = new
         absorbed: list[tuple[Window, Any]] = []
+        kept: list[Window] = []
         for key, acc in list(windows.entries()):
             w = Window(*key)
             if w.start <= merged_end and merged_start <= w.end:
                 absorbed.append((w, acc))
                 merged_start = min(merged_start, w.start)
                 merged_end = max(merged_end, w.end)
+            else:
+                kept.append(w)
         merged = Window(merged_start, merged_end)
         if merged.end - 1 + lateness <= ctx.watermark:
             self.late(event, ctx)
             return None
         acc = self.create()
         merge = self.agg.merge
+        # A key's timers are one per time, shared by its windows: an absorbed window's times
+        # go unless another window of the key fires or ends then (a window's end with the
+        # lateness can be another's end).
+        needed = {t for w in (merged, *kept) for t in (w.end - 1, self._gone_at(w))}
         for w, old in absorbed:
             acc = merge(acc, old)
             windows.remove((w.start, w.end))
             if w != merged:
-                ctx.timers.delete_event_time(w.end - 1)
-                if lateness:
-                    ctx.timers.delete_event_time(w.end - 1 + lateness)
+                for t in {w.end - 1, self._gone_at(w)} - needed:
+                    ctx.timers.delete_event_time(t)
         acc = self.add(acc, event)
         windows.put((merged.start, merged.end), acc)
         if lateness:
-            ctx.timers.register_event_time(merged.end - 1 + lateness)
+            ctx.timers.register_event_time(self._gone_at(merged))
         if merged.end - 1 <= ctx.watermark:
             # Past its end (within the lateness): the result goes out now, and only now.
             return [self._emit(ctx, merged, acc)]
         ctx.timers.register_event_time(merged.end - 1)
         return None
 
+    def _gone_at(self, window: Window) -> int:
+        """When a session window's state goes: its end with the lateness, or at the end of
+        input for a lateness beyond the times a timer holds."""
+        return min(window.end - 1 + self.lateness, _LAST_TIME)
+
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
         if not self.assigner.merging:
             # A timer of a checkpoint from before WindowState (one per key and window): the
             # window's entry is in WindowState's index, which fires it.
             return None
-        lateness = self.lateness
         windows = self.windows
         out = []
         for key, acc in list(windows.entries()):
@@ -347,7 +360,7 @@ class WindowFunction(KeyedProcessFunction):
             max_ts = window.end - 1
             if max_ts == timestamp:
                 out.append(self._emit(ctx, window, acc))
-            if max_ts + lateness <= timestamp:
+            if self._gone_at(window) <= timestamp:
                 windows.remove(key)
         return out
 

@@ -213,7 +213,7 @@ class WindowState(Handle):
                             "value": self._emit(acc, ctx.key, slot)})
             elif slot.fired:
                 self._refire(slot, key)
-        if not accepted:
+        if not accepted and bounds:  # (a Sliding slide above its size leaves gaps: no window)
             self.fn.late(event, ctx)
         return out
 

@@ -254,3 +254,46 @@ def test_lateness_boundary_is_exact(lateness, is_late):
         assert late == []
         # accepted behind the watermark: fired at once with the updated value
         assert {"key": "a", "start": 5_000, "end": 10_000, "value": 1} in results
+
+
+
+def _counts(results: list[dict]) -> list[tuple]:
+    return sorted((r["key"], r["start"], r["end"], r["value"]) for r in results)
+
+
+@pytest.mark.parametrize("batch", [1, 50])
+def test_a_session_merge_keeps_the_times_other_windows_of_the_key_fire_or_end_at(batch) -> None:
+    """A key's timers are one per time: a session's end plus lateness can be another
+    session's end. Merging a window away must not take the other's firing (A) or cleanup
+    (B) with it."""
+    def sessions(events: list[dict], delay: int) -> list[tuple]:
+        return _counts(run(events, ed.Session(5), agg=ed.Count(), lateness=10,
+                           batch_size=batch, delay=delay)[0])
+
+    # A: [0,5) cleans up at 14, [10,15) fires at 14; the event at 3 merges [0,5) into [0,8).
+    events = [{"k": "x", "ts": 0}, {"k": "x", "ts": 10}, {"k": "x", "ts": 3}]
+    assert sessions(events, 100) == [("x", 0, 8, 2), ("x", 10, 15, 1)]
+    # B: [10,15) grows to [10,18), a merge that took [0,5)'s cleanup at 14 with it; the
+    # watermark passes 14, so the late event at 3 opens [3,8) alone, not joining [0,5).
+    events = [{"k": "x", "ts": 0}, {"k": "x", "ts": 10}, {"k": "x", "ts": 13},
+              {"k": "y", "ts": 16}, {"k": "x", "ts": 3}]
+    assert [r for r in sessions(events, 0) if r[0] == "x"] == [
+        ("x", 0, 5, 1), ("x", 3, 8, 1), ("x", 10, 18, 2)]
+
+
+def test_an_event_between_sliding_windows_is_in_none_and_not_late() -> None:
+    """A slide above the size leaves gaps (sampling windows): an event in one is on time,
+    neither late output nor counted as dropped, as in Flink."""
+    events = [{"k": "a", "ts": 1}, {"k": "a", "ts": 7}, {"k": "a", "ts": 12}]
+    results, late, result = run(events, ed.Sliding(5, 10), agg=ed.Count(), delay=0,
+                                late=ed.OutputTag("late"))
+    assert _counts(results) == [("a", 0, 5, 1), ("a", 10, 15, 1)]
+    assert late == []
+    _, _, result = run(events, ed.Sliding(5, 10), agg=ed.Count(), delay=0)
+    assert result.stats.late_dropped == 0
+
+
+def test_a_session_lateness_beyond_a_timers_range_ends_with_the_input() -> None:
+    events = [{"k": "a", "ts": 1}, {"k": "a", "ts": 20}]
+    results = run(events, ed.Session(5), agg=ed.Count(), lateness=2**63, delay=0)[0]
+    assert _counts(results) == [("a", 1, 6, 1), ("a", 20, 25, 1)]
