@@ -124,8 +124,9 @@ class KafkaSink(Sink):
 
     def write(self, values: list[Any]) -> None:
         fmt = self.value_format
-        for value in values:
-            self.pending.append((self.key_of(value), encode(fmt, value)))
+        key_of = self.key_of
+        # All encoded before any is kept: a value that cannot be refuses the whole list.
+        self.pending.extend([(key_of(value), encode(fmt, value)) for value in values])
 
     def __repr__(self) -> str:
         once = ", exactly_once=True" if self.exactly_once else ""

@@ -7,6 +7,7 @@ checkpoint (which the replay produces again) is never doubled and no torn line i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -53,14 +54,16 @@ def dumps_exact(value: Any, option: int = 0) -> bytes:
 def _big_ints_as_fragments(value: Any) -> Any:
     """``value`` with every int outside orjson's range, in dicts, lists and tuples, replaced by
     its digits as an ``orjson.Fragment`` (an int dict key by its str, as JSON keys are)."""
-    t = type(value)
-    if t is int:
+    if isinstance(value, int) and not isinstance(value, bool):
         return value if -(1 << 63) <= value < (1 << 64) else orjson.Fragment(str(value))
-    if t is dict:
-        return {(str(k) if type(k) is int else k): _big_ints_as_fragments(v)
-                for k, v in value.items()}
-    if t is list or t is tuple:
+    if isinstance(value, dict):  # subclasses too (Counter, OrderedDict), as orjson writes them
+        return {(str(k) if isinstance(k, int) and not isinstance(k, bool) else k):
+                _big_ints_as_fragments(v) for k, v in value.items()}
+    if isinstance(value, list) or type(value) is tuple:  # (orjson writes a namedtuple by str)
         return [_big_ints_as_fragments(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _big_ints_as_fragments(getattr(value, f.name))
+                for f in dataclasses.fields(value)}
     return value
 
 
@@ -174,7 +177,9 @@ class CollectSink(Sink):
 
 
 def jsonl(path: str | os.PathLike[str], *, name: str | None = None) -> Sink:
-    """Write one JSON line per result (values JSON cannot hold are written as ``str()``)."""
+    """Write one JSON line per result (objects JSON has no type for are written as
+    ``str()``; a value it cannot hold at all, such as a tuple dict key or a lone surrogate,
+    goes to dead letters with the reason)."""
     if not str(path):
         raise ConfigError("sinks.jsonl needs a file path")
     return _JsonlSink(path, name)

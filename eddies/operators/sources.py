@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -127,7 +128,9 @@ class Source(ABC):
 # -- files ---------------------------------------------------------------------------------------
 # Blank (whitespace-only) lines are skipped, not records.
 _LINE_SPACE = b" \t\r\x0b\x0c"
-_CONVERT_ERRORS = (ValueError, TypeError, KeyError)
+_CONVERT_ERRORS = (ValueError, TypeError, KeyError, ArithmeticError)
+"""What a converter of a malformed field raises (``int``, ``float``, ``decimal.Decimal``'s
+InvalidOperation, which is an ArithmeticError): the row goes to dead letters."""
 
 _DIGEST_SPAN = 4096
 """A file's fingerprint digests this many bytes at its start and as many before the
@@ -610,13 +613,19 @@ class _CsvReader(_LineReader):
         # A header row still being written (no newline yet) is read at the first read: by
         # then the reader knows whether it follows the file (and waits for the newline).
         self._header_pending = given is None
-        self._header_end = 0  # the offset after the header row, once it is read
+        self._header_end = 0  # the offset after the header row (or a BOM), once it is read
+        self._header_lines = 1 if given is None else 0
         if given is None:
             header = self._file.readline()
             self._file.seek(0)
             if header.endswith(b"\n"):
                 self._read_header()
         else:
+            # A UTF-8 BOM (Excel's "CSV UTF-8") is no part of the first field, as it is no
+            # part of a header row's first name.
+            if self._file.read(3) == b"\xef\xbb\xbf":
+                self._offset = self._header_end = 3
+            self._file.seek(self._offset)
             self._fast_path()
 
     def _read_header(self) -> bool:
@@ -630,7 +639,14 @@ class _CsvReader(_LineReader):
             return True
         self._offset = self._header_end = len(header)
         self._line = 1
-        self.fields = next(_csv.reader([header.decode("utf-8-sig")]))
+        try:
+            text = header.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"CSV source {self.source.name!r}: the header row of {str(self.path)!r} is not "
+                f"UTF-8 ({exc}); save the file as UTF-8, or give fields= for a file without "
+                "a header row") from None
+        self.fields = next(_csv.reader([text]))
         self._fast_path()
         return True
 
@@ -647,7 +663,7 @@ class _CsvReader(_LineReader):
         if position[0] < self._header_end:
             # Saved before the header was there (an empty file, or a header still without
             # its newline): the first record is the line after the header.
-            position = [self._header_end, 1]
+            position = [self._header_end, self._header_lines]
         super().seek(position)
 
     def read(self, max_records: int) -> tuple[list[Any], list[DeadLetter]]:
@@ -682,6 +698,15 @@ class _CsvReader(_LineReader):
         return self._read_slow(self._lines())
 
     def _read_slow(self, lines: list[bytes]) -> tuple[list[Any], list[DeadLetter]]:
+        # A field is as long as its line, as on the split fast path: under the csv module's
+        # limit (128 KiB) a long quoted field would be a dead letter.
+        limit = _csv.field_size_limit(sys.maxsize)
+        try:
+            return self._parse_slow(lines)
+        finally:
+            _csv.field_size_limit(limit)
+
+    def _parse_slow(self, lines: list[bytes]) -> tuple[list[Any], list[DeadLetter]]:
         rows: list[list[str]] | None
         try:
             rows = list(_csv.reader([raw.decode("utf-8") for raw in lines if raw.strip()],

@@ -493,21 +493,45 @@ class Executor:
         """Write buffered outputs and dead letters to their sinks."""
         for node, sink, buffer in self.sink_nodes:
             if buffer:
-                self.stats.events_out += len(buffer)
-                count = self.counts.setdefault(node.name, [0, 0])
-                count[0] += len(buffer)
-                count[1] += len(buffer)
+                refused: list[DeadLetter] = []
                 try:
                     sink.write(buffer)
                 except OSError as exc:
                     raise io_error(f"writing sink {node.name!r} ({sink!r})", exc) from exc
+                except (TypeError, ValueError):
+                    # A value the sink cannot write (one JSON cannot hold): one at a time,
+                    # the others written in order and the refused ones to dead letters.
+                    refused = self._write_each(node, sink, buffer)
+                written = len(buffer) - len(refused)
+                self.stats.events_out += written
+                count = self.counts.setdefault(node.name, [0, 0])
+                count[0] += written
+                count[1] += written
                 buffer.clear()
+                for letter in refused:  # (after the clear: a letter may flush the sinks)
+                    self.dead_letter(letter)
         if self._dead_sink is not None and self._dead_buffer:
             try:
                 self._dead_sink.write(self._dead_buffer)
             except OSError as exc:
                 raise io_error(f"writing dead letters ({self._dead_sink!r})", exc) from exc
             self._dead_buffer.clear()
+
+    def _write_each(self, node: Node, sink: Sink, values: list[Any]) -> list[DeadLetter]:
+        """Write ``values`` to ``sink`` one at a time (a sink's ``write`` of a list it
+        refuses writes none of it); returns a dead letter for each value it refused."""
+        refused = []
+        for value in values:
+            try:
+                sink.write([value])
+            except OSError as exc:
+                raise io_error(f"writing sink {node.name!r} ({sink!r})", exc) from exc
+            except (TypeError, ValueError) as exc:
+                refused.append(DeadLetter(
+                    node.name, None, _describe(value),
+                    f"sink {node.name!r} ({sink!r}) cannot write it: {type(exc).__name__}: "
+                    f"{exc}; give the sink JSON's types (str dict keys, valid Unicode)"))
+        return refused
 
     def push_records(
         self, node: Node, values: list[Any], locate: Locate | None = None, now: int = 0,

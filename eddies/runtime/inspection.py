@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import heapq
 import json
+import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -312,13 +313,16 @@ def get_entry(
 
 
 def to_jsonable(value: Any) -> Any:
-    """``value`` made fit for JSON: tuples as lists, bytes as ``{"$bytes": hex}``, map keys
-    that are not str as their JSON text.
+    """``value`` made fit for JSON: tuples as lists, bytes as ``{"$bytes": hex}``, floats
+    JSON has no number for as ``{"$float": "nan"}`` (``"inf"``, ``"-inf"``), map keys that
+    are not str as their JSON text.
 
-    >>> to_jsonable({(1, "a"): b"\\x00\\xff", "n": (1, 2)})
-    {'[1, "a"]': {'$bytes': '00ff'}, 'n': [1, 2]}
+    >>> to_jsonable({(1, "a"): b"\\x00\\xff", "n": (1, 2), "x": float("-inf")})
+    {'[1, "a"]': {'$bytes': '00ff'}, 'n': [1, 2], 'x': {'$float': '-inf'}}
     """
     t = type(value)
+    if t is float and not math.isfinite(value):
+        return {"$float": repr(value)}
     if t in (str, int, float, bool) or value is None:
         return value
     if t in (list, tuple):

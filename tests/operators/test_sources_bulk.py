@@ -289,3 +289,48 @@ def test_kafka_json_values_keep_big_ints() -> None:
     value = decode("json", data)
     assert value == {"id": 100000000000000000000000000001, "n": [-9223372036854775809, 1.5]}
     assert encode("json", value) == data
+
+
+def _csv_run(path: Path, batch: int = 100, **options: Any) -> tuple[list, list]:
+    job = ed.Job("csv")
+    out = ed.sinks.collect()
+    job.source(ed.sources.csv(path, **options)).sink(out)
+    result = ed.run_local(job, batch_size=batch)
+    return result.collected(out), result.dead_letters
+
+
+def test_a_converter_failing_with_an_arithmetic_error_is_a_dead_letter(tmp_path: Path) -> None:
+    import decimal
+
+    path = tmp_path / "in.csv"
+    path.write_text("card,amt\na,1.5\nb,oops\nc,2\n")
+    records, dead = _csv_run(path, types={"amt": decimal.Decimal})
+    assert records == [{"card": "a", "amt": decimal.Decimal("1.5")},
+                       {"card": "c", "amt": decimal.Decimal("2")}]
+    assert [d["raw"] for d in dead] == ["b,oops"]
+    assert "field 'amt': cannot convert with Decimal" in dead[0]["reason"]
+
+
+def test_a_bom_is_no_part_of_the_first_field_without_a_header(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"\xef\xbb\xbfalice,1\nbob,2\n")
+    records, dead = _csv_run(path, fields=["card", "n"], types={"n": int})
+    assert (records, dead) == ([{"card": "alice", "n": 1}, {"card": "bob", "n": 2}], [])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_field_longer_than_the_csv_modules_limit_is_read_whatever_the_batch(
+        tmp_path: Path, batch: int) -> None:
+    path = tmp_path / "in.csv"
+    long = "x" * 200_000
+    path.write_text(f'k,v\na,{long}\nb,"quoted, {long}"\n')
+    records, dead = _csv_run(path, batch=batch)
+    assert dead == []
+    assert [len(r["v"]) for r in records] == [200_000, 200_008]
+
+
+def test_a_header_that_is_not_utf8_names_the_source_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"k\xff,v\na,1\n")
+    with pytest.raises(ed.EddiesError, match=r"the header row of .*in\.csv' is not UTF-8"):
+        _csv_run(path)

@@ -288,3 +288,15 @@ def test_rocksdb_read_only(tmp_path: Path) -> None:
         db.write(b)
         with RocksDbStateBackend(tmp_path / "db", read_only=True) as view:
             assert view.count("m") == 2  # a new view sees the later write
+
+
+def test_floats_json_has_no_number_for_are_tagged() -> None:
+    """``state ls --json`` and ``/state`` print JSON: NaN and infinities as tagged values."""
+    import json
+
+    from eddies.runtime.inspection import to_jsonable
+
+    text = json.dumps(to_jsonable({"v": [float("nan"), float("inf"), -float("inf"), 0.5],
+                                   float("nan"): 1}), allow_nan=False)
+    assert json.loads(text) == {"v": [{"$float": "nan"}, {"$float": "inf"},
+                                      {"$float": "-inf"}, 0.5], '{"$float": "nan"}': 1}

@@ -143,3 +143,41 @@ def test_a_file_shorter_than_its_checkpoint_is_cut_to_its_last_complete_line(
     ids = [o["id"] for o in lines]
     assert ids[-1] == N - 1
     assert len(ids) == len(set(ids))  # the lost line is lost, but nothing is doubled
+
+
+def test_a_value_the_sink_cannot_write_is_a_dead_letter_and_the_rest_are_written(
+        tmp_path: Path) -> None:
+    """JSON has no tuple dict keys and no lone surrogates: such a value goes to dead letters
+    naming the sink and the reason, and the values around it are written in order."""
+    bad = [{(1, 2): 3}, {"a": "\ud800"}]
+    job = ed.Job("sink-refuses")
+    out = tmp_path / "out.jsonl"
+    (job.source(ed.sources.iterable(range(6))).map(lambda x: bad[x // 3] if x in (1, 4)
+                                                   else {"x": x})
+     .sink(ed.sinks.jsonl(out, name="out")))
+    result = ed.run_local(job, dead_letters=tmp_path / "dead.jsonl")
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"x": 0}, {"x": 2}, {"x": 3}, {"x": 5}]
+    assert result.stats.events_out == 4
+    assert result.stats.dead_letters == 2
+    reasons = [d["reason"] for d in result.dead_letters]
+    assert all(r.startswith("sink 'out' (jsonl(") for r in reasons)
+    assert "Dict key" in reasons[0] and "surrogates" in reasons[1]
+    assert [d["raw"] for d in result.dead_letters] == [repr(bad[0]), repr(bad[1])]
+    assert len((tmp_path / "dead.jsonl").read_text().splitlines()) == 2
+
+
+def test_big_ints_are_exact_in_dict_subclasses_and_dataclasses() -> None:
+    import collections
+    import dataclasses
+
+    from eddies.operators.sinks import to_json_line
+
+    @dataclasses.dataclass
+    class Ids:
+        a: int
+
+    assert to_json_line(collections.Counter(ids=2**70)) == b'{"ids":1180591620717411303424}\n'
+    assert to_json_line(collections.OrderedDict(a=[-(2**70)])) == (
+        b'{"a":[-1180591620717411303424]}\n')
+    assert to_json_line(Ids(2**70)) == b'{"a":1180591620717411303424}\n'
