@@ -331,9 +331,12 @@ class ValueHandle(Handle):
         if not self._visible(expires_at):
             return ABSENT
         if self._refresh and not self._expired(expires_at):
-            expires_at = self.store.expiry(self.ttl, self.descriptor)
-            self._stamp(key, expires_at)
-            self._mark_dirty(key, stamp(expires_at) + pack(value))
+            later = self.store.expiry(self.ttl, self.descriptor)
+            # A refresh never shortens (a read of an earlier event); a stamp from before the
+            # TTL (never) takes the TTL, as a write would give it.
+            if later > expires_at or expires_at == NEVER:
+                self._stamp(key, later)
+                self._mark_dirty(key, stamp(later) + pack(value))
         return value
 
     def _mark_dirty(self, key: Key, data: Any) -> None:
@@ -602,11 +605,16 @@ class ListHandle(Handle):
         live = self._live(entry)
         if self._refresh_on_read() and live:
             expires_at = self.store.expiry(self.ttl, self.descriptor)
+            moved = False
             for item in live:
-                if not self._expired(item[2]):
+                stamp_ = item[2]
+                if ((stamp_ < expires_at or stamp_ == NEVER)  # never shortened (see _live)
+                        and not self._expired(stamp_)):
                     item[2] = expires_at
-            entry.rewrite = True
-            self._dirty.add(self.store.key)
+                    moved = True
+            if moved:
+                entry.rewrite = True
+                self._dirty.add(self.store.key)
         return [item[1] for item in live]
 
     def __iter__(self) -> Any:

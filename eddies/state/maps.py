@@ -364,6 +364,11 @@ class MapHandle(Handle):
         True
         """
         self._check_writable()
+        if ttl is not None and self._broadcast:
+            raise ConfigError(
+                f"{self._where(key)}: BroadcastState entries do not expire (every worker "
+                "holds the same table, and watermarks differ between workers); ttl= is a "
+                "MapState option")
         t = type(value)
         if t is int:
             if not -(2**63) <= value < 2**64:
@@ -452,8 +457,10 @@ class MapHandle(Handle):
             if not self._visible(expires_at):
                 return _MISSING
             if self._refresh and not self._expired(expires_at):
-                item[2] = self._entry_expiry(None)
-                self._mark(m, enc)
+                later = self._entry_expiry(None)
+                if later > expires_at:  # a refresh never shortens (an entry's own ttl=)
+                    item[2] = later
+                    self._mark(m, enc)
         return item[1]
 
     def get(self, key: Any, default: Any = None) -> Any:

@@ -288,7 +288,15 @@ class KeyedStateStore:
                 base = self.backend.watermark
         else:
             base = self.backend.processing_time()
-        return max(0, min(base + ttl.duration_ms, NEVER - 1))
+        expires_at = base + ttl.duration_ms
+        if expires_at < 0:
+            # Stamps are unsigned ms: one before 1970 would read as 0, still live at the
+            # negative watermarks of such input.
+            raise StateSerializationError(
+                f"{self.where(descriptor)}: a TTL from time {base} expires at {expires_at}, "
+                "before 1970, which a stored expiry cannot hold; event-time TTL needs "
+                "timestamps whose expiry is at or after 0 ms (shift the input's times)")
+        return min(expires_at, NEVER - 1)
 
     # -- flushing ------------------------------------------------------------------------------
     def collect(self, batch: Batch | None = None) -> Batch:

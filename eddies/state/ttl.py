@@ -75,7 +75,8 @@ class Ttl:
     - ``update="on_read_and_write"``: reads that return an entry's value also restart its
       clock: ValueState/ReducingState ``get``, ListState ``get`` (every element), MapState
       ``get``, ``get_many`` and ``[]``. Scans (``entries``, ``keys``, ``values``),
-      ``contains``, ``length`` and ``is_empty`` do not.
+      ``contains``, ``length`` and ``is_empty`` do not. A read never moves an expiry
+      earlier (a read at an earlier event time, an entry put with its own longer ``ttl=``).
     - ``visibility="expired_if_present"``: an expired entry stays readable until it is
       physically deleted, by a sweep (the harness sweeps at every watermark) or a rewrite.
     - Switching a state's TTL off keeps the expiry of what was written under it (reads and

@@ -506,8 +506,8 @@ def ttl_reference(events: list[dict[str, Any]], ooo: int, update: str) -> list[t
         if key not in state or state[key][1] <= clock:  # expired once the clock reaches it
             return None
         value = state[key][0]
-        if update == "on_read_and_write":
-            state[key] = (value, now_ts + TTL_MS)
+        if update == "on_read_and_write":  # a read moves the expiry on, never back
+            state[key] = (value, max(state[key][1], now_ts + TTL_MS))
         return value
 
     for e in events:

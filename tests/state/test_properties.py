@@ -510,7 +510,8 @@ class StateModel(RuleBasedStateMachine):
         value, expires_at = self.m_touched.get(k, (None, 0))
         if self.live(expires_at):
             assert self.touched.get() == value
-            self.m_touched[k] = (value, ts + TTL)  # a read moves the expiry on
+            # A read moves the expiry on, never back (a read at an earlier time)
+            self.m_touched[k] = (value, max(expires_at, ts + TTL))
         else:
             assert self.touched.get() is None
         entry = self.m_shown.get(k)

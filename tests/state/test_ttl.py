@@ -545,3 +545,53 @@ def test_bad_ttl(kwargs) -> None:
 def test_ttl_must_be_a_ttl() -> None:
     with pytest.raises(ConfigError, match="Ttl"):
         ValueState("v", ttl=10)  # type: ignore[arg-type]
+
+
+def test_a_refresh_on_read_never_shortens_an_entry_put_with_its_own_longer_ttl() -> None:
+    for read in (False, True):
+        store = KeyedStateStore(InMemoryStateBackend())
+        m = store.bind(MapState("m", ttl=Ttl(ms=100, update="on_read_and_write")))
+        store.set_key("k", 0)
+        m.put("long", "v", ttl=Ttl(hours=1))
+        store.set_key("k", 10)
+        if read:
+            assert m.get("long") == "v"
+        store.flush()
+        store.backend.set_watermark(1_000)
+        store.set_key("k", 1_000)
+        assert m.get("long") == "v"
+
+
+def test_broadcast_entries_take_no_ttl() -> None:
+    class Rules(ed.KeyedBroadcastProcessFunction):
+        rules = ed.BroadcastState("rules")
+
+        def on_broadcast(self, event, ctx):
+            self.rules.put("r", event, ttl=ed.Ttl(ms=100))
+
+        def on_event(self, event, ctx):
+            yield self.rules.get("r")
+
+    with pytest.raises(ConfigError, match="BroadcastState entries do not expire"):
+        Harness(Rules()).broadcast("rule", timestamp=0)
+
+
+def test_a_ttl_expiring_before_1970_is_a_dead_letter_not_a_live_value() -> None:
+    """Stamps are unsigned: a write whose expiry would be negative cannot be stored as it
+    is, and stored as 0 it would stay live at the input's negative watermarks."""
+    class Keep(ed.KeyedProcessFunction):
+        v = ed.ValueState("v", ttl=ed.Ttl(ms=100))
+
+        def on_event(self, event, ctx):
+            self.v.set(event["n"])
+            yield (ctx.key, self.v.get())
+
+    job = ed.Job("old")
+    out = ed.sinks.collect()
+    events = [{"k": "a", "ts": -10_000, "n": 1}, {"k": "a", "ts": 5, "n": 2}]
+    (job.source(ed.sources.iterable(events), timestamp="ts").key_by("k").process(Keep())
+     .sink(out))
+    result = ed.run_local(job)
+    assert result.collected(out) == [("a", 2)]
+    assert len(result.dead_letters) == 1
+    assert "expires at -9900, before 1970" in result.dead_letters[0]["reason"]
