@@ -78,7 +78,9 @@ class Sink(ABC):
 
     @abstractmethod
     def write(self, values: list[Any]) -> None:
-        """Write a batch of values."""
+        """Write a batch of values. One that raises TypeError or ValueError (a value it
+        cannot write) must have written none of them: the runner then writes them one at a
+        time, and the values refused go to dead letters."""
 
     def position(self) -> Any:
         """Flush buffers and return where the output ends now (None if not resumable)."""
