@@ -39,11 +39,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from eddies.errors import ConfigError
 from eddies.operators.functions import Context, KeyedProcessFunction, OutputTag
+from eddies.runtime.watermarks import MAX_TIME
 from eddies.state.descriptors import MapState
 from eddies.state.windows import WindowState
-
-_LAST_TIME = 2**63 - 1
-"""The last time a timer holds: the watermark at the end of input."""
 
 if TYPE_CHECKING:
     pass
@@ -345,8 +343,8 @@ class WindowFunction(KeyedProcessFunction):
 
     def _gone_at(self, window: Window) -> int:
         """When a session window's state goes: its end with the lateness, or at the end of
-        input for a lateness beyond the times a timer holds."""
-        return min(window.end - 1 + self.lateness, _LAST_TIME)
+        input (the last time a timer holds) for a lateness beyond it."""
+        return min(window.end - 1 + self.lateness, MAX_TIME)
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterable[Any] | None:
         if not self.assigner.merging:
