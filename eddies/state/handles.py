@@ -30,6 +30,7 @@ from eddies.state.keys import (
     prefix_upper_bound,
 )
 from eddies.state.store import check_value
+from eddies.state.ttl import refreshes
 from eddies.state.values import NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
 if TYPE_CHECKING:
@@ -332,9 +333,7 @@ class ValueHandle(Handle):
             return ABSENT
         if self._refresh and not self._expired(expires_at):
             later = self.store.expiry(self.ttl, self.descriptor)
-            # A refresh never shortens (a read of an earlier event); a stamp from before the
-            # TTL (never) takes the TTL, as a write would give it.
-            if later > expires_at or expires_at == NEVER:
+            if refreshes(expires_at, later):
                 self._stamp(key, later)
                 self._mark_dirty(key, stamp(later) + pack(value))
         return value
@@ -607,9 +606,7 @@ class ListHandle(Handle):
             expires_at = self.store.expiry(self.ttl, self.descriptor)
             moved = False
             for item in live:
-                stamp_ = item[2]
-                if ((stamp_ < expires_at or stamp_ == NEVER)  # never shortened (see _live)
-                        and not self._expired(stamp_)):
+                if refreshes(item[2], expires_at) and not self._expired(item[2]):
                     item[2] = expires_at
                     moved = True
             if moved:

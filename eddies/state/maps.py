@@ -38,6 +38,7 @@ from eddies.state.entries import Entry, decode_payload, payload
 from eddies.state.handles import Handle
 from eddies.state.keys import Key, as_tuple, decode_key, encode_key, prefix_upper_bound
 from eddies.state.store import SCALARS, check_value
+from eddies.state.ttl import refreshes
 from eddies.state.values import NEVER, NEVER_STAMP, pack, read_stamp, stamp, unpack
 
 if TYPE_CHECKING:
@@ -458,7 +459,7 @@ class MapHandle(Handle):
                 return _MISSING
             if self._refresh and not self._expired(expires_at):
                 later = self._entry_expiry(None)
-                if later > expires_at:  # a refresh never shortens (an entry's own ttl=)
+                if refreshes(expires_at, later):
                     item[2] = later
                     self._mark(m, enc)
         return item[1]

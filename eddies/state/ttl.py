@@ -51,7 +51,8 @@ from eddies.state.backend import PUT, Batch, Op, StateBackend, singles
 from eddies.state.keys import decode_element, encode_key
 from eddies.state.values import NEVER, read_stamp
 
-__all__ = ["MIN_TIME", "Ttl", "TtlConfig", "TtlStateBackend", "EXPIRY_CF", "EXPIRY_PROC_CF"]
+__all__ = ["MIN_TIME", "Ttl", "TtlConfig", "TtlStateBackend", "EXPIRY_CF", "EXPIRY_PROC_CF",
+           "refreshes"]
 
 TimeDomain = Literal["event", "processing"]
 MIN_TIME = -(2**63)
@@ -59,6 +60,17 @@ MIN_TIME = -(2**63)
 EXPIRY_CF = "__expiry__"
 EXPIRY_PROC_CF = "__expiry_proc__"
 _be = struct.Struct(">Q")
+
+
+def refreshes(old: int, new: int) -> bool:
+    """Whether a read under ``update="on_read_and_write"`` moves a stamp ``old`` to ``new``:
+    on, never back (a read at an earlier event time, an entry's own longer ``ttl=``); a
+    stamp from before the TTL (never) takes it, as a write would.
+
+    >>> refreshes(1_100, 1_050), refreshes(1_100, 1_200), refreshes(NEVER, 1_200)
+    (False, True, True)
+    """
+    return new > old or old == NEVER
 _read_le = struct.Struct("<Q").unpack_from
 _cf_of = itemgetter(1)
 _key_of = itemgetter(2)
