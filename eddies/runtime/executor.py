@@ -672,6 +672,15 @@ class Executor:
                 (n, op) for n, op in self.operators.items() if n in above and n not in fed]
         return ops
 
+    def _upstream_due(self, node: Node, wm: dict[Node, int]) -> bool:
+        """Whether an operator of :meth:`_upstream_ops` has event-time work due at or below
+        the watermark ``wm`` gives it (its inputs moved since it last did)."""
+        for n, op in self._upstream_ops(node):
+            due = op.next_event_time()
+            if due is not None and op.watermark < wm[n] and due <= wm[n]:
+                return True
+        return False
+
     def _downstream_ops(self, node: Node) -> list[tuple[Node, KeyedOperator]]:
         """The keyed operators fed by source ``node``, directly or not, in graph order."""
         ops = self._downstream.get(node)
@@ -711,15 +720,11 @@ class Executor:
         if timing.bounds is None:
             wm, _ = self._watermarks(timing.with_partition_at(MAX_TIME))
             timing.bounds = [wm[n] for n, _ in timing.ops]
-            if not timing.advanced and any(
-                    due is not None and due <= wm[n] and op.watermark < wm[n]
-                    for n, op, due in ((n, op, op.next_event_time())
-                                       for n, op in self._upstream_ops(timing.node))):
-                # An operator the partition does not feed has work due below the watermark
-                # its inputs (read since it last moved) give it, and the bounds count on
-                # it: its outputs must reach the operators below it before the records
-                # move them past their times. Time goes through the whole graph first, as
-                # it would have after the last record of those inputs.
+            if not timing.advanced and self._upstream_due(timing.node, wm):
+                # The bounds count on operators the partition does not feed: their outputs
+                # must reach the operators below them before the records move those past
+                # their times. Time goes through the whole graph first, as it would have
+                # after the last record of their inputs.
                 self._advance_to(timing, ys[0])
         ops = timing.ops
         last = ys[-1]
